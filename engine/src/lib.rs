@@ -1,0 +1,18 @@
+//! vsum's engine: turns a manifest and a folder of videos into a cached, scheduled
+//! batch of jobs. It knows manifests, graphs, scheduling, caching and events, and
+//! links no media or ML library: stage kinds live in the `vsum-stages` crate.
+
+pub mod config;
+pub mod diag;
+pub mod discover;
+pub mod events;
+pub mod fingerprint;
+pub mod fsutil;
+pub mod graph;
+pub mod hash;
+pub mod manifest;
+pub mod run;
+pub mod stage;
+pub mod store;
+pub mod template;
+pub mod yaml;

@@ -1,0 +1,871 @@
+//! Runs a batch: discovers videos, builds the job graph, and schedules every job.
+//!
+//! A single coordinator (the calling thread) releases a job once all it needs is done.
+//! Each released job is planned on the rayon CPU pool: its fingerprint and key are
+//! computed and the cache is looked up (a hit is restored without running). Misses of
+//! CPU stages run right there; misses of GPU stages go through a crossbeam channel to
+//! ONE GPU-lane thread that owns loaded models and runs its jobs one at a time, picking
+//! jobs of the model it has loaded first. Results come back to the coordinator, which
+//! skips the dependents of failures (that video only), opens a circuit breaker after
+//! repeated failures of one kind, and stops releasing jobs on cancellation.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender, unbounded};
+use petgraph::Direction;
+use petgraph::graph::NodeIndex;
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::discover::{self, video_id};
+use crate::events::{Event, EventSink, JobLabel, Outcome};
+use crate::fingerprint::{Fingerprint, SCHEMA};
+use crate::fsutil::write_atomic;
+use crate::graph::{self, JobGraph, JobNode};
+use crate::hash::FileHasher;
+use crate::manifest::{Manifest, StageSpec};
+use crate::stage::{BatchItem, JobCtx, KeyEnv, Lane, Registry, Resources, Scope, StageError, Video};
+use crate::store::{Entry, Lookup, Store, now_secs};
+
+/// What to run and how.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Run only these stages (and what they need).
+    pub only: Vec<String>,
+    /// Ignore the cache for these stages.
+    pub force: Vec<String>,
+    /// Only videos whose relative path (or file name) matches this glob.
+    pub videos: Option<String>,
+    /// Plan only: look everything up, run nothing, write nothing.
+    pub dry_run: bool,
+}
+
+/// One job's record in the run summary.
+#[derive(Debug, Clone, Serialize)]
+pub struct JobRecord {
+    #[serde(flatten)]
+    pub label: JobLabel,
+    pub outcome: Outcome,
+    pub key: Option<String>,
+    /// Why it ran or would run (a miss), e.g. the fingerprint fields that changed.
+    pub reason: Option<String>,
+    pub error: Option<String>,
+    pub hint: Option<String>,
+    pub attempts: u32,
+    /// Milliseconds since the run started.
+    pub start_ms: u64,
+    pub end_ms: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Counts {
+    pub jobs: usize,
+    pub ran: usize,
+    pub cached: usize,
+    pub failed: usize,
+    pub skipped: usize,
+    pub cancelled: usize,
+    pub would_run: usize,
+}
+
+/// The outcome of a run, saved as `.vsum/runs/<run_id>.json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunSummary {
+    pub run_id: String,
+    pub manifest: String,
+    pub started: u64,
+    pub wall_ms: u64,
+    pub dry_run: bool,
+    pub interrupted: bool,
+    pub videos: usize,
+    pub output_dir: PathBuf,
+    pub cache_dir: PathBuf,
+    /// Inputs or videos that could not be read.
+    pub problems: Vec<String>,
+    pub counts: Counts,
+    pub jobs: Vec<JobRecord>,
+}
+
+impl RunSummary {
+    /// 0 all good, 1 some video or input failed, 130 interrupted.
+    pub fn exit_code(&self) -> i32 {
+        if self.interrupted {
+            130
+        } else if self.counts.failed > 0 || self.counts.skipped > 0 || !self.problems.is_empty() {
+            1
+        } else {
+            0
+        }
+    }
+}
+
+struct Shared<'a> {
+    manifest: &'a Manifest,
+    registry: &'a Registry,
+    config: &'a Config,
+    store: &'a Store,
+    hasher: FileHasher,
+    events: EventSink,
+    cancel: &'a AtomicBool,
+    t0: Instant,
+    output_dir: PathBuf,
+    videos: Vec<Video>,
+    force: BTreeSet<String>,
+    dry_run: bool,
+    /// Threads a job may use inside itself.
+    job_threads: usize,
+}
+
+/// What a finished upstream hands to its dependents.
+#[derive(Debug, Clone)]
+struct Done {
+    outcome: Outcome,
+    digest: Option<String>,
+}
+
+/// A planned job that missed the cache.
+struct Planned {
+    node: NodeIndex,
+    job: JobNode,
+    label: JobLabel,
+    fingerprint: Fingerprint,
+    key: String,
+    upstream: BTreeMap<String, PathBuf>,
+    batch: Vec<BatchItem>,
+    group: Option<String>,
+}
+
+struct Finished {
+    node: NodeIndex,
+    record: JobRecord,
+    digest: Option<String>,
+}
+
+enum Msg {
+    Finished(Finished),
+}
+
+impl Shared<'_> {
+    fn ms(&self) -> u64 {
+        self.t0.elapsed().as_millis() as u64
+    }
+
+    fn stage(&self, job: JobNode) -> &StageSpec {
+        &self.manifest.stages[job.stage]
+    }
+
+    fn label(&self, node: NodeIndex, job: JobNode) -> JobLabel {
+        let st = self.stage(job);
+        JobLabel {
+            index: node.index(),
+            stage: st.id.clone(),
+            kind: st.kind.clone(),
+            video: job.video.map(|v| self.videos[v].rel.to_string_lossy().into_owned()),
+            lane: st.lane,
+        }
+    }
+
+    fn out_folder(&self, job: JobNode) -> PathBuf {
+        let st = self.stage(job);
+        match job.video {
+            Some(v) => self.output_dir.join(&self.videos[v].folder).join(&st.id),
+            None => self.output_dir.join(&st.id),
+        }
+    }
+
+    fn ref_id(&self, job: JobNode) -> String {
+        job.video
+            .map(|v| video_id(&self.videos[v]))
+            .unwrap_or_else(|| "_batch".to_string())
+    }
+
+    fn record(&self, label: JobLabel, outcome: Outcome, start_ms: u64) -> JobRecord {
+        JobRecord {
+            label,
+            outcome,
+            key: None,
+            reason: None,
+            error: None,
+            hint: None,
+            attempts: 0,
+            start_ms,
+            end_ms: self.ms(),
+        }
+    }
+
+    /// Computes the key and looks it up. `Ok` = must run; `Err` = finished (hit, dry run, error).
+    fn plan(
+        &self,
+        node: NodeIndex,
+        job: JobNode,
+        ups: Vec<(JobNode, Done)>,
+    ) -> Result<Planned, Finished> {
+        let start = self.ms();
+        let st = self.stage(job);
+        let label = self.label(node, job);
+        let kind = self.registry.get(&st.kind).expect("validated kind");
+        let finish = |record: JobRecord, digest: Option<String>| Finished {
+            node,
+            record,
+            digest,
+        };
+
+        // Upstream: per-video stage id -> folder, or per video for batch jobs.
+        let mut upstream = BTreeMap::new();
+        let mut up_digests = BTreeMap::new();
+        let mut batch: BTreeMap<usize, BatchItem> = BTreeMap::new();
+        let mut unknown_upstream = None;
+        for (up, done) in &ups {
+            let up_id = self.stage(*up).id.clone();
+            let Some(digest) = &done.digest else {
+                unknown_upstream = Some(up_id);
+                continue;
+            };
+            let folder = self.out_folder(*up);
+            match (job.video, up.video) {
+                (None, Some(v)) => {
+                    let name = self.videos[v].folder.to_string_lossy().into_owned();
+                    up_digests.insert(format!("{up_id}/{name}"), digest.clone());
+                    batch
+                        .entry(v)
+                        .or_insert_with(|| BatchItem {
+                            video: self.videos[v].clone(),
+                            upstream: BTreeMap::new(),
+                        })
+                        .upstream
+                        .insert(up_id, folder);
+                }
+                _ => {
+                    up_digests.insert(up_id.clone(), digest.clone());
+                    upstream.insert(up_id, folder);
+                }
+            }
+        }
+        if let Some(up) = unknown_upstream {
+            // Dry run only: an upstream would run, so this key cannot be known yet.
+            let mut r = self.record(label, Outcome::WouldRun, start);
+            r.reason = Some(format!("upstream '{up}' would run first"));
+            return Err(finish(r, None));
+        }
+
+        let video = job.video.map(|v| &self.videos[v]);
+        let extras = match kind.key_extras(
+            &st.params,
+            &KeyEnv {
+                base_dir: &self.manifest.base_dir,
+                video,
+                hasher: &self.hasher,
+            },
+        ) {
+            Ok(x) => x,
+            Err(e) => {
+                let mut r = self.record(label, Outcome::Failed, start);
+                r.error = Some(e.message);
+                r.hint = e.hint;
+                return Err(finish(r, None));
+            }
+        };
+        let mut inputs = extras.inputs;
+        if let Some(v) = video {
+            inputs.insert("video".into(), v.hash.clone());
+        }
+        let fingerprint = Fingerprint {
+            schema: SCHEMA,
+            kind: st.kind.clone(),
+            kind_version: kind.version(),
+            params: st.params.clone(),
+            inputs,
+            upstream: up_digests,
+            tools: extras.tools,
+        };
+        let key = fingerprint.key();
+        let forced = self.force.contains(&st.id);
+        let lookup = if forced {
+            Lookup::Missing
+        } else {
+            self.store.lookup(&key)
+        };
+        let ref_id = self.ref_id(job);
+        match lookup {
+            Lookup::Hit(entry) => {
+                let digest = entry.digest();
+                if !self.dry_run {
+                    let dest = self.out_folder(job);
+                    if let Err(e) = self.store.materialize(&entry, &dest) {
+                        let mut r = self.record(label, Outcome::Failed, start);
+                        r.key = Some(key);
+                        r.error = Some(format!(
+                            "cannot restore cached outputs into {}: {e}",
+                            dest.display()
+                        ));
+                        r.hint = Some("check that the output folder is writable and has space".into());
+                        return Err(finish(r, None));
+                    }
+                    let _ = self.store.set_ref(&ref_id, &st.id, &key);
+                }
+                let mut r = self.record(label, Outcome::Cached, start);
+                r.key = Some(key);
+                Err(finish(r, Some(digest)))
+            }
+            other => {
+                if let Lookup::Untrusted(why) = &other {
+                    self.events.emit(Event::Warning {
+                        message: format!("{}: {why}; recomputing", label.describe()),
+                    });
+                }
+                let reason = if forced {
+                    "forced with --force".to_string()
+                } else {
+                    self.miss_reason(&ref_id, &st.id, &fingerprint)
+                };
+                if self.dry_run {
+                    let mut r = self.record(label, Outcome::WouldRun, start);
+                    r.key = Some(key);
+                    r.reason = Some(reason);
+                    return Err(finish(r, None));
+                }
+                Ok(Planned {
+                    node,
+                    job,
+                    label,
+                    fingerprint,
+                    key,
+                    upstream,
+                    batch: batch.into_values().collect(),
+                    group: kind.resource_group(&st.params),
+                })
+            }
+        }
+    }
+
+    /// Explains a miss by diffing against the last entry made for this video and stage.
+    fn miss_reason(&self, ref_id: &str, stage: &str, fp: &Fingerprint) -> String {
+        let Some(old_key) = self.store.get_ref(ref_id, stage) else {
+            return "never run for this video".into();
+        };
+        match self.store.read_entry(&old_key) {
+            Ok(old) => {
+                let diff = fp.diff(&old.fingerprint);
+                if diff.is_empty() {
+                    "cached entry was removed or failed verification".into()
+                } else {
+                    format!("changed since last run: {}", diff.join("; "))
+                }
+            }
+            Err(_) => "previous entry was removed (gc or verify)".into(),
+        }
+    }
+
+    /// Runs a missed job with retries, commits and materializes its outputs.
+    fn execute(&self, p: Planned, mut resources: Option<&mut Resources>) -> Finished {
+        let st = self.stage(p.job);
+        let kind = self.registry.get(&st.kind).expect("validated kind");
+        let retries = st.retries.unwrap_or(self.config.retries);
+        let video = p.job.video.map(|v| &self.videos[v]);
+        let start = self.ms();
+        let mut attempt = 0;
+        let threads = if st.lane == Lane::Gpu {
+            self.config.threads()
+        } else {
+            self.job_threads
+        };
+        let outcome = loop {
+            attempt += 1;
+            self.events.emit(Event::JobStarted {
+                job: p.label.clone(),
+                attempt,
+                at_ms: self.ms(),
+            });
+            let began = Instant::now();
+            let job_dir = match self.store.job_dir() {
+                Ok(d) => d,
+                Err(e) => {
+                    break Err(StageError::retryable(format!(
+                        "cannot create a work folder in the cache: {e}"
+                    )));
+                }
+            };
+            let mut ctx = JobCtx {
+                stage_id: &st.id,
+                params: &st.params,
+                base_dir: &self.manifest.base_dir,
+                out_dir: &job_dir,
+                video,
+                upstream: &p.upstream,
+                batch: &p.batch,
+                threads,
+                cancel: self.cancel,
+                resources: resources.as_deref_mut(),
+                events: &self.events,
+            };
+            let result = kind.run(&mut ctx).and_then(|()| {
+                if self.cancel.load(Ordering::Relaxed) {
+                    return Err(StageError::cancelled());
+                }
+                let video_name = video.map(|v| v.rel.to_string_lossy().into_owned());
+                let entry = self
+                    .store
+                    .commit(
+                        &p.key,
+                        &p.fingerprint,
+                        &st.id,
+                        video_name,
+                        &job_dir,
+                        began.elapsed().as_millis() as u64,
+                    )
+                    .map_err(|e| StageError::retryable(format!("cannot store outputs in the cache: {e}")))?;
+                Ok(entry)
+            });
+            match result {
+                Ok(entry) => break Ok(entry),
+                Err(e) => {
+                    let _ = std::fs::remove_dir_all(&job_dir);
+                    if e.cancelled || self.cancel.load(Ordering::Relaxed) {
+                        break Err(StageError::cancelled());
+                    }
+                    if e.retryable && attempt <= retries {
+                        let delay = self.config.retry_backoff_ms.saturating_mul(1 << (attempt - 1).min(16));
+                        self.events.emit(Event::JobRetrying {
+                            job: p.label.clone(),
+                            attempt,
+                            error: e.message.clone(),
+                            delay_ms: delay,
+                        });
+                        if !sleep_unless_cancelled(Duration::from_millis(delay), self.cancel) {
+                            break Err(StageError::cancelled());
+                        }
+                        continue;
+                    }
+                    break Err(e);
+                }
+            }
+        };
+        let mut record = self.record(p.label.clone(), Outcome::Ran, start);
+        record.key = Some(p.key.clone());
+        record.attempts = attempt;
+        record.reason = None;
+        let digest = match outcome {
+            Ok(entry) => self.publish(p.job, &entry, &mut record),
+            Err(e) if e.cancelled => {
+                record.outcome = Outcome::Cancelled;
+                None
+            }
+            Err(e) => {
+                record.outcome = Outcome::Failed;
+                record.error = Some(e.message);
+                record.hint = e.hint;
+                None
+            }
+        };
+        record.end_ms = self.ms();
+        Finished {
+            node: p.node,
+            record,
+            digest,
+        }
+    }
+
+    fn publish(&self, job: JobNode, entry: &Entry, record: &mut JobRecord) -> Option<String> {
+        let dest = self.out_folder(job);
+        if let Err(e) = self.store.materialize(entry, &dest) {
+            record.outcome = Outcome::Failed;
+            record.error = Some(format!("cannot write outputs into {}: {e}", dest.display()));
+            record.hint = Some("check that the output folder is writable and has space; the result is cached, so a rerun only restores it".into());
+            return None;
+        }
+        let _ = self.store.set_ref(&self.ref_id(job), &self.stage(job).id, &entry.key);
+        Some(entry.digest())
+    }
+}
+
+fn sleep_unless_cancelled(d: Duration, cancel: &AtomicBool) -> bool {
+    let end = Instant::now() + d;
+    while Instant::now() < end {
+        if cancel.load(Ordering::Relaxed) {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20).min(end - Instant::now()));
+    }
+    true
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("bad --videos pattern '{0}': {1}")]
+    BadGlob(String, String),
+    #[error("unknown stage '{0}' in --only/--force; stages are: {1}")]
+    UnknownStage(String, String),
+    #[error("cannot start the CPU pool: {0}")]
+    Pool(String),
+}
+
+/// Runs (or, with `dry_run`, plans) the batch.
+pub fn run(
+    manifest: &Manifest,
+    registry: &Registry,
+    config: &Config,
+    store: &Store,
+    opts: &RunOptions,
+    events: EventSink,
+    cancel: &AtomicBool,
+) -> Result<RunSummary, RunError> {
+    let t0 = Instant::now();
+    let started = now_secs();
+    let ids: Vec<&str> = manifest.stages.iter().map(|s| s.id.as_str()).collect();
+    for s in opts.only.iter().chain(&opts.force) {
+        if !ids.contains(&s.as_str()) {
+            return Err(RunError::UnknownStage(s.clone(), ids.join(", ")));
+        }
+    }
+    let filter = match &opts.videos {
+        None => None,
+        Some(g) => Some(
+            globset::Glob::new(g)
+                .map_err(|e| RunError::BadGlob(g.clone(), e.to_string()))?
+                .compile_matcher(),
+        ),
+    };
+    let threads = config.threads();
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .thread_name(|i| format!("vsum-cpu-{i}"))
+        .build()
+        .map_err(|e| RunError::Pool(e.to_string()))?;
+
+    // Discover and hash videos (the stat cache makes a rerun cheap).
+    let found = discover::discover(&manifest.base_dir, &manifest.inputs, &manifest.extensions);
+    let mut problems = found.problems;
+    let found: Vec<_> = found
+        .videos
+        .into_iter()
+        .filter(|f| {
+            filter.as_ref().is_none_or(|m| {
+                m.is_match(&f.rel) || f.rel.file_name().is_some_and(|n| m.is_match(n))
+            })
+        })
+        .collect();
+    let reserved: Vec<&str> = manifest
+        .stages
+        .iter()
+        .filter(|s| s.scope == Scope::Batch)
+        .map(|s| s.id.as_str())
+        .collect();
+    let folders = discover::assign_folders(&found, &reserved);
+    let hasher = store.hasher();
+    let hashed: Vec<Result<String, String>> = pool.install(|| {
+        use rayon::prelude::*;
+        found
+            .par_iter()
+            .map(|f| {
+                hasher.hash(&f.path).map_err(|e| {
+                    format!(
+                        "video {}: cannot read it ({e}); check the file's permissions, it is skipped",
+                        f.rel.display()
+                    )
+                })
+            })
+            .collect()
+    });
+    let mut videos = Vec::new();
+    for ((f, (stem, folder)), h) in found.into_iter().zip(folders).zip(hashed) {
+        match h {
+            Ok(hash) => videos.push(Video {
+                path: f.path,
+                rel: f.rel,
+                stem,
+                folder,
+                hash,
+            }),
+            Err(msg) => problems.push(msg),
+        }
+    }
+    for p in &problems {
+        events.emit(Event::Warning { message: p.clone() });
+    }
+
+    let selected = graph::select(manifest, &opts.only);
+    let jg = JobGraph::build(manifest, videos.len(), &selected);
+    let run_id = run_id(started);
+    events.emit(Event::RunStarted {
+        run_id: run_id.clone(),
+        videos: videos.len(),
+        jobs: jg.graph.node_count(),
+    });
+
+    let shared = Shared {
+        manifest,
+        registry,
+        config,
+        store,
+        hasher,
+        events: events.clone(),
+        cancel,
+        t0,
+        output_dir: manifest.output_dir(),
+        videos,
+        force: opts.force.iter().cloned().collect(),
+        dry_run: opts.dry_run,
+        job_threads: (threads_available() / threads).max(1),
+    };
+    let records = schedule(&shared, &jg, &pool);
+
+    let mut counts = Counts {
+        jobs: records.len(),
+        ..Default::default()
+    };
+    for r in &records {
+        match r.outcome {
+            Outcome::Ran => counts.ran += 1,
+            Outcome::Cached => counts.cached += 1,
+            Outcome::Failed => counts.failed += 1,
+            Outcome::Skipped => counts.skipped += 1,
+            Outcome::Cancelled => counts.cancelled += 1,
+            Outcome::WouldRun => counts.would_run += 1,
+        }
+    }
+    let interrupted = cancel.load(Ordering::Relaxed);
+    if interrupted {
+        events.emit(Event::Interrupted);
+    }
+    let summary = RunSummary {
+        run_id,
+        manifest: manifest.file.to_string_lossy().into_owned(),
+        started,
+        wall_ms: t0.elapsed().as_millis() as u64,
+        dry_run: opts.dry_run,
+        interrupted,
+        videos: shared.videos.len(),
+        output_dir: shared.output_dir.clone(),
+        cache_dir: store.root().to_path_buf(),
+        problems,
+        counts: counts.clone(),
+        jobs: records,
+    };
+    if !opts.dry_run {
+        if let Err(e) = shared.hasher.save() {
+            events.emit(Event::Warning {
+                message: format!("cannot save the stat cache: {e} (the next run re-hashes videos)"),
+            });
+        }
+        let path = store.runs_dir().join(format!("{}.json", summary.run_id));
+        let json = serde_json::to_vec_pretty(&summary).expect("summary serializes");
+        if let Err(e) = write_atomic(&path, &json) {
+            events.emit(Event::Warning {
+                message: format!("cannot write the run summary {}: {e}", path.display()),
+            });
+        }
+    }
+    events.emit(Event::RunFinished {
+        ran: counts.ran,
+        cached: counts.cached,
+        failed: counts.failed,
+        skipped: counts.skipped,
+        cancelled: counts.cancelled,
+        wall_ms: summary.wall_ms,
+    });
+    Ok(summary)
+}
+
+fn threads_available() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+fn run_id(started: u64) -> String {
+    format!("{started}-{}", std::process::id())
+}
+
+/// The coordinator loop. Returns one record per job, in job order.
+fn schedule(shared: &Shared, jg: &JobGraph, pool: &rayon::ThreadPool) -> Vec<JobRecord> {
+    let g = &jg.graph;
+    let n = g.node_count();
+    let mut waiting: Vec<usize> = g
+        .node_indices()
+        .map(|i| g.neighbors_directed(i, Direction::Incoming).count())
+        .collect();
+    let mut done: Vec<Option<Done>> = vec![None; n];
+    let mut records: Vec<Option<JobRecord>> = vec![None; n];
+    let mut ready: VecDeque<NodeIndex> = g.node_indices().filter(|i| waiting[i.index()] == 0).collect();
+    let mut in_flight = 0usize;
+    let mut consecutive: BTreeMap<String, u32> = BTreeMap::new();
+    let mut open_breakers: BTreeSet<String> = BTreeSet::new();
+    let threshold = shared.config.breaker_threshold.max(1);
+
+    let (tx, rx): (Sender<Msg>, Receiver<Msg>) = unbounded();
+    let (gpu_tx, gpu_rx) = unbounded::<Planned>();
+
+    std::thread::scope(|scope| {
+        let gpu_done = tx.clone();
+        let gpu = std::thread::Builder::new()
+            .name("vsum-gpu-lane".into())
+            .spawn_scoped(scope, move || gpu_lane(shared, gpu_rx, gpu_done))
+            .expect("spawn the GPU lane");
+
+        pool.in_place_scope(|s| {
+            let mut finished = 0usize;
+            while finished < n {
+                // Release ready jobs.
+                while let Some(node) = ready.pop_front() {
+                    let job = g[node];
+                    let st = shared.stage(job);
+                    let preds: Vec<NodeIndex> = g.neighbors_directed(node, Direction::Incoming).collect();
+                    let failed_pred = preds.iter().find(|p| {
+                        !matches!(
+                            done[p.index()].as_ref().map(|d| d.outcome),
+                            Some(Outcome::Ran | Outcome::Cached | Outcome::WouldRun)
+                        )
+                    });
+                    let skip_reason = if shared.cancel.load(Ordering::Relaxed) {
+                        Some((Outcome::Cancelled, "run interrupted before this job started".to_string()))
+                    } else if open_breakers.contains(&st.kind) {
+                        Some((
+                            Outcome::Skipped,
+                            format!("circuit breaker open: {threshold} '{}' jobs failed in a row", st.kind),
+                        ))
+                    } else if let (Some(p), Some(_)) = (failed_pred, job.video) {
+                        Some((Outcome::Skipped, format!("needs '{}', which did not succeed", shared.stage(g[*p]).id)))
+                    } else if job.video.is_none()
+                        && !preds.is_empty()
+                        && preds.iter().all(|p| !matches!(done[p.index()].as_ref().map(|d| d.outcome), Some(Outcome::Ran | Outcome::Cached | Outcome::WouldRun)))
+                    {
+                        Some((Outcome::Skipped, "no video's upstream succeeded".to_string()))
+                    } else {
+                        None
+                    };
+                    if let Some((outcome, why)) = skip_reason {
+                        let mut r = shared.record(shared.label(node, job), outcome, shared.ms());
+                        r.error = Some(why);
+                        let _ = tx.send(Msg::Finished(Finished { node, record: r, digest: None }));
+                        in_flight += 1;
+                        continue;
+                    }
+                    // Batch jobs see only the videos whose upstream succeeded.
+                    let ups: Vec<(JobNode, Done)> = preds
+                        .iter()
+                        .filter_map(|p| done[p.index()].clone().map(|d| (g[*p], d)))
+                        .filter(|(_, d)| d.outcome != Outcome::Failed && d.outcome != Outcome::Skipped && d.outcome != Outcome::Cancelled)
+                        .collect();
+                    let tx = tx.clone();
+                    let gpu_tx = gpu_tx.clone();
+                    in_flight += 1;
+                    s.spawn(move |_| {
+                        let fin = match shared.plan(node, job, ups) {
+                            Err(fin) => fin,
+                            Ok(planned) if shared.stage(job).lane == Lane::Gpu => {
+                                let _ = gpu_tx.send(planned);
+                                return;
+                            }
+                            Ok(planned) => shared.execute(planned, None),
+                        };
+                        let _ = tx.send(Msg::Finished(fin));
+                    });
+                }
+                if in_flight == 0 {
+                    break;
+                }
+                let Ok(Msg::Finished(fin)) = rx.recv() else { break };
+                in_flight -= 1;
+                finished += 1;
+                let idx = fin.node.index();
+                let kind = shared.stage(g[fin.node]).kind.clone();
+                match fin.record.outcome {
+                    Outcome::Failed if fin.record.key.is_some() || fin.record.attempts > 0 => {
+                        let c = consecutive.entry(kind.clone()).or_default();
+                        *c += 1;
+                        if *c >= threshold && open_breakers.insert(kind.clone()) {
+                            shared.events.emit(Event::BreakerOpened { kind: kind.clone(), failures: *c });
+                        }
+                    }
+                    Outcome::Ran => {
+                        consecutive.insert(kind, 0);
+                    }
+                    _ => {}
+                }
+                shared.events.emit(Event::JobFinished {
+                    job: fin.record.label.clone(),
+                    outcome: fin.record.outcome,
+                    key: fin.record.key.clone(),
+                    error: fin.record.error.clone(),
+                    start_ms: fin.record.start_ms,
+                    end_ms: fin.record.end_ms,
+                });
+                done[idx] = Some(Done {
+                    outcome: fin.record.outcome,
+                    digest: fin.digest,
+                });
+                records[idx] = Some(fin.record);
+                for succ in g.neighbors_directed(fin.node, Direction::Outgoing) {
+                    let w = &mut waiting[succ.index()];
+                    *w -= 1;
+                    if *w == 0 {
+                        ready.push_back(succ);
+                    }
+                }
+            }
+        });
+        drop(gpu_tx);
+        let _ = gpu.join();
+    });
+    records.into_iter().flatten().collect()
+}
+
+/// The GPU lane: one thread, one job at a time, models kept loaded across jobs.
+fn gpu_lane(shared: &Shared, rx: Receiver<Planned>, done: Sender<Msg>) {
+    let mut resources = Resources::new(shared.config.gpu_models, shared.events.clone());
+    let mut queue: VecDeque<Planned> = VecDeque::new();
+    let mut last_group: Option<String> = None;
+    let queue_lock = Mutex::new(());
+    loop {
+        if queue.is_empty() {
+            match rx.recv() {
+                Ok(p) => queue.push_back(p),
+                Err(_) => return,
+            }
+        }
+        while let Ok(p) = rx.try_recv() {
+            queue.push_back(p);
+        }
+        let _g = queue_lock.lock();
+        // Stay on the loaded model while jobs for it are queued.
+        let pick = last_group
+            .as_ref()
+            .and_then(|g| queue.iter().position(|p| p.group.as_ref() == Some(g)))
+            .unwrap_or(0);
+        let job = queue.remove(pick).expect("non-empty queue");
+        last_group = job.group.clone();
+        let fin = if shared.cancel.load(Ordering::Relaxed) {
+            let mut r = shared.record(job.label.clone(), Outcome::Cancelled, shared.ms());
+            r.key = Some(job.key.clone());
+            Finished { node: job.node, record: r, digest: None }
+        } else {
+            shared.execute(job, Some(&mut resources))
+        };
+        let _ = done.send(Msg::Finished(fin));
+    }
+}
+
+/// Base path for a new run's log file.
+pub fn log_path(store: &Store, run_started: u64) -> PathBuf {
+    store.logs_dir().join(format!("{}.jsonl", run_id(run_started)))
+}
+
+/// Reads past run summaries, newest last.
+pub fn past_runs(store: &Store) -> Vec<PathBuf> {
+    let mut runs: Vec<PathBuf> = std::fs::read_dir(store.runs_dir())
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    runs.sort_by_key(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok());
+    runs
+}
+
+/// The output folder of a per-video stage, for tools that inspect outputs.
+pub fn video_output(manifest: &Manifest, folder: &Path, stage: &str) -> PathBuf {
+    manifest.output_dir().join(folder).join(stage)
+}

@@ -1,0 +1,353 @@
+//! The one trait every stage kind implements, and the registry that names them.
+//!
+//! A kind declares its name, an implementation version (bump it when its output
+//! changes), its parameters (checked and defaulted before anything runs), its lane,
+//! what joins its cache key beyond params and inputs, and how to run one job. The
+//! engine knows nothing else about a kind, so adding one touches one file in `stages/`
+//! and one registry line.
+
+use std::any::Any;
+use std::collections::{BTreeMap, HashMap};
+use std::ffi::OsString;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::events::{Event, EventSink};
+use crate::hash::FileHasher;
+
+/// Where a job runs: the shared CPU pool, or the single GPU-lane thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Lane {
+    Cpu,
+    Gpu,
+}
+
+impl fmt::Display for Lane {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Lane::Cpu => "cpu",
+            Lane::Gpu => "gpu",
+        })
+    }
+}
+
+/// One job per video, or one job for the whole batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    Video,
+    Batch,
+}
+
+/// One documented parameter, shown by `vsum stages`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ParamDoc {
+    pub name: &'static str,
+    pub ty: &'static str,
+    pub default: Option<&'static str>,
+    pub doc: &'static str,
+}
+
+/// A problem with a stage's parameters. `path` is relative to the params object
+/// (`["run", "2"]`) so the manifest loader can point at the right line.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParamError {
+    pub path: Vec<String>,
+    pub message: String,
+    pub hint: Option<String>,
+}
+
+impl ParamError {
+    pub fn new(path: &[&str], message: impl Into<String>) -> Self {
+        ParamError {
+            path: path.iter().map(|s| s.to_string()).collect(),
+            message: message.into(),
+            hint: None,
+        }
+    }
+
+    pub fn hint(mut self, hint: impl Into<String>) -> Self {
+        self.hint = Some(hint.into());
+        self
+    }
+}
+
+/// Deserializes params into a kind's typed struct (which should `deny_unknown_fields`),
+/// turning serde's complaint into a [`ParamError`] at the offending path.
+pub fn typed_params<T: serde::de::DeserializeOwned>(params: &Value) -> Result<T, Vec<ParamError>> {
+    serde_path_to_error::deserialize(params).map_err(|e| {
+        let path: Vec<String> = e
+            .path()
+            .iter()
+            .filter_map(|seg| match seg {
+                serde_path_to_error::Segment::Map { key } => Some(key.clone()),
+                serde_path_to_error::Segment::Seq { index } => Some(index.to_string()),
+                _ => None,
+            })
+            .collect();
+        vec![ParamError {
+            path,
+            message: e.inner().to_string(),
+            hint: None,
+        }]
+    })
+}
+
+/// What a kind's parameter check can see of the manifest.
+#[derive(Debug)]
+pub struct CheckEnv<'a> {
+    pub stage_id: &'a str,
+    pub scope: Scope,
+    /// The stages this one lists in `needs`, with their scope.
+    pub needs: &'a [(String, Scope)],
+}
+
+impl CheckEnv<'_> {
+    pub fn needs_stage(&self, id: &str) -> bool {
+        self.needs.iter().any(|(n, _)| n == id)
+    }
+}
+
+/// A source video as jobs see it.
+#[derive(Debug, Clone)]
+pub struct Video {
+    /// Absolute path of the source file (never part of a key).
+    pub path: PathBuf,
+    /// Path relative to the manifest folder when below it, for display and records.
+    pub rel: PathBuf,
+    /// File stem, as `{stem}`.
+    pub stem: OsString,
+    /// Name of its folder under `output/` (the stem, disambiguated when two collide).
+    pub folder: OsString,
+    /// blake3 of the file's content.
+    pub hash: String,
+}
+
+/// What a kind may look at when it adds to its cache key.
+pub struct KeyEnv<'a> {
+    pub base_dir: &'a Path,
+    pub video: Option<&'a Video>,
+    pub hasher: &'a FileHasher,
+}
+
+/// What a kind adds to its fingerprint beyond params, the video and upstream outputs:
+/// extra input files (by content hash) and tool or model versions.
+#[derive(Debug, Clone, Default)]
+pub struct KeyExtras {
+    pub inputs: BTreeMap<String, String>,
+    pub tools: BTreeMap<String, String>,
+}
+
+/// A per-video upstream of a batch job.
+#[derive(Debug, Clone)]
+pub struct BatchItem {
+    pub video: Video,
+    /// Upstream stage id -> its materialized output folder for this video.
+    pub upstream: BTreeMap<String, PathBuf>,
+}
+
+/// Models and other expensive state kept alive on the GPU lane across jobs,
+/// keyed by something stable such as a model's hash. Bounded: least recently used goes.
+pub struct Resources {
+    items: HashMap<String, (u64, Box<dyn Any>)>,
+    clock: u64,
+    capacity: usize,
+    events: EventSink,
+}
+
+impl Resources {
+    pub fn new(capacity: usize, events: EventSink) -> Self {
+        Resources {
+            items: HashMap::new(),
+            clock: 0,
+            capacity: capacity.max(1),
+            events,
+        }
+    }
+
+    /// Returns the resource under `key`, loading it with `load` the first time.
+    pub fn get_or_load<T: 'static, E>(
+        &mut self,
+        key: &str,
+        load: impl FnOnce() -> Result<T, E>,
+    ) -> Result<&mut T, E> {
+        self.clock += 1;
+        let now = self.clock;
+        if !self.items.contains_key(key) {
+            while self.items.len() >= self.capacity {
+                let oldest = self
+                    .items
+                    .iter()
+                    .min_by_key(|(_, (used, _))| *used)
+                    .map(|(k, _)| k.clone());
+                match oldest {
+                    Some(k) => {
+                        self.items.remove(&k);
+                        self.events.emit(Event::ResourceDropped { key: k });
+                    }
+                    None => break,
+                }
+            }
+            let started = std::time::Instant::now();
+            let value = load()?;
+            self.events.emit(Event::ResourceLoaded {
+                key: key.to_string(),
+                ms: started.elapsed().as_millis() as u64,
+            });
+            self.items.insert(key.to_string(), (now, Box::new(value)));
+        }
+        let slot = self.items.get_mut(key).expect("inserted above");
+        slot.0 = now;
+        Ok(slot
+            .1
+            .downcast_mut::<T>()
+            .expect("a resource key is used with one type only"))
+    }
+
+    /// Frees one resource (e.g. after an out-of-memory error).
+    pub fn drop_resource(&mut self, key: &str) {
+        if self.items.remove(key).is_some() {
+            self.events.emit(Event::ResourceDropped {
+                key: key.to_string(),
+            });
+        }
+    }
+}
+
+/// Everything one job may use while it runs.
+pub struct JobCtx<'a> {
+    pub stage_id: &'a str,
+    /// Checked, defaulted params.
+    pub params: &'a Value,
+    /// The manifest's folder: relative paths in params resolve against it.
+    pub base_dir: &'a Path,
+    /// An empty private folder: the job writes its outputs here, and only here.
+    pub out_dir: &'a Path,
+    pub video: Option<&'a Video>,
+    /// Upstream stage id -> materialized output folder (per-video jobs).
+    pub upstream: &'a BTreeMap<String, PathBuf>,
+    /// Per-video upstreams (batch jobs).
+    pub batch: &'a [BatchItem],
+    /// Threads the job may use inside itself (the CPU pool shares the cores).
+    pub threads: usize,
+    pub cancel: &'a AtomicBool,
+    /// Present on the GPU lane only.
+    pub resources: Option<&'a mut Resources>,
+    pub events: &'a EventSink,
+}
+
+impl JobCtx<'_> {
+    pub fn cancelled(&self) -> bool {
+        self.cancel.load(Ordering::Relaxed)
+    }
+}
+
+/// Why a job failed, in words for the user.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct StageError {
+    pub message: String,
+    pub hint: Option<String>,
+    /// Worth another attempt (a crash, a timeout), or not (bad input, missing tool).
+    pub retryable: bool,
+    pub cancelled: bool,
+}
+
+impl StageError {
+    /// A failure that another attempt could fix.
+    pub fn retryable(message: impl Into<String>) -> Self {
+        StageError {
+            message: message.into(),
+            hint: None,
+            retryable: true,
+            cancelled: false,
+        }
+    }
+
+    /// A failure that would fail again the same way.
+    pub fn fatal(message: impl Into<String>) -> Self {
+        StageError {
+            retryable: false,
+            ..Self::retryable(message)
+        }
+    }
+
+    pub fn cancelled() -> Self {
+        StageError {
+            cancelled: true,
+            ..Self::fatal("cancelled")
+        }
+    }
+
+    pub fn hint(mut self, hint: impl Into<String>) -> Self {
+        self.hint = Some(hint.into());
+        self
+    }
+}
+
+/// A stage kind. See the module doc.
+pub trait StageKind: Send + Sync {
+    /// The name used in `uses:` (e.g. `video.scenes`).
+    fn name(&self) -> &'static str;
+    /// Bump when the kind's output for the same inputs changes: it busts its cache.
+    fn version(&self) -> u32;
+    /// One line for `vsum stages`.
+    fn summary(&self) -> &'static str;
+    /// The lane a stage of this kind runs on unless the manifest says otherwise.
+    fn default_lane(&self) -> Lane {
+        Lane::Cpu
+    }
+    fn params_doc(&self) -> Vec<ParamDoc>;
+    /// Checks params and returns them with defaults filled in (this is what is keyed).
+    fn check(&self, params: &Value, env: &CheckEnv) -> Result<Value, Vec<ParamError>>;
+    /// Extra inputs and tool versions that join the key.
+    fn key_extras(&self, _params: &Value, _env: &KeyEnv) -> Result<KeyExtras, StageError> {
+        Ok(KeyExtras::default())
+    }
+    /// Jobs on the GPU lane with the same group run back to back (e.g. one model).
+    fn resource_group(&self, _params: &Value) -> Option<String> {
+        None
+    }
+    fn run(&self, ctx: &mut JobCtx) -> Result<(), StageError>;
+}
+
+/// The stage kinds a binary knows, by name.
+#[derive(Default, Clone)]
+pub struct Registry {
+    kinds: BTreeMap<&'static str, Arc<dyn StageKind>>,
+}
+
+impl Registry {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn register(&mut self, kind: impl StageKind + 'static) -> &mut Self {
+        self.kinds.insert(kind.name(), Arc::new(kind));
+        self
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Arc<dyn StageKind>> {
+        self.kinds.get(name)
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.kinds.keys().copied()
+    }
+
+    pub fn kinds(&self) -> impl Iterator<Item = &Arc<dyn StageKind>> {
+        self.kinds.values()
+    }
+}
+
+impl fmt::Debug for Registry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.kinds.keys()).finish()
+    }
+}

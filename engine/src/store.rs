@@ -1,0 +1,728 @@
+//! The content-addressed cache under `.vsum/`.
+//!
+//! Layout: `objects/ab/<blake3>` (read-only files, one per distinct content),
+//! `entries/ab/<key>.json` (what a job produced: output name -> object, its
+//! fingerprint, timings), `refs/<video-id>/<stage>` (the last key seen for a video and
+//! stage, for `cache why`), `statcache.json`, `runs/`, `logs/`, `tmp/`.
+//!
+//! A commit moves outputs into `objects/` first and writes the entry last, atomically
+//! (temp + fsync + rename). Entries carry a checksum; an entry that fails it, or whose
+//! objects are missing or of the wrong size, is never trusted. Runs hold a shared lock
+//! on `.vsum/lock`; `gc` and `verify` take it exclusively, so they never pull an object
+//! from under a running batch.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::{self, File, TryLockError};
+use std::io;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::fingerprint::{Fingerprint, SCHEMA, outputs_digest};
+use crate::fsutil::{self, sync_dir, temp_beside, write_atomic};
+use crate::hash::{FileHasher, hash_file};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot use the cache folder {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "the cache {path} is locked by another vsum ({what}); wait for it to finish or use another --cache-dir"
+    )]
+    Busy { path: PathBuf, what: &'static str },
+}
+
+/// How a process holds the cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockMode {
+    /// Runs and read-only commands: many at once.
+    Shared,
+    /// gc and verify: alone.
+    Exclusive,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutFile {
+    pub hash: String,
+    pub size: u64,
+}
+
+/// One cache entry: what a job with a given key produced.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Entry {
+    pub schema: u32,
+    pub key: String,
+    pub stage: String,
+    pub kind: String,
+    /// The video (relative path, lossy) the entry was made for; informational.
+    pub video: Option<String>,
+    pub outputs: BTreeMap<String, OutFile>,
+    pub fingerprint: Fingerprint,
+    pub duration_ms: u64,
+    /// Unix seconds.
+    pub created: u64,
+}
+
+impl Entry {
+    pub fn digest(&self) -> String {
+        outputs_digest(self.outputs.iter().map(|(k, v)| (k, &v.hash)))
+    }
+
+    pub fn size(&self) -> u64 {
+        self.outputs.values().map(|o| o.size).sum()
+    }
+}
+
+/// Why a lookup did not give a trusted entry.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Lookup {
+    Hit(Box<Entry>),
+    Missing,
+    /// An entry exists but cannot be trusted (and has been removed).
+    Untrusted(String),
+}
+
+pub fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+#[derive(Debug)]
+pub struct Store {
+    root: PathBuf,
+    _lock: File,
+}
+
+impl Store {
+    /// Opens (creating if needed) the cache at `root` and takes its lock.
+    pub fn open(root: &Path, mode: LockMode) -> Result<Store, StoreError> {
+        let io_err = |source| StoreError::Io {
+            path: root.to_path_buf(),
+            source,
+        };
+        for sub in ["objects", "entries", "refs", "runs", "logs", "tmp"] {
+            fs::create_dir_all(root.join(sub)).map_err(io_err)?;
+        }
+        let lock = File::options()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(root.join("lock"))
+            .map_err(io_err)?;
+        let res = match mode {
+            LockMode::Shared => lock.try_lock_shared(),
+            LockMode::Exclusive => lock.try_lock(),
+        };
+        match res {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => {
+                return Err(StoreError::Busy {
+                    path: root.to_path_buf(),
+                    what: match mode {
+                        LockMode::Shared => "a gc or verify is running",
+                        LockMode::Exclusive => "a run is in progress",
+                    },
+                });
+            }
+            Err(TryLockError::Error(e)) => return Err(io_err(e)),
+        }
+        Ok(Store {
+            root: root.to_path_buf(),
+            _lock: lock,
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn hasher(&self) -> FileHasher {
+        FileHasher::open(&self.root.join("statcache.json"))
+    }
+
+    pub fn runs_dir(&self) -> PathBuf {
+        self.root.join("runs")
+    }
+
+    pub fn logs_dir(&self) -> PathBuf {
+        self.root.join("logs")
+    }
+
+    fn object_path(&self, hash: &str) -> PathBuf {
+        self.root.join("objects").join(&hash[..2]).join(hash)
+    }
+
+    fn entry_path(&self, key: &str) -> PathBuf {
+        self.root
+            .join("entries")
+            .join(&key[..2])
+            .join(format!("{key}.json"))
+    }
+
+    /// A new, empty private folder for one job's outputs (same filesystem as objects/).
+    pub fn job_dir(&self) -> io::Result<PathBuf> {
+        let d = self.root.join("tmp").join(fsutil::unique_suffix());
+        fs::create_dir_all(&d)?;
+        Ok(d)
+    }
+
+    /// Finds a trusted entry for `key`. Checks the entry's checksum and that each
+    /// object exists with its recorded size; anything else is untrusted and removed.
+    pub fn lookup(&self, key: &str) -> Lookup {
+        let path = self.entry_path(key);
+        let bytes = match fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Lookup::Missing,
+            Err(e) => return Lookup::Untrusted(format!("cannot read entry {key}: {e}")),
+        };
+        let verdict = match decode_entry(&bytes) {
+            Ok(entry) if entry.key != key => Err("entry names another key".to_string()),
+            Ok(entry) => match self.check_objects(&entry) {
+                Ok(()) => Ok(entry),
+                Err(why) => Err(why),
+            },
+            Err(why) => Err(why),
+        };
+        match verdict {
+            Ok(entry) => {
+                // Last use, for gc by age: the entry file's mtime.
+                if let Ok(f) = File::options().write(true).open(&path) {
+                    let _ = f.set_modified(SystemTime::now());
+                }
+                Lookup::Hit(Box::new(entry))
+            }
+            Err(why) => {
+                let _ = fs::remove_file(&path);
+                Lookup::Untrusted(format!("cache entry {} untrusted: {why}", &key[..12]))
+            }
+        }
+    }
+
+    fn check_objects(&self, entry: &Entry) -> Result<(), String> {
+        for (name, o) in &entry.outputs {
+            match fs::metadata(self.object_path(&o.hash)) {
+                Ok(m) if m.len() == o.size => {}
+                Ok(m) => {
+                    return Err(format!(
+                        "object for '{name}' has {} bytes, expected {}",
+                        m.len(),
+                        o.size
+                    ));
+                }
+                Err(_) => return Err(format!("object for '{name}' is missing")),
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves every file under `job_dir` into objects/ and writes the entry.
+    pub fn commit(
+        &self,
+        key: &str,
+        fingerprint: &Fingerprint,
+        stage: &str,
+        video: Option<String>,
+        job_dir: &Path,
+        duration_ms: u64,
+    ) -> io::Result<Entry> {
+        let mut outputs = BTreeMap::new();
+        let mut touched = BTreeSet::new();
+        for item in walkdir::WalkDir::new(job_dir).sort_by_file_name() {
+            let item = item.map_err(io::Error::other)?;
+            if item.file_type().is_dir() {
+                continue;
+            }
+            let rel = item
+                .path()
+                .strip_prefix(job_dir)
+                .map_err(io::Error::other)?
+                .to_str()
+                .ok_or_else(|| {
+                    io::Error::other(format!(
+                        "output file name {:?} is not valid UTF-8",
+                        item.path()
+                    ))
+                })?
+                .to_string();
+            if !item.file_type().is_file() {
+                return Err(io::Error::other(format!(
+                    "output '{rel}' is not a regular file (symlinks and devices are not cached)"
+                )));
+            }
+            let src = item.path();
+            File::open(src)?.sync_all()?;
+            let hash = hash_file(src)?;
+            let size = fs::metadata(src)?.len();
+            let dest = self.object_path(&hash);
+            if fs::metadata(&dest).map(|m| m.len() == size).unwrap_or(false) {
+                fs::remove_file(src)?;
+            } else {
+                let parent = dest.parent().expect("object folder");
+                fs::create_dir_all(parent)?;
+                fs::set_permissions(src, fs::Permissions::from_mode(0o444))?;
+                fs::rename(src, &dest)?;
+                touched.insert(parent.to_path_buf());
+            }
+            outputs.insert(rel, OutFile { hash, size });
+        }
+        for dir in touched {
+            sync_dir(&dir);
+        }
+        let entry = Entry {
+            schema: SCHEMA,
+            key: key.to_string(),
+            stage: stage.to_string(),
+            kind: fingerprint.kind.clone(),
+            video,
+            outputs,
+            fingerprint: fingerprint.clone(),
+            duration_ms,
+            created: now_secs(),
+        };
+        write_atomic(&self.entry_path(key), &encode_entry(&entry))?;
+        let _ = fs::remove_dir_all(job_dir);
+        Ok(entry)
+    }
+
+    /// Makes `dest` hold exactly the entry's outputs, as hardlinks to the objects
+    /// (copies across filesystems). Files already linked are left alone.
+    pub fn materialize(&self, entry: &Entry, dest: &Path) -> io::Result<()> {
+        fs::create_dir_all(dest)?;
+        for (rel, o) in &entry.outputs {
+            let obj = self.object_path(&o.hash);
+            let target = dest.join(rel);
+            let obj_md = fs::metadata(&obj)?;
+            if let Ok(md) = fs::symlink_metadata(&target) {
+                if md.ino() == obj_md.ino() && md.dev() == obj_md.dev() {
+                    continue;
+                }
+                if md.is_dir() {
+                    fs::remove_dir_all(&target)?;
+                }
+            }
+            if let Some(p) = target.parent() {
+                fs::create_dir_all(p)?;
+            }
+            let tmp = temp_beside(&target);
+            if fs::hard_link(&obj, &tmp).is_err() {
+                fs::copy(&obj, &tmp)?;
+            }
+            fs::rename(&tmp, &target)?;
+        }
+        // Remove what an earlier version of the stage left behind.
+        let wanted: BTreeSet<PathBuf> = entry.outputs.keys().map(|k| dest.join(k)).collect();
+        let mut dirs = Vec::new();
+        for item in walkdir::WalkDir::new(dest).min_depth(1).into_iter().flatten() {
+            if item.file_type().is_dir() {
+                dirs.push(item.path().to_path_buf());
+            } else if !wanted.contains(item.path()) {
+                let _ = fs::remove_file(item.path());
+            }
+        }
+        for d in dirs.into_iter().rev() {
+            let _ = fs::remove_dir(d); // only succeeds when empty
+        }
+        Ok(())
+    }
+
+    /// Does `dest` already hold exactly these outputs as links to the objects?
+    pub fn is_materialized(&self, entry: &Entry, dest: &Path) -> bool {
+        entry.outputs.iter().all(|(rel, o)| {
+            match (
+                fs::metadata(dest.join(rel)),
+                fs::metadata(self.object_path(&o.hash)),
+            ) {
+                (Ok(a), Ok(b)) => a.ino() == b.ino() && a.dev() == b.dev(),
+                _ => false,
+            }
+        })
+    }
+
+    fn ref_path(&self, video_id: &str, stage: &str) -> PathBuf {
+        self.root.join("refs").join(video_id).join(stage)
+    }
+
+    /// Remembers the key last used for a video (or `_batch`) and stage.
+    pub fn set_ref(&self, video_id: &str, stage: &str, key: &str) -> io::Result<()> {
+        let p = self.ref_path(video_id, stage);
+        if fs::read_to_string(&p).ok().as_deref() == Some(key) {
+            return Ok(());
+        }
+        write_atomic(&p, key.as_bytes())
+    }
+
+    pub fn get_ref(&self, video_id: &str, stage: &str) -> Option<String> {
+        fs::read_to_string(self.ref_path(video_id, stage))
+            .ok()
+            .map(|s| s.trim().to_string())
+    }
+
+    /// Reads an entry without trusting checks (for inspection commands).
+    pub fn read_entry(&self, key: &str) -> Result<Entry, String> {
+        let bytes = fs::read(self.entry_path(key)).map_err(|e| e.to_string())?;
+        decode_entry(&bytes)
+    }
+
+    /// All entry keys (optionally those starting with `prefix`).
+    pub fn keys(&self, prefix: &str) -> Vec<String> {
+        let mut keys: Vec<String> = walkdir::WalkDir::new(self.root.join("entries"))
+            .min_depth(2)
+            .into_iter()
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name().to_str()?;
+                name.strip_suffix(".json").map(str::to_string)
+            })
+            .filter(|k| k.len() == 64 && k.starts_with(prefix))
+            .collect();
+        keys.sort();
+        keys
+    }
+
+    /// Last use of an entry (unix seconds).
+    pub fn last_used(&self, key: &str) -> u64 {
+        fs::metadata(self.entry_path(key))
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map(|d| d.as_secs())
+            .unwrap_or(0)
+    }
+
+    fn object_files(&self) -> Vec<(String, PathBuf, u64)> {
+        walkdir::WalkDir::new(self.root.join("objects"))
+            .min_depth(2)
+            .into_iter()
+            .flatten()
+            .filter(|e| e.file_type().is_file())
+            .filter_map(|e| {
+                let name = e.file_name().to_str()?.to_string();
+                let size = e.metadata().ok()?.len();
+                Some((name, e.path().to_path_buf(), size))
+            })
+            .collect()
+    }
+
+    pub fn stats(&self) -> Stats {
+        let objects = self.object_files();
+        let mut by_stage: BTreeMap<String, (usize, u64)> = BTreeMap::new();
+        let keys = self.keys("");
+        for k in &keys {
+            if let Ok(e) = self.read_entry(k) {
+                let s = by_stage.entry(e.stage.clone()).or_default();
+                s.0 += 1;
+                s.1 += e.size();
+            }
+        }
+        Stats {
+            root: self.root.clone(),
+            entries: keys.len(),
+            objects: objects.len(),
+            object_bytes: objects.iter().map(|o| o.2).sum(),
+            total_bytes: fsutil::dir_size(&self.root),
+            by_stage,
+        }
+    }
+
+    /// Re-hashes every object; corrupt objects and entries are reported and, when
+    /// `evict`, removed so the next run recomputes them.
+    pub fn verify(&self, evict: bool) -> VerifyReport {
+        let mut report = VerifyReport::default();
+        for (name, path, _) in self.object_files() {
+            report.objects_checked += 1;
+            match hash_file(&path) {
+                Ok(h) if h == name => {}
+                Ok(h) => {
+                    report.problems.push(format!(
+                        "object {} is corrupt (content hashes to {})",
+                        &name[..16.min(name.len())],
+                        &h[..16]
+                    ));
+                    report.corrupt_objects.insert(name);
+                    if evict {
+                        let _ = fs::remove_file(&path);
+                    }
+                }
+                Err(e) => report
+                    .problems
+                    .push(format!("object {name} unreadable: {e}")),
+            }
+        }
+        for key in self.keys("") {
+            report.entries_checked += 1;
+            let path = self.entry_path(&key);
+            let bad = match self.read_entry(&key) {
+                Err(why) => Some(format!("entry {} is corrupt: {why}", &key[..16])),
+                Ok(e) => e
+                    .outputs
+                    .iter()
+                    .find(|(_, o)| {
+                        report.corrupt_objects.contains(&o.hash)
+                            || !self.object_path(&o.hash).exists()
+                    })
+                    .map(|(n, _)| {
+                        format!(
+                            "entry {} ({} [{}]) lost its output '{n}'",
+                            &key[..16],
+                            e.stage,
+                            e.video.as_deref().unwrap_or("batch")
+                        )
+                    }),
+            };
+            if let Some(why) = bad {
+                report.problems.push(why);
+                report.bad_entries += 1;
+                if evict {
+                    let _ = fs::remove_file(&path);
+                }
+            }
+        }
+        report.evicted = evict;
+        report
+    }
+
+    /// Removes entries unused for longer than `older_than` seconds, then the least
+    /// recently used until outputs fit in `max_size` bytes, then unreferenced objects
+    /// and leftovers of interrupted jobs.
+    pub fn gc(&self, max_size: Option<u64>, older_than: Option<u64>) -> GcReport {
+        let now = now_secs();
+        let mut report = GcReport::default();
+        let mut live: Vec<(u64, String, Entry)> = Vec::new();
+        for key in self.keys("") {
+            match self.read_entry(&key) {
+                Ok(e) => live.push((self.last_used(&key), key, e)),
+                Err(_) => {
+                    let _ = fs::remove_file(self.entry_path(&key));
+                    report.entries_removed += 1;
+                }
+            }
+        }
+        live.sort_by(|a, b| b.0.cmp(&a.0)); // newest first
+        let mut kept = 0usize;
+        let mut kept_bytes = 0u64;
+        let mut keep: BTreeSet<String> = BTreeSet::new();
+        let mut seen_objects: BTreeMap<String, u64> = BTreeMap::new();
+        for (used, key, e) in &live {
+            let too_old = older_than.is_some_and(|age| now.saturating_sub(*used) > age);
+            let new_bytes: u64 = e
+                .outputs
+                .values()
+                .filter(|o| !seen_objects.contains_key(&o.hash))
+                .map(|o| o.size)
+                .sum();
+            let too_big = max_size.is_some_and(|max| kept_bytes + new_bytes > max);
+            if too_old || too_big {
+                let _ = fs::remove_file(self.entry_path(key));
+                report.entries_removed += 1;
+                continue;
+            }
+            kept += 1;
+            kept_bytes += new_bytes;
+            for o in e.outputs.values() {
+                seen_objects.insert(o.hash.clone(), o.size);
+                keep.insert(o.hash.clone());
+            }
+        }
+        for (name, path, size) in self.object_files() {
+            if !keep.contains(&name) {
+                let _ = fs::remove_file(&path);
+                report.objects_removed += 1;
+                report.bytes_freed += size;
+            }
+        }
+        if let Ok(rd) = fs::read_dir(self.root.join("tmp")) {
+            for d in rd.flatten() {
+                report.bytes_freed += fsutil::dir_size(&d.path());
+                let _ = fs::remove_dir_all(d.path());
+            }
+        }
+        report.entries_kept = kept;
+        report.bytes_kept = kept_bytes;
+        report
+    }
+}
+
+const CHECK_SEP: &[u8] = b"\n#blake3:";
+
+fn encode_entry(e: &Entry) -> Vec<u8> {
+    let mut body = serde_json::to_vec_pretty(e).expect("entry serializes");
+    let sum = blake3::hash(&body).to_hex();
+    body.extend_from_slice(CHECK_SEP);
+    body.extend_from_slice(sum.as_bytes());
+    body.push(b'\n');
+    body
+}
+
+fn decode_entry(bytes: &[u8]) -> Result<Entry, String> {
+    let at = bytes
+        .windows(CHECK_SEP.len())
+        .rposition(|w| w == CHECK_SEP)
+        .ok_or("no checksum")?;
+    let (body, rest) = bytes.split_at(at);
+    let sum = std::str::from_utf8(&rest[CHECK_SEP.len()..])
+        .map_err(|_| "bad checksum")?
+        .trim();
+    if blake3::hash(body).to_hex().as_str() != sum {
+        return Err("checksum mismatch".into());
+    }
+    let e: Entry = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+    if e.schema != SCHEMA {
+        return Err(format!("schema {} (this vsum uses {SCHEMA})", e.schema));
+    }
+    Ok(e)
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Stats {
+    pub root: PathBuf,
+    pub entries: usize,
+    pub objects: usize,
+    pub object_bytes: u64,
+    pub total_bytes: u64,
+    /// Stage -> (entries, bytes of outputs).
+    pub by_stage: BTreeMap<String, (usize, u64)>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct VerifyReport {
+    pub objects_checked: usize,
+    pub entries_checked: usize,
+    pub bad_entries: usize,
+    pub corrupt_objects: BTreeSet<String>,
+    pub problems: Vec<String>,
+    pub evicted: bool,
+}
+
+impl VerifyReport {
+    pub fn clean(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct GcReport {
+    pub entries_removed: usize,
+    pub entries_kept: usize,
+    pub objects_removed: usize,
+    pub bytes_freed: u64,
+    pub bytes_kept: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fingerprint::SCHEMA;
+
+    fn fp() -> Fingerprint {
+        Fingerprint {
+            schema: SCHEMA,
+            kind: "command".into(),
+            kind_version: 1,
+            params: serde_json::json!({}),
+            inputs: BTreeMap::new(),
+            upstream: BTreeMap::new(),
+            tools: BTreeMap::new(),
+        }
+    }
+
+    fn commit_one(store: &Store, key: &str, content: &[u8]) -> Entry {
+        let d = store.job_dir().unwrap();
+        fs::write(d.join("a.txt"), content).unwrap();
+        store.commit(key, &fp(), "s", None, &d, 1).unwrap()
+    }
+
+    #[test]
+    fn commit_lookup_materialize_roundtrip() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join(".vsum"), LockMode::Shared).unwrap();
+        let key = "a".repeat(64);
+        let e = commit_one(&store, &key, b"hello");
+        let Lookup::Hit(hit) = store.lookup(&key) else {
+            panic!("expected hit")
+        };
+        assert_eq!(hit.outputs, e.outputs);
+        let out = dir.path().join("out");
+        fs::create_dir_all(&out).unwrap();
+        fs::write(out.join("stale.txt"), b"old").unwrap();
+        store.materialize(&hit, &out).unwrap();
+        assert_eq!(fs::read(out.join("a.txt")).unwrap(), b"hello");
+        assert!(!out.join("stale.txt").exists());
+        assert!(store.is_materialized(&hit, &out));
+    }
+
+    #[test]
+    fn tampered_entry_or_missing_object_is_untrusted() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join(".vsum"), LockMode::Shared).unwrap();
+        let key = "b".repeat(64);
+        let e = commit_one(&store, &key, b"hello");
+        let p = store.entry_path(&key);
+        let mut bytes = fs::read(&p).unwrap();
+        bytes[10] ^= 1;
+        fs::write(&p, &bytes).unwrap();
+        assert!(matches!(store.lookup(&key), Lookup::Untrusted(_)));
+
+        let key2 = "c".repeat(64);
+        commit_one(&store, &key2, b"hello");
+        fs::remove_file(store.object_path(&e.outputs["a.txt"].hash)).unwrap();
+        assert!(matches!(store.lookup(&key2), Lookup::Untrusted(_)));
+        assert_eq!(store.lookup(&key2), Lookup::Missing, "untrusted entry is removed");
+    }
+
+    #[test]
+    fn verify_finds_and_evicts_corrupt_objects() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join(".vsum");
+        let key = "d".repeat(64);
+        let e = {
+            let store = Store::open(&root, LockMode::Shared).unwrap();
+            commit_one(&store, &key, b"hello")
+        };
+        let store = Store::open(&root, LockMode::Exclusive).unwrap();
+        assert!(store.verify(false).clean());
+        let obj = store.object_path(&e.outputs["a.txt"].hash);
+        fs::set_permissions(&obj, fs::Permissions::from_mode(0o644)).unwrap();
+        fs::write(&obj, b"jello").unwrap();
+        let r = store.verify(true);
+        assert_eq!(r.corrupt_objects.len(), 1);
+        assert_eq!(r.bad_entries, 1);
+        assert_eq!(store.lookup(&key), Lookup::Missing);
+        assert!(store.verify(false).clean());
+    }
+
+    #[test]
+    fn exclusive_lock_excludes_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join(".vsum");
+        let _a = Store::open(&root, LockMode::Shared).unwrap();
+        let _b = Store::open(&root, LockMode::Shared).unwrap();
+        assert!(matches!(
+            Store::open(&root, LockMode::Exclusive),
+            Err(StoreError::Busy { .. })
+        ));
+    }
+
+    #[test]
+    fn gc_drops_unreferenced_objects_and_respects_max_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join(".vsum");
+        let store = Store::open(&root, LockMode::Exclusive).unwrap();
+        commit_one(&store, &"e".repeat(64), b"0123456789");
+        commit_one(&store, &"f".repeat(64), b"abcdefghij");
+        let r = store.gc(None, None);
+        assert_eq!((r.entries_removed, r.objects_removed), (0, 0));
+        let r = store.gc(Some(15), None);
+        assert_eq!(r.entries_removed, 1);
+        assert_eq!(r.objects_removed, 1);
+        assert_eq!(store.keys("").len(), 1);
+    }
+}
