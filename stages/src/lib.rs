@@ -1,1 +1,13 @@
+//! vsum's stage kinds. The engine knows none of them by name: the binary builds a
+//! [`Registry`] here, one line per kind.
 
+pub mod command;
+
+use vsum_engine::stage::Registry;
+
+/// Every built-in stage kind.
+pub fn registry() -> Registry {
+    let mut r = Registry::new();
+    r.register(command::CommandStage);
+    r
+}

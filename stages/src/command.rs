@@ -1,0 +1,415 @@
+//! The command stage: runs a user's program (`run:` argv) as a cached stage.
+//!
+//! The argv is executed without a shell, each element templated (`{video}`, `{stem}`,
+//! `{out}`, `{<stage>}`, `{videos}`), from the manifest's folder. The job's outputs are
+//! whatever it writes into `{out}` (plus its stdout when `stdout:` names a file);
+//! declared `outputs:` must exist or the job fails. `deps:` lists files (scripts, models,
+//! configs) whose content joins the key, so editing a script reruns the stage.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::ffi::OsString;
+use std::fs::File;
+use std::io::{BufRead, BufReader};
+use std::path::{Component, Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use vsum_engine::stage::{
+    CheckEnv, JobCtx, KeyEnv, KeyExtras, Lane, ParamDoc, ParamError, Scope, StageError, StageKind,
+    typed_params,
+};
+use vsum_engine::template::{self, Piece};
+
+/// Lines of stderr kept for error messages.
+const STDERR_TAIL: usize = 20;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Params {
+    run: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    stdout: Option<String>,
+    #[serde(default)]
+    outputs: Vec<String>,
+    #[serde(default)]
+    deps: Vec<String>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    timeout: Option<f64>,
+}
+
+#[derive(Debug, Default)]
+pub struct CommandStage;
+
+fn bad_out_name(name: &str) -> bool {
+    let p = Path::new(name);
+    name.is_empty()
+        || p.is_absolute()
+        || p.components().any(|c| !matches!(c, Component::Normal(_)))
+}
+
+impl Params {
+    fn uses_stem(&self) -> bool {
+        self.run
+            .iter()
+            .chain(self.env.values())
+            .any(|s| template::vars(s).iter().any(|v| v == "stem"))
+    }
+}
+
+impl StageKind for CommandStage {
+    fn name(&self) -> &'static str {
+        vsum_engine::manifest::COMMAND_KIND
+    }
+
+    fn version(&self) -> u32 {
+        1
+    }
+
+    fn summary(&self) -> &'static str {
+        "Runs a program (argv, no shell) on each video; its files in {out} are the outputs"
+    }
+
+    fn default_lane(&self) -> Lane {
+        Lane::Cpu
+    }
+
+    fn params_doc(&self) -> Vec<ParamDoc> {
+        vec![
+            ParamDoc {
+                name: "run",
+                ty: "list of strings",
+                default: None,
+                doc: "argv, executed without a shell from the manifest's folder; placeholders {video} {stem} {out} {<stage>} ({videos} in batch scope)",
+            },
+            ParamDoc {
+                name: "stdout",
+                ty: "file name",
+                default: None,
+                doc: "capture stdout into this output file",
+            },
+            ParamDoc {
+                name: "outputs",
+                ty: "list of file names",
+                default: Some("[]"),
+                doc: "files the command must create in {out}; a missing one fails the job",
+            },
+            ParamDoc {
+                name: "deps",
+                ty: "list of paths",
+                default: Some("[]"),
+                doc: "extra files whose content joins the cache key (scripts, configs)",
+            },
+            ParamDoc {
+                name: "env",
+                ty: "map",
+                default: Some("{}"),
+                doc: "extra environment variables (values are templated)",
+            },
+            ParamDoc {
+                name: "timeout",
+                ty: "seconds",
+                default: Some("none"),
+                doc: "kill the command after this long (a retryable failure)",
+            },
+        ]
+    }
+
+    fn check(&self, params: &Value, env: &CheckEnv) -> Result<Value, Vec<ParamError>> {
+        if let Some(Value::String(s)) = params.get("run") {
+            return Err(vec![
+                ParamError::new(&["run"], "`run` must be a list (argv), not a string").hint(format!(
+                    "commands run without a shell: write `run: [{}]`, or `run: [sh, -c, \"...\"]` for shell syntax",
+                    s.split_whitespace()
+                        .map(|w| format!("\"{w}\""))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )),
+            ]);
+        }
+        let p: Params = typed_params(params)?;
+        let mut errs = Vec::new();
+        if p.run.is_empty() {
+            errs.push(ParamError::new(&["run"], "`run` is empty").hint("give the program and its arguments"));
+        }
+        let batch = env.scope == Scope::Batch;
+        let per_video_needs: Vec<&str> = env
+            .needs
+            .iter()
+            .filter(|(_, s)| *s == Scope::Video)
+            .map(|(n, _)| n.as_str())
+            .collect();
+        let fields = p
+            .run
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (vec!["run".to_string(), i.to_string()], s, true))
+            .chain(p.env.iter().map(|(k, v)| (vec!["env".to_string(), k.clone()], v, false)));
+        for (path, s, in_argv) in fields {
+            let path_ref: Vec<&str> = path.iter().map(String::as_str).collect();
+            let pieces = match template::parse(s) {
+                Ok(p) => p,
+                Err(e) => {
+                    errs.push(ParamError::new(&path_ref, e));
+                    continue;
+                }
+            };
+            let whole = pieces.len() == 1;
+            for piece in &pieces {
+                let Piece::Var(v) = piece else { continue };
+                let problem = match v.as_str() {
+                    "out" => None,
+                    "video" | "stem" if batch => Some((
+                        format!("{{{v}}} is per video; stage '{}' is `scope: batch`", env.stage_id),
+                        "use {videos} or {<stage>} to get one argument per video".to_string(),
+                    )),
+                    "video" | "stem" => None,
+                    "videos" if !batch => Some((
+                        "{videos} is only for `scope: batch` stages".to_string(),
+                        "use {video} for this video".to_string(),
+                    )),
+                    "videos" if per_video_needs.len() != 1 => Some((
+                        format!(
+                            "{{videos}} needs exactly one per-video stage in `needs`, stage '{}' has {}",
+                            env.stage_id,
+                            per_video_needs.len()
+                        ),
+                        "use {<stage>} to name which stage's folders you want".to_string(),
+                    )),
+                    _ if v != "videos" && !env.needs_stage(v) => Some((
+                        format!("placeholder {{{v}}} names stage '{v}', which is not in `needs`"),
+                        format!("add '{v}' to `needs:` so its outputs exist before this stage runs"),
+                    )),
+                    _ => None,
+                };
+                if let Some((msg, hint)) = problem {
+                    errs.push(ParamError::new(&path_ref, msg).hint(hint));
+                    continue;
+                }
+                let expands = batch && (v == "videos" || per_video_needs.contains(&v.as_str()));
+                if expands && (!whole || !in_argv) {
+                    errs.push(
+                        ParamError::new(&path_ref, format!("{{{v}}} expands to one argument per video, so it must stand alone as a `run` element"))
+                            .hint(format!("write \"{{{v}}}\" as its own list item")),
+                    );
+                }
+            }
+        }
+        for (i, o) in p.outputs.iter().enumerate() {
+            if bad_out_name(o) {
+                errs.push(
+                    ParamError::new(&["outputs", &i.to_string()], format!("output '{o}' must be a relative path inside {{out}}"))
+                        .hint("no absolute paths and no '..'"),
+                );
+            }
+        }
+        if let Some(s) = &p.stdout {
+            if bad_out_name(s) {
+                errs.push(
+                    ParamError::new(&["stdout"], format!("stdout file '{s}' must be a relative path inside {{out}}"))
+                        .hint("e.g. `stdout: result.txt`"),
+                );
+            }
+        }
+        if p.timeout.is_some_and(|t| !(t > 0.0)) {
+            errs.push(ParamError::new(&["timeout"], "`timeout` must be a positive number of seconds"));
+        }
+        if errs.is_empty() {
+            Ok(serde_json::to_value(&p).expect("params serialize"))
+        } else {
+            Err(errs)
+        }
+    }
+
+    fn key_extras(&self, params: &Value, env: &KeyEnv) -> Result<KeyExtras, StageError> {
+        let p: Params = serde_json::from_value(params.clone()).map_err(|e| StageError::fatal(e.to_string()))?;
+        let mut x = KeyExtras::default();
+        for dep in &p.deps {
+            let path = env.base_dir.join(dep);
+            let hash = env.hasher.hash(&path).map_err(|e| {
+                StageError::fatal(format!("dep '{dep}' ({}): {e}", path.display()))
+                    .hint("`deps:` paths are relative to the manifest's folder; fix the path or create the file")
+            })?;
+            x.inputs.insert(format!("dep:{dep}"), hash);
+        }
+        if p.uses_stem() {
+            if let Some(v) = env.video {
+                x.inputs.insert("stem".into(), v.stem.to_string_lossy().into_owned());
+            }
+        }
+        Ok(x)
+    }
+
+    fn run(&self, ctx: &mut JobCtx) -> Result<(), StageError> {
+        let p: Params = serde_json::from_value(ctx.params.clone()).map_err(|e| StageError::fatal(e.to_string()))?;
+        let argv: Vec<OsString> = p
+            .run
+            .iter()
+            .map(|a| expand(a, ctx))
+            .collect::<Result<Vec<_>, _>>()?
+            .into_iter()
+            .flatten()
+            .collect();
+        let program = PathBuf::from(&argv[0]);
+        let program = if program.is_relative() && program.components().count() > 1 {
+            ctx.base_dir.join(program)
+        } else {
+            program
+        };
+        let shown = p.run[0].clone();
+        let mut cmd = Command::new(&program);
+        cmd.args(&argv[1..])
+            .current_dir(ctx.base_dir)
+            .stdin(Stdio::null())
+            .stderr(Stdio::piped())
+            .env("VSUM_OUT", ctx.out_dir)
+            .env("VSUM_STAGE", ctx.stage_id)
+            .env("VSUM_THREADS", ctx.threads.to_string());
+        if let Some(v) = ctx.video {
+            cmd.env("VSUM_VIDEO", &v.path);
+        }
+        for (k, v) in &p.env {
+            let val: Vec<OsString> = expand(v, ctx)?;
+            cmd.env(k, val.into_iter().next().unwrap_or_default());
+        }
+        match &p.stdout {
+            Some(name) => {
+                let f = File::create(ctx.out_dir.join(name)).map_err(|e| {
+                    StageError::retryable(format!("cannot create stdout file '{name}': {e}"))
+                })?;
+                cmd.stdout(f);
+            }
+            None => {
+                cmd.stdout(Stdio::null());
+            }
+        }
+        let mut child = cmd.spawn().map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => StageError::fatal(format!("command '{shown}' not found"))
+                .hint(format!(
+                    "install it or fix `run:`; commands run without a shell, from {}",
+                    ctx.base_dir.display()
+                )),
+            std::io::ErrorKind::PermissionDenied => StageError::fatal(format!("command '{shown}' is not executable"))
+                .hint("check its permissions (chmod +x) or run it through its interpreter"),
+            _ => StageError::retryable(format!("cannot start '{shown}': {e}")),
+        })?;
+        let stderr = child.stderr.take().expect("piped");
+        let tail = std::thread::spawn(move || {
+            let mut lines: VecDeque<String> = VecDeque::new();
+            for line in BufReader::new(stderr).split(b'\n').map_while(Result::ok) {
+                if lines.len() == STDERR_TAIL {
+                    lines.pop_front();
+                }
+                let mut l = String::from_utf8_lossy(&line).into_owned();
+                l.truncate(500);
+                lines.push_back(l);
+            }
+            lines.into_iter().collect::<Vec<_>>().join("\n")
+        });
+        let started = Instant::now();
+        let status = loop {
+            if let Some(status) = child.try_wait().map_err(|e| StageError::retryable(e.to_string()))? {
+                break status;
+            }
+            if ctx.cancelled() {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(StageError::cancelled());
+            }
+            if let Some(t) = p.timeout {
+                if started.elapsed() > Duration::from_secs_f64(t) {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(StageError::retryable(format!("command '{shown}' timed out after {t} s"))
+                        .hint("raise `timeout:` or check why it hangs"));
+                }
+            }
+            std::thread::sleep(Duration::from_millis(15));
+        };
+        let stderr_tail = tail.join().unwrap_or_default();
+        if !status.success() {
+            use std::os::unix::process::ExitStatusExt;
+            let how = match (status.code(), status.signal()) {
+                (Some(c), _) => format!("exited with status {c}"),
+                (None, Some(s)) => format!("was killed by signal {s}"),
+                _ => "failed".to_string(),
+            };
+            let last = stderr_tail.lines().rev().find(|l| !l.trim().is_empty());
+            let detail = match last {
+                None => " (no stderr output)".to_string(),
+                Some(last) => format!(": {last}\nstderr (last lines):\n{stderr_tail}"),
+            };
+            return Err(StageError::retryable(format!("command '{shown}' {how}{detail}"))
+                .hint("run the command by hand to see why; `vsum plan` shows what will run"));
+        }
+        let missing: Vec<&String> = p
+            .outputs
+            .iter()
+            .filter(|o| !ctx.out_dir.join(o).is_file())
+            .collect();
+        if !missing.is_empty() {
+            let made: Vec<String> = walk_names(ctx.out_dir);
+            return Err(StageError::fatal(format!(
+                "command '{shown}' succeeded but did not create declared output(s) {}; it created: {}",
+                missing.iter().map(|m| format!("'{m}'")).collect::<Vec<_>>().join(", "),
+                if made.is_empty() { "nothing".to_string() } else { made.join(", ") }
+            ))
+            .hint("write outputs into {out} (e.g. \"{out}/result.txt\"), or fix `outputs:`"));
+        }
+        Ok(())
+    }
+}
+
+fn walk_names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+/// Expands one template into one argument, or one per video for batch expansions.
+fn expand(s: &str, ctx: &JobCtx) -> Result<Vec<OsString>, StageError> {
+    let pieces = template::parse(s).map_err(StageError::fatal)?;
+    if let [Piece::Var(v)] = pieces.as_slice() {
+        if ctx.video.is_none() && v != "out" && !ctx.upstream.contains_key(v) {
+            // Batch scope: {videos} or {<stage>} -> one argument per video.
+            let stage = if v == "videos" {
+                ctx.batch
+                    .first()
+                    .and_then(|b| b.upstream.keys().next().cloned())
+                    .unwrap_or_default()
+            } else {
+                v.clone()
+            };
+            return Ok(ctx
+                .batch
+                .iter()
+                .filter_map(|b| b.upstream.get(&stage))
+                .map(|p| p.clone().into_os_string())
+                .collect());
+        }
+    }
+    let mut out = OsString::new();
+    for piece in pieces {
+        match piece {
+            Piece::Text(t) => out.push(t),
+            Piece::Var(v) => match v.as_str() {
+                "out" => out.push(ctx.out_dir),
+                "video" => out.push(&ctx.video.ok_or_else(|| StageError::fatal("{video} in a batch job"))?.path),
+                "stem" => out.push(&ctx.video.ok_or_else(|| StageError::fatal("{stem} in a batch job"))?.stem),
+                stage => match ctx.upstream.get(stage) {
+                    Some(p) => out.push(p),
+                    None => return Err(StageError::fatal(format!("no upstream folder for {{{stage}}}"))),
+                },
+            },
+        }
+    }
+    Ok(vec![out])
+}
