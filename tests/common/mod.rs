@@ -1,0 +1,148 @@
+//! Shared helpers for the CLI tests: a throwaway project folder with a manifest and
+//! "videos", and a way to run `vsum` in it and read its JSON run summary.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+pub struct Project {
+    pub dir: tempfile::TempDir,
+}
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_vsum");
+
+impl Project {
+    /// A project with `manifest` as `pipeline.yaml` and the given files under `input/`.
+    pub fn new(manifest: &str, videos: &[(&str, &[u8])]) -> Project {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(dir.path().join("input")).unwrap();
+        for (name, bytes) in videos {
+            let p = dir.path().join("input").join(name);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, bytes).unwrap();
+        }
+        let p = Project { dir };
+        p.write_manifest(manifest);
+        p
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn manifest(&self) -> PathBuf {
+        self.path().join("pipeline.yaml")
+    }
+
+    pub fn write_manifest(&self, text: &str) {
+        let text = text.replace("$DIR", &self.path().to_string_lossy());
+        std::fs::write(self.manifest(), text).unwrap();
+    }
+
+    pub fn vsum(&self, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .args(args)
+            .current_dir(self.path())
+            .env_remove("VSUM_CONFIG")
+            .env_remove("VSUM_CACHE_DIR")
+            .env_remove("VSUM_CPU_THREADS")
+            .env("VSUM_RETRY_BACKOFF_MS", "10")
+            .output()
+            .expect("run vsum")
+    }
+
+    /// `vsum run pipeline.yaml --json --progress none <extra>`; returns (exit code, summary).
+    pub fn run(&self, extra: &[&str]) -> (i32, Value) {
+        let mut args = vec!["run", "pipeline.yaml", "--json", "--progress", "none"];
+        args.extend_from_slice(extra);
+        let out = self.vsum(&args);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let summary: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| {
+            panic!(
+                "no JSON summary ({e}); stderr:\n{}\nstdout:\n{stdout}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+        (out.status.code().unwrap_or(-1), summary)
+    }
+
+    pub fn read(&self, rel: &str) -> String {
+        std::fs::read_to_string(self.path().join(rel))
+            .unwrap_or_else(|e| panic!("read {rel}: {e}"))
+    }
+
+    /// Lines appended by commands to `runs.log` (one per execution).
+    pub fn executions(&self) -> Vec<String> {
+        std::fs::read_to_string(self.path().join("runs.log"))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+pub fn counts(summary: &Value) -> (u64, u64, u64, u64) {
+    let c = &summary["counts"];
+    (
+        c["ran"].as_u64().unwrap(),
+        c["cached"].as_u64().unwrap(),
+        c["failed"].as_u64().unwrap(),
+        c["skipped"].as_u64().unwrap(),
+    )
+}
+
+/// Jobs of the summary as (stage, video, outcome).
+pub fn jobs(summary: &Value) -> Vec<(String, String, String)> {
+    summary["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| {
+            (
+                j["stage"].as_str().unwrap().to_string(),
+                j["video"].as_str().unwrap_or("[batch]").to_string(),
+                j["outcome"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+pub fn ran(summary: &Value) -> Vec<(String, String)> {
+    let mut v: Vec<_> = jobs(summary)
+        .into_iter()
+        .filter(|(_, _, o)| o == "ran")
+        .map(|(s, v, _)| (s, v))
+        .collect();
+    v.sort();
+    v
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A two-stage per-video pipeline plus a batch index; every execution is logged.
+pub const DEMO: &str = r#"
+name: demo
+inputs: [input/]
+output: output/
+stages:
+  size:
+    run: ["sh", "-c", "echo size {stem} >> '$DIR/runs.log'; wc -c < \"$1\"", "x", "{video}"]
+    stdout: size.txt
+  double:
+    needs: [size]
+    run: ["sh", "-c", "echo double {stem} >> '$DIR/runs.log'; cat \"$1\" \"$1\" > \"$2\"", "x", "{size}/size.txt", "{out}/double.txt"]
+    outputs: [double.txt]
+  index:
+    scope: batch
+    needs: [double]
+    run: ["sh", "-c", "echo index >> '$DIR/runs.log'; for d in \"$@\"; do cat \"$d/double.txt\"; done", "x", "{videos}"]
+    stdout: all.txt
+"#;
