@@ -10,7 +10,7 @@
 //! repeated failures of one kind, and stops releasing jobs on cancellation.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -118,6 +118,8 @@ struct Shared<'a> {
     dry_run: bool,
     /// Threads a job may use inside itself.
     job_threads: usize,
+    /// Circuit breakers: consecutive failures per breaker name, and the open ones.
+    breakers: Mutex<(BTreeMap<String, u32>, BTreeSet<String>)>,
 }
 
 /// What a finished upstream hands to its dependents.
@@ -368,6 +370,17 @@ impl Shared<'_> {
         let video = p.job.video.map(|v| &self.videos[v]);
         let start = self.ms();
         let mut attempt = 0;
+        if self.cancel.load(Ordering::Relaxed) {
+            let mut r = self.record(p.label, Outcome::Cancelled, start);
+            r.key = Some(p.key);
+            return Finished { node: p.node, record: r, digest: None };
+        }
+        if self.breaker_open(st) {
+            let mut r = self.record(p.label, Outcome::Skipped, start);
+            r.key = Some(p.key);
+            r.error = Some(breaker_message(self.config.breaker_threshold, &breaker_name(st)));
+            return Finished { node: p.node, record: r, digest: None };
+        }
         let threads = if st.lane == Lane::Gpu {
             self.config.threads()
         } else {
@@ -448,6 +461,7 @@ impl Shared<'_> {
         record.key = Some(p.key.clone());
         record.attempts = attempt;
         record.reason = None;
+        self.breaker_count(st, outcome.is_ok() || outcome.as_ref().is_err_and(|e| e.cancelled));
         let digest = match outcome {
             Ok(entry) => self.publish(p.job, &entry, &mut record),
             Err(e) if e.cancelled => {
@@ -469,6 +483,27 @@ impl Shared<'_> {
         }
     }
 
+    fn breaker_open(&self, st: &StageSpec) -> bool {
+        self.breakers.lock().expect("breakers").1.contains(&breaker_name(st))
+    }
+
+    /// Counts a success (resets) or a failure; opens the breaker at the threshold.
+    fn breaker_count(&self, st: &StageSpec, ok: bool) {
+        let name = breaker_name(st);
+        let mut b = self.breakers.lock().expect("breakers");
+        let n = b.0.entry(name.clone()).or_default();
+        if ok {
+            *n = 0;
+            return;
+        }
+        *n += 1;
+        let n = *n;
+        if n >= self.config.breaker_threshold.max(1) && b.1.insert(name.clone()) {
+            drop(b);
+            self.events.emit(Event::BreakerOpened { kind: name, failures: n });
+        }
+    }
+
     fn publish(&self, job: JobNode, entry: &Entry, record: &mut JobRecord) -> Option<String> {
         let dest = self.out_folder(job);
         if let Err(e) = self.store.materialize(entry, &dest) {
@@ -480,6 +515,20 @@ impl Shared<'_> {
         let _ = self.store.set_ref(&self.ref_id(job), &self.stage(job).id, &entry.key);
         Some(entry.digest())
     }
+}
+
+/// What a circuit breaker counts: a stage kind; each command stage counts on its own,
+/// since two command stages share nothing but the name `command`.
+fn breaker_name(st: &StageSpec) -> String {
+    if st.kind == crate::manifest::COMMAND_KIND {
+        format!("command:{}", st.id)
+    } else {
+        st.kind.clone()
+    }
+}
+
+fn breaker_message(threshold: u32, kind: &str) -> String {
+    format!("circuit breaker open: {threshold} '{kind}' jobs failed in a row, so no more start in this run; fix the cause and rerun")
 }
 
 fn sleep_unless_cancelled(d: Duration, cancel: &AtomicBool) -> bool {
@@ -610,6 +659,7 @@ pub fn run(
         force: opts.force.iter().cloned().collect(),
         dry_run: opts.dry_run,
         job_threads: (threads_available() / threads).max(1),
+        breakers: Mutex::new((BTreeMap::new(), BTreeSet::new())),
     };
     let records = schedule(&shared, &jg, &pool);
 
@@ -690,8 +740,6 @@ fn schedule(shared: &Shared, jg: &JobGraph, pool: &rayon::ThreadPool) -> Vec<Job
     let mut records: Vec<Option<JobRecord>> = vec![None; n];
     let mut ready: VecDeque<NodeIndex> = g.node_indices().filter(|i| waiting[i.index()] == 0).collect();
     let mut in_flight = 0usize;
-    let mut consecutive: BTreeMap<String, u32> = BTreeMap::new();
-    let mut open_breakers: BTreeSet<String> = BTreeSet::new();
     let threshold = shared.config.breaker_threshold.max(1);
 
     let (tx, rx): (Sender<Msg>, Receiver<Msg>) = unbounded();
@@ -720,11 +768,8 @@ fn schedule(shared: &Shared, jg: &JobGraph, pool: &rayon::ThreadPool) -> Vec<Job
                     });
                     let skip_reason = if shared.cancel.load(Ordering::Relaxed) {
                         Some((Outcome::Cancelled, "run interrupted before this job started".to_string()))
-                    } else if open_breakers.contains(&st.kind) {
-                        Some((
-                            Outcome::Skipped,
-                            format!("circuit breaker open: {threshold} '{}' jobs failed in a row", st.kind),
-                        ))
+                    } else if shared.breaker_open(st) {
+                        Some((Outcome::Skipped, breaker_message(threshold, &breaker_name(st))))
                     } else if let (Some(p), Some(_)) = (failed_pred, job.video) {
                         Some((Outcome::Skipped, format!("needs '{}', which did not succeed", shared.stage(g[*p]).id)))
                     } else if job.video.is_none()
@@ -770,20 +815,6 @@ fn schedule(shared: &Shared, jg: &JobGraph, pool: &rayon::ThreadPool) -> Vec<Job
                 in_flight -= 1;
                 finished += 1;
                 let idx = fin.node.index();
-                let kind = shared.stage(g[fin.node]).kind.clone();
-                match fin.record.outcome {
-                    Outcome::Failed if fin.record.key.is_some() || fin.record.attempts > 0 => {
-                        let c = consecutive.entry(kind.clone()).or_default();
-                        *c += 1;
-                        if *c >= threshold && open_breakers.insert(kind.clone()) {
-                            shared.events.emit(Event::BreakerOpened { kind: kind.clone(), failures: *c });
-                        }
-                    }
-                    Outcome::Ran => {
-                        consecutive.insert(kind, 0);
-                    }
-                    _ => {}
-                }
                 shared.events.emit(Event::JobFinished {
                     job: fin.record.label.clone(),
                     outcome: fin.record.outcome,
@@ -817,7 +848,6 @@ fn gpu_lane(shared: &Shared, rx: Receiver<Planned>, done: Sender<Msg>) {
     let mut resources = Resources::new(shared.config.gpu_models, shared.events.clone());
     let mut queue: VecDeque<Planned> = VecDeque::new();
     let mut last_group: Option<String> = None;
-    let queue_lock = Mutex::new(());
     loop {
         if queue.is_empty() {
             match rx.recv() {
@@ -828,7 +858,6 @@ fn gpu_lane(shared: &Shared, rx: Receiver<Planned>, done: Sender<Msg>) {
         while let Ok(p) = rx.try_recv() {
             queue.push_back(p);
         }
-        let _g = queue_lock.lock();
         // Stay on the loaded model while jobs for it are queued.
         let pick = last_group
             .as_ref()
@@ -863,9 +892,4 @@ pub fn past_runs(store: &Store) -> Vec<PathBuf> {
         .collect();
     runs.sort_by_key(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok());
     runs
-}
-
-/// The output folder of a per-video stage, for tools that inspect outputs.
-pub fn video_output(manifest: &Manifest, folder: &Path, stage: &str) -> PathBuf {
-    manifest.output_dir().join(folder).join(stage)
 }
