@@ -172,7 +172,7 @@ impl<'a> Validator<'a> {
                 self.err(
                     e.pos,
                     format!("YAML syntax error: {}", e.message),
-                    Some("check indentation and quoting around this point".into()),
+                    Some("check indentation, quoting and unclosed brackets at or before this point".into()),
                 );
                 return None;
             }
@@ -627,10 +627,13 @@ impl<'a> Validator<'a> {
                         } else {
                             format!(" (at {})", e.path.join("."))
                         };
+                        let hint = e.hint.or_else(|| {
+                            Some(format!("`vsum stages` lists the parameters of '{kind_name}'"))
+                        });
                         self.err(
                             pos,
                             format!("stage '{}' ({kind_name}): {}{at}", r.id, e.message),
-                            e.hint,
+                            hint,
                         );
                     }
                 }
