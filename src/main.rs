@@ -34,7 +34,11 @@ mod exit {
 }
 
 #[derive(Parser)]
-#[command(name = "vsum", version, about = "Turns libraries of videos into searchable knowledge, locally")]
+#[command(
+    name = "vsum",
+    version,
+    about = "Turns libraries of videos into searchable knowledge, locally"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -210,14 +214,19 @@ fn load_config(
 ) -> Result<Config, Fail> {
     if let Some(c) = &common.cache_dir {
         let abs = std::path::absolute(c).unwrap_or_else(|_| c.clone());
-        flags.insert("cache_dir".into(), abs.to_string_lossy().into_owned().into());
+        flags.insert(
+            "cache_dir".into(),
+            abs.to_string_lossy().into_owned().into(),
+        );
     }
     let file = config::find_file(common.config.as_deref(), &m.base_dir);
-    config::resolve(file.as_deref(), &m.file, m.config.as_ref(), flags).map_err(|d| Fail(exit::USAGE, d.to_string()))
+    config::resolve(file.as_deref(), &m.file, m.config.as_ref(), flags)
+        .map_err(|d| Fail(exit::USAGE, d.to_string()))
 }
 
 fn open_store(m: &Manifest, cfg: &Config, mode: LockMode) -> Result<Store, Fail> {
-    Store::open(&cfg.cache_path(&m.base_dir), mode).map_err(|e| Fail(exit::USAGE, format!("error: {e}")))
+    Store::open(&cfg.cache_path(&m.base_dir), mode)
+        .map_err(|e| Fail(exit::USAGE, format!("error: {e}")))
 }
 
 fn install_ctrlc() -> Arc<AtomicBool> {
@@ -257,7 +266,10 @@ fn dispatch(cli: Cli) -> Result<u8, Fail> {
             let events = EventSink::new();
             report::attach(&events, progress);
             if !dry_run {
-                report::attach_log(&events, &run::log_path(&store, vsum_engine::store::now_secs()));
+                report::attach_log(
+                    &events,
+                    &run::log_path(&store, vsum_engine::store::now_secs()),
+                );
             }
             let cancel = install_ctrlc();
             let opts = RunOptions {
@@ -274,7 +286,10 @@ fn dispatch(cli: Cli) -> Result<u8, Fail> {
             if dry_run {
                 eprint!("{}", plan_table(&summary));
             } else if progress != Progress::None {
-                eprint!("{}", report::completion(&summary, &manifest.display().to_string()));
+                eprint!(
+                    "{}",
+                    report::completion(&summary, &manifest.display().to_string())
+                );
             }
             Ok(summary.exit_code() as u8)
         }
@@ -296,14 +311,26 @@ fn dispatch(cli: Cli) -> Result<u8, Fail> {
             };
             let events = EventSink::new();
             report::attach(&events, Progress::None);
-            let summary = run::run(&m, &registry, &cfg, &store, &opts, events, &AtomicBool::new(false))
-                .map_err(|e| Fail(exit::USAGE, format!("error: {e}")))?;
+            let summary = run::run(
+                &m,
+                &registry,
+                &cfg,
+                &store,
+                &opts,
+                events,
+                &AtomicBool::new(false),
+            )
+            .map_err(|e| Fail(exit::USAGE, format!("error: {e}")))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&summary).expect("json"));
             } else {
                 print!("{}", plan_table(&summary));
             }
-            Ok(if summary.problems.is_empty() { exit::OK } else { exit::FAILED })
+            Ok(if summary.problems.is_empty() {
+                exit::OK
+            } else {
+                exit::FAILED
+            })
         }
         Cmd::Dag { manifest, format } => {
             let m = load_manifest(&manifest, &registry)?;
@@ -322,7 +349,11 @@ fn dispatch(cli: Cli) -> Result<u8, Fail> {
                 "{}: ok ({} stage(s): {})",
                 manifest.display(),
                 m.stages.len(),
-                m.stages.iter().map(|s| s.id.as_str()).collect::<Vec<_>>().join(", ")
+                m.stages
+                    .iter()
+                    .map(|s| s.id.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             );
             Ok(exit::OK)
         }
@@ -375,17 +406,42 @@ fn stages(registry: &Registry, json: bool) {
         return;
     }
     for k in registry.kinds() {
-        println!("{} (v{}, {} lane): {}", k.name(), k.version(), k.default_lane(), k.summary());
+        println!(
+            "{} (v{}, {} lane): {}",
+            k.name(),
+            k.version(),
+            k.default_lane(),
+            k.summary()
+        );
         for p in k.params_doc() {
-            let d = p.default.map(|d| format!(" [default: {d}]")).unwrap_or_default();
+            let d = p
+                .default
+                .map(|d| format!(" [default: {d}]"))
+                .unwrap_or_default();
             println!("    {:<12} {:<18} {}{d}", p.name, p.ty, p.doc);
         }
     }
 }
 
-fn cache(registry: &Registry, manifest: Option<PathBuf>, common: &Common, cmd: CacheCmd) -> Result<u8, Fail> {
-    let exclusive = matches!(cmd, CacheCmd::Gc { .. } | CacheCmd::Verify { report_only: false, .. });
-    let mode = if exclusive { LockMode::Exclusive } else { LockMode::Shared };
+fn cache(
+    registry: &Registry,
+    manifest: Option<PathBuf>,
+    common: &Common,
+    cmd: CacheCmd,
+) -> Result<u8, Fail> {
+    let exclusive = matches!(
+        cmd,
+        CacheCmd::Gc { .. }
+            | CacheCmd::Verify {
+                report_only: false,
+                ..
+            }
+    );
+    let mode = if exclusive {
+        LockMode::Exclusive
+    } else {
+        LockMode::Shared
+    };
     let (m, store) = match (&manifest, &common.cache_dir) {
         (Some(path), _) => {
             let m = load_manifest(path, registry)?;
@@ -394,13 +450,15 @@ fn cache(registry: &Registry, manifest: Option<PathBuf>, common: &Common, cmd: C
             (Some((m, cfg)), store)
         }
         (None, Some(dir)) => {
-            let store = Store::open(dir, mode).map_err(|e| Fail(exit::USAGE, format!("error: {e}")))?;
+            let store =
+                Store::open(dir, mode).map_err(|e| Fail(exit::USAGE, format!("error: {e}")))?;
             (None, store)
         }
         (None, None) => {
             return Err(Fail(
                 exit::USAGE,
-                "error: which cache? pass -m MANIFEST (its cache is beside it) or --cache-dir DIR".into(),
+                "error: which cache? pass -m MANIFEST (its cache is beside it) or --cache-dir DIR"
+                    .into(),
             ));
         }
     };
@@ -420,7 +478,10 @@ fn cache(registry: &Registry, manifest: Option<PathBuf>, common: &Common, cmd: C
             if json {
                 println!("{}", serde_json::to_string_pretty(&rows).expect("json"));
             } else {
-                println!("{:<14} {:<16} {:<10} {:>10}  video", "key", "stage", "kind", "size");
+                println!(
+                    "{:<14} {:<16} {:<10} {:>10}  video",
+                    "key", "stage", "kind", "size"
+                );
                 for r in &rows {
                     println!(
                         "{:<14} {:<16} {:<10} {:>10}  {}",
@@ -431,7 +492,11 @@ fn cache(registry: &Registry, manifest: Option<PathBuf>, common: &Common, cmd: C
                         r["video"].as_str().unwrap_or("[batch]")
                     );
                 }
-                println!("{} entr{}", rows.len(), if rows.len() == 1 { "y" } else { "ies" });
+                println!(
+                    "{} entr{}",
+                    rows.len(),
+                    if rows.len() == 1 { "y" } else { "ies" }
+                );
             }
             Ok(exit::OK)
         }
@@ -439,14 +504,22 @@ fn cache(registry: &Registry, manifest: Option<PathBuf>, common: &Common, cmd: C
             let keys = store.keys(&key);
             match keys.as_slice() {
                 [k] => {
-                    let e = store.read_entry(k).map_err(|why| Fail(exit::FAILED, format!("error: entry {k}: {why}")))?;
+                    let e = store
+                        .read_entry(k)
+                        .map_err(|why| Fail(exit::FAILED, format!("error: entry {k}: {why}")))?;
                     println!("{}", serde_json::to_string_pretty(&e).expect("json"));
                     Ok(exit::OK)
                 }
-                [] => Err(Fail(exit::FAILED, format!("error: no cache entry starts with '{key}'; see `vsum cache ls`"))),
+                [] => Err(Fail(
+                    exit::FAILED,
+                    format!("error: no cache entry starts with '{key}'; see `vsum cache ls`"),
+                )),
                 many => Err(Fail(
                     exit::USAGE,
-                    format!("error: '{key}' matches {} entries; give more of the key", many.len()),
+                    format!(
+                        "error: '{key}' matches {} entries; give more of the key",
+                        many.len()
+                    ),
                 )),
             }
         }
@@ -467,7 +540,10 @@ fn cache(registry: &Registry, manifest: Option<PathBuf>, common: &Common, cmd: C
         }
         CacheCmd::Why { video, stage } => {
             let Some((m, cfg)) = m else {
-                return Err(Fail(exit::USAGE, "error: `cache why` needs the manifest: pass -m MANIFEST".into()));
+                return Err(Fail(
+                    exit::USAGE,
+                    "error: `cache why` needs the manifest: pass -m MANIFEST".into(),
+                ));
             };
             drop(store);
             let store = open_store(&m, &cfg, LockMode::Shared)?;
@@ -477,13 +553,27 @@ fn cache(registry: &Registry, manifest: Option<PathBuf>, common: &Common, cmd: C
                 videos: Some(video.clone()),
                 dry_run: true,
             };
-            let summary = run::run(&m, registry, &cfg, &store, &opts, EventSink::new(), &AtomicBool::new(false))
-                .map_err(|e| Fail(exit::USAGE, format!("error: {e}")))?;
-            let hits: Vec<_> = summary.jobs.iter().filter(|j| j.label.stage == stage).collect();
+            let summary = run::run(
+                &m,
+                registry,
+                &cfg,
+                &store,
+                &opts,
+                EventSink::new(),
+                &AtomicBool::new(false),
+            )
+            .map_err(|e| Fail(exit::USAGE, format!("error: {e}")))?;
+            let hits: Vec<_> = summary
+                .jobs
+                .iter()
+                .filter(|j| j.label.stage == stage)
+                .collect();
             if hits.is_empty() {
                 return Err(Fail(
                     exit::FAILED,
-                    format!("error: no video matches '{video}' (give its path relative to the manifest, or its file name)"),
+                    format!(
+                        "error: no video matches '{video}' (give its path relative to the manifest, or its file name)"
+                    ),
                 ));
             }
             for j in hits {
@@ -514,20 +604,33 @@ fn cache(registry: &Registry, manifest: Option<PathBuf>, common: &Common, cmd: C
                     if r.clean() {
                         "clean".to_string()
                     } else if report_only {
-                        format!("{} problem(s); run without --report-only to evict them", r.problems.len())
+                        format!(
+                            "{} problem(s); run without --report-only to evict them",
+                            r.problems.len()
+                        )
                     } else {
-                        format!("{} problem(s), evicted; the next run recomputes them", r.problems.len())
+                        format!(
+                            "{} problem(s), evicted; the next run recomputes them",
+                            r.problems.len()
+                        )
                     }
                 );
             }
             Ok(if r.clean() { exit::OK } else { exit::FAILED })
         }
-        CacheCmd::Gc { max_size, older_than } => {
+        CacheCmd::Gc {
+            max_size,
+            older_than,
+        } => {
             let max = max_size
-                .map(|s| parse_size(&s).with_context(|| format!("bad --max-size '{s}' (e.g. 50G, 500M)")))
+                .map(|s| {
+                    parse_size(&s).with_context(|| format!("bad --max-size '{s}' (e.g. 50G, 500M)"))
+                })
                 .transpose()?;
             let age = older_than
-                .map(|s| parse_age(&s).with_context(|| format!("bad --older-than '{s}' (e.g. 30d, 12h)")))
+                .map(|s| {
+                    parse_age(&s).with_context(|| format!("bad --older-than '{s}' (e.g. 30d, 12h)"))
+                })
                 .transpose()?;
             let r = store.gc(max, age);
             println!(
@@ -544,4 +647,3 @@ fn cache(registry: &Registry, manifest: Option<PathBuf>, common: &Common, cmd: C
         }
     }
 }
-

@@ -101,12 +101,23 @@ fn attach_bars(events: &EventSink) {
     let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
     let overall = multi.add(ProgressBar::new(0));
     overall.set_style(
-        ProgressStyle::with_template("{bar:30.cyan/blue} {pos}/{len} jobs  {msg}  [{elapsed_precise}, eta {eta}]")
-            .expect("template"),
+        ProgressStyle::with_template(
+            "{bar:30.cyan/blue} {pos}/{len} jobs  {msg}  [{elapsed_precise}, eta {eta}]",
+        )
+        .expect("template"),
     );
-    let lane_style = ProgressStyle::with_template("  {prefix:>4} {spinner} {wide_msg}").expect("template");
-    let cpu = multi.add(ProgressBar::new_spinner().with_style(lane_style.clone()).with_prefix("cpu"));
-    let gpu = multi.add(ProgressBar::new_spinner().with_style(lane_style).with_prefix("gpu"));
+    let lane_style =
+        ProgressStyle::with_template("  {prefix:>4} {spinner} {wide_msg}").expect("template");
+    let cpu = multi.add(
+        ProgressBar::new_spinner()
+            .with_style(lane_style.clone())
+            .with_prefix("cpu"),
+    );
+    let gpu = multi.add(
+        ProgressBar::new_spinner()
+            .with_style(lane_style)
+            .with_prefix("gpu"),
+    );
     for b in [&cpu, &gpu] {
         b.enable_steady_tick(Duration::from_millis(120));
         b.set_message("idle");
@@ -148,7 +159,11 @@ fn attach_bars(events: &EventSink) {
 
 /// Appends every event as a JSON line to `path`.
 pub fn attach_log(events: &EventSink, path: &std::path::Path) {
-    let Ok(file) = std::fs::OpenOptions::new().create(true).append(true).open(path) else {
+    let Ok(file) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+    else {
         return;
     };
     let file = Mutex::new(std::io::BufWriter::new(file));
@@ -168,7 +183,11 @@ pub fn completion(summary: &RunSummary, manifest_arg: &str) -> String {
     let c = &summary.counts;
     let mut s = String::new();
     let ok = c.ran + c.cached;
-    let rate = if c.jobs == 0 { 100.0 } else { ok as f64 * 100.0 / c.jobs as f64 };
+    let rate = if c.jobs == 0 {
+        100.0
+    } else {
+        ok as f64 * 100.0 / c.jobs as f64
+    };
     s.push_str(&format!(
         "\n{} video(s), {} job(s): {} ran, {} cached, {} failed, {} skipped{} — {:.0}% succeeded in {:.1}s\n",
         summary.videos,
@@ -185,11 +204,19 @@ pub fn completion(summary: &RunSummary, manifest_arg: &str) -> String {
     for p in &summary.problems {
         s.push_str(&format!("input problem: {p}\n"));
     }
-    let failures: Vec<_> = summary.jobs.iter().filter(|j| j.outcome == Outcome::Failed).collect();
+    let failures: Vec<_> = summary
+        .jobs
+        .iter()
+        .filter(|j| j.outcome == Outcome::Failed)
+        .collect();
     if !failures.is_empty() {
         s.push_str("failures:\n");
         for f in &failures {
-            s.push_str(&format!("  {}: {}\n", f.label.describe(), f.error.as_deref().unwrap_or("?")));
+            s.push_str(&format!(
+                "  {}: {}\n",
+                f.label.describe(),
+                f.error.as_deref().unwrap_or("?")
+            ));
             if let Some(h) = &f.hint {
                 s.push_str(&format!("    hint: {h}\n"));
             }
@@ -197,7 +224,9 @@ pub fn completion(summary: &RunSummary, manifest_arg: &str) -> String {
         s.push_str(&format!("fix the causes, then rerun `vsum run {manifest_arg}`: finished jobs come from the cache\n"));
     }
     if summary.interrupted {
-        s.push_str(&format!("interrupted: rerun `vsum run {manifest_arg}` to continue where it stopped\n"));
+        s.push_str(&format!(
+            "interrupted: rerun `vsum run {manifest_arg}` to continue where it stopped\n"
+        ));
     }
     s
 }

@@ -6,7 +6,14 @@ mod common;
 use common::*;
 
 fn three_videos() -> Project {
-    Project::new(DEMO, &[("a.mp4", b"aaaa"), ("b.mp4", b"bbbbbb"), ("sub/c.mkv", b"cc")])
+    Project::new(
+        DEMO,
+        &[
+            ("a.mp4", b"aaaa"),
+            ("b.mp4", b"bbbbbb"),
+            ("sub/c.mkv", b"cc"),
+        ],
+    )
 }
 
 #[test]
@@ -23,7 +30,11 @@ fn second_run_of_an_unchanged_batch_executes_zero_jobs() {
     let (code, s) = p.run(&[]);
     assert_eq!(code, 0);
     assert_eq!(counts(&s), (0, 7, 0, 0));
-    assert_eq!(p.executions().len(), before, "nothing executed on a cached rerun");
+    assert_eq!(
+        p.executions().len(),
+        before,
+        "nothing executed on a cached rerun"
+    );
 }
 
 #[test]
@@ -51,9 +62,17 @@ fn same_size_same_mtime_edit_is_still_seen() {
     let f = p.path().join("input/a.mp4");
     let mtime = std::fs::metadata(&f).unwrap().modified().unwrap();
     std::fs::write(&f, b"zzzz").unwrap();
-    std::fs::File::options().write(true).open(&f).unwrap().set_modified(mtime).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&f)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
     let (_, s) = p.run(&[]);
-    assert!(ran(&s).contains(&("size".into(), "input/a.mp4".into())), "{s}");
+    assert!(
+        ran(&s).contains(&("size".into(), "input/a.mp4".into())),
+        "{s}"
+    );
 }
 
 #[test]
@@ -61,7 +80,10 @@ fn changing_a_stage_reruns_it_and_its_dependents_only() {
     let p = three_videos();
     p.run(&[]);
     // New argv for `double` (its output changes): double x3 and the index rerun.
-    p.write_manifest(&DEMO.replace("cat \\\"$1\\\" \\\"$1\\\" >", "cat \\\"$1\\\" \\\"$1\\\" \\\"$1\\\" >"));
+    p.write_manifest(&DEMO.replace(
+        "cat \\\"$1\\\" \\\"$1\\\" >",
+        "cat \\\"$1\\\" \\\"$1\\\" \\\"$1\\\" >",
+    ));
     let (_, s) = p.run(&[]);
     let stages: Vec<String> = ran(&s).into_iter().map(|(s, _)| s).collect();
     assert_eq!(stages, vec!["double", "double", "double", "index"], "{s}");
@@ -70,7 +92,10 @@ fn changing_a_stage_reruns_it_and_its_dependents_only() {
     // A change upstream whose output is identical stops there (early cutoff).
     p.write_manifest(
         &DEMO
-            .replace("cat \\\"$1\\\" \\\"$1\\\" >", "cat \\\"$1\\\" \\\"$1\\\" \\\"$1\\\" >")
+            .replace(
+                "cat \\\"$1\\\" \\\"$1\\\" >",
+                "cat \\\"$1\\\" \\\"$1\\\" \\\"$1\\\" >",
+            )
             .replace("wc -c <", "wc -c  <"),
     );
     let (_, s) = p.run(&[]);
@@ -118,7 +143,10 @@ fn corrupted_object_is_found_by_verify_and_recomputed() {
 
     let (code, s) = p.run(&[]);
     assert_eq!(code, 0);
-    assert!(ran(&s).contains(&("size".into(), "input/a.mp4".into())), "{s}");
+    assert!(
+        ran(&s).contains(&("size".into(), "input/a.mp4".into())),
+        "{s}"
+    );
     assert_eq!(p.read("output/a/size/size.txt").trim(), "4");
     let out = p.vsum(&["cache", "-m", "pipeline.yaml", "verify"]);
     assert!(out.status.success(), "{}", stdout(&out));
@@ -145,8 +173,13 @@ stages:
     run: ["sh", "-c", "echo start {stem} >> '$DIR/runs.log'; sleep 0.4; echo {stem} > \"$1/out.txt\"", "x", "{out}"]
     outputs: [out.txt]
 "#;
-    let videos: Vec<(String, Vec<u8>)> = (0..6).map(|i| (format!("v{i}.mp4"), vec![b'x'; i + 1])).collect();
-    let refs: Vec<(&str, &[u8])> = videos.iter().map(|(n, b)| (n.as_str(), b.as_slice())).collect();
+    let videos: Vec<(String, Vec<u8>)> = (0..6)
+        .map(|i| (format!("v{i}.mp4"), vec![b'x'; i + 1]))
+        .collect();
+    let refs: Vec<(&str, &[u8])> = videos
+        .iter()
+        .map(|(n, b)| (n.as_str(), b.as_slice()))
+        .collect();
     let p = Project::new(manifest, &refs);
     let mut child = std::process::Command::new(BIN)
         .args(["run", "pipeline.yaml", "--jobs", "1", "--progress", "none"])
@@ -171,7 +204,10 @@ stages:
     assert_eq!(cached_n as usize, committed, "committed jobs are reused");
     assert_eq!(ran_n as usize, 6 - committed);
     for i in 0..6 {
-        assert_eq!(p.read(&format!("output/v{i}/slow/out.txt")).trim(), format!("v{i}"));
+        assert_eq!(
+            p.read(&format!("output/v{i}/slow/out.txt")).trim(),
+            format!("v{i}")
+        );
     }
     let out = p.vsum(&["cache", "-m", "pipeline.yaml", "verify"]);
     assert!(out.status.success(), "{}", stdout(&out));
@@ -181,7 +217,14 @@ stages:
 }
 
 fn walk_count(dir: &std::path::Path) -> usize {
-    if dir.exists() { walk(dir).iter().filter(|p| p.extension().is_some_and(|e| e == "json")).count() } else { 0 }
+    if dir.exists() {
+        walk(dir)
+            .iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "json"))
+            .count()
+    } else {
+        0
+    }
 }
 
 #[test]
@@ -245,7 +288,11 @@ fn ls_show_stats_and_gc() {
 
     let out = p.vsum(&["cache", "-m", "pipeline.yaml", "gc", "--max-size", "0"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(stdout(&out).contains("removed 7 entries"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("removed 7 entries"),
+        "{}",
+        stdout(&out)
+    );
     let (_, s) = p.run(&[]);
     assert_eq!(counts(&s).0, 7, "everything recomputed after gc");
 }
@@ -256,10 +303,20 @@ fn only_force_and_videos_select_work() {
     let (_, s) = p.run(&["--only", "size"]);
     assert_eq!(counts(&s), (3, 0, 0, 0));
     let (_, s) = p.run(&["--videos", "a.mp4"]);
-    assert_eq!(ran(&s), vec![("double".into(), "input/a.mp4".into()), ("index".into(), "[batch]".into())]);
+    assert_eq!(
+        ran(&s),
+        vec![
+            ("double".into(), "input/a.mp4".into()),
+            ("index".into(), "[batch]".into())
+        ]
+    );
     let (_, s) = p.run(&["--force", "size"]);
     let stages: Vec<String> = ran(&s).into_iter().map(|(s, _)| s).collect();
-    assert_eq!(stages, vec!["double", "double", "index", "size", "size", "size"], "{s}");
+    assert_eq!(
+        stages,
+        vec!["double", "double", "index", "size", "size", "size"],
+        "{s}"
+    );
     let out = p.vsum(&["run", "pipeline.yaml", "--only", "nope"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("unknown stage 'nope'"));

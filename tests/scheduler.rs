@@ -12,7 +12,12 @@ fn intervals(s: &Value, stage: &str) -> Vec<(u64, u64)> {
         .unwrap()
         .iter()
         .filter(|j| j["stage"] == stage)
-        .map(|j| (j["start_ms"].as_u64().unwrap(), j["end_ms"].as_u64().unwrap()))
+        .map(|j| {
+            (
+                j["start_ms"].as_u64().unwrap(),
+                j["end_ms"].as_u64().unwrap(),
+            )
+        })
         .collect()
 }
 
@@ -35,8 +40,13 @@ stages:
     needs: [cpu]
     run: ["sh", "-c", "sleep 0.1; echo h > \"$1/h.txt\"", "x", "{out}"]
 "#;
-    let videos: Vec<(String, Vec<u8>)> = (0..4).map(|i| (format!("v{i}.mp4"), vec![b'a' + i as u8])).collect();
-    let refs: Vec<(&str, &[u8])> = videos.iter().map(|(n, b)| (n.as_str(), b.as_slice())).collect();
+    let videos: Vec<(String, Vec<u8>)> = (0..4)
+        .map(|i| (format!("v{i}.mp4"), vec![b'a' + i as u8]))
+        .collect();
+    let refs: Vec<(&str, &[u8])> = videos
+        .iter()
+        .map(|(n, b)| (n.as_str(), b.as_slice()))
+        .collect();
     let p = Project::new(manifest, &refs);
     let (code, s) = p.run(&["--jobs", "2"]);
     assert_eq!(code, 0, "{s}");
@@ -49,7 +59,10 @@ stages:
         }
     }
     let cpu = intervals(&s, "cpu");
-    let parallel = cpu.iter().enumerate().any(|(i, a)| cpu[i + 1..].iter().any(|b| overlaps(*a, *b)));
+    let parallel = cpu
+        .iter()
+        .enumerate()
+        .any(|(i, a)| cpu[i + 1..].iter().any(|b| overlaps(*a, *b)));
     assert!(parallel, "CPU jobs never ran in parallel: {cpu:?}");
 }
 
@@ -70,25 +83,47 @@ stages:
     run: ["sh", "-c", "for d; do echo \"$d\"; done", "x", "{videos}"]
     stdout: list.txt
 "#;
-    let p = Project::new(manifest, &[("good1.mp4", b"fine"), ("bad.mp4", b"bad"), ("good2.mp4", b"fine too")]);
+    let p = Project::new(
+        manifest,
+        &[
+            ("good1.mp4", b"fine"),
+            ("bad.mp4", b"bad"),
+            ("good2.mp4", b"fine too"),
+        ],
+    );
     let (code, s) = p.run(&[]);
     assert_eq!(code, 1, "a failed video makes exit code 1");
     let j = jobs(&s);
     assert!(j.contains(&("check".into(), "input/bad.mp4".into(), "failed".into())));
     assert!(j.contains(&("after".into(), "input/bad.mp4".into(), "skipped".into())));
     assert!(j.contains(&("after".into(), "input/good2.mp4".into(), "ran".into())));
-    assert!(j.contains(&("index".into(), "[batch]".into(), "ran".into())), "batch runs over the good videos");
-    let failed = s["jobs"].as_array().unwrap().iter().find(|j| j["outcome"] == "failed").unwrap();
+    assert!(
+        j.contains(&("index".into(), "[batch]".into(), "ran".into())),
+        "batch runs over the good videos"
+    );
+    let failed = s["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|j| j["outcome"] == "failed")
+        .unwrap();
     let err = failed["error"].as_str().unwrap();
     assert!(err.contains("exited with status 3"), "{err}");
-    assert!(err.contains("decoder exploded"), "stderr tail is shown: {err}");
+    assert!(
+        err.contains("decoder exploded"),
+        "stderr tail is shown: {err}"
+    );
     assert_eq!(p.read("output/index/list.txt").lines().count(), 2);
 
     // Fix the video: only it reruns; the good ones stay cached.
     std::fs::write(p.path().join("input/bad.mp4"), b"repaired").unwrap();
     let (code, s) = p.run(&[]);
     assert_eq!(code, 0, "{s}");
-    assert_eq!(counts(&s).0, 3, "check+after for the fixed video, and the index");
+    assert_eq!(
+        counts(&s).0,
+        3,
+        "check+after for the fixed video, and the index"
+    );
 }
 
 #[test]
@@ -107,9 +142,15 @@ stages:
     let out = p.vsum(&["run", "pipeline.yaml", "--progress", "plain"]);
     assert_eq!(out.status.code(), Some(1));
     let err = stderr(&out);
-    assert!(err.contains("command 'definitely-not-a-command-vsum' not found"), "{err}");
+    assert!(
+        err.contains("command 'definitely-not-a-command-vsum' not found"),
+        "{err}"
+    );
     assert!(err.contains("hint: install it or fix `run:`"), "{err}");
-    assert!(err.contains("did not create declared output(s) 'wanted.json'; it created: other.txt"), "{err}");
+    assert!(
+        err.contains("did not create declared output(s) 'wanted.json'; it created: other.txt"),
+        "{err}"
+    );
     assert!(err.contains("input/a.mp4"), "errors name the video: {err}");
 }
 
@@ -137,19 +178,32 @@ stages:
   broken:
     run: ["false"]
 "#;
-    let videos: Vec<(String, Vec<u8>)> = (0..5).map(|i| (format!("v{i}.mp4"), vec![b'a' + i as u8])).collect();
-    let refs: Vec<(&str, &[u8])> = videos.iter().map(|(n, b)| (n.as_str(), b.as_slice())).collect();
+    let videos: Vec<(String, Vec<u8>)> = (0..5)
+        .map(|i| (format!("v{i}.mp4"), vec![b'a' + i as u8]))
+        .collect();
+    let refs: Vec<(&str, &[u8])> = videos
+        .iter()
+        .map(|(n, b)| (n.as_str(), b.as_slice()))
+        .collect();
     let p = Project::new(manifest, &refs);
     let (code, s) = p.run(&[]);
     assert_eq!(code, 1);
     let (_, _, failed, skipped) = counts(&s);
     assert_eq!(failed, 2, "{s}");
     assert_eq!(skipped, 3);
-    let skipped_err = s["jobs"].as_array().unwrap().iter().find(|j| j["outcome"] == "skipped").unwrap()["error"]
+    let skipped_err = s["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|j| j["outcome"] == "skipped")
+        .unwrap()["error"]
         .as_str()
         .unwrap()
         .to_string();
-    assert!(skipped_err.contains("circuit breaker open"), "{skipped_err}");
+    assert!(
+        skipped_err.contains("circuit breaker open"),
+        "{skipped_err}"
+    );
 }
 
 #[test]
@@ -180,14 +234,24 @@ stages:
     assert_eq!(counts(&s).0, 7);
     assert!(!p.path().join("PWNED").exists() && !p.path().join("input/PWNED").exists());
     assert!(!p.path().join("PWNED2").exists());
-    assert_eq!(p.read("output/$(touch PWNED)/echo/name.txt"), "$(touch PWNED)");
+    assert_eq!(
+        p.read("output/$(touch PWNED)/echo/name.txt"),
+        "$(touch PWNED)"
+    );
     assert_eq!(p.read("output/quote'\"s/echo/name.txt"), "quote'\"s");
     // "...mp4" has the stem "..": its folder must stay inside output/.
     assert_eq!(p.read("output/_../echo/name.txt"), "..");
-    let raw_out = p.path().join("output").join(std::ffi::OsStr::from_bytes(b"bad\xff\xfename")).join("echo/name.txt");
+    let raw_out = p
+        .path()
+        .join("output")
+        .join(std::ffi::OsStr::from_bytes(b"bad\xff\xfename"))
+        .join("echo/name.txt");
     assert_eq!(std::fs::read(raw_out).unwrap(), b"bad\xff\xfename");
     // Nothing was written beside output/.
-    let mut top: Vec<String> = std::fs::read_dir(p.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    let mut top: Vec<String> = std::fs::read_dir(p.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
     top.sort();
     assert_eq!(top, vec![".vsum", "input", "output", "pipeline.yaml"]);
 }
@@ -233,7 +297,9 @@ fn unreadable_input_folder_is_reported() {
     if unsafe_is_root() {
         // Root reads any folder, so permissions cannot make one unreadable here; the
         // same code path is covered by the missing-folder test above.
-        eprintln!("SKIP unreadable_input_folder_is_reported: running as root, chmod 000 does not stop root");
+        eprintln!(
+            "SKIP unreadable_input_folder_is_reported: running as root, chmod 000 does not stop root"
+        );
         return;
     }
     let manifest = "inputs: [input/]\nstages:\n  c:\n    run: [cp, '{video}', '{out}/v']\n";
@@ -248,7 +314,11 @@ fn unreadable_input_folder_is_reported() {
 }
 
 fn unsafe_is_root() -> bool {
-    std::process::Command::new("id").arg("-u").output().map(|o| o.stdout.starts_with(b"0\n")).unwrap_or(false)
+    std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout.starts_with(b"0\n"))
+        .unwrap_or(false)
 }
 
 #[test]
@@ -259,8 +329,13 @@ stages:
   slow:
     run: ["sh", "-c", "sleep 0.5; echo x > \"$1/o.txt\"", "x", "{out}"]
 "#;
-    let videos: Vec<(String, Vec<u8>)> = (0..6).map(|i| (format!("v{i}.mp4"), vec![b'a' + i as u8])).collect();
-    let refs: Vec<(&str, &[u8])> = videos.iter().map(|(n, b)| (n.as_str(), b.as_slice())).collect();
+    let videos: Vec<(String, Vec<u8>)> = (0..6)
+        .map(|i| (format!("v{i}.mp4"), vec![b'a' + i as u8]))
+        .collect();
+    let refs: Vec<(&str, &[u8])> = videos
+        .iter()
+        .map(|(n, b)| (n.as_str(), b.as_slice()))
+        .collect();
     let p = Project::new(manifest, &refs);
     let child = std::process::Command::new(BIN)
         .args(["run", "pipeline.yaml", "--jobs", "1", "--progress", "none"])
@@ -268,15 +343,24 @@ stages:
         .spawn()
         .unwrap();
     std::thread::sleep(std::time::Duration::from_millis(800));
-    let rc = std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    let rc = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(rc.success());
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(130));
     let (code, s) = p.run(&[]);
     assert_eq!(code, 0, "{s}");
-    assert!(counts(&s).1 >= 1, "work finished before Ctrl-C is kept: {s}");
+    assert!(
+        counts(&s).1 >= 1,
+        "work finished before Ctrl-C is kept: {s}"
+    );
     let out = p.vsum(&["cache", "-m", "pipeline.yaml", "verify"]);
     assert!(out.status.success());
     let leftovers: Vec<_> = p.path().join(".vsum/tmp").read_dir().unwrap().collect();
-    assert!(leftovers.is_empty(), "abandoned work folders are cleaned up: {leftovers:?}");
+    assert!(
+        leftovers.is_empty(),
+        "abandoned work folders are cleaned up: {leftovers:?}"
+    );
 }

@@ -95,8 +95,12 @@ pub fn resolve(
     if let Some(f) = file {
         let src = std::fs::read_to_string(f).map_err(|e| {
             Diagnostics(vec![
-                Diagnostic::new(f, Default::default(), format!("cannot read config file: {e}"))
-                    .hint("check the path given by --config or VSUM_CONFIG"),
+                Diagnostic::new(
+                    f,
+                    Default::default(),
+                    format!("cannot read config file: {e}"),
+                )
+                .hint("check the path given by --config or VSUM_CONFIG"),
             ])
         })?;
         let (node, _) = yaml::parse(&src).map_err(|e| {
@@ -117,7 +121,9 @@ pub fn resolve(
             let value = if key == "cache_dir" {
                 Value::String(v)
             } else {
-                v.parse::<u64>().map(Value::from).unwrap_or(Value::String(v))
+                v.parse::<u64>()
+                    .map(Value::from)
+                    .unwrap_or(Value::String(v))
             };
             env.insert(key.to_string(), value);
         }
@@ -129,7 +135,11 @@ pub fn resolve(
     for (path, layer, node) in layers {
         let Value::Object(map) = layer else {
             if !layer.is_null() {
-                diags.push(Diagnostic::new(&path, Default::default(), "config must be a mapping"));
+                diags.push(Diagnostic::new(
+                    &path,
+                    Default::default(),
+                    "config must be a mapping",
+                ));
             }
             continue;
         };
@@ -171,7 +181,13 @@ mod tests {
         let (node, _) = yaml::parse("retries: 0\n").unwrap();
         let mut flags = serde_json::Map::new();
         flags.insert("cpu_threads".into(), Value::from(7));
-        let c = resolve(Some(&f), Path::new("m.yaml"), Some(&(node.to_json(), node)), flags).unwrap();
+        let c = resolve(
+            Some(&f),
+            Path::new("m.yaml"),
+            Some(&(node.to_json(), node)),
+            flags,
+        )
+        .unwrap();
         assert_eq!((c.cpu_threads, c.retries, c.breaker_threshold), (7, 0, 3));
 
         std::fs::write(&f, "retries: 1\nretrys: 2\n").unwrap();

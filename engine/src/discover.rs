@@ -81,12 +81,19 @@ pub fn discover(base_dir: &Path, inputs: &[String], exts: &[String]) -> Discover
             continue;
         }
         let before = out.videos.len();
-        for item in walkdir::WalkDir::new(&root).follow_links(true).sort_by_file_name() {
+        for item in walkdir::WalkDir::new(&root)
+            .follow_links(true)
+            .sort_by_file_name()
+        {
             let item = match item {
                 Ok(i) => i,
                 Err(e) => {
-                    let at = e.path().map(|p| p.display().to_string()).unwrap_or_default();
-                    out.problems.push(format!("input '{input}': cannot read {at}: {e}"));
+                    let at = e
+                        .path()
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_default();
+                    out.problems
+                        .push(format!("input '{input}': cannot read {at}: {e}"));
                     continue;
                 }
             };
@@ -103,7 +110,8 @@ pub fn discover(base_dir: &Path, inputs: &[String], exts: &[String]) -> Discover
             }
         }
         if out.videos.len() == before && matcher.is_none() && !md.is_dir() {
-            out.problems.push(format!("input '{input}' is not a folder or a file"));
+            out.problems
+                .push(format!("input '{input}' is not a folder or a file"));
         }
     }
     out.videos.sort();
@@ -135,7 +143,12 @@ pub fn safe_folder(stem: &OsStr) -> OsString {
 pub fn assign_folders(found: &[Found], reserved: &[&str]) -> Vec<(OsString, OsString)> {
     let stems: Vec<OsString> = found
         .iter()
-        .map(|f| f.path.file_stem().map(OsStr::to_os_string).unwrap_or_default())
+        .map(|f| {
+            f.path
+                .file_stem()
+                .map(OsStr::to_os_string)
+                .unwrap_or_default()
+        })
         .collect();
     let mut count: BTreeMap<OsString, usize> = BTreeMap::new();
     for s in &stems {
@@ -175,10 +188,22 @@ mod tests {
         assert_eq!(safe_folder(OsStr::new("")), OsString::from("_"));
         assert_eq!(safe_folder(OsStr::new("a b")), OsString::from("a b"));
         let found = vec![
-            Found { path: "/x/a/talk.mp4".into(), rel: "a/talk.mp4".into() },
-            Found { path: "/x/b/talk.mp4".into(), rel: "b/talk.mp4".into() },
-            Found { path: "/x/b/other.mp4".into(), rel: "b/other.mp4".into() },
-            Found { path: "/x/index.mp4".into(), rel: "index.mp4".into() },
+            Found {
+                path: "/x/a/talk.mp4".into(),
+                rel: "a/talk.mp4".into(),
+            },
+            Found {
+                path: "/x/b/talk.mp4".into(),
+                rel: "b/talk.mp4".into(),
+            },
+            Found {
+                path: "/x/b/other.mp4".into(),
+                rel: "b/other.mp4".into(),
+            },
+            Found {
+                path: "/x/index.mp4".into(),
+                rel: "index.mp4".into(),
+            },
         ];
         let f = assign_folders(&found, &["index"]);
         assert_ne!(f[0].1, f[1].1);
@@ -195,9 +220,20 @@ mod tests {
         for f in ["in/a.mp4", "in/sub/b.MKV", "in/notes.txt", "c.webm"] {
             std::fs::write(d.join(f), b"x").unwrap();
         }
-        let exts: Vec<String> = crate::manifest::DEFAULT_EXTENSIONS.iter().map(|s| s.to_string()).collect();
-        let r = discover(d, &["in/".into(), "*.webm".into(), "missing/".into()], &exts);
-        let rels: Vec<_> = r.videos.iter().map(|v| v.rel.to_string_lossy().into_owned()).collect();
+        let exts: Vec<String> = crate::manifest::DEFAULT_EXTENSIONS
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let r = discover(
+            d,
+            &["in/".into(), "*.webm".into(), "missing/".into()],
+            &exts,
+        );
+        let rels: Vec<_> = r
+            .videos
+            .iter()
+            .map(|v| v.rel.to_string_lossy().into_owned())
+            .collect();
         assert_eq!(rels, vec!["c.webm", "in/a.mp4", "in/sub/b.MKV"]);
         assert_eq!(r.problems.len(), 1);
         assert!(r.problems[0].contains("missing/"), "{:?}", r.problems);

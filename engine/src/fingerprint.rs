@@ -91,10 +91,11 @@ fn flatten(prefix: &str, v: &Value, out: &mut BTreeMap<String, String>) {
 fn short(v: &Value) -> String {
     let s = v.to_string();
     // Hashes are long; 16 hex digits are plenty to tell two apart.
-    if let Value::String(t) = v {
-        if t.len() == 64 && t.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return format!("{}…", &t[..16]);
-        }
+    if let Value::String(t) = v
+        && t.len() == 64
+        && t.bytes().all(|b| b.is_ascii_hexdigit())
+    {
+        return format!("{}…", &t[..16]);
     }
     s
 }
@@ -188,7 +189,12 @@ mod tests {
 
     #[test]
     fn digest_depends_on_names_and_contents() {
-        let (a, b, h1, h2) = ("a".to_string(), "b".to_string(), "1".to_string(), "2".to_string());
+        let (a, b, h1, h2) = (
+            "a".to_string(),
+            "b".to_string(),
+            "1".to_string(),
+            "2".to_string(),
+        );
         let d1 = outputs_digest([(&a, &h1), (&b, &h2)]);
         let d2 = outputs_digest([(&b, &h2), (&a, &h1)]);
         let d3 = outputs_digest([(&a, &h2), (&b, &h1)]);

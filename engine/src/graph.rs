@@ -32,10 +32,10 @@ pub fn select(manifest: &Manifest, only: &[String]) -> BTreeSet<usize> {
     let mut chosen = BTreeSet::new();
     let mut todo: Vec<&str> = only.iter().map(String::as_str).collect();
     while let Some(id) = todo.pop() {
-        if let Some(i) = manifest.stages.iter().position(|s| s.id == id) {
-            if chosen.insert(i) {
-                todo.extend(manifest.stages[i].needs.iter().map(String::as_str));
-            }
+        if let Some(i) = manifest.stages.iter().position(|s| s.id == id)
+            && chosen.insert(i)
+        {
+            todo.extend(manifest.stages[i].needs.iter().map(String::as_str));
         }
     }
     chosen
@@ -44,45 +44,45 @@ pub fn select(manifest: &Manifest, only: &[String]) -> BTreeSet<usize> {
 impl JobGraph {
     pub fn build(manifest: &Manifest, videos: usize, stages: &BTreeSet<usize>) -> JobGraph {
         let mut graph = DiGraph::new();
-        let mut per_video: Vec<Vec<Option<NodeIndex>>> = vec![vec![None; videos]; manifest.stages.len()];
+        // per_video[v][s]: the job of stage s for video v.
+        let mut per_video: Vec<Vec<Option<NodeIndex>>> =
+            vec![vec![None; manifest.stages.len()]; videos];
         let mut batch: Vec<Option<NodeIndex>> = vec![None; manifest.stages.len()];
         // Videos outer, stages inner: a video's jobs sit together, so the first videos
         // finish early and the batch's first results appear soon.
-        for v in 0..videos {
+        for (v, row) in per_video.iter_mut().enumerate() {
             for &s in stages {
                 if manifest.stages[s].scope == Scope::Video {
-                    per_video[s][v] = Some(graph.add_node(JobNode { stage: s, video: Some(v) }));
+                    row[s] = Some(graph.add_node(JobNode {
+                        stage: s,
+                        video: Some(v),
+                    }));
                 }
             }
         }
         for &s in stages {
             if manifest.stages[s].scope == Scope::Batch {
-                batch[s] = Some(graph.add_node(JobNode { stage: s, video: None }));
+                batch[s] = Some(graph.add_node(JobNode {
+                    stage: s,
+                    video: None,
+                }));
             }
         }
         let index_of = |id: &str| manifest.stages.iter().position(|s| s.id == id);
         for &s in stages {
             for need in &manifest.stages[s].needs {
                 let Some(t) = index_of(need) else { continue };
-                match (manifest.stages[s].scope, manifest.stages[t].scope) {
-                    (Scope::Video, _) => {
-                        for v in 0..videos {
-                            if let (Some(a), Some(b)) = (per_video[t][v], per_video[s][v]) {
-                                graph.add_edge(a, b, ());
-                            }
+                let edges: Vec<(Option<NodeIndex>, Option<NodeIndex>)> =
+                    match (manifest.stages[s].scope, manifest.stages[t].scope) {
+                        (Scope::Video, _) => per_video.iter().map(|row| (row[t], row[s])).collect(),
+                        (Scope::Batch, Scope::Video) => {
+                            per_video.iter().map(|row| (row[t], batch[s])).collect()
                         }
-                    }
-                    (Scope::Batch, Scope::Video) => {
-                        for v in 0..videos {
-                            if let (Some(a), Some(b)) = (per_video[t][v], batch[s]) {
-                                graph.add_edge(a, b, ());
-                            }
-                        }
-                    }
-                    (Scope::Batch, Scope::Batch) => {
-                        if let (Some(a), Some(b)) = (batch[t], batch[s]) {
-                            graph.add_edge(a, b, ());
-                        }
+                        (Scope::Batch, Scope::Batch) => vec![(batch[t], batch[s])],
+                    };
+                for (a, b) in edges {
+                    if let (Some(a), Some(b)) = (a, b) {
+                        graph.add_edge(a, b, ());
                     }
                 }
             }
@@ -103,7 +103,11 @@ pub enum DagFormat {
 pub fn render(manifest: &Manifest, format: DagFormat) -> String {
     let mut s = String::new();
     let label = |st: &crate::manifest::StageSpec| {
-        let scope = if st.scope == Scope::Batch { ", batch" } else { "" };
+        let scope = if st.scope == Scope::Batch {
+            ", batch"
+        } else {
+            ""
+        };
         format!("{}\\n{} ({}{scope})", st.id, st.kind, st.lane)
     };
     match format {
@@ -111,8 +115,17 @@ pub fn render(manifest: &Manifest, format: DagFormat) -> String {
             let _ = writeln!(s, "digraph \"{}\" {{", manifest.name.replace('"', "'"));
             let _ = writeln!(s, "  rankdir=LR;");
             for st in &manifest.stages {
-                let shape = if st.lane == crate::stage::Lane::Gpu { "box3d" } else { "box" };
-                let _ = writeln!(s, "  \"{}\" [label=\"{}\", shape={shape}];", st.id, label(st));
+                let shape = if st.lane == crate::stage::Lane::Gpu {
+                    "box3d"
+                } else {
+                    "box"
+                };
+                let _ = writeln!(
+                    s,
+                    "  \"{}\" [label=\"{}\", shape={shape}];",
+                    st.id,
+                    label(st)
+                );
             }
             for st in &manifest.stages {
                 for n in &st.needs {
@@ -124,7 +137,12 @@ pub fn render(manifest: &Manifest, format: DagFormat) -> String {
         DagFormat::Mermaid => {
             s.push_str("flowchart LR\n");
             for st in &manifest.stages {
-                let _ = writeln!(s, "  {}[\"{}\"]", mermaid_id(&st.id), label(st).replace("\\n", "<br/>"));
+                let _ = writeln!(
+                    s,
+                    "  {}[\"{}\"]",
+                    mermaid_id(&st.id),
+                    label(st).replace("\\n", "<br/>")
+                );
             }
             for st in &manifest.stages {
                 for n in &st.needs {
@@ -139,7 +157,11 @@ pub fn render(manifest: &Manifest, format: DagFormat) -> String {
                 } else {
                     format!("  <- {}", st.needs.join(", "))
                 };
-                let scope = if st.scope == Scope::Batch { " batch" } else { "" };
+                let scope = if st.scope == Scope::Batch {
+                    " batch"
+                } else {
+                    ""
+                };
                 let _ = writeln!(s, "{} ({}, {}{scope}){needs}", st.id, st.kind, st.lane);
             }
         }

@@ -96,10 +96,10 @@ impl FileHasher {
         }
         let stamp = Stamp::of(&md);
         let id = path_id(&abs);
-        if let Some(r) = self.map.lock().expect("statcache").get(&id) {
-            if r.stamp == stamp {
-                return Ok(r.hash.clone());
-            }
+        if let Some(r) = self.map.lock().expect("statcache").get(&id)
+            && r.stamp == stamp
+        {
+            return Ok(r.hash.clone());
         }
         let hash = hash_file(&abs)?;
         // Only remember the hash if the file did not change while we read it.

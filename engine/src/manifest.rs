@@ -172,7 +172,10 @@ impl<'a> Validator<'a> {
                 self.err(
                     e.pos,
                     format!("YAML syntax error: {}", e.message),
-                    Some("check indentation, quoting and unclosed brackets at or before this point".into()),
+                    Some(
+                        "check indentation, quoting and unclosed brackets at or before this point"
+                            .into(),
+                    ),
                 );
                 return None;
             }
@@ -201,10 +204,8 @@ impl<'a> Validator<'a> {
                 self.err(
                     *pos,
                     format!("unknown top-level key '{k}'"),
-                    did_you_mean(k, TOP_KEYS).or(Some(format!(
-                        "allowed keys: {}",
-                        TOP_KEYS.join(", ")
-                    ))),
+                    did_you_mean(k, TOP_KEYS)
+                        .or(Some(format!("allowed keys: {}", TOP_KEYS.join(", ")))),
                 );
             }
         }
@@ -234,7 +235,10 @@ impl<'a> Validator<'a> {
                     self.err(
                         *pos,
                         "`inputs:` is empty",
-                        Some("list at least one folder, file or glob, e.g. `inputs: [videos/]`".into()),
+                        Some(
+                            "list at least one folder, file or glob, e.g. `inputs: [videos/]`"
+                                .into(),
+                        ),
                     );
                 }
                 list
@@ -254,7 +258,11 @@ impl<'a> Validator<'a> {
         };
         let config = get("config").map(|(_, _, n)| {
             if n.as_map().is_none() && !n.is_null() {
-                self.err(n.pos, format!("`config:` must be a mapping, found {}", n.type_name()), None);
+                self.err(
+                    n.pos,
+                    format!("`config:` must be a mapping, found {}", n.type_name()),
+                    None,
+                );
             }
             (n.to_json(), n.clone())
         });
@@ -267,7 +275,11 @@ impl<'a> Validator<'a> {
                 Some("add `stages:` with at least one stage".into()),
             ),
             Some((_, pos, n)) => match n.as_map() {
-                Some([]) => self.err(*pos, "`stages:` is empty", Some("add at least one stage".into())),
+                Some([]) => self.err(
+                    *pos,
+                    "`stages:` is empty",
+                    Some("add at least one stage".into()),
+                ),
                 Some(entries) => {
                     for (id, pos, node) in entries {
                         if let Some(r) = self.stage(id, *pos, node) {
@@ -275,12 +287,17 @@ impl<'a> Validator<'a> {
                         }
                     }
                 }
-                None if n.is_null() => {
-                    self.err(*pos, "`stages:` is empty", Some("add at least one stage".into()))
-                }
+                None if n.is_null() => self.err(
+                    *pos,
+                    "`stages:` is empty",
+                    Some("add at least one stage".into()),
+                ),
                 None => self.err(
                     n.pos,
-                    format!("`stages:` must be a mapping of stage id to stage, found {}", n.type_name()),
+                    format!(
+                        "`stages:` must be a mapping of stage id to stage, found {}",
+                        n.type_name()
+                    ),
                     None,
                 ),
             },
@@ -309,7 +326,11 @@ impl<'a> Validator<'a> {
         match n.as_str() {
             Some(s) => Some(s.to_string()),
             None => {
-                self.err(n.pos, format!("`{what}` must be a string, found {}", n.type_name()), None);
+                self.err(
+                    n.pos,
+                    format!("`{what}` must be a string, found {}", n.type_name()),
+                    None,
+                );
                 None
             }
         }
@@ -328,7 +349,14 @@ impl<'a> Validator<'a> {
                 .filter_map(|i| self.string(i, &format!("{what}[]")))
                 .collect(),
             None => {
-                self.err(n.pos, format!("`{what}` must be a list of strings, found {}", n.type_name()), None);
+                self.err(
+                    n.pos,
+                    format!(
+                        "`{what}` must be a list of strings, found {}",
+                        n.type_name()
+                    ),
+                    None,
+                );
                 Vec::new()
             }
         }
@@ -386,7 +414,9 @@ impl<'a> Validator<'a> {
                 self.err(
                     pos,
                     format!("stage '{id}' has both `run:` and `uses:`"),
-                    Some("a stage is either a command (`run:`) or a built-in kind (`uses:`)".into()),
+                    Some(
+                        "a stage is either a command (`run:`) or a built-in kind (`uses:`)".into(),
+                    ),
                 );
                 (None, Value::Null, node)
             }
@@ -394,7 +424,10 @@ impl<'a> Validator<'a> {
                 self.err(
                     pos,
                     format!("stage '{id}' has neither `run:` nor `uses:`"),
-                    Some("add `run: [program, args...]` or `uses: <kind>` (see `vsum stages`)".into()),
+                    Some(
+                        "add `run: [program, args...]` or `uses: <kind>` (see `vsum stages`)"
+                            .into(),
+                    ),
                 );
                 (None, Value::Null, node)
             }
@@ -436,7 +469,14 @@ impl<'a> Validator<'a> {
                     (Some(s), _) => s.iter().collect(),
                     (None, Some(_)) => vec![n],
                     _ => {
-                        self.err(n.pos, format!("`needs` must be a list of stage ids, found {}", n.type_name()), None);
+                        self.err(
+                            n.pos,
+                            format!(
+                                "`needs` must be a list of stage ids, found {}",
+                                n.type_name()
+                            ),
+                            None,
+                        );
                         Vec::new()
                     }
                 };
@@ -452,7 +492,10 @@ impl<'a> Validator<'a> {
             _ => {
                 self.err(
                     n.pos,
-                    format!("`lane` must be cpu or gpu, found {}", n.scalar_text().unwrap_or(n.type_name())),
+                    format!(
+                        "`lane` must be cpu or gpu, found {}",
+                        n.scalar_text().unwrap_or(n.type_name())
+                    ),
                     None,
                 );
                 None
@@ -464,7 +507,10 @@ impl<'a> Validator<'a> {
             Some((n, _)) => {
                 self.err(
                     n.pos,
-                    format!("`scope` must be video or batch, found {}", n.scalar_text().unwrap_or(n.type_name())),
+                    format!(
+                        "`scope` must be video or batch, found {}",
+                        n.scalar_text().unwrap_or(n.type_name())
+                    ),
                     None,
                 );
                 Scope::Video
@@ -473,7 +519,11 @@ impl<'a> Validator<'a> {
         let retries = get("retries").and_then(|(_, _, n)| match n.to_json().as_u64() {
             Some(r) if r <= 100 => Some(r as u32),
             _ => {
-                self.err(n.pos, "`retries` must be a whole number from 0 to 100", None);
+                self.err(
+                    n.pos,
+                    "`retries` must be a whole number from 0 to 100",
+                    None,
+                );
                 None
             }
         });
@@ -508,16 +558,17 @@ impl<'a> Validator<'a> {
                             .or(Some(format!("stages are: {}", ids.join(", ")))),
                     );
                 } else if !seen.insert(n) {
-                    self.err(*pos, format!("stage '{}' lists '{n}' twice in needs", r.id), None);
+                    self.err(
+                        *pos,
+                        format!("stage '{}' lists '{n}' twice in needs", r.id),
+                        None,
+                    );
                 } else if r.scope == Scope::Video
                     && raw.iter().any(|o| &o.id == n && o.scope == Scope::Batch)
                 {
                     self.err(
                         *pos,
-                        format!(
-                            "per-video stage '{}' cannot need batch stage '{n}'",
-                            r.id
-                        ),
+                        format!("per-video stage '{}' cannot need batch stage '{n}'", r.id),
                         Some("make it `scope: batch` too, or drop the need".into()),
                     );
                 }
@@ -528,14 +579,17 @@ impl<'a> Validator<'a> {
     fn check_cycles(&mut self, raw: &[RawStage]) {
         let mut g = DiGraph::<usize, ()>::new();
         let nodes: Vec<_> = (0..raw.len()).map(|i| g.add_node(i)).collect();
-        let index: BTreeMap<&str, usize> =
-            raw.iter().enumerate().map(|(i, r)| (r.id.as_str(), i)).collect();
+        let index: BTreeMap<&str, usize> = raw
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (r.id.as_str(), i))
+            .collect();
         for (i, r) in raw.iter().enumerate() {
             for (n, _) in &r.needs {
-                if let Some(&j) = index.get(n.as_str()) {
-                    if i != j {
-                        g.add_edge(nodes[j], nodes[i], ());
-                    }
+                if let Some(&j) = index.get(n.as_str())
+                    && i != j
+                {
+                    g.add_edge(nodes[j], nodes[i], ());
                 }
             }
         }
@@ -591,16 +645,20 @@ impl<'a> Validator<'a> {
                 self.err(
                     pos,
                     format!("unknown stage kind '{kind_name}' in stage '{}'", r.id),
-                    did_you_mean(kind_name, registry.names()).or(Some(
-                        "run `vsum stages` to list the built-in kinds".into(),
-                    )),
+                    did_you_mean(kind_name, registry.names())
+                        .or(Some("run `vsum stages` to list the built-in kinds".into())),
                 );
                 continue;
             };
             let needs: Vec<(String, Scope)> = r
                 .needs
                 .iter()
-                .map(|(n, _)| (n.clone(), scopes.get(n.as_str()).copied().unwrap_or(Scope::Video)))
+                .map(|(n, _)| {
+                    (
+                        n.clone(),
+                        scopes.get(n.as_str()).copied().unwrap_or(Scope::Video),
+                    )
+                })
                 .collect();
             let env = CheckEnv {
                 stage_id: &r.id,
@@ -628,7 +686,9 @@ impl<'a> Validator<'a> {
                             format!(" (at {})", e.path.join("."))
                         };
                         let hint = e.hint.or_else(|| {
-                            Some(format!("`vsum stages` lists the parameters of '{kind_name}'"))
+                            Some(format!(
+                                "`vsum stages` lists the parameters of '{kind_name}'"
+                            ))
                         });
                         self.err(
                             pos,

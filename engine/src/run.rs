@@ -28,7 +28,9 @@ use crate::fsutil::write_atomic;
 use crate::graph::{self, JobGraph, JobNode};
 use crate::hash::FileHasher;
 use crate::manifest::{Manifest, StageSpec};
-use crate::stage::{BatchItem, JobCtx, KeyEnv, Lane, Registry, Resources, Scope, StageError, Video};
+use crate::stage::{
+    BatchItem, JobCtx, KeyEnv, Lane, Registry, Resources, Scope, StageError, Video,
+};
 use crate::store::{Entry, Lookup, Store, now_secs};
 
 /// What to run and how.
@@ -129,6 +131,12 @@ struct Done {
     digest: Option<String>,
 }
 
+/// The result of planning a job: it must run, or it is already finished.
+enum Plan {
+    Run(Box<Planned>),
+    Done(Box<Finished>),
+}
+
 /// A planned job that missed the cache.
 struct Planned {
     node: NodeIndex,
@@ -166,7 +174,9 @@ impl Shared<'_> {
             index: node.index(),
             stage: st.id.clone(),
             kind: st.kind.clone(),
-            video: job.video.map(|v| self.videos[v].rel.to_string_lossy().into_owned()),
+            video: job
+                .video
+                .map(|v| self.videos[v].rel.to_string_lossy().into_owned()),
             lane: st.lane,
         }
     }
@@ -199,13 +209,8 @@ impl Shared<'_> {
         }
     }
 
-    /// Computes the key and looks it up. `Ok` = must run; `Err` = finished (hit, dry run, error).
-    fn plan(
-        &self,
-        node: NodeIndex,
-        job: JobNode,
-        ups: Vec<(JobNode, Done)>,
-    ) -> Result<Planned, Finished> {
+    /// Computes the key and looks it up: a hit is restored here and finishes the job.
+    fn plan(&self, node: NodeIndex, job: JobNode, ups: Vec<(JobNode, Done)>) -> Plan {
         let start = self.ms();
         let st = self.stage(job);
         let label = self.label(node, job);
@@ -251,7 +256,7 @@ impl Shared<'_> {
             // Dry run only: an upstream would run, so this key cannot be known yet.
             let mut r = self.record(label, Outcome::WouldRun, start);
             r.reason = Some(format!("upstream '{up}' would run first"));
-            return Err(finish(r, None));
+            return Plan::Done(Box::new(finish(r, None)));
         }
 
         let video = job.video.map(|v| &self.videos[v]);
@@ -268,7 +273,7 @@ impl Shared<'_> {
                 let mut r = self.record(label, Outcome::Failed, start);
                 r.error = Some(e.message);
                 r.hint = e.hint;
-                return Err(finish(r, None));
+                return Plan::Done(Box::new(finish(r, None)));
             }
         };
         let mut inputs = extras.inputs;
@@ -304,14 +309,15 @@ impl Shared<'_> {
                             "cannot restore cached outputs into {}: {e}",
                             dest.display()
                         ));
-                        r.hint = Some("check that the output folder is writable and has space".into());
-                        return Err(finish(r, None));
+                        r.hint =
+                            Some("check that the output folder is writable and has space".into());
+                        return Plan::Done(Box::new(finish(r, None)));
                     }
                     let _ = self.store.set_ref(&ref_id, &st.id, &key);
                 }
                 let mut r = self.record(label, Outcome::Cached, start);
                 r.key = Some(key);
-                Err(finish(r, Some(digest)))
+                Plan::Done(Box::new(finish(r, Some(digest))))
             }
             other => {
                 if let Lookup::Untrusted(why) = &other {
@@ -328,9 +334,9 @@ impl Shared<'_> {
                     let mut r = self.record(label, Outcome::WouldRun, start);
                     r.key = Some(key);
                     r.reason = Some(reason);
-                    return Err(finish(r, None));
+                    return Plan::Done(Box::new(finish(r, None)));
                 }
-                Ok(Planned {
+                Plan::Run(Box::new(Planned {
                     node,
                     job,
                     label,
@@ -339,7 +345,7 @@ impl Shared<'_> {
                     upstream,
                     batch: batch.into_values().collect(),
                     group: kind.resource_group(&st.params),
-                })
+                }))
             }
         }
     }
@@ -373,13 +379,24 @@ impl Shared<'_> {
         if self.cancel.load(Ordering::Relaxed) {
             let mut r = self.record(p.label, Outcome::Cancelled, start);
             r.key = Some(p.key);
-            return Finished { node: p.node, record: r, digest: None };
+            return Finished {
+                node: p.node,
+                record: r,
+                digest: None,
+            };
         }
         if self.breaker_open(st) {
             let mut r = self.record(p.label, Outcome::Skipped, start);
             r.key = Some(p.key);
-            r.error = Some(breaker_message(self.config.breaker_threshold, &breaker_name(st)));
-            return Finished { node: p.node, record: r, digest: None };
+            r.error = Some(breaker_message(
+                self.config.breaker_threshold,
+                &breaker_name(st),
+            ));
+            return Finished {
+                node: p.node,
+                record: r,
+                digest: None,
+            };
         }
         let threads = if st.lane == Lane::Gpu {
             self.config.threads()
@@ -430,7 +447,9 @@ impl Shared<'_> {
                         &job_dir,
                         began.elapsed().as_millis() as u64,
                     )
-                    .map_err(|e| StageError::retryable(format!("cannot store outputs in the cache: {e}")))?;
+                    .map_err(|e| {
+                        StageError::retryable(format!("cannot store outputs in the cache: {e}"))
+                    })?;
                 Ok(entry)
             });
             match result {
@@ -441,7 +460,10 @@ impl Shared<'_> {
                         break Err(StageError::cancelled());
                     }
                     if e.retryable && attempt <= retries {
-                        let delay = self.config.retry_backoff_ms.saturating_mul(1 << (attempt - 1).min(16));
+                        let delay = self
+                            .config
+                            .retry_backoff_ms
+                            .saturating_mul(1 << (attempt - 1).min(16));
                         self.events.emit(Event::JobRetrying {
                             job: p.label.clone(),
                             attempt,
@@ -461,7 +483,10 @@ impl Shared<'_> {
         record.key = Some(p.key.clone());
         record.attempts = attempt;
         record.reason = None;
-        self.breaker_count(st, outcome.is_ok() || outcome.as_ref().is_err_and(|e| e.cancelled));
+        self.breaker_count(
+            st,
+            outcome.is_ok() || outcome.as_ref().is_err_and(|e| e.cancelled),
+        );
         let digest = match outcome {
             Ok(entry) => self.publish(p.job, &entry, &mut record),
             Err(e) if e.cancelled => {
@@ -484,7 +509,11 @@ impl Shared<'_> {
     }
 
     fn breaker_open(&self, st: &StageSpec) -> bool {
-        self.breakers.lock().expect("breakers").1.contains(&breaker_name(st))
+        self.breakers
+            .lock()
+            .expect("breakers")
+            .1
+            .contains(&breaker_name(st))
     }
 
     /// Counts a success (resets) or a failure; opens the breaker at the threshold.
@@ -500,7 +529,10 @@ impl Shared<'_> {
         let n = *n;
         if n >= self.config.breaker_threshold.max(1) && b.1.insert(name.clone()) {
             drop(b);
-            self.events.emit(Event::BreakerOpened { kind: name, failures: n });
+            self.events.emit(Event::BreakerOpened {
+                kind: name,
+                failures: n,
+            });
         }
     }
 
@@ -512,7 +544,9 @@ impl Shared<'_> {
             record.hint = Some("check that the output folder is writable and has space; the result is cached, so a rerun only restores it".into());
             return None;
         }
-        let _ = self.store.set_ref(&self.ref_id(job), &self.stage(job).id, &entry.key);
+        let _ = self
+            .store
+            .set_ref(&self.ref_id(job), &self.stage(job).id, &entry.key);
         Some(entry.digest())
     }
 }
@@ -528,7 +562,9 @@ fn breaker_name(st: &StageSpec) -> String {
 }
 
 fn breaker_message(threshold: u32, kind: &str) -> String {
-    format!("circuit breaker open: {threshold} '{kind}' jobs failed in a row, so no more start in this run; fix the cause and rerun")
+    format!(
+        "circuit breaker open: {threshold} '{kind}' jobs failed in a row, so no more start in this run; fix the cause and rerun"
+    )
 }
 
 fn sleep_unless_cancelled(d: Duration, cancel: &AtomicBool) -> bool {
@@ -738,7 +774,10 @@ fn schedule(shared: &Shared, jg: &JobGraph, pool: &rayon::ThreadPool) -> Vec<Job
         .collect();
     let mut done: Vec<Option<Done>> = vec![None; n];
     let mut records: Vec<Option<JobRecord>> = vec![None; n];
-    let mut ready: VecDeque<NodeIndex> = g.node_indices().filter(|i| waiting[i.index()] == 0).collect();
+    let mut ready: VecDeque<NodeIndex> = g
+        .node_indices()
+        .filter(|i| waiting[i.index()] == 0)
+        .collect();
     let mut in_flight = 0usize;
     let threshold = shared.config.breaker_threshold.max(1);
 
@@ -759,7 +798,8 @@ fn schedule(shared: &Shared, jg: &JobGraph, pool: &rayon::ThreadPool) -> Vec<Job
                 while let Some(node) = ready.pop_front() {
                     let job = g[node];
                     let st = shared.stage(job);
-                    let preds: Vec<NodeIndex> = g.neighbors_directed(node, Direction::Incoming).collect();
+                    let preds: Vec<NodeIndex> =
+                        g.neighbors_directed(node, Direction::Incoming).collect();
                     let failed_pred = preds.iter().find(|p| {
                         !matches!(
                             done[p.index()].as_ref().map(|d| d.outcome),
@@ -767,23 +807,44 @@ fn schedule(shared: &Shared, jg: &JobGraph, pool: &rayon::ThreadPool) -> Vec<Job
                         )
                     });
                     let skip_reason = if shared.cancel.load(Ordering::Relaxed) {
-                        Some((Outcome::Cancelled, "run interrupted before this job started".to_string()))
+                        Some((
+                            Outcome::Cancelled,
+                            "run interrupted before this job started".to_string(),
+                        ))
                     } else if shared.breaker_open(st) {
-                        Some((Outcome::Skipped, breaker_message(threshold, &breaker_name(st))))
+                        Some((
+                            Outcome::Skipped,
+                            breaker_message(threshold, &breaker_name(st)),
+                        ))
                     } else if let (Some(p), Some(_)) = (failed_pred, job.video) {
-                        Some((Outcome::Skipped, format!("needs '{}', which did not succeed", shared.stage(g[*p]).id)))
+                        Some((
+                            Outcome::Skipped,
+                            format!("needs '{}', which did not succeed", shared.stage(g[*p]).id),
+                        ))
                     } else if job.video.is_none()
                         && !preds.is_empty()
-                        && preds.iter().all(|p| !matches!(done[p.index()].as_ref().map(|d| d.outcome), Some(Outcome::Ran | Outcome::Cached | Outcome::WouldRun)))
+                        && preds.iter().all(|p| {
+                            !matches!(
+                                done[p.index()].as_ref().map(|d| d.outcome),
+                                Some(Outcome::Ran | Outcome::Cached | Outcome::WouldRun)
+                            )
+                        })
                     {
-                        Some((Outcome::Skipped, "no video's upstream succeeded".to_string()))
+                        Some((
+                            Outcome::Skipped,
+                            "no video's upstream succeeded".to_string(),
+                        ))
                     } else {
                         None
                     };
                     if let Some((outcome, why)) = skip_reason {
                         let mut r = shared.record(shared.label(node, job), outcome, shared.ms());
                         r.error = Some(why);
-                        let _ = tx.send(Msg::Finished(Finished { node, record: r, digest: None }));
+                        let _ = tx.send(Msg::Finished(Finished {
+                            node,
+                            record: r,
+                            digest: None,
+                        }));
                         in_flight += 1;
                         continue;
                     }
@@ -791,19 +852,23 @@ fn schedule(shared: &Shared, jg: &JobGraph, pool: &rayon::ThreadPool) -> Vec<Job
                     let ups: Vec<(JobNode, Done)> = preds
                         .iter()
                         .filter_map(|p| done[p.index()].clone().map(|d| (g[*p], d)))
-                        .filter(|(_, d)| d.outcome != Outcome::Failed && d.outcome != Outcome::Skipped && d.outcome != Outcome::Cancelled)
+                        .filter(|(_, d)| {
+                            d.outcome != Outcome::Failed
+                                && d.outcome != Outcome::Skipped
+                                && d.outcome != Outcome::Cancelled
+                        })
                         .collect();
                     let tx = tx.clone();
                     let gpu_tx = gpu_tx.clone();
                     in_flight += 1;
                     s.spawn(move |_| {
                         let fin = match shared.plan(node, job, ups) {
-                            Err(fin) => fin,
-                            Ok(planned) if shared.stage(job).lane == Lane::Gpu => {
-                                let _ = gpu_tx.send(planned);
+                            Plan::Done(fin) => *fin,
+                            Plan::Run(planned) if shared.stage(job).lane == Lane::Gpu => {
+                                let _ = gpu_tx.send(*planned);
                                 return;
                             }
-                            Ok(planned) => shared.execute(planned, None),
+                            Plan::Run(planned) => shared.execute(*planned, None),
                         };
                         let _ = tx.send(Msg::Finished(fin));
                     });
@@ -811,7 +876,9 @@ fn schedule(shared: &Shared, jg: &JobGraph, pool: &rayon::ThreadPool) -> Vec<Job
                 if in_flight == 0 {
                     break;
                 }
-                let Ok(Msg::Finished(fin)) = rx.recv() else { break };
+                let Ok(Msg::Finished(fin)) = rx.recv() else {
+                    break;
+                };
                 in_flight -= 1;
                 finished += 1;
                 let idx = fin.node.index();
@@ -868,7 +935,11 @@ fn gpu_lane(shared: &Shared, rx: Receiver<Planned>, done: Sender<Msg>) {
         let fin = if shared.cancel.load(Ordering::Relaxed) {
             let mut r = shared.record(job.label.clone(), Outcome::Cancelled, shared.ms());
             r.key = Some(job.key.clone());
-            Finished { node: job.node, record: r, digest: None }
+            Finished {
+                node: job.node,
+                record: r,
+                digest: None,
+            }
         } else {
             shared.execute(job, Some(&mut resources))
         };
@@ -878,7 +949,9 @@ fn gpu_lane(shared: &Shared, rx: Receiver<Planned>, done: Sender<Msg>) {
 
 /// Base path for a new run's log file.
 pub fn log_path(store: &Store, run_started: u64) -> PathBuf {
-    store.logs_dir().join(format!("{}.jsonl", run_id(run_started)))
+    store
+        .logs_dir()
+        .join(format!("{}.jsonl", run_id(run_started)))
 }
 
 /// Reads past run summaries, newest last.

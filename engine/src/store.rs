@@ -263,7 +263,10 @@ impl Store {
             let hash = hash_file(src)?;
             let size = fs::metadata(src)?.len();
             let dest = self.object_path(&hash);
-            if fs::metadata(&dest).map(|m| m.len() == size).unwrap_or(false) {
+            if fs::metadata(&dest)
+                .map(|m| m.len() == size)
+                .unwrap_or(false)
+            {
                 fs::remove_file(src)?;
             } else {
                 let parent = dest.parent().expect("object folder");
@@ -321,7 +324,11 @@ impl Store {
         // Remove what an earlier version of the stage left behind.
         let wanted: BTreeSet<PathBuf> = entry.outputs.keys().map(|k| dest.join(k)).collect();
         let mut dirs = Vec::new();
-        for item in walkdir::WalkDir::new(dest).min_depth(1).into_iter().flatten() {
+        for item in walkdir::WalkDir::new(dest)
+            .min_depth(1)
+            .into_iter()
+            .flatten()
+        {
             if item.file_type().is_dir() {
                 dirs.push(item.path().to_path_buf());
             } else if !wanted.contains(item.path()) {
@@ -506,7 +513,7 @@ impl Store {
                 }
             }
         }
-        live.sort_by(|a, b| b.0.cmp(&a.0)); // newest first
+        live.sort_by_key(|e| std::cmp::Reverse(e.0)); // newest first
         let mut kept = 0usize;
         let mut kept_bytes = 0u64;
         let mut keep: BTreeSet<String> = BTreeSet::new();
@@ -675,7 +682,11 @@ mod tests {
         commit_one(&store, &key2, b"hello");
         fs::remove_file(store.object_path(&e.outputs["a.txt"].hash)).unwrap();
         assert!(matches!(store.lookup(&key2), Lookup::Untrusted(_)));
-        assert_eq!(store.lookup(&key2), Lookup::Missing, "untrusted entry is removed");
+        assert_eq!(
+            store.lookup(&key2),
+            Lookup::Missing,
+            "untrusted entry is removed"
+        );
     }
 
     #[test]

@@ -315,7 +315,10 @@ mod tests {
     fn typing_follows_yaml_core_schema() {
         let (root, _) = parse("a: 1\nb: '1'\nc: true\nd: ~\ne: 1.5\nf: hi\n").unwrap();
         let j = root.to_json();
-        assert_eq!(j, serde_json::json!({"a":1,"b":"1","c":true,"d":null,"e":1.5,"f":"hi"}));
+        assert_eq!(
+            j,
+            serde_json::json!({"a":1,"b":"1","c":true,"d":null,"e":1.5,"f":"hi"})
+        );
     }
 
     #[test]

@@ -46,9 +46,7 @@ pub struct CommandStage;
 
 fn bad_out_name(name: &str) -> bool {
     let p = Path::new(name);
-    name.is_empty()
-        || p.is_absolute()
-        || p.components().any(|c| !matches!(c, Component::Normal(_)))
+    name.is_empty() || p.is_absolute() || p.components().any(|c| !matches!(c, Component::Normal(_)))
 }
 
 impl Params {
@@ -133,7 +131,10 @@ impl StageKind for CommandStage {
         let p: Params = typed_params(params)?;
         let mut errs = Vec::new();
         if p.run.is_empty() {
-            errs.push(ParamError::new(&["run"], "`run` is empty").hint("give the program and its arguments"));
+            errs.push(
+                ParamError::new(&["run"], "`run` is empty")
+                    .hint("give the program and its arguments"),
+            );
         }
         let batch = env.scope == Scope::Batch;
         let per_video_needs: Vec<&str> = env
@@ -147,7 +148,11 @@ impl StageKind for CommandStage {
             .iter()
             .enumerate()
             .map(|(i, s)| (vec!["run".to_string(), i.to_string()], s, true))
-            .chain(p.env.iter().map(|(k, v)| (vec!["env".to_string(), k.clone()], v, false)));
+            .chain(
+                p.env
+                    .iter()
+                    .map(|(k, v)| (vec!["env".to_string(), k.clone()], v, false)),
+            );
         for (path, s, in_argv) in fields {
             let path_ref: Vec<&str> = path.iter().map(String::as_str).collect();
             let pieces = match template::parse(s) {
@@ -163,7 +168,10 @@ impl StageKind for CommandStage {
                 let problem = match v.as_str() {
                     "out" => None,
                     "video" | "stem" if batch => Some((
-                        format!("{{{v}}} is per video; stage '{}' is `scope: batch`", env.stage_id),
+                        format!(
+                            "{{{v}}} is per video; stage '{}' is `scope: batch`",
+                            env.stage_id
+                        ),
                         "use {videos} or {<stage>} to get one argument per video".to_string(),
                     )),
                     "video" | "stem" => None,
@@ -181,7 +189,9 @@ impl StageKind for CommandStage {
                     )),
                     _ if v != "videos" && !env.needs_stage(v) => Some((
                         format!("placeholder {{{v}}} names stage '{v}', which is not in `needs`"),
-                        format!("add '{v}' to `needs:` so its outputs exist before this stage runs"),
+                        format!(
+                            "add '{v}' to `needs:` so its outputs exist before this stage runs"
+                        ),
                     )),
                     _ => None,
                 };
@@ -201,21 +211,32 @@ impl StageKind for CommandStage {
         for (i, o) in p.outputs.iter().enumerate() {
             if bad_out_name(o) {
                 errs.push(
-                    ParamError::new(&["outputs", &i.to_string()], format!("output '{o}' must be a relative path inside {{out}}"))
-                        .hint("no absolute paths and no '..'"),
+                    ParamError::new(
+                        &["outputs", &i.to_string()],
+                        format!("output '{o}' must be a relative path inside {{out}}"),
+                    )
+                    .hint("no absolute paths and no '..'"),
                 );
             }
         }
-        if let Some(s) = &p.stdout {
-            if bad_out_name(s) {
-                errs.push(
-                    ParamError::new(&["stdout"], format!("stdout file '{s}' must be a relative path inside {{out}}"))
-                        .hint("e.g. `stdout: result.txt`"),
-                );
-            }
+        if let Some(s) = &p.stdout
+            && bad_out_name(s)
+        {
+            errs.push(
+                ParamError::new(
+                    &["stdout"],
+                    format!("stdout file '{s}' must be a relative path inside {{out}}"),
+                )
+                .hint("e.g. `stdout: result.txt`"),
+            );
         }
-        if p.timeout.is_some_and(|t| !(t > 0.0)) {
-            errs.push(ParamError::new(&["timeout"], "`timeout` must be a positive number of seconds"));
+        if p.timeout
+            .is_some_and(|t| t.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater))
+        {
+            errs.push(ParamError::new(
+                &["timeout"],
+                "`timeout` must be a positive number of seconds",
+            ));
         }
         if errs.is_empty() {
             Ok(serde_json::to_value(&p).expect("params serialize"))
@@ -225,7 +246,8 @@ impl StageKind for CommandStage {
     }
 
     fn key_extras(&self, params: &Value, env: &KeyEnv) -> Result<KeyExtras, StageError> {
-        let p: Params = serde_json::from_value(params.clone()).map_err(|e| StageError::fatal(e.to_string()))?;
+        let p: Params =
+            serde_json::from_value(params.clone()).map_err(|e| StageError::fatal(e.to_string()))?;
         let mut x = KeyExtras::default();
         for dep in &p.deps {
             let path = env.base_dir.join(dep);
@@ -235,16 +257,18 @@ impl StageKind for CommandStage {
             })?;
             x.inputs.insert(format!("dep:{dep}"), hash);
         }
-        if p.uses_stem() {
-            if let Some(v) = env.video {
-                x.inputs.insert("stem".into(), v.stem.to_string_lossy().into_owned());
-            }
+        if p.uses_stem()
+            && let Some(v) = env.video
+        {
+            x.inputs
+                .insert("stem".into(), v.stem.to_string_lossy().into_owned());
         }
         Ok(x)
     }
 
     fn run(&self, ctx: &mut JobCtx) -> Result<(), StageError> {
-        let p: Params = serde_json::from_value(ctx.params.clone()).map_err(|e| StageError::fatal(e.to_string()))?;
+        let p: Params = serde_json::from_value(ctx.params.clone())
+            .map_err(|e| StageError::fatal(e.to_string()))?;
         let argv: Vec<OsString> = p
             .run
             .iter()
@@ -287,13 +311,16 @@ impl StageKind for CommandStage {
             }
         }
         let mut child = cmd.spawn().map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => StageError::fatal(format!("command '{shown}' not found"))
-                .hint(format!(
+            std::io::ErrorKind::NotFound => {
+                StageError::fatal(format!("command '{shown}' not found")).hint(format!(
                     "install it or fix `run:`; commands run without a shell, from {}",
                     ctx.base_dir.display()
-                )),
-            std::io::ErrorKind::PermissionDenied => StageError::fatal(format!("command '{shown}' is not executable"))
-                .hint("check its permissions (chmod +x) or run it through its interpreter"),
+                ))
+            }
+            std::io::ErrorKind::PermissionDenied => {
+                StageError::fatal(format!("command '{shown}' is not executable"))
+                    .hint("check its permissions (chmod +x) or run it through its interpreter")
+            }
             _ => StageError::retryable(format!("cannot start '{shown}': {e}")),
         })?;
         let stderr = child.stderr.take().expect("piped");
@@ -311,7 +338,10 @@ impl StageKind for CommandStage {
         });
         let started = Instant::now();
         let status = loop {
-            if let Some(status) = child.try_wait().map_err(|e| StageError::retryable(e.to_string()))? {
+            if let Some(status) = child
+                .try_wait()
+                .map_err(|e| StageError::retryable(e.to_string()))?
+            {
                 break status;
             }
             if ctx.cancelled() {
@@ -319,13 +349,15 @@ impl StageKind for CommandStage {
                 let _ = child.wait();
                 return Err(StageError::cancelled());
             }
-            if let Some(t) = p.timeout {
-                if started.elapsed() > Duration::from_secs_f64(t) {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    return Err(StageError::retryable(format!("command '{shown}' timed out after {t} s"))
-                        .hint("raise `timeout:` or check why it hangs"));
-                }
+            if let Some(t) = p.timeout
+                && started.elapsed() > Duration::from_secs_f64(t)
+            {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(StageError::retryable(format!(
+                    "command '{shown}' timed out after {t} s"
+                ))
+                .hint("raise `timeout:` or check why it hangs"));
             }
             std::thread::sleep(Duration::from_millis(15));
         };
@@ -342,8 +374,10 @@ impl StageKind for CommandStage {
                 None => " (no stderr output)".to_string(),
                 Some(last) => format!(": {last}\nstderr (last lines):\n{stderr_tail}"),
             };
-            return Err(StageError::retryable(format!("command '{shown}' {how}{detail}"))
-                .hint("run the command by hand to see why; `vsum plan` shows what will run"));
+            return Err(
+                StageError::retryable(format!("command '{shown}' {how}{detail}"))
+                    .hint("run the command by hand to see why; `vsum plan` shows what will run"),
+            );
         }
         let missing: Vec<&String> = p
             .outputs
@@ -377,24 +411,26 @@ fn walk_names(dir: &Path) -> Vec<String> {
 /// Expands one template into one argument, or one per video for batch expansions.
 fn expand(s: &str, ctx: &JobCtx) -> Result<Vec<OsString>, StageError> {
     let pieces = template::parse(s).map_err(StageError::fatal)?;
-    if let [Piece::Var(v)] = pieces.as_slice() {
-        if ctx.video.is_none() && v != "out" && !ctx.upstream.contains_key(v) {
-            // Batch scope: {videos} or {<stage>} -> one argument per video.
-            let stage = if v == "videos" {
-                ctx.batch
-                    .first()
-                    .and_then(|b| b.upstream.keys().next().cloned())
-                    .unwrap_or_default()
-            } else {
-                v.clone()
-            };
-            return Ok(ctx
-                .batch
-                .iter()
-                .filter_map(|b| b.upstream.get(&stage))
-                .map(|p| p.clone().into_os_string())
-                .collect());
-        }
+    if let [Piece::Var(v)] = pieces.as_slice()
+        && ctx.video.is_none()
+        && v != "out"
+        && !ctx.upstream.contains_key(v)
+    {
+        // Batch scope: {videos} or {<stage>} -> one argument per video.
+        let stage = if v == "videos" {
+            ctx.batch
+                .first()
+                .and_then(|b| b.upstream.keys().next().cloned())
+                .unwrap_or_default()
+        } else {
+            v.clone()
+        };
+        return Ok(ctx
+            .batch
+            .iter()
+            .filter_map(|b| b.upstream.get(&stage))
+            .map(|p| p.clone().into_os_string())
+            .collect());
     }
     let mut out = OsString::new();
     for piece in pieces {
@@ -402,11 +438,23 @@ fn expand(s: &str, ctx: &JobCtx) -> Result<Vec<OsString>, StageError> {
             Piece::Text(t) => out.push(t),
             Piece::Var(v) => match v.as_str() {
                 "out" => out.push(ctx.out_dir),
-                "video" => out.push(&ctx.video.ok_or_else(|| StageError::fatal("{video} in a batch job"))?.path),
-                "stem" => out.push(&ctx.video.ok_or_else(|| StageError::fatal("{stem} in a batch job"))?.stem),
+                "video" => out.push(
+                    &ctx.video
+                        .ok_or_else(|| StageError::fatal("{video} in a batch job"))?
+                        .path,
+                ),
+                "stem" => out.push(
+                    &ctx.video
+                        .ok_or_else(|| StageError::fatal("{stem} in a batch job"))?
+                        .stem,
+                ),
                 stage => match ctx.upstream.get(stage) {
                     Some(p) => out.push(p),
-                    None => return Err(StageError::fatal(format!("no upstream folder for {{{stage}}}"))),
+                    None => {
+                        return Err(StageError::fatal(format!(
+                            "no upstream folder for {{{stage}}}"
+                        )));
+                    }
                 },
             },
         }
