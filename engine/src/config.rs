@@ -65,7 +65,7 @@ impl Config {
 
     /// Absolute cache folder for a manifest in `base_dir`.
     pub fn cache_path(&self, base_dir: &Path) -> PathBuf {
-        base_dir.join(&self.cache_dir)
+        crate::fsutil::normalize(&base_dir.join(&self.cache_dir))
     }
 }
 

@@ -57,6 +57,27 @@ pub fn sync_dir(dir: &Path) {
     }
 }
 
+/// Removes `.` and `..` components lexically (`/a/b/../c` -> `/a/c`), without touching
+/// the filesystem, so paths shown to users and stored in records read cleanly.
+pub fn normalize(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                if !matches!(out.components().next_back(), None | Some(Component::ParentDir)) {
+                    out.pop();
+                } else {
+                    out.push("..");
+                }
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
 /// Size of everything below `dir` (0 if it does not exist).
 pub fn dir_size(dir: &Path) -> u64 {
     walkdir::WalkDir::new(dir)
@@ -123,6 +144,12 @@ pub fn parse_age(s: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn normalize_is_lexical() {
+        assert_eq!(normalize(Path::new("/a/b/../c/./d")), PathBuf::from("/a/c/d"));
+        assert_eq!(normalize(Path::new("../x/../../y")), PathBuf::from("../../y"));
+    }
 
     #[test]
     fn sizes_and_ages_parse() {

@@ -89,7 +89,7 @@ impl Manifest {
 
     /// Absolute output folder.
     pub fn output_dir(&self) -> PathBuf {
-        self.base_dir.join(&self.output)
+        crate::fsutil::normalize(&self.base_dir.join(&self.output))
     }
 }
 
