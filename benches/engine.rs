@@ -139,7 +139,12 @@ fn main() {
     let big = tempfile::tempdir().unwrap();
     let m = project(big.path(), 1000, 10);
     let (cold, ran, _) = run_once(&m, &cfg);
-    row("1,000 videos x 10 stages, cold (10k no-op jobs)", ran, cold, "");
+    row(
+        "1,000 videos x 10 stages, cold (10k no-op jobs)",
+        ran,
+        cold,
+        "",
+    );
     let (warm, _, cached) = run_once(&m, &cfg);
     row("1,000 videos x 10 stages, fully cached", cached, warm, "");
     let rss_big = peak_rss_kib();
