@@ -265,11 +265,9 @@ fn dispatch(cli: Cli) -> Result<u8, Fail> {
             let store = open_store(&m, &cfg, LockMode::Shared)?;
             let events = EventSink::new();
             report::attach(&events, progress);
+            let run_id = run::new_run_id();
             if !dry_run {
-                report::attach_log(
-                    &events,
-                    &run::log_path(&store, vsum_engine::store::now_secs()),
-                );
+                report::attach_log(&events, &run::log_path(&store, &run_id));
             }
             let cancel = install_ctrlc();
             let opts = RunOptions {
@@ -277,6 +275,7 @@ fn dispatch(cli: Cli) -> Result<u8, Fail> {
                 force,
                 videos,
                 dry_run,
+                run_id: Some(run_id),
             };
             let summary = run::run(&m, &registry, &cfg, &store, &opts, events, &cancel)
                 .map_err(|e| Fail(exit::USAGE, format!("error: {e}")))?;
@@ -308,6 +307,7 @@ fn dispatch(cli: Cli) -> Result<u8, Fail> {
                 force: vec![],
                 videos,
                 dry_run: true,
+                run_id: None,
             };
             let events = EventSink::new();
             report::attach(&events, Progress::None);
@@ -552,6 +552,7 @@ fn cache(
                 force: vec![],
                 videos: Some(video.clone()),
                 dry_run: true,
+                run_id: None,
             };
             let summary = run::run(
                 &m,

@@ -157,7 +157,8 @@ fn attach_bars(events: &EventSink) {
     });
 }
 
-/// Appends every event as a JSON line to `path`.
+/// Appends every event as a JSON line to `path`, and routes `tracing` records (the
+/// stages' and libraries' own logs) into the same file as JSON lines.
 pub fn attach_log(events: &EventSink, path: &std::path::Path) {
     let Ok(file) = std::fs::OpenOptions::new()
         .create(true)
@@ -166,6 +167,15 @@ pub fn attach_log(events: &EventSink, path: &std::path::Path) {
     else {
         return;
     };
+    if let Ok(for_tracing) = file.try_clone() {
+        let filter = tracing_subscriber::EnvFilter::try_from_env("VSUM_LOG")
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        let _ = tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .with_writer(Mutex::new(for_tracing))
+            .try_init();
+    }
     let file = Mutex::new(std::io::BufWriter::new(file));
     events.subscribe(move |e| {
         let mut f = file.lock().expect("log");

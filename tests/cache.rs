@@ -232,14 +232,17 @@ fn two_runs_at_once_share_the_cache_safely() {
     let p = three_videos();
     let spawn = || {
         std::process::Command::new(BIN)
-            .args(["run", "pipeline.yaml", "--progress", "none"])
+            .args(["run", "pipeline.yaml", "--progress", "plain"])
             .current_dir(p.path())
+            .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap()
     };
-    let (mut a, mut b) = (spawn(), spawn());
-    assert!(a.wait().unwrap().success());
-    assert!(b.wait().unwrap().success());
+    let (a, b) = (spawn(), spawn());
+    for child in [a, b] {
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
     let out = p.vsum(&["cache", "-m", "pipeline.yaml", "verify"]);
     assert!(out.status.success(), "{}", stdout(&out));
     let (_, s) = p.run(&[]);

@@ -364,3 +364,66 @@ stages:
         "abandoned work folders are cleaned up: {leftovers:?}"
     );
 }
+
+#[test]
+fn each_run_leaves_a_json_log_and_a_summary_under_the_cache() {
+    let p = Project::new(DEMO, &[("a.mp4", b"aaaa")]);
+    let (_, s) = p.run(&[]);
+    let id = s["run_id"].as_str().unwrap();
+    let summary: Value = serde_json::from_str(&p.read(&format!(".vsum/runs/{id}.json"))).unwrap();
+    assert_eq!(summary["counts"]["ran"], 3);
+    let log = p.read(&format!(".vsum/logs/{id}.jsonl"));
+    let events: Vec<Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| e["event"] == "job_finished")
+            .count(),
+        3
+    );
+    assert_eq!(events.last().unwrap()["event"], "run_finished");
+}
+
+#[test]
+fn environment_and_flags_override_the_config() {
+    let p = Project::new(DEMO, &[("a.mp4", b"aaaa")]);
+    let elsewhere = p.path().join("cache-elsewhere");
+    let out = std::process::Command::new(BIN)
+        .args(["run", "pipeline.yaml", "--progress", "none"])
+        .current_dir(p.path())
+        .env("VSUM_CACHE_DIR", &elsewhere)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(elsewhere.join("entries").is_dir());
+    assert!(!p.path().join(".vsum").exists());
+    // A flag beats the environment.
+    let flag = p.path().join("cache-flag");
+    let out = std::process::Command::new(BIN)
+        .args([
+            "run",
+            "pipeline.yaml",
+            "--progress",
+            "none",
+            "--cache-dir",
+            flag.to_str().unwrap(),
+        ])
+        .current_dir(p.path())
+        .env("VSUM_CACHE_DIR", &elsewhere)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(flag.join("entries").is_dir());
+    // A bad value in the environment is a usage error naming it.
+    let out = std::process::Command::new(BIN)
+        .args(["run", "pipeline.yaml"])
+        .current_dir(p.path())
+        .env("VSUM_RETRIES", "lots")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("<environment>"), "{}", stderr(&out));
+}

@@ -29,6 +29,13 @@ pub fn temp_beside(dest: &Path) -> PathBuf {
     dest.with_file_name(format!(".{name}.tmp-{}", unique_suffix()))
 }
 
+/// Is this one of [`temp_beside`]'s names (a write in progress, maybe another process's)?
+pub fn is_temp(path: &Path) -> bool {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with('.') && n.contains(".tmp-"))
+}
+
 /// Writes `bytes` to `dest` atomically and durably.
 pub fn write_atomic(dest: &Path, bytes: &[u8]) -> io::Result<()> {
     if let Some(parent) = dest.parent() {

@@ -44,6 +44,8 @@ pub struct RunOptions {
     pub videos: Option<String>,
     /// Plan only: look everything up, run nothing, write nothing.
     pub dry_run: bool,
+    /// Id for the run summary (and the caller's log file); made up when absent.
+    pub run_id: Option<String>,
 }
 
 /// One job's record in the run summary.
@@ -674,7 +676,7 @@ pub fn run(
 
     let selected = graph::select(manifest, &opts.only);
     let jg = JobGraph::build(manifest, videos.len(), &selected);
-    let run_id = run_id(started);
+    let run_id = opts.run_id.clone().unwrap_or_else(new_run_id);
     events.emit(Event::RunStarted {
         run_id: run_id.clone(),
         videos: videos.len(),
@@ -760,8 +762,9 @@ fn threads_available() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
-fn run_id(started: u64) -> String {
-    format!("{started}-{}", std::process::id())
+/// A new run id: start time and process id (sortable, unique per machine).
+pub fn new_run_id() -> String {
+    format!("{}-{}", now_secs(), std::process::id())
 }
 
 /// The coordinator loop. Returns one record per job, in job order.
@@ -947,11 +950,9 @@ fn gpu_lane(shared: &Shared, rx: Receiver<Planned>, done: Sender<Msg>) {
     }
 }
 
-/// Base path for a new run's log file.
-pub fn log_path(store: &Store, run_started: u64) -> PathBuf {
-    store
-        .logs_dir()
-        .join(format!("{}.jsonl", run_id(run_started)))
+/// The log file of a run.
+pub fn log_path(store: &Store, run_id: &str) -> PathBuf {
+    store.logs_dir().join(format!("{run_id}.jsonl"))
 }
 
 /// Reads past run summaries, newest last.

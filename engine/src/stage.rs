@@ -351,3 +351,29 @@ impl fmt::Debug for Registry {
         f.debug_list().entries(self.kinds.keys()).finish()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resources_load_once_and_evict_least_recently_used() {
+        let events = EventSink::new();
+        let loads = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let l = loads.clone();
+        events.subscribe(move |e| {
+            if let Event::ResourceLoaded { key, .. } = e {
+                l.lock().unwrap().push(key.clone());
+            }
+        });
+        let mut r = Resources::new(2, events);
+        for key in ["a", "a", "b", "a", "c", "a", "b"] {
+            let v: &mut String = r
+                .get_or_load(key, || Ok::<_, ()>(key.to_uppercase()))
+                .unwrap();
+            assert_eq!(v, &key.to_uppercase());
+        }
+        // a, b loaded; c evicts b (a was used more recently); b comes back evicting c.
+        assert_eq!(*loads.lock().unwrap(), vec!["a", "b", "c", "b"]);
+    }
+}

@@ -331,7 +331,8 @@ impl Store {
         {
             if item.file_type().is_dir() {
                 dirs.push(item.path().to_path_buf());
-            } else if !wanted.contains(item.path()) {
+            } else if !wanted.contains(item.path()) && !fsutil::is_temp(item.path()) {
+                // Another process materializing the same entry may own a temp file here.
                 let _ = fs::remove_file(item.path());
             }
         }
