@@ -2,6 +2,7 @@
 //! batch of jobs. It knows manifests, graphs, scheduling, caching and events, and
 //! links no media or ML library: stage kinds live in the `vsum-stages` crate.
 
+pub mod alerts;
 pub mod config;
 pub mod diag;
 pub mod discover;
@@ -11,6 +12,7 @@ pub mod fsutil;
 pub mod graph;
 pub mod hash;
 pub mod manifest;
+pub mod monitor;
 pub mod run;
 pub mod stage;
 pub mod store;
