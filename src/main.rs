@@ -2,6 +2,7 @@
 //! reporters to the engine's events, and maps results to exit codes. All the work is
 //! in the `vsum-engine` and `vsum-stages` crates.
 
+mod doctor;
 mod report;
 
 use std::path::{Path, PathBuf};
@@ -52,6 +53,9 @@ struct Common {
     /// Cache folder (default: .vsum beside the manifest; env VSUM_CACHE_DIR)
     #[arg(long, global = true)]
     cache_dir: Option<PathBuf>,
+    /// Alert thresholds (default: the first config/alerts.yaml above the manifest; env VSUM_ALERTS)
+    #[arg(long, global = true)]
+    alerts: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -75,6 +79,9 @@ enum Cmd {
         /// Show what would run and why, run nothing
         #[arg(long)]
         dry_run: bool,
+        /// Run only the videos that failed in the last run
+        #[arg(long)]
+        retry_failed: bool,
         /// Print the run summary as JSON on stdout
         #[arg(long)]
         json: bool,
@@ -118,6 +125,26 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Check that this machine can run the pipeline, and how to fix what it cannot
+    Doctor {
+        /// The pipeline manifest (default: pipelines/summarize.yaml when present)
+        manifest: Option<PathBuf>,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Past runs (summaries under the cache)
+    Runs {
+        #[command(subcommand)]
+        command: RunsCmd,
+        /// Manifest whose cache to read (env VSUM_MANIFEST)
+        #[arg(long, short = 'm', global = true, env = "VSUM_MANIFEST")]
+        manifest: Option<PathBuf>,
+        #[command(flatten)]
+        common: Common,
+    },
     /// Inspect and maintain the cache
     Cache {
         /// Manifest whose cache to use (env VSUM_MANIFEST)
@@ -127,6 +154,23 @@ enum Cmd {
         common: Common,
         #[command(subcommand)]
         command: CacheCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum RunsCmd {
+    /// List past runs, newest last
+    Ls {
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one run's summary (`last` for the newest)
+    Show {
+        id: String,
+        /// Print the full JSON summary
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -224,6 +268,46 @@ fn load_config(
         .map_err(|d| Fail(exit::USAGE, d.to_string()))
 }
 
+fn load_alerts(m: &Manifest, common: &Common) -> Result<vsum_engine::alerts::Alerts, Fail> {
+    let file = vsum_engine::alerts::find_file(common.alerts.as_deref(), &m.base_dir);
+    vsum_engine::alerts::load(file.as_deref()).map_err(|d| Fail(exit::USAGE, d.to_string()))
+}
+
+/// Videos (relative paths) with a failed, skipped or cancelled job in the last run.
+fn last_failures(store: &Store) -> Result<Option<std::collections::BTreeSet<PathBuf>>, Fail> {
+    let Some(last) = run::past_runs(store).pop() else {
+        return Err(Fail(
+            exit::USAGE,
+            "error: no previous run to retry; run without --retry-failed".into(),
+        ));
+    };
+    let text = std::fs::read_to_string(&last).map_err(|e| {
+        Fail(
+            exit::USAGE,
+            format!("error: cannot read {}: {e}", last.display()),
+        )
+    })?;
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+        Fail(
+            exit::USAGE,
+            format!("error: {} is not a run summary: {e}", last.display()),
+        )
+    })?;
+    let set: std::collections::BTreeSet<PathBuf> = v["jobs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|j| {
+            matches!(
+                j["outcome"].as_str(),
+                Some("failed" | "skipped" | "cancelled")
+            )
+        })
+        .filter_map(|j| j["video"].as_str().map(PathBuf::from))
+        .collect();
+    Ok((!set.is_empty()).then_some(set))
+}
+
 fn open_store(m: &Manifest, cfg: &Config, mode: LockMode) -> Result<Store, Fail> {
     Store::open(&cfg.cache_path(&m.base_dir), mode)
         .map_err(|e| Fail(exit::USAGE, format!("error: {e}")))
@@ -252,17 +336,33 @@ fn dispatch(cli: Cli) -> Result<u8, Fail> {
             force,
             videos,
             dry_run,
+            retry_failed,
             json,
             progress,
             common,
         } => {
             let m = load_manifest(&manifest, &registry)?;
+            let alerts = load_alerts(&m, &common)?;
             let mut flags = serde_json::Map::new();
             if let Some(j) = jobs {
                 flags.insert("cpu_threads".into(), j.into());
             }
             let cfg = load_config(&m, &common, flags)?;
             let store = open_store(&m, &cfg, LockMode::Shared)?;
+            let only_videos = if retry_failed {
+                match last_failures(&store)? {
+                    Some(v) => Some(v),
+                    None => {
+                        eprintln!("the last run had no failures: nothing to retry");
+                        return Ok(exit::OK);
+                    }
+                }
+            } else {
+                None
+            };
+            if !dry_run {
+                store.prune_runs(cfg.keep_runs.saturating_sub(1));
+            }
             let events = EventSink::new();
             report::attach(&events, progress);
             let run_id = run::new_run_id();
@@ -276,6 +376,8 @@ fn dispatch(cli: Cli) -> Result<u8, Fail> {
                 videos,
                 dry_run,
                 run_id: Some(run_id),
+                alerts: Some(alerts),
+                only_videos,
             };
             let summary = run::run(&m, &registry, &cfg, &store, &opts, events, &cancel)
                 .map_err(|e| Fail(exit::USAGE, format!("error: {e}")))?;
@@ -308,6 +410,8 @@ fn dispatch(cli: Cli) -> Result<u8, Fail> {
                 videos,
                 dry_run: true,
                 run_id: None,
+                alerts: None,
+                only_videos: None,
             };
             let events = EventSink::new();
             report::attach(&events, Progress::None);
@@ -366,6 +470,141 @@ fn dispatch(cli: Cli) -> Result<u8, Fail> {
             common,
             command,
         } => cache(&registry, manifest, &common, command),
+        Cmd::Doctor {
+            manifest,
+            json,
+            common,
+        } => {
+            let path = manifest.or_else(|| {
+                let p = PathBuf::from("pipelines/summarize.yaml");
+                p.is_file().then_some(p)
+            });
+            let loaded = path.as_ref().map(|p| {
+                let m = load_manifest(p, &registry)?;
+                let cfg = load_config(&m, &common, Default::default())?;
+                let alerts = load_alerts(&m, &common)?;
+                Ok::<_, Fail>((m, cfg, alerts))
+            });
+            let (ok, err) = match loaded {
+                Some(Ok(x)) => (Some(x), None),
+                Some(Err(Fail(_, msg))) => (None, Some(msg)),
+                None => (None, None),
+            };
+            let alerts = ok.as_ref().map(|x| x.2.clone()).unwrap_or_default();
+            let checks =
+                doctor::checks(&registry, ok.as_ref().map(|(m, c, _)| (m, c)), err, &alerts);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&checks).expect("json"));
+            } else {
+                print!("{}", doctor::render(&checks));
+            }
+            let failed = checks
+                .iter()
+                .any(|c| c.status == vsum_engine::stage::CheckStatus::Fail);
+            Ok(if failed { exit::FAILED } else { exit::OK })
+        }
+        Cmd::Runs {
+            command,
+            manifest,
+            common,
+        } => runs(&registry, manifest, &common, command),
+    }
+}
+
+fn runs(
+    registry: &Registry,
+    manifest: Option<PathBuf>,
+    common: &Common,
+    cmd: RunsCmd,
+) -> Result<u8, Fail> {
+    let store = match (&manifest, &common.cache_dir) {
+        (Some(p), _) => {
+            let m = load_manifest(p, registry)?;
+            let cfg = load_config(&m, common, Default::default())?;
+            open_store(&m, &cfg, LockMode::Shared)?
+        }
+        (None, Some(dir)) => Store::open(dir, LockMode::Shared)
+            .map_err(|e| Fail(exit::USAGE, format!("error: {e}")))?,
+        (None, None) => {
+            return Err(Fail(
+                exit::USAGE,
+                "error: which cache? pass -m MANIFEST or --cache-dir DIR".into(),
+            ));
+        }
+    };
+    let read = |p: &Path| -> Option<serde_json::Value> {
+        serde_json::from_str(&std::fs::read_to_string(p).ok()?).ok()
+    };
+    let paths = run::past_runs(&store);
+    match cmd {
+        RunsCmd::Ls { json } => {
+            let rows: Vec<serde_json::Value> = paths.iter().filter_map(|p| read(p)).collect();
+            if json {
+                let short: Vec<_> = rows
+                    .iter()
+                    .map(|r| serde_json::json!({"run_id": r["run_id"], "started": r["started"], "wall_ms": r["wall_ms"], "videos": r["videos"], "counts": r["counts"], "stopped": r["stopped"], "interrupted": r["interrupted"]}))
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&short).expect("json"));
+            } else {
+                println!(
+                    "{:<22} {:>10} {:>7} {:>5} {:>6} {:>6} {:>8}",
+                    "run", "started", "videos", "ran", "cached", "failed", "wall"
+                );
+                let now = vsum_engine::store::now_secs();
+                for r in &rows {
+                    let c = &r["counts"];
+                    println!(
+                        "{:<22} {:>10} {:>7} {:>5} {:>6} {:>6} {:>7.1}s",
+                        r["run_id"].as_str().unwrap_or("?"),
+                        ago(now.saturating_sub(r["started"].as_u64().unwrap_or(0))),
+                        r["videos"].as_u64().unwrap_or(0),
+                        c["ran"].as_u64().unwrap_or(0),
+                        c["cached"].as_u64().unwrap_or(0),
+                        c["failed"].as_u64().unwrap_or(0),
+                        r["wall_ms"].as_u64().unwrap_or(0) as f64 / 1000.0
+                    );
+                }
+            }
+            Ok(exit::OK)
+        }
+        RunsCmd::Show { id, json } => {
+            let path = if id == "last" {
+                paths.last().cloned()
+            } else {
+                paths
+                    .iter()
+                    .find(|p| {
+                        p.file_stem()
+                            .is_some_and(|s| s.to_string_lossy().starts_with(&id))
+                    })
+                    .cloned()
+            };
+            let Some(path) = path else {
+                return Err(Fail(
+                    exit::FAILED,
+                    format!("error: no run '{id}'; see `vsum runs ls`"),
+                ));
+            };
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| Fail(exit::FAILED, format!("error: {e}")))?;
+            if json {
+                println!("{text}");
+            } else {
+                let summary: run::RunSummary = serde_json::from_str(&text)
+                    .map_err(|e| Fail(exit::FAILED, format!("error: {e}")))?;
+                print!("{}", report::completion(&summary, &summary.manifest));
+            }
+            Ok(exit::OK)
+        }
+    }
+}
+
+fn ago(secs: u64) -> String {
+    match secs {
+        0..60 => format!("{secs}s ago"),
+        60..3600 => format!("{}m ago", secs / 60),
+        3600..86400 => format!("{}h ago", secs / 3600),
+        _ => format!("{}d ago", secs / 86400),
     }
 }
 
@@ -553,6 +792,8 @@ fn cache(
                 videos: Some(video.clone()),
                 dry_run: true,
                 run_id: None,
+                alerts: None,
+                only_videos: None,
             };
             let summary = run::run(
                 &m,
@@ -623,6 +864,12 @@ fn cache(
             max_size,
             older_than,
         } => {
+            let cfg_limits = m
+                .as_ref()
+                .map(|(_, c)| (c.gc_max_size.clone(), c.gc_older_than.clone()));
+            let (cfg_max, cfg_age) = cfg_limits.unwrap_or_default();
+            let max_size = max_size.or(cfg_max);
+            let older_than = older_than.or(cfg_age);
             let max = max_size
                 .map(|s| {
                     parse_size(&s).with_context(|| format!("bad --max-size '{s}' (e.g. 50G, 500M)"))

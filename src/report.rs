@@ -9,7 +9,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use vsum_engine::alerts::Level;
 use vsum_engine::events::{Event, EventSink, Outcome};
+use vsum_engine::fsutil::human_bytes;
 use vsum_engine::run::RunSummary;
 use vsum_engine::stage::Lane;
 
@@ -29,6 +31,14 @@ impl Progress {
             Progress::Auto => Progress::Plain,
             other => other,
         }
+    }
+}
+
+fn level_word(l: Level) -> &'static str {
+    match l {
+        Level::Ok => "ok",
+        Level::Warning => "warning",
+        Level::Critical => "CRITICAL",
     }
 }
 
@@ -92,6 +102,10 @@ fn attach_plain(events: &EventSink) {
                 "circuit breaker: {failures} '{kind}' jobs failed in a row; no more '{kind}' jobs will start in this run"
             ),
             Event::Interrupted => eprintln!("interrupted: in-flight jobs were stopped; rerun to continue"),
+            Event::Alert(a) => eprintln!("{}: {}", level_word(a.level), a.message),
+            Event::Paused { reason } => eprintln!("paused: {reason}"),
+            Event::Resumed => eprintln!("resumed: new jobs start again"),
+            Event::Stopped { reason } => eprintln!("stopping the batch: {reason}"),
             _ => {}
         }
     });
@@ -115,10 +129,15 @@ fn attach_bars(events: &EventSink) {
     );
     let gpu = multi.add(
         ProgressBar::new_spinner()
-            .with_style(lane_style)
+            .with_style(lane_style.clone())
             .with_prefix("gpu"),
     );
-    for b in [&cpu, &gpu] {
+    let machine = multi.add(
+        ProgressBar::new_spinner()
+            .with_style(lane_style)
+            .with_prefix("host"),
+    );
+    for b in [&cpu, &gpu, &machine] {
         b.enable_steady_tick(Duration::from_millis(120));
         b.set_message("idle");
     }
@@ -145,11 +164,24 @@ fn attach_bars(events: &EventSink) {
                 multi.suspend(|| eprintln!("FAILED {}: {err}", job.describe()));
             }
         }
+        Event::Alert(a) => multi.suspend(|| eprintln!("{}: {}", level_word(a.level), a.message)),
+        Event::Paused { reason } => multi.suspend(|| eprintln!("paused: {reason}")),
+        Event::Resumed => multi.suspend(|| eprintln!("resumed: new jobs start again")),
+        Event::Stopped { reason } => multi.suspend(|| eprintln!("stopping the batch: {reason}")),
+        Event::Sample(s) => {
+            let disk = s.disks.iter().map(|d| d.free_bytes).min().map(human_bytes).unwrap_or_default();
+            let gpu = s
+                .gpu
+                .as_ref()
+                .map(|g| format!(", GPU {}% {} C {}", g.utilization_pct, g.temperature_c, human_bytes(g.memory_used)))
+                .unwrap_or_default();
+            machine.set_message(format!("RSS {}, memory {:.0}%, disk free {disk}{gpu}", human_bytes(s.rss_bytes), s.memory_pct));
+        }
         Event::BreakerOpened { kind, failures } => multi.suspend(|| {
             eprintln!("circuit breaker: {failures} '{kind}' jobs failed in a row; no more '{kind}' jobs will start")
         }),
         Event::RunFinished { .. } => {
-            for b in [&cpu, &gpu, &overall] {
+            for b in [&cpu, &gpu, &machine, &overall] {
                 b.finish_and_clear();
             }
         }

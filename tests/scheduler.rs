@@ -253,7 +253,10 @@ stages:
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     top.sort();
-    assert_eq!(top, vec![".vsum", "input", "output", "pipeline.yaml"]);
+    assert_eq!(
+        top,
+        vec![".vsum", "config", "input", "output", "pipeline.yaml"]
+    );
 }
 
 #[test]

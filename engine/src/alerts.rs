@@ -68,7 +68,7 @@ impl Default for Alerts {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Level {
     Ok,
@@ -77,7 +77,7 @@ pub enum Level {
 }
 
 /// A metric at a level, with the words to show.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct Alert {
     /// `disk:<path>`, `memory`, `gpu_temperature`, `error_rate`, `consecutive_failures`.
     pub metric: String,
@@ -153,7 +153,9 @@ impl Alerts {
                 value: t,
                 threshold: thr,
                 message: match lvl {
-                    Level::Critical => format!("GPU at {t} C (critical at {thr} C); new jobs wait for it to cool down"),
+                    Level::Critical => format!(
+                        "GPU at {t} C (critical at {thr} C); new jobs wait for it to cool down"
+                    ),
                     Level::Warning => format!("GPU at {t} C (warning at {thr} C); check cooling"),
                     Level::Ok => format!("GPU back to {t} C"),
                 },
@@ -178,7 +180,9 @@ impl Alerts {
                 Level::Critical => format!(
                     "{pct:.0}% of jobs failed ({failed} of {finished}; critical at {thr}%): stopping the batch so the cause can be fixed; see the failures below, then rerun"
                 ),
-                Level::Warning => format!("{pct:.0}% of jobs failed so far ({failed} of {finished}; warning at {thr}%)"),
+                Level::Warning => format!(
+                    "{pct:.0}% of jobs failed so far ({failed} of {finished}; warning at {thr}%)"
+                ),
                 Level::Ok => format!("error rate back to {pct:.0}%"),
             },
         })

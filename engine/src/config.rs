@@ -29,6 +29,12 @@ pub struct Config {
     pub breaker_threshold: u32,
     /// Models the GPU lane keeps loaded at once.
     pub gpu_models: usize,
+    /// Run summaries and logs kept under the cache; older ones are removed.
+    pub keep_runs: usize,
+    /// Default `vsum cache gc --max-size` (e.g. "200G"); none = no size limit.
+    pub gc_max_size: Option<String>,
+    /// Default `vsum cache gc --older-than` (e.g. "90d"); none = no age limit.
+    pub gc_older_than: Option<String>,
 }
 
 impl Default for Config {
@@ -40,6 +46,9 @@ impl Default for Config {
             retry_backoff_ms: 500,
             breaker_threshold: 3,
             gpu_models: 2,
+            keep_runs: 100,
+            gc_max_size: None,
+            gc_older_than: None,
         }
     }
 }
@@ -155,7 +164,7 @@ pub fn resolve(
                     let pos = node.as_ref().map(|n| n.locate(&e.path)).unwrap_or_default();
                     diags.push(
                         Diagnostic::new(&path, pos, format!("config: {}", e.message)).hint(
-                            "keys: cache_dir, cpu_threads, retries, retry_backoff_ms, breaker_threshold, gpu_models",
+                            "keys: cache_dir, cpu_threads, retries, retry_backoff_ms, breaker_threshold, gpu_models, keep_runs, gc_max_size, gc_older_than",
                         ),
                     );
                 }

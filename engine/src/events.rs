@@ -10,7 +10,7 @@ use serde::Serialize;
 use crate::stage::Lane;
 
 /// Identifies a job in events and summaries.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
 pub struct JobLabel {
     pub index: usize,
     pub stage: String,
@@ -30,7 +30,7 @@ impl JobLabel {
 }
 
 /// How a job ended.
-#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Serialize, serde::Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
     /// Ran and committed its outputs.
@@ -91,6 +91,19 @@ pub enum Event {
         key: String,
     },
     Interrupted,
+    /// A reading of the machine (see `monitor`).
+    Sample(crate::monitor::Sample),
+    /// An alert changed level (including back to ok).
+    Alert(crate::alerts::Alert),
+    /// New jobs wait: a critical reading (its message says which and what to do).
+    Paused {
+        reason: String,
+    },
+    Resumed,
+    /// The batch stops early: no new job starts; finished work is kept.
+    Stopped {
+        reason: String,
+    },
     RunFinished {
         ran: usize,
         cached: usize,

@@ -17,4 +17,5 @@ pub mod run;
 pub mod stage;
 pub mod store;
 pub mod template;
+pub mod watch;
 pub mod yaml;

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 /// What NVML says about the first GPU, or why there is none.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
 #[serde(tag = "mode", rename_all = "lowercase")]
 pub enum GpuInfo {
     Gpu {
@@ -25,7 +25,7 @@ pub enum GpuInfo {
 }
 
 /// One reading of one GPU.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
 pub struct GpuSample {
     pub memory_used: u64,
     pub memory_total: u64,
@@ -33,14 +33,14 @@ pub struct GpuSample {
     pub temperature_c: u32,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
 pub struct DiskSample {
     pub path: PathBuf,
     pub free_bytes: u64,
 }
 
 /// One reading of the machine.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
 pub struct Sample {
     /// Milliseconds since the run started.
     pub at_ms: u64,
@@ -79,7 +79,10 @@ pub fn memory_pct() -> f64 {
     let Ok(s) = std::fs::read_to_string("/proc/meminfo") else {
         return 0.0;
     };
-    match (meminfo_kib("MemTotal:", &s), meminfo_kib("MemAvailable:", &s)) {
+    match (
+        meminfo_kib("MemTotal:", &s),
+        meminfo_kib("MemAvailable:", &s),
+    ) {
         (Some(t), Some(a)) if t > 0 => (t.saturating_sub(a)) as f64 * 100.0 / t as f64,
         _ => 0.0,
     }
@@ -193,13 +196,22 @@ mod tests {
         assert_eq!(s.at_ms, 5);
         assert!(s.rss_bytes > 0);
         assert!(s.memory_pct > 0.0 && s.memory_pct <= 100.0);
-        assert_eq!(s.disks.len(), 1, "a missing folder is measured on its parent");
+        assert_eq!(
+            s.disks.len(),
+            1,
+            "a missing folder is measured on its parent"
+        );
         assert!(s.disks[0].free_bytes > 0);
         let g = Gpu {
             nvml: None,
             reason: "test".into(),
         };
-        assert_eq!(g.info(), GpuInfo::Cpu { reason: "test".into() });
+        assert_eq!(
+            g.info(),
+            GpuInfo::Cpu {
+                reason: "test".into()
+            }
+        );
         assert!(g.sample().is_none());
     }
 }

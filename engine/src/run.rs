@@ -15,11 +15,12 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender, unbounded};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, unbounded};
 use petgraph::Direction;
 use petgraph::graph::NodeIndex;
 use serde::Serialize;
 
+use crate::alerts::{Alerts, Level};
 use crate::config::Config;
 use crate::discover::{self, video_id};
 use crate::events::{Event, EventSink, JobLabel, Outcome};
@@ -32,6 +33,7 @@ use crate::stage::{
     BatchItem, JobCtx, KeyEnv, Lane, Registry, Resources, Scope, StageError, Video,
 };
 use crate::store::{Entry, Lookup, Store, now_secs};
+use crate::watch::{MonitorSummary, Watch};
 
 /// What to run and how.
 #[derive(Debug, Clone, Default)]
@@ -46,10 +48,14 @@ pub struct RunOptions {
     pub dry_run: bool,
     /// Id for the run summary (and the caller's log file); made up when absent.
     pub run_id: Option<String>,
+    /// Watch the machine and act on these thresholds; `None` = no monitoring.
+    pub alerts: Option<Alerts>,
+    /// Only these videos (paths relative to the manifest), e.g. last run's failures.
+    pub only_videos: Option<BTreeSet<PathBuf>>,
 }
 
 /// One job's record in the run summary.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct JobRecord {
     #[serde(flatten)]
     pub label: JobLabel,
@@ -65,7 +71,7 @@ pub struct JobRecord {
     pub end_ms: u64,
 }
 
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
 pub struct Counts {
     pub jobs: usize,
     pub ran: usize,
@@ -77,7 +83,7 @@ pub struct Counts {
 }
 
 /// The outcome of a run, saved as `.vsum/runs/<run_id>.json`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct RunSummary {
     pub run_id: String,
     pub manifest: String,
@@ -90,6 +96,10 @@ pub struct RunSummary {
     pub cache_dir: PathBuf,
     /// Inputs or videos that could not be read.
     pub problems: Vec<String>,
+    /// Why the batch stopped early (disk full, error rate), if it did.
+    pub stopped: Option<String>,
+    /// Machine readings: peaks, timeline, alerts (absent without monitoring).
+    pub monitor: Option<MonitorSummary>,
     pub counts: Counts,
     pub jobs: Vec<JobRecord>,
 }
@@ -99,7 +109,12 @@ impl RunSummary {
     pub fn exit_code(&self) -> i32 {
         if self.interrupted {
             130
-        } else if self.counts.failed > 0 || self.counts.skipped > 0 || !self.problems.is_empty() {
+        } else if self.counts.failed > 0
+            || self.counts.skipped > 0
+            || self.counts.cancelled > 0
+            || self.stopped.is_some()
+            || !self.problems.is_empty()
+        {
             1
         } else {
             0
@@ -122,6 +137,10 @@ struct Shared<'a> {
     dry_run: bool,
     /// Threads a job may use inside itself.
     job_threads: usize,
+    /// The machine watch, when monitoring.
+    watch: Option<Watch>,
+    /// Why the batch stops early; once set, no job starts.
+    stop: Mutex<Option<String>>,
     /// Circuit breakers: consecutive failures per breaker name, and the open ones.
     breakers: Mutex<(BTreeMap<String, u32>, BTreeSet<String>)>,
 }
@@ -155,10 +174,14 @@ struct Finished {
     node: NodeIndex,
     record: JobRecord,
     digest: Option<String>,
+    /// Came from a pool task that held a CPU slot (set when it is sent).
+    held_slot: bool,
 }
 
 enum Msg {
-    Finished(Finished),
+    Finished(Box<Finished>),
+    /// A pool task handed its job to the GPU lane: a CPU slot is free again.
+    LeftPool,
 }
 
 impl Shared<'_> {
@@ -218,6 +241,7 @@ impl Shared<'_> {
         let label = self.label(node, job);
         let kind = self.registry.get(&st.kind).expect("validated kind");
         let finish = |record: JobRecord, digest: Option<String>| Finished {
+            held_slot: false,
             node,
             record,
             digest,
@@ -378,10 +402,13 @@ impl Shared<'_> {
         let video = p.job.video.map(|v| &self.videos[v]);
         let start = self.ms();
         let mut attempt = 0;
-        if self.cancel.load(Ordering::Relaxed) {
+        let stopped = self.stopped();
+        if self.cancel.load(Ordering::Relaxed) || stopped.is_some() {
             let mut r = self.record(p.label, Outcome::Cancelled, start);
             r.key = Some(p.key);
+            r.error = stopped.map(|why| format!("not started: {why}"));
             return Finished {
+                held_slot: false,
                 node: p.node,
                 record: r,
                 digest: None,
@@ -395,6 +422,7 @@ impl Shared<'_> {
                 &breaker_name(st),
             ));
             return Finished {
+                held_slot: false,
                 node: p.node,
                 record: r,
                 digest: None,
@@ -504,9 +532,36 @@ impl Shared<'_> {
         };
         record.end_ms = self.ms();
         Finished {
+            held_slot: false,
             node: p.node,
             record,
             digest,
+        }
+    }
+
+    fn stopped(&self) -> Option<String> {
+        self.stop.lock().expect("stop").clone()
+    }
+
+    /// Stops the batch (first reason wins).
+    fn stop_batch(&self, why: String) {
+        let mut stop = self.stop.lock().expect("stop");
+        if stop.is_none() {
+            self.events.emit(Event::Stopped {
+                reason: why.clone(),
+            });
+            *stop = Some(why);
+        }
+    }
+
+    /// Holds the calling lane while a critical reading pauses new jobs.
+    fn wait_while_paused(&self) {
+        let Some(w) = &self.watch else { return };
+        while w.pause_reason().is_some()
+            && self.stopped().is_none()
+            && !self.cancel.load(Ordering::Relaxed)
+        {
+            std::thread::sleep(Duration::from_millis(100));
         }
     }
 
@@ -630,6 +685,11 @@ pub fn run(
         .videos
         .into_iter()
         .filter(|f| {
+            opts.only_videos
+                .as_ref()
+                .is_none_or(|only| only.contains(&f.rel))
+        })
+        .filter(|f| {
             filter.as_ref().is_none_or(|m| {
                 m.is_match(&f.rel) || f.rel.file_name().is_some_and(|n| m.is_match(n))
             })
@@ -698,8 +758,16 @@ pub fn run(
         dry_run: opts.dry_run,
         job_threads: (threads_available() / threads).max(1),
         breakers: Mutex::new((BTreeMap::new(), BTreeSet::new())),
+        stop: Mutex::new(None),
+        watch: opts.alerts.clone().map(|a| {
+            Watch::new(
+                a,
+                vec![manifest.output_dir(), store.root().to_path_buf()],
+                events.clone(),
+            )
+        }),
     };
-    let records = schedule(&shared, &jg, &pool);
+    let (records, stopped) = schedule(&shared, &jg, &pool);
 
     let mut counts = Counts {
         jobs: records.len(),
@@ -730,6 +798,8 @@ pub fn run(
         output_dir: shared.output_dir.clone(),
         cache_dir: store.root().to_path_buf(),
         problems,
+        stopped,
+        monitor: shared.watch.as_ref().map(Watch::summary),
         counts: counts.clone(),
         jobs: records,
     };
@@ -767,8 +837,13 @@ pub fn new_run_id() -> String {
     format!("{}-{}", now_secs(), std::process::id())
 }
 
-/// The coordinator loop. Returns one record per job, in job order.
-fn schedule(shared: &Shared, jg: &JobGraph, pool: &rayon::ThreadPool) -> Vec<JobRecord> {
+/// The coordinator loop. Returns one record per job, in job order, and why the batch
+/// stopped early, if it did.
+fn schedule(
+    shared: &Shared,
+    jg: &JobGraph,
+    pool: &rayon::ThreadPool,
+) -> (Vec<JobRecord>, Option<String>) {
     let g = &jg.graph;
     let n = g.node_count();
     let mut waiting: Vec<usize> = g
@@ -787,18 +862,70 @@ fn schedule(shared: &Shared, jg: &JobGraph, pool: &rayon::ThreadPool) -> Vec<Job
     let (tx, rx): (Sender<Msg>, Receiver<Msg>) = unbounded();
     let (gpu_tx, gpu_rx) = unbounded::<Planned>();
 
+    let sampling_done = AtomicBool::new(false);
+    if let Some(w) = &shared.watch {
+        // A first reading before any job starts: a full disk pauses the very first job.
+        w.observe(shared.ms());
+    }
     std::thread::scope(|scope| {
         let gpu_done = tx.clone();
         let gpu = std::thread::Builder::new()
             .name("vsum-gpu-lane".into())
             .spawn_scoped(scope, move || gpu_lane(shared, gpu_rx, gpu_done))
             .expect("spawn the GPU lane");
+        if let Some(w) = &shared.watch {
+            let done = &sampling_done;
+            let t0 = shared.t0;
+            std::thread::Builder::new()
+                .name("vsum-monitor".into())
+                .spawn_scoped(scope, move || w.sample_until(done, t0))
+                .expect("spawn the monitor");
+        }
 
         pool.in_place_scope(|s| {
             let mut finished = 0usize;
+            let mut paused_since: Option<Instant> = None;
+            let mut cpu_busy = 0usize;
+            let cpu_slots = pool.current_num_threads() * 2;
+            let (mut succeeded, mut failed, mut in_a_row) = (0usize, 0usize, 0u32);
             while finished < n {
-                // Release ready jobs.
-                while let Some(node) = ready.pop_front() {
+                let stop = shared.stopped();
+                let pause = match (&shared.watch, &stop) {
+                    (Some(w), None) => w.pause_reason(),
+                    _ => None,
+                };
+                match (&pause, paused_since) {
+                    (Some(reason), None) => {
+                        paused_since = Some(Instant::now());
+                        shared.events.emit(Event::Paused {
+                            reason: reason.clone(),
+                        });
+                    }
+                    (Some(reason), Some(since)) => {
+                        let limit = shared.watch.as_ref().map(Watch::pause_timeout).unwrap_or_default();
+                        if since.elapsed() >= limit {
+                            let why = format!(
+                                "{reason} (waited {:.0} min); finished work is kept: free space or memory, then rerun to continue",
+                                since.elapsed().as_secs_f64() / 60.0
+                            );
+                            shared.stop_batch(why);
+                        }
+                    }
+                    (None, Some(_)) => {
+                        paused_since = None;
+                        if stop.is_none() {
+                            shared.events.emit(Event::Resumed);
+                        }
+                    }
+                    (None, None) => {}
+                }
+                let hold = pause.is_some() && stop.is_none();
+                // Release ready jobs, a few more than the pool can run at once: the rest
+                // wait here, where pauses, stops and breakers still apply to them.
+                while let Some(node) = (!hold && cpu_busy < cpu_slots)
+                    .then(|| ready.pop_front())
+                    .flatten()
+                {
                     let job = g[node];
                     let st = shared.stage(job);
                     let preds: Vec<NodeIndex> =
@@ -814,6 +941,8 @@ fn schedule(shared: &Shared, jg: &JobGraph, pool: &rayon::ThreadPool) -> Vec<Job
                             Outcome::Cancelled,
                             "run interrupted before this job started".to_string(),
                         ))
+                    } else if let Some(why) = &shared.stopped() {
+                        Some((Outcome::Cancelled, format!("not started: {why}")))
                     } else if shared.breaker_open(st) {
                         Some((
                             Outcome::Skipped,
@@ -843,11 +972,12 @@ fn schedule(shared: &Shared, jg: &JobGraph, pool: &rayon::ThreadPool) -> Vec<Job
                     if let Some((outcome, why)) = skip_reason {
                         let mut r = shared.record(shared.label(node, job), outcome, shared.ms());
                         r.error = Some(why);
-                        let _ = tx.send(Msg::Finished(Finished {
+                        let _ = tx.send(Msg::Finished(Box::new(Finished {
+                            held_slot: false,
                             node,
                             record: r,
                             digest: None,
-                        }));
+                        })));
                         in_flight += 1;
                         continue;
                     }
@@ -864,26 +994,66 @@ fn schedule(shared: &Shared, jg: &JobGraph, pool: &rayon::ThreadPool) -> Vec<Job
                     let tx = tx.clone();
                     let gpu_tx = gpu_tx.clone();
                     in_flight += 1;
+                    cpu_busy += 1;
                     s.spawn(move |_| {
                         let fin = match shared.plan(node, job, ups) {
                             Plan::Done(fin) => *fin,
                             Plan::Run(planned) if shared.stage(job).lane == Lane::Gpu => {
+                                let _ = tx.send(Msg::LeftPool);
                                 let _ = gpu_tx.send(*planned);
                                 return;
                             }
                             Plan::Run(planned) => shared.execute(*planned, None),
                         };
-                        let _ = tx.send(Msg::Finished(fin));
+                        let _ = tx.send(Msg::Finished(Box::new(Finished {
+                            held_slot: true,
+                            ..fin
+                        })));
                     });
                 }
-                if in_flight == 0 {
+                if in_flight == 0 && !hold {
                     break;
                 }
-                let Ok(Msg::Finished(fin)) = rx.recv() else {
-                    break;
+                let fin = match rx.recv_timeout(Duration::from_millis(200)) {
+                    Ok(Msg::LeftPool) => {
+                        cpu_busy -= 1;
+                        continue;
+                    }
+                    Ok(Msg::Finished(fin)) => {
+                        if fin.held_slot {
+                            cpu_busy -= 1;
+                        }
+                        *fin
+                    }
+                    Err(RecvTimeoutError::Timeout) => continue,
+                    Err(RecvTimeoutError::Disconnected) => break,
                 };
                 in_flight -= 1;
                 finished += 1;
+                match fin.record.outcome {
+                    Outcome::Ran | Outcome::Cached => {
+                        succeeded += 1;
+                        in_a_row = 0;
+                    }
+                    Outcome::Failed => {
+                        failed += 1;
+                        in_a_row += 1;
+                    }
+                    _ => {}
+                }
+                if let Some(w) = &shared.watch {
+                    if let Some(a) = w.alerts.consecutive(in_a_row) {
+                        w.note(a);
+                    }
+                    if let Some(a) = w.alerts.error_rate(failed, succeeded + failed) {
+                        let critical = a.level == Level::Critical;
+                        let message = a.message.clone();
+                        w.note(a);
+                        if critical {
+                            shared.stop_batch(message);
+                        }
+                    }
+                }
                 let idx = fin.node.index();
                 shared.events.emit(Event::JobFinished {
                     job: fin.record.label.clone(),
@@ -909,8 +1079,9 @@ fn schedule(shared: &Shared, jg: &JobGraph, pool: &rayon::ThreadPool) -> Vec<Job
         });
         drop(gpu_tx);
         let _ = gpu.join();
+        sampling_done.store(true, Ordering::Relaxed);
     });
-    records.into_iter().flatten().collect()
+    (records.into_iter().flatten().collect(), shared.stopped())
 }
 
 /// The GPU lane: one thread, one job at a time, models kept loaded across jobs.
@@ -935,10 +1106,12 @@ fn gpu_lane(shared: &Shared, rx: Receiver<Planned>, done: Sender<Msg>) {
             .unwrap_or(0);
         let job = queue.remove(pick).expect("non-empty queue");
         last_group = job.group.clone();
+        shared.wait_while_paused();
         let fin = if shared.cancel.load(Ordering::Relaxed) {
             let mut r = shared.record(job.label.clone(), Outcome::Cancelled, shared.ms());
             r.key = Some(job.key.clone());
             Finished {
+                held_slot: false,
                 node: job.node,
                 record: r,
                 digest: None,
@@ -946,7 +1119,7 @@ fn gpu_lane(shared: &Shared, rx: Receiver<Planned>, done: Sender<Msg>) {
         } else {
             shared.execute(job, Some(&mut resources))
         };
-        let _ = done.send(Msg::Finished(fin));
+        let _ = done.send(Msg::Finished(Box::new(fin)));
     }
 }
 

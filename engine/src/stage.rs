@@ -291,6 +291,59 @@ impl StageError {
     }
 }
 
+/// One line of `vsum doctor`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Check {
+    pub name: String,
+    pub status: CheckStatus,
+    pub detail: String,
+    /// What to do about a warning or failure.
+    pub fix: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckStatus {
+    Ok,
+    Warn,
+    Fail,
+}
+
+impl Check {
+    pub fn ok(name: impl Into<String>, detail: impl Into<String>) -> Check {
+        Check {
+            name: name.into(),
+            status: CheckStatus::Ok,
+            detail: detail.into(),
+            fix: None,
+        }
+    }
+
+    pub fn warn(
+        name: impl Into<String>,
+        detail: impl Into<String>,
+        fix: impl Into<String>,
+    ) -> Check {
+        Check {
+            status: CheckStatus::Warn,
+            fix: Some(fix.into()),
+            ..Check::ok(name, detail)
+        }
+    }
+
+    pub fn fail(
+        name: impl Into<String>,
+        detail: impl Into<String>,
+        fix: impl Into<String>,
+    ) -> Check {
+        Check {
+            status: CheckStatus::Fail,
+            fix: Some(fix.into()),
+            ..Check::ok(name, detail)
+        }
+    }
+}
+
 /// A stage kind. See the module doc.
 pub trait StageKind: Send + Sync {
     /// The name used in `uses:` (e.g. `video.scenes`).
@@ -315,6 +368,11 @@ pub trait StageKind: Send + Sync {
         None
     }
     fn run(&self, ctx: &mut JobCtx) -> Result<(), StageError>;
+    /// What `vsum doctor` should check for a stage with these params (libraries,
+    /// models, programs), each with a fix.
+    fn doctor(&self, _params: &Value, _base_dir: &Path) -> Vec<Check> {
+        Vec::new()
+    }
 }
 
 /// The stage kinds a binary knows, by name.

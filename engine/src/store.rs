@@ -157,6 +157,27 @@ impl Store {
         self.root.join("logs")
     }
 
+    /// Keeps the newest `keep` run summaries and run logs; returns how many went.
+    pub fn prune_runs(&self, keep: usize) -> usize {
+        let mut removed = 0;
+        for dir in [self.runs_dir(), self.logs_dir()] {
+            let mut files: Vec<(SystemTime, PathBuf)> = fs::read_dir(&dir)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+                .collect();
+            files.sort();
+            let excess = files.len().saturating_sub(keep);
+            for (_, p) in files.into_iter().take(excess) {
+                if fs::remove_file(p).is_ok() {
+                    removed += 1;
+                }
+            }
+        }
+        removed
+    }
+
     fn object_path(&self, hash: &str) -> PathBuf {
         self.root.join("objects").join(&hash[..2]).join(hash)
     }

@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use vsum_engine::stage::{
-    CheckEnv, JobCtx, KeyEnv, KeyExtras, Lane, ParamDoc, ParamError, Scope, StageError, StageKind,
-    typed_params,
+    Check, CheckEnv, JobCtx, KeyEnv, KeyExtras, Lane, ParamDoc, ParamError, Scope, StageError,
+    StageKind, typed_params,
 };
 use vsum_engine::template::{self, Piece};
 
@@ -266,6 +266,26 @@ impl StageKind for CommandStage {
         Ok(x)
     }
 
+    fn doctor(&self, params: &Value, base_dir: &Path) -> Vec<Check> {
+        let Ok(p) = serde_json::from_value::<Params>(params.clone()) else {
+            return Vec::new();
+        };
+        let Some(program) = p.run.first().filter(|a| template::vars(a).is_empty()) else {
+            return Vec::new();
+        };
+        let name = format!("program {program}");
+        match find_program(program, base_dir) {
+            Some(path) => vec![Check::ok(name, format!("found at {}", path.display()))],
+            None => vec![Check::fail(
+                name,
+                "not found",
+                format!(
+                    "install '{program}' or fix `run:` (commands run without a shell, from the manifest's folder)"
+                ),
+            )],
+        }
+    }
+
     fn run(&self, ctx: &mut JobCtx) -> Result<(), StageError> {
         let p: Params = serde_json::from_value(ctx.params.clone())
             .map_err(|e| StageError::fatal(e.to_string()))?;
@@ -395,6 +415,23 @@ impl StageKind for CommandStage {
         }
         Ok(())
     }
+}
+
+/// Resolves a program like the command stage's spawn does: relative paths with a
+/// separator against the manifest's folder, bare names on PATH.
+fn find_program(program: &str, base_dir: &Path) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let executable = |p: &Path| {
+        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    let p = Path::new(program);
+    if p.components().count() > 1 || p.is_absolute() {
+        let full = base_dir.join(p);
+        return executable(&full).then_some(full);
+    }
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|d| d.join(program))
+        .find(|c| executable(c))
 }
 
 fn walk_names(dir: &Path) -> Vec<String> {

@@ -25,6 +25,9 @@ impl Project {
         }
         let p = Project { dir };
         p.write_manifest(manifest);
+        // Tests must not depend on how full this machine's disk is: disk alerts off,
+        // everything else at its defaults, sampled often so monitoring is exercised.
+        p.write_alerts("disk_free_gb: {warning: null, critical: null}\nsample_interval_ms: 100\n");
         p
     }
 
@@ -41,6 +44,11 @@ impl Project {
         std::fs::write(self.manifest(), text).unwrap();
     }
 
+    pub fn write_alerts(&self, text: &str) {
+        std::fs::create_dir_all(self.path().join("config")).unwrap();
+        std::fs::write(self.path().join("config/alerts.yaml"), text).unwrap();
+    }
+
     pub fn vsum(&self, args: &[&str]) -> Output {
         Command::new(BIN)
             .args(args)
@@ -48,6 +56,7 @@ impl Project {
             .env_remove("VSUM_CONFIG")
             .env_remove("VSUM_CACHE_DIR")
             .env_remove("VSUM_CPU_THREADS")
+            .env_remove("VSUM_ALERTS")
             .env("VSUM_RETRY_BACKOFF_MS", "10")
             .output()
             .expect("run vsum")
