@@ -214,9 +214,8 @@ pub fn attach_log(events: &EventSink, path: &std::path::Path) {
         if let Ok(line) = serde_json::to_string(e) {
             let _ = writeln!(f, "{line}");
         }
-        if matches!(e, Event::RunFinished { .. } | Event::Interrupted) {
-            let _ = f.flush();
-        }
+        // Flushed per event: `tail -f` and a crash both see every line written so far.
+        let _ = f.flush();
     });
 }
 

@@ -66,6 +66,9 @@ pub struct JobRecord {
     pub error: Option<String>,
     pub hint: Option<String>,
     pub attempts: u32,
+    /// Things worth knowing about how it ran (e.g. a fallback to the CPU).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
     /// Milliseconds since the run started.
     pub start_ms: u64,
     pub end_ms: u64,
@@ -229,6 +232,7 @@ impl Shared<'_> {
             error: None,
             hint: None,
             attempts: 0,
+            notes: Vec::new(),
             start_ms,
             end_ms: self.ms(),
         }
@@ -433,6 +437,8 @@ impl Shared<'_> {
         } else {
             self.job_threads
         };
+        let mut force_cpu = false;
+        let mut notes = Vec::new();
         let outcome = loop {
             attempt += 1;
             self.events.emit(Event::JobStarted {
@@ -460,6 +466,7 @@ impl Shared<'_> {
                 threads,
                 cancel: self.cancel,
                 resources: resources.as_deref_mut(),
+                force_cpu,
                 events: &self.events,
             };
             let result = kind.run(&mut ctx).and_then(|()| {
@@ -489,6 +496,17 @@ impl Shared<'_> {
                     if e.cancelled || self.cancel.load(Ordering::Relaxed) {
                         break Err(StageError::cancelled());
                     }
+                    if e.out_of_memory && !force_cpu {
+                        // Once per job, and it does not use up the retries.
+                        force_cpu = true;
+                        let note = format!("GPU out of memory ({}); retried on the CPU", e.message);
+                        self.events.emit(Event::Warning {
+                            message: format!("{}: {note}", p.label.describe()),
+                        });
+                        notes.push(note);
+                        attempt -= 1;
+                        continue;
+                    }
                     if e.retryable && attempt <= retries {
                         let delay = self
                             .config
@@ -513,6 +531,7 @@ impl Shared<'_> {
         record.key = Some(p.key.clone());
         record.attempts = attempt;
         record.reason = None;
+        record.notes = notes;
         self.breaker_count(
             st,
             outcome.is_ok() || outcome.as_ref().is_err_and(|e| e.cancelled),

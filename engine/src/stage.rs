@@ -239,6 +239,8 @@ pub struct JobCtx<'a> {
     pub cancel: &'a AtomicBool,
     /// Present on the GPU lane only.
     pub resources: Option<&'a mut Resources>,
+    /// Run on the CPU even on the GPU lane (after a GPU out-of-memory error).
+    pub force_cpu: bool,
     pub events: &'a EventSink,
 }
 
@@ -257,6 +259,9 @@ pub struct StageError {
     /// Worth another attempt (a crash, a timeout), or not (bad input, missing tool).
     pub retryable: bool,
     pub cancelled: bool,
+    /// The GPU ran out of memory: the engine retries the job once on the CPU
+    /// (`JobCtx::force_cpu`). The stage should drop its model from `Resources` first.
+    pub out_of_memory: bool,
 }
 
 impl StageError {
@@ -267,6 +272,7 @@ impl StageError {
             hint: None,
             retryable: true,
             cancelled: false,
+            out_of_memory: false,
         }
     }
 
@@ -282,6 +288,14 @@ impl StageError {
         StageError {
             cancelled: true,
             ..Self::fatal("cancelled")
+        }
+    }
+
+    /// The GPU ran out of memory (see `out_of_memory`).
+    pub fn gpu_out_of_memory(message: impl Into<String>) -> Self {
+        StageError {
+            out_of_memory: true,
+            ..Self::fatal(message)
         }
     }
 

@@ -301,6 +301,7 @@ impl Store {
         for dir in touched {
             sync_dir(&dir);
         }
+        fault_point("commit:objects-stored");
         let entry = Entry {
             schema: SCHEMA,
             key: key.to_string(),
@@ -313,6 +314,7 @@ impl Store {
             created: now_secs(),
         };
         write_atomic(&self.entry_path(key), &encode_entry(&entry))?;
+        fault_point("commit:entry-written");
         let _ = fs::remove_dir_all(job_dir);
         Ok(entry)
     }
@@ -577,6 +579,15 @@ impl Store {
         report.entries_kept = kept;
         report.bytes_kept = kept_bytes;
         report
+    }
+}
+
+/// Fault injection for the crash tests: when `VSUM_FAULT` names this point, the process
+/// dies on the spot (SIGABRT: no destructors, no cleanup), as a kill -9 or a power cut
+/// would leave it.
+fn fault_point(name: &str) {
+    if std::env::var_os("VSUM_FAULT").is_some_and(|v| v == name) {
+        std::process::abort();
     }
 }
 
