@@ -430,3 +430,32 @@ fn environment_and_flags_override_the_config() {
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("<environment>"), "{}", stderr(&out));
 }
+
+#[test]
+fn batch_stages_can_publish_files_at_the_top_of_output() {
+    let manifest = format!("{DEMO}    publish: [all.txt]\n");
+    let p = Project::new(&manifest, &[("a.mp4", b"aaaa")]);
+    let (code, _) = p.run(&[]);
+    assert_eq!(code, 0);
+    assert_eq!(p.read("output/all.txt"), "4\n4\n");
+    std::fs::remove_file(p.path().join("output/all.txt")).unwrap();
+    let (_, s) = p.run(&[]);
+    assert_eq!(counts(&s).0, 0);
+    assert_eq!(
+        p.read("output/all.txt"),
+        "4\n4\n",
+        "restored from the cache"
+    );
+    p.write_manifest(
+        &DEMO
+            .replace("    stdout: all.txt\n", "    stdout: all.txt\n")
+            .replace("  size:\n", "  size:\n    publish: [x]\n"),
+    );
+    let out = p.vsum(&["validate", "pipeline.yaml"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("`publish:` is for batch stages"),
+        "{}",
+        stderr(&out)
+    );
+}

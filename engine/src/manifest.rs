@@ -30,8 +30,9 @@ const TOP_KEYS: [&str; 8] = [
     "stages",
     "version",
 ];
-const STAGE_KEYS: [&str; 13] = [
+const STAGE_KEYS: [&str; 14] = [
     "description",
+    "publish",
     "uses",
     "with",
     "needs",
@@ -62,6 +63,8 @@ pub struct StageSpec {
     pub scope: Scope,
     pub retries: Option<u32>,
     pub description: Option<String>,
+    /// Output files of a batch stage also placed at the top of `output:`.
+    pub publish: Vec<String>,
     pub pos: Pos,
 }
 
@@ -157,6 +160,7 @@ struct RawStage<'n> {
     scope: Scope,
     retries: Option<u32>,
     description: Option<String>,
+    publish: Vec<String>,
 }
 
 impl<'a> Validator<'a> {
@@ -528,6 +532,34 @@ impl<'a> Validator<'a> {
             }
         });
         let description = get("description").and_then(|(_, _, n)| self.string(n, "description"));
+        let publish = match get("publish") {
+            None => Vec::new(),
+            Some((_, kpos, n)) => {
+                let list = self.string_list(n, "publish");
+                if scope != Scope::Batch {
+                    self.err(
+                        *kpos,
+                        format!("`publish:` is for batch stages; stage '{id}' is per video"),
+                        Some("add `scope: batch`, or drop `publish:`".into()),
+                    );
+                }
+                for f in &list {
+                    let p = Path::new(f);
+                    if f.is_empty()
+                        || p.is_absolute()
+                        || p.components().count() != 1
+                        || f.starts_with('.')
+                    {
+                        self.err(
+                            n.pos,
+                            format!("`publish:` entry '{f}' must be a plain file name"),
+                            Some("e.g. `publish: [INDEX.md]`".into()),
+                        );
+                    }
+                }
+                list
+            }
+        };
         Some(RawStage {
             id: id.to_string(),
             pos,
@@ -540,6 +572,7 @@ impl<'a> Validator<'a> {
             scope,
             retries,
             description,
+            publish,
         })
     }
 
@@ -675,6 +708,7 @@ impl<'a> Validator<'a> {
                     scope: r.scope,
                     retries: r.retries,
                     description: r.description.clone(),
+                    publish: r.publish.clone(),
                     pos: r.pos,
                 }),
                 Err(errors) => {

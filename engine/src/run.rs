@@ -30,7 +30,7 @@ use crate::graph::{self, JobGraph, JobNode};
 use crate::hash::FileHasher;
 use crate::manifest::{Manifest, StageSpec};
 use crate::stage::{
-    BatchItem, JobCtx, KeyEnv, Lane, Registry, Resources, Scope, StageError, Video,
+    BatchItem, JobCtx, KeyEnv, Lane, Provenance, Registry, Resources, Scope, StageError, Video,
 };
 use crate::store::{Entry, Lookup, Store, now_secs};
 use crate::watch::{MonitorSummary, Watch};
@@ -153,6 +153,8 @@ struct Shared<'a> {
 struct Done {
     outcome: Outcome,
     digest: Option<String>,
+    key: Option<String>,
+    tools: BTreeMap<String, String>,
 }
 
 /// The result of planning a job: it must run, or it is already finished.
@@ -169,6 +171,7 @@ struct Planned {
     fingerprint: Fingerprint,
     key: String,
     upstream: BTreeMap<String, PathBuf>,
+    provenance: BTreeMap<String, Provenance>,
     batch: Vec<BatchItem>,
     group: Option<String>,
 }
@@ -179,6 +182,8 @@ struct Finished {
     digest: Option<String>,
     /// Came from a pool task that held a CPU slot (set when it is sent).
     held_slot: bool,
+    /// The tool and model versions in its fingerprint (for provenance downstream).
+    tools: BTreeMap<String, String>,
 }
 
 enum Msg {
@@ -246,6 +251,7 @@ impl Shared<'_> {
         let kind = self.registry.get(&st.kind).expect("validated kind");
         let finish = |record: JobRecord, digest: Option<String>| Finished {
             held_slot: false,
+            tools: BTreeMap::new(),
             node,
             record,
             digest,
@@ -256,8 +262,19 @@ impl Shared<'_> {
         let mut up_digests = BTreeMap::new();
         let mut batch: BTreeMap<usize, BatchItem> = BTreeMap::new();
         let mut unknown_upstream = None;
+        let mut provenance = BTreeMap::new();
         for (up, done) in &ups {
             let up_id = self.stage(*up).id.clone();
+            if up.video == job.video {
+                provenance.insert(
+                    up_id.clone(),
+                    Provenance {
+                        kind: self.stage(*up).kind.clone(),
+                        key: done.key.clone().unwrap_or_default(),
+                        tools: done.tools.clone(),
+                    },
+                );
+            }
             let Some(digest) = &done.digest else {
                 unknown_upstream = Some(up_id);
                 continue;
@@ -332,7 +349,11 @@ impl Shared<'_> {
                 let digest = entry.digest();
                 if !self.dry_run {
                     let dest = self.out_folder(job);
-                    if let Err(e) = self.store.materialize(&entry, &dest) {
+                    if let Err(e) = self
+                        .store
+                        .materialize(&entry, &dest)
+                        .and_then(|()| self.publish_files(job, &dest))
+                    {
                         let mut r = self.record(label, Outcome::Failed, start);
                         r.key = Some(key);
                         r.error = Some(format!(
@@ -347,7 +368,10 @@ impl Shared<'_> {
                 }
                 let mut r = self.record(label, Outcome::Cached, start);
                 r.key = Some(key);
-                Plan::Done(Box::new(finish(r, Some(digest))))
+                Plan::Done(Box::new(Finished {
+                    tools: entry.fingerprint.tools.clone(),
+                    ..finish(r, Some(digest))
+                }))
             }
             other => {
                 if let Lookup::Untrusted(why) = &other {
@@ -373,6 +397,7 @@ impl Shared<'_> {
                     fingerprint,
                     key,
                     upstream,
+                    provenance,
                     batch: batch.into_values().collect(),
                     group: kind.resource_group(&st.params),
                 }))
@@ -413,6 +438,7 @@ impl Shared<'_> {
             r.error = stopped.map(|why| format!("not started: {why}"));
             return Finished {
                 held_slot: false,
+                tools: BTreeMap::new(),
                 node: p.node,
                 record: r,
                 digest: None,
@@ -427,6 +453,7 @@ impl Shared<'_> {
             ));
             return Finished {
                 held_slot: false,
+                tools: BTreeMap::new(),
                 node: p.node,
                 record: r,
                 digest: None,
@@ -462,6 +489,7 @@ impl Shared<'_> {
                 out_dir: &job_dir,
                 video,
                 upstream: &p.upstream,
+                provenance: &p.provenance,
                 batch: &p.batch,
                 threads,
                 cancel: self.cancel,
@@ -552,10 +580,34 @@ impl Shared<'_> {
         record.end_ms = self.ms();
         Finished {
             held_slot: false,
+            tools: p.fingerprint.tools.clone(),
             node: p.node,
             record,
             digest,
         }
+    }
+
+    /// Links a batch stage's `publish:` files to the top of the output folder.
+    fn publish_files(&self, job: JobNode, dest: &std::path::Path) -> std::io::Result<()> {
+        for name in &self.stage(job).publish {
+            let src = dest.join(name);
+            if !src.is_file() {
+                self.events.emit(Event::Warning {
+                    message: format!(
+                        "stage '{}' did not produce '{name}', listed in `publish:`",
+                        self.stage(job).id
+                    ),
+                });
+                continue;
+            }
+            let target = self.output_dir.join(name);
+            let tmp = crate::fsutil::temp_beside(&target);
+            if std::fs::hard_link(&src, &tmp).is_err() {
+                std::fs::copy(&src, &tmp)?;
+            }
+            std::fs::rename(&tmp, &target)?;
+        }
+        Ok(())
     }
 
     fn stopped(&self) -> Option<String> {
@@ -614,7 +666,11 @@ impl Shared<'_> {
 
     fn publish(&self, job: JobNode, entry: &Entry, record: &mut JobRecord) -> Option<String> {
         let dest = self.out_folder(job);
-        if let Err(e) = self.store.materialize(entry, &dest) {
+        if let Err(e) = self
+            .store
+            .materialize(entry, &dest)
+            .and_then(|()| self.publish_files(job, &dest))
+        {
             record.outcome = Outcome::Failed;
             record.error = Some(format!("cannot write outputs into {}: {e}", dest.display()));
             record.hint = Some("check that the output folder is writable and has space; the result is cached, so a rerun only restores it".into());
@@ -993,6 +1049,7 @@ fn schedule(
                         r.error = Some(why);
                         let _ = tx.send(Msg::Finished(Box::new(Finished {
                             held_slot: false,
+            tools: BTreeMap::new(),
                             node,
                             record: r,
                             digest: None,
@@ -1085,6 +1142,8 @@ fn schedule(
                 done[idx] = Some(Done {
                     outcome: fin.record.outcome,
                     digest: fin.digest,
+                    key: fin.record.key.clone(),
+                    tools: fin.tools,
                 });
                 records[idx] = Some(fin.record);
                 for succ in g.neighbors_directed(fin.node, Direction::Outgoing) {
@@ -1131,6 +1190,7 @@ fn gpu_lane(shared: &Shared, rx: Receiver<Planned>, done: Sender<Msg>) {
             r.key = Some(job.key.clone());
             Finished {
                 held_slot: false,
+                tools: BTreeMap::new(),
                 node: job.node,
                 record: r,
                 digest: None,

@@ -144,6 +144,16 @@ pub struct KeyExtras {
     pub tools: BTreeMap<String, String>,
 }
 
+/// How an upstream output was made: for provenance records (e.g. a knowledge file).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Provenance {
+    pub kind: String,
+    /// Its cache key.
+    pub key: String,
+    /// Tool and model versions from its fingerprint.
+    pub tools: BTreeMap<String, String>,
+}
+
 /// A per-video upstream of a batch job.
 #[derive(Debug, Clone)]
 pub struct BatchItem {
@@ -232,6 +242,8 @@ pub struct JobCtx<'a> {
     pub video: Option<&'a Video>,
     /// Upstream stage id -> materialized output folder (per-video jobs).
     pub upstream: &'a BTreeMap<String, PathBuf>,
+    /// Upstream stage id -> how its output was made (same video, or batch to batch).
+    pub provenance: &'a BTreeMap<String, Provenance>,
     /// Per-video upstreams (batch jobs).
     pub batch: &'a [BatchItem],
     /// Threads the job may use inside itself (the CPU pool shares the cores).
