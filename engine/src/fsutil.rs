@@ -88,6 +88,23 @@ pub fn normalize(path: &Path) -> PathBuf {
     out
 }
 
+/// The path from folder `from` to `to`, lexically (both absolute): `/a/b`, `/a/c/d`
+/// gives `../c/d`. Used for links between output files.
+pub fn relative(from: &Path, to: &Path) -> PathBuf {
+    let (from, to) = (normalize(from), normalize(to));
+    let a: Vec<_> = from.components().collect();
+    let b: Vec<_> = to.components().collect();
+    let common = a.iter().zip(&b).take_while(|(x, y)| x == y).count();
+    let mut out = PathBuf::new();
+    for _ in common..a.len() {
+        out.push("..");
+    }
+    for c in &b[common..] {
+        out.push(c);
+    }
+    out
+}
+
 /// Size of everything below `dir` (0 if it does not exist).
 pub fn dir_size(dir: &Path) -> u64 {
     walkdir::WalkDir::new(dir)
@@ -154,6 +171,18 @@ pub fn parse_age(s: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn relative_paths_climb_and_descend() {
+        assert_eq!(
+            relative(Path::new("/a/b"), Path::new("/a/c/d")),
+            PathBuf::from("../c/d")
+        );
+        assert_eq!(
+            relative(Path::new("/a/b/x/.."), Path::new("/a/b/f")),
+            PathBuf::from("f")
+        );
+    }
 
     #[test]
     fn normalize_is_lexical() {

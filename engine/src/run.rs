@@ -311,6 +311,7 @@ impl Shared<'_> {
             &st.params,
             &KeyEnv {
                 base_dir: &self.manifest.base_dir,
+                output_root: &self.output_dir,
                 video,
                 hasher: &self.hasher,
             },
@@ -486,6 +487,7 @@ impl Shared<'_> {
                 stage_id: &st.id,
                 params: &st.params,
                 base_dir: &self.manifest.base_dir,
+                output_root: &self.output_dir,
                 out_dir: &job_dir,
                 video,
                 upstream: &p.upstream,

@@ -132,6 +132,9 @@ pub struct Video {
 /// What a kind may look at when it adds to its cache key.
 pub struct KeyEnv<'a> {
     pub base_dir: &'a Path,
+    /// The manifest's output folder (outputs land in `<output_root>/<folder>/<stage>/`).
+    /// A kind whose output depends on it (relative links) must key what it uses.
+    pub output_root: &'a Path,
     pub video: Option<&'a Video>,
     pub hasher: &'a FileHasher,
 }
@@ -237,6 +240,9 @@ pub struct JobCtx<'a> {
     pub params: &'a Value,
     /// The manifest's folder: relative paths in params resolve against it.
     pub base_dir: &'a Path,
+    /// The manifest's output folder; this job's outputs end up in
+    /// `<output_root>/<video folder>/<stage id>/` (batch: `<output_root>/<stage id>/`).
+    pub output_root: &'a Path,
     /// An empty private folder: the job writes its outputs here, and only here.
     pub out_dir: &'a Path,
     pub video: Option<&'a Video>,

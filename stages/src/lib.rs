@@ -2,6 +2,7 @@
 //! [`Registry`] here, one line per kind.
 
 pub mod command;
+pub mod knowledge;
 
 use vsum_engine::stage::Registry;
 
@@ -9,5 +10,6 @@ use vsum_engine::stage::Registry;
 pub fn registry() -> Registry {
     let mut r = Registry::new();
     r.register(command::CommandStage);
+    knowledge::register_knowledge(&mut r);
     r
 }

@@ -1,0 +1,94 @@
+//! The knowledge file's data model: what `summary.json` holds (schema in
+//! `doc/summary.schema.json`, generated from these types) and what the Markdown and
+//! HTML renderings show.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Bump when a field changes meaning or goes away (adding optional fields is fine).
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Everything vsum knows about one video.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Summary {
+    pub schema_version: u32,
+    /// From the container's title tag, else the file name.
+    pub title: String,
+    /// The source file, relative to the manifest's folder.
+    pub source: String,
+    /// Seconds.
+    pub duration: Option<f64>,
+    /// `WIDTHxHEIGHT` as displayed (rotation applied).
+    pub resolution: Option<String>,
+    /// Spoken language (ISO 639-1) when transcribed.
+    pub language: Option<String>,
+    /// When this file was made (UTC, RFC 3339).
+    pub processed: String,
+    pub provenance: Provenance,
+    /// What is missing and why (no audio, no speech, no cuts, no detections).
+    pub notes: Vec<String>,
+    /// The most representative sentences, in spoken order.
+    pub summary: Vec<Line>,
+    pub keywords: Vec<String>,
+    pub chapters: Vec<Chapter>,
+    /// The whole transcript, sentence by sentence.
+    pub transcript: Vec<Line>,
+}
+
+/// A sentence and when it is spoken (seconds from the start).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Line {
+    pub start: f64,
+    pub end: f64,
+    pub text: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Chapter {
+    pub index: usize,
+    pub start: f64,
+    pub end: f64,
+    pub title: String,
+    /// Path of the representative picture, relative to the summary file.
+    pub keyframe: Option<String>,
+    /// Scene indices (from `video.scenes`) the chapter covers.
+    pub scenes: Vec<usize>,
+    /// What is said in the chapter (whole sentences).
+    pub text: String,
+    /// Objects seen in the chapter, most salient first.
+    pub objects: Vec<ObjectCount>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ObjectCount {
+    pub name: String,
+    pub count: usize,
+    pub max_confidence: f64,
+}
+
+/// How the knowledge was made: enough to reproduce or audit it.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+pub struct Provenance {
+    pub vsum_version: String,
+    pub stages: Vec<StageRecord>,
+    pub models: Vec<ModelRecord>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct StageRecord {
+    pub stage: String,
+    pub kind: String,
+    /// The stage's cache key (`vsum cache show KEY`).
+    pub key: String,
+    /// Tool versions the stage was keyed with (FFmpeg libraries, whisper.cpp, ...).
+    pub tools: std::collections::BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ModelRecord {
+    pub stage: String,
+    /// Installed name when known (`whisper-tiny.en`), else the fingerprint entry.
+    pub name: String,
+    pub blake3: String,
+    pub license: Option<String>,
+}

@@ -1,0 +1,173 @@
+//! Knowledge files from fixed inputs: the Markdown is a reviewed snapshot (set
+//! UPDATE_EXPECT=1 to rewrite after a deliberate change), chapters follow the cuts,
+//! objects land in the right chapter, and missing inputs are stated, not fatal.
+
+use std::path::Path;
+
+use serde_json::json;
+use vsum_stages::knowledge::compose::{Inputs, Meta, Params, compose};
+use vsum_stages::knowledge::model::{Provenance, Summary};
+use vsum_stages::knowledge::render;
+
+fn check_snapshot(name: &str, got: &str) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/snapshots")
+        .join(name);
+    if std::env::var_os("UPDATE_EXPECT").is_some() || !path.exists() {
+        std::fs::write(&path, got).unwrap();
+    }
+    let want = std::fs::read_to_string(&path).unwrap();
+    assert_eq!(
+        got, want,
+        "{name} changed; review and rerun with UPDATE_EXPECT=1 if intended"
+    );
+}
+
+fn meeting() -> Inputs {
+    Inputs {
+        probe: Some(json!({"duration": 90.0, "video_stream": 0,
+            "streams": [{"index": 0, "kind": "video", "width": 1280, "height": 720, "rotation": 0}]})),
+        scenes: Some(json!({"scenes": [
+            {"index": 0, "start": 0.0, "end": 30.0},
+            {"index": 1, "start": 30.0, "end": 60.0},
+            {"index": 2, "start": 60.0, "end": 90.0}]})),
+        keyframes: Some((
+            json!({"keyframes": [
+            {"scene": 0, "time": 15.0, "file": "scene-000.jpg"},
+            {"scene": 1, "time": 45.0, "file": "scene-001.jpg"},
+            {"scene": 2, "time": 75.0, "file": "scene-002.jpg"}]}),
+            "keyframes".into(),
+        )),
+        transcript: Some(json!({"language": "en", "has_audio": true, "segments": [
+            {"start": 1.0, "end": 9.0, "text": "Good morning everyone. The release candidate is ready for testing."},
+            {"start": 10.0, "end": 20.0, "text": "Please test the release candidate on every platform."},
+            {"start": 31.0, "end": 40.0, "text": "The database backup runs tonight."},
+            {"start": 41.0, "end": 58.0, "text": "Check the backup logs tomorrow morning."},
+            {"start": 61.0, "end": 80.0, "text": "Finally, the release notes need a review before Friday."}]})),
+        audio: None,
+        objects: Some(json!({"scenes": [
+            {"scene": 0, "objects": [{"name": "person", "count": 2, "max_confidence": 0.9}]},
+            {"scene": 1, "objects": [{"name": "laptop", "count": 1, "max_confidence": 0.7}]},
+            {"scene": 2, "objects": []}]})),
+    }
+}
+
+fn build(inputs: &Inputs, chapter_secs: f64) -> Summary {
+    let meta = Meta {
+        title_fallback: "weekly-sync".into(),
+        source: "videos/weekly-sync.mp4".into(),
+        processed: "2026-11-27T21:00:00Z".into(),
+        provenance: Provenance {
+            vsum_version: "0.1.0".into(),
+            ..Provenance::default()
+        },
+    };
+    let params = Params {
+        chapter_secs,
+        summary_sentences: 3,
+        keywords: 5,
+    };
+    compose(inputs, &meta, &params)
+}
+
+#[test]
+fn markdown_of_a_fixed_meeting_matches_the_snapshot() {
+    let s = build(&meeting(), 30.0);
+    check_snapshot("weekly-sync.md", &render::summary_md(&s).unwrap());
+}
+
+#[test]
+fn chapters_follow_cuts_and_hold_their_sentences_and_objects() {
+    let s = build(&meeting(), 30.0);
+    assert_eq!(s.chapters.len(), 3);
+    assert_eq!((s.chapters[1].start, s.chapters[1].end), (30.0, 60.0));
+    assert!(
+        s.chapters[1].text.contains("database backup"),
+        "{:?}",
+        s.chapters[1]
+    );
+    assert!(!s.chapters[0].text.contains("backup"));
+    assert_eq!(s.chapters[0].objects[0].name, "person");
+    assert_eq!(s.chapters[1].objects[0].name, "laptop");
+    assert_eq!(
+        s.chapters[1].keyframe.as_deref(),
+        Some("../keyframes/scene-001.jpg")
+    );
+    assert_eq!(s.summary.len(), 3);
+    assert!(
+        s.summary
+            .iter()
+            .any(|l| l.text.contains("release candidate")),
+        "{:?}",
+        s.summary
+    );
+    assert!(
+        s.keywords.contains(&"release".to_string()),
+        "{:?}",
+        s.keywords
+    );
+    assert_eq!(s.resolution.as_deref(), Some("1280x720"));
+    assert!(s.notes.is_empty(), "{:?}", s.notes);
+    // Longer chapters merge scenes.
+    let s = build(&meeting(), 60.0);
+    assert_eq!(s.chapters.len(), 2, "{:?}", s.chapters);
+    assert_eq!(s.chapters[0].scenes, vec![0, 1]);
+}
+
+#[test]
+fn missing_audio_cuts_and_detections_are_stated() {
+    let inputs = Inputs {
+        probe: Some(json!({"duration": 12.0})),
+        scenes: Some(json!({"scenes": [{"index": 0, "start": 0.0, "end": 12.0}]})),
+        transcript: Some(json!({"has_audio": false, "reason": "no audio stream", "segments": []})),
+        objects: Some(json!({"scenes": [{"scene": 0, "objects": []}]})),
+        ..Inputs::default()
+    };
+    let s = build(&inputs, 120.0);
+    assert_eq!(s.chapters.len(), 1);
+    assert!(s.transcript.is_empty() && s.summary.is_empty());
+    let notes = s.notes.join(" | ");
+    assert!(
+        notes.contains("No audio track (no audio stream)"),
+        "{notes}"
+    );
+    assert!(notes.contains("No scene cuts"), "{notes}");
+    assert!(notes.contains("No objects were detected"), "{notes}");
+    let md = render::summary_md(&s).unwrap();
+    assert!(md.contains("_No speech to summarise._"), "{md}");
+
+    // Nothing upstream at all still gives a valid (empty) summary.
+    let s = build(&Inputs::default(), 120.0);
+    assert_eq!(s.chapters.len(), 1);
+    assert!(s.notes.iter().any(|n| n.contains("no transcription stage")));
+    render::summary_html(&s, None).unwrap();
+}
+
+#[test]
+fn html_escapes_transcript_text() {
+    let mut inputs = meeting();
+    inputs.transcript = Some(json!({"language": "en", "has_audio": true,
+        "segments": [{"start": 0.0, "end": 2.0, "text": "<script>alert(1)</script> & more."}]}));
+    let html = render::summary_html(&build(&inputs, 30.0), None).unwrap();
+    assert!(!html.contains("<script>alert(1)"), "unescaped text in HTML");
+    assert!(
+        html.contains("&lt;script&gt;alert(1)"),
+        "escaped text is still shown"
+    );
+    assert!(html.contains("&amp; more."));
+}
+
+#[test]
+fn the_documented_json_schema_is_current() {
+    let schema = schemars::schema_for!(Summary);
+    let text = serde_json::to_string_pretty(&schema).unwrap() + "\n";
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../doc/summary.schema.json");
+    if std::env::var_os("UPDATE_EXPECT").is_some() || !path.exists() {
+        std::fs::write(&path, &text).unwrap();
+    }
+    assert_eq!(
+        std::fs::read_to_string(&path).unwrap(),
+        text,
+        "doc/summary.schema.json is stale: UPDATE_EXPECT=1"
+    );
+}
