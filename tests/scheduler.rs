@@ -446,11 +446,7 @@ fn batch_stages_can_publish_files_at_the_top_of_output() {
         "4\n4\n",
         "restored from the cache"
     );
-    p.write_manifest(
-        &DEMO
-            .replace("    stdout: all.txt\n", "    stdout: all.txt\n")
-            .replace("  size:\n", "  size:\n    publish: [x]\n"),
-    );
+    p.write_manifest(&DEMO.replace("  size:\n", "  size:\n    publish: [x]\n"));
     let out = p.vsum(&["validate", "pipeline.yaml"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(
