@@ -3,6 +3,7 @@
 //! in the `vsum-engine` and `vsum-stages` crates.
 
 mod doctor;
+mod launch;
 mod report;
 
 use std::path::{Path, PathBuf};
@@ -82,6 +83,9 @@ enum Cmd {
         /// Run only the videos that failed in the last run
         #[arg(long)]
         retry_failed: bool,
+        /// Start without asking (a non-terminal never asks)
+        #[arg(long, short = 'y')]
+        yes: bool,
         /// Print the run summary as JSON on stdout
         #[arg(long)]
         json: bool,
@@ -337,6 +341,7 @@ fn dispatch(cli: Cli) -> Result<u8, Fail> {
             videos,
             dry_run,
             retry_failed,
+            yes,
             json,
             progress,
             common,
@@ -360,6 +365,33 @@ fn dispatch(cli: Cli) -> Result<u8, Fail> {
             } else {
                 None
             };
+            if !dry_run && progress != Progress::None && !json {
+                // Screen 1: what is there, what is cached, how long, where it goes.
+                let plan_opts = RunOptions {
+                    only: only.clone(),
+                    force: force.clone(),
+                    videos: videos.clone(),
+                    dry_run: true,
+                    run_id: None,
+                    alerts: None,
+                    only_videos: only_videos.clone(),
+                };
+                let plan = run::run(
+                    &m,
+                    &registry,
+                    &cfg,
+                    &store,
+                    &plan_opts,
+                    EventSink::new(),
+                    &AtomicBool::new(false),
+                )
+                .map_err(|e| Fail(exit::USAGE, format!("error: {e}")))?;
+                eprint!("{}", launch::screen(&plan, &store, cfg.threads()));
+                if !yes && !launch::confirm() {
+                    eprintln!("not started");
+                    return Ok(exit::OK);
+                }
+            }
             if !dry_run {
                 store.prune_runs(cfg.keep_runs.saturating_sub(1));
             }

@@ -242,6 +242,15 @@ pub fn completion(summary: &RunSummary, manifest_arg: &str) -> String {
         summary.wall_ms as f64 / 1000.0
     ));
     s.push_str(&format!("outputs: {}\n", summary.output_dir.display()));
+    for name in ["index.html", "INDEX.md"] {
+        let p = summary.output_dir.join(name);
+        if p.is_file() {
+            s.push_str(&format!("index:   {}\n", p.display()));
+        }
+    }
+    if let Some(why) = &summary.stopped {
+        s.push_str(&format!("stopped early: {why}\n"));
+    }
     for p in &summary.problems {
         s.push_str(&format!("input problem: {p}\n"));
     }
@@ -262,7 +271,9 @@ pub fn completion(summary: &RunSummary, manifest_arg: &str) -> String {
                 s.push_str(&format!("    hint: {h}\n"));
             }
         }
-        s.push_str(&format!("fix the causes, then rerun `vsum run {manifest_arg}`: finished jobs come from the cache\n"));
+        s.push_str(&format!(
+            "fix the causes, then retry only the failures: vsum run {manifest_arg} --retry-failed\n"
+        ));
     }
     if summary.interrupted {
         s.push_str(&format!(

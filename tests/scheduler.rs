@@ -455,3 +455,39 @@ fn batch_stages_can_publish_files_at_the_top_of_output() {
         stderr(&out)
     );
 }
+
+#[test]
+fn launch_and_completion_screens_tell_what_will_happen_and_what_did() {
+    let manifest = r#"
+inputs: [input/]
+config: {retries: 0}
+stages:
+  check:
+    run: ["sh", "-c", "grep -q ok \"$1\" || {{ echo 'not a video' >&2; exit 2; }}", "x", "{video}"]
+"#;
+    let p = Project::new(manifest, &[("good.mp4", b"ok"), ("bad.mp4", b"nope")]);
+    let out = p.vsum(&["run", "pipeline.yaml", "--progress", "plain"]);
+    let err = stderr(&out);
+    // Launch: found, cached, to run, where.
+    assert!(err.contains("vsum: 2 video(s), 6 B on disk"), "{err}");
+    assert!(err.contains("jobs: 2 in all, 0 cached, 2 to run"), "{err}");
+    assert!(err.contains("output: "), "{err}");
+    // Completion: counts, rate, each failure with its cause, the retry command.
+    assert!(
+        err.contains("1 ran, 0 cached, 1 failed, 0 skipped — 50% succeeded"),
+        "{err}"
+    );
+    assert!(
+        err.contains("check [input/bad.mp4]: command 'sh' exited with status 2: not a video"),
+        "{err}"
+    );
+    assert!(
+        err.contains("vsum run pipeline.yaml --retry-failed"),
+        "{err}"
+    );
+    // The second launch knows what is cached and estimates the rest from the first run.
+    let out = p.vsum(&["run", "pipeline.yaml", "--progress", "plain"]);
+    let err = stderr(&out);
+    assert!(err.contains("jobs: 2 in all, 1 cached, 1 to run"), "{err}");
+    assert!(err.contains("estimate: about"), "{err}");
+}

@@ -95,6 +95,9 @@ pub struct RunSummary {
     pub dry_run: bool,
     pub interrupted: bool,
     pub videos: usize,
+    /// Total size of the videos, bytes.
+    #[serde(default)]
+    pub video_bytes: u64,
     pub output_dir: PathBuf,
     pub cache_dir: PathBuf,
     /// Inputs or videos that could not be read.
@@ -872,6 +875,12 @@ pub fn run(
         dry_run: opts.dry_run,
         interrupted,
         videos: shared.videos.len(),
+        video_bytes: shared
+            .videos
+            .iter()
+            .filter_map(|v| std::fs::metadata(&v.path).ok())
+            .map(|m| m.len())
+            .sum(),
         output_dir: shared.output_dir.clone(),
         cache_dir: store.root().to_path_buf(),
         problems,

@@ -165,7 +165,14 @@ impl StageKind for CommandStage {
             let whole = pieces.len() == 1;
             for piece in &pieces {
                 let Piece::Var(v) = piece else { continue };
+                let looks_like_id = v
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
                 let problem = match v.as_str() {
+                    _ if !looks_like_id => Some((
+                        format!("'{{{v}}}' is not a placeholder (braces are templating here)"),
+                        "for literal braces, as in shell code, write '{{' and '}}'".to_string(),
+                    )),
                     "out" => None,
                     "video" | "stem" if batch => Some((
                         format!(

@@ -1,0 +1,131 @@
+//! The launch screen of `vsum run`: what was found, what is cached, how long the rest
+//! should take, where results go, and (on a terminal, without `--yes`) a go/no-go.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::Path;
+
+use vsum_engine::events::Outcome;
+use vsum_engine::fsutil::human_bytes;
+use vsum_engine::run::{self, RunSummary};
+use vsum_engine::store::Store;
+
+/// Mean duration (ms) of jobs that ran, per stage, over the last few runs.
+fn past_durations(store: &Store) -> BTreeMap<String, f64> {
+    let mut sums: BTreeMap<String, (f64, usize)> = BTreeMap::new();
+    for p in run::past_runs(store).iter().rev().take(5) {
+        let Ok(text) = std::fs::read_to_string(p) else {
+            continue;
+        };
+        let Ok(s) = serde_json::from_str::<RunSummary>(&text) else {
+            continue;
+        };
+        for j in s.jobs.iter().filter(|j| j.outcome == Outcome::Ran) {
+            let e = sums.entry(j.label.stage.clone()).or_default();
+            e.0 += j.end_ms.saturating_sub(j.start_ms) as f64;
+            e.1 += 1;
+        }
+    }
+    sums.into_iter()
+        .map(|(k, (t, n))| (k, t / n as f64))
+        .collect()
+}
+
+/// Seconds of media, from probe.json files already in the output folder.
+fn known_duration(output: &Path) -> (f64, usize) {
+    let mut total = 0.0;
+    let mut n = 0;
+    for video in std::fs::read_dir(output).into_iter().flatten().flatten() {
+        for stage in std::fs::read_dir(video.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let f = stage.path().join("probe.json");
+            if let Some(d) = std::fs::read_to_string(&f)
+                .ok()
+                .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+                .and_then(|v| v["duration"].as_f64())
+            {
+                total += d;
+                n += 1;
+                break;
+            }
+        }
+    }
+    (total, n)
+}
+
+fn human_secs(s: f64) -> String {
+    let s = s.round() as u64;
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m {:02}s", s / 60, s % 60),
+        _ => format!("{}h {:02}m", s / 3600, (s / 60) % 60),
+    }
+}
+
+/// The launch screen text from a dry-run plan.
+pub fn screen(plan: &RunSummary, store: &Store, threads: usize) -> String {
+    let c = &plan.counts;
+    let mut s = String::new();
+    s.push_str(&format!(
+        "vsum: {} video(s), {} on disk",
+        plan.videos,
+        human_bytes(plan.video_bytes)
+    ));
+    let (secs, n) = known_duration(&plan.output_dir);
+    if n > 0 {
+        s.push_str(&format!(
+            ", {} of media known for {n} of them",
+            human_secs(secs)
+        ));
+    }
+    s.push('\n');
+    s.push_str(&format!(
+        "jobs: {} in all, {} cached, {} to run\n",
+        c.jobs, c.cached, c.would_run
+    ));
+    let means = past_durations(store);
+    let (mut cpu_ms, mut gpu_ms, mut unknown) = (0.0, 0.0, 0usize);
+    for j in plan.jobs.iter().filter(|j| j.outcome == Outcome::WouldRun) {
+        match means.get(&j.label.stage) {
+            Some(ms) if j.label.lane == vsum_engine::stage::Lane::Gpu => gpu_ms += ms,
+            Some(ms) => cpu_ms += ms,
+            None => unknown += 1,
+        }
+    }
+    if c.would_run > 0 {
+        let est = (cpu_ms / threads.max(1) as f64).max(gpu_ms) / 1000.0;
+        if unknown == 0 {
+            s.push_str(&format!(
+                "estimate: about {} (from earlier runs)\n",
+                human_secs(est)
+            ));
+        } else {
+            s.push_str(&format!(
+                "estimate: {} for the jobs seen before; {unknown} job(s) never timed yet\n",
+                human_secs(est)
+            ));
+        }
+    }
+    s.push_str(&format!("output: {}\n", plan.output_dir.display()));
+    for p in &plan.problems {
+        s.push_str(&format!("input problem: {p}\n"));
+    }
+    s
+}
+
+/// Asks "Start?" on a terminal; anything but no goes. Non-terminals never ask.
+pub fn confirm() -> bool {
+    if !(std::io::stdin().is_terminal() && std::io::stderr().is_terminal()) {
+        return true;
+    }
+    eprint!("start? [Y/n] ");
+    let _ = std::io::stderr().flush();
+    let mut line = String::new();
+    if std::io::stdin().lock().read_line(&mut line).is_err() {
+        return false;
+    }
+    !matches!(line.trim().to_ascii_lowercase().as_str(), "n" | "no")
+}
