@@ -1,0 +1,658 @@
+//! `video.scenes`: cuts a video into shots, written as `scenes.json`.
+//!
+//! The detector is PySceneDetect's ContentDetector, re-implemented so the cut lists
+//! agree with it: each frame is downscaled (to about 256 pixels wide by default), turned
+//! into OpenCV-style 8-bit HSV, and scored by the mean absolute difference of H, S and V
+//! from the previous frame; a score at or above `threshold` is a cut, and cuts closer
+//! than `min_scene_len` frames are merged (its "flash filter", which also keeps camera
+//! flashes from cutting). It runs while FFmpeg decodes with frame threads, skipping the
+//! in-loop deblocking filter by default (it smooths block edges, which the coarse
+//! downscaled HSV comparison never sees), so detection runs at decode-only speed.
+//!
+//! Times are seconds from the video stream's start, taken from frame timestamps (so
+//! variable frame rate is right); `end_frame` and `end` are exclusive: they are the next
+//! scene's `start_frame` and `start`.
+
+use std::path::Path;
+
+use ffmpeg::format::Pixel;
+use ffmpeg::frame;
+use ffmpeg::software::scaling;
+use ffmpeg_next as ffmpeg;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_json::Value;
+use vsum_engine::stage::{
+    CheckEnv, JobCtx, KeyEnv, KeyExtras, ParamDoc, ParamError, StageError, StageKind, typed_params,
+};
+
+use super::{
+    FrameReader, check_cancel, ffmpeg_key_extras, job_video, open_input, open_video_decoder,
+    params_object, rational, require_video_stream, to_value, warn, write_json,
+};
+
+const KIND: &str = "video.scenes";
+
+/// PySceneDetect's target width for automatic downscaling.
+const AUTO_WIDTH: f64 = 256.0;
+
+/// How much to shrink frames before comparing them.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Downscale {
+    /// Like PySceneDetect: by max(width, height) / 256 when the frame is larger.
+    Auto,
+    /// By this whole factor (1 = full size).
+    Factor(u32),
+}
+
+impl Serialize for Downscale {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Downscale::Auto => s.serialize_str("auto"),
+            Downscale::Factor(n) => s.serialize_u32(*n),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Downscale {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            N(u32),
+            S(String),
+        }
+        match Raw::deserialize(d) {
+            Ok(Raw::S(s)) if s == "auto" => Ok(Downscale::Auto),
+            Ok(Raw::N(n)) if n >= 1 => Ok(Downscale::Factor(n)),
+            _ => Err(serde::de::Error::custom(
+                "downscale must be \"auto\" or a whole number >= 1",
+            )),
+        }
+    }
+}
+
+impl Downscale {
+    /// The analysis size for a `w` x `h` frame.
+    pub fn target(self, w: u32, h: u32) -> (u32, u32) {
+        let f = match self {
+            Downscale::Auto => {
+                let m = f64::from(w.max(h));
+                if m < AUTO_WIDTH { 1.0 } else { m / AUTO_WIDTH }
+            }
+            Downscale::Factor(n) => f64::from(n),
+        };
+        let dim = |x: u32| ((f64::from(x) / f).round() as u32).max(1);
+        (dim(w), dim(h))
+    }
+}
+
+fn default_threshold() -> f64 {
+    27.0
+}
+fn default_min_len() -> u32 {
+    15
+}
+fn default_downscale() -> Downscale {
+    Downscale::Auto
+}
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Params {
+    #[serde(default = "default_threshold")]
+    threshold: f64,
+    #[serde(default = "default_min_len")]
+    min_scene_len: u32,
+    #[serde(default = "default_downscale")]
+    downscale: Downscale,
+    #[serde(default)]
+    max_scene_len: Option<f64>,
+    #[serde(default = "yes")]
+    skip_loop_filter: bool,
+}
+
+/// The `video.scenes` kind.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SceneStage;
+
+/// One scene of `scenes.json`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Scene {
+    pub index: usize,
+    /// Seconds from the video stream's start.
+    pub start: f64,
+    /// Exclusive: the next scene's start (the video's end for the last one).
+    pub end: f64,
+    pub start_frame: u64,
+    /// Exclusive.
+    pub end_frame: u64,
+    /// The detector's score at the cut that starts this scene (0 for the first scene
+    /// and for scenes made by splitting at `max_scene_len`).
+    pub score: f64,
+}
+
+/// `scenes.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ScenesOut {
+    pub scenes: Vec<Scene>,
+    pub fps: f64,
+    pub detector: String,
+    pub params: Value,
+    /// Frames decoded.
+    pub frames: u64,
+    /// Seconds from the first frame to the end of the last one.
+    pub duration: f64,
+    /// Width x height of the frames compared.
+    pub analysis_size: [u32; 2],
+    pub decode_errors: u64,
+}
+
+impl StageKind for SceneStage {
+    fn name(&self) -> &'static str {
+        KIND
+    }
+
+    fn version(&self) -> u32 {
+        1
+    }
+
+    fn summary(&self) -> &'static str {
+        "Finds shot cuts (PySceneDetect ContentDetector: HSV frame deltas) -> scenes.json"
+    }
+
+    fn params_doc(&self) -> Vec<ParamDoc> {
+        vec![
+            ParamDoc {
+                name: "threshold",
+                ty: "number",
+                default: Some("27"),
+                doc: "mean HSV change (0-255 scale) between frames that counts as a cut; lower finds more cuts",
+            },
+            ParamDoc {
+                name: "min_scene_len",
+                ty: "frames",
+                default: Some("15"),
+                doc: "cuts closer than this are merged (also ignores camera flashes)",
+            },
+            ParamDoc {
+                name: "downscale",
+                ty: "\"auto\" or integer",
+                default: Some("auto"),
+                doc: "shrink frames by this factor before comparing; auto = to about 256 px like PySceneDetect",
+            },
+            ParamDoc {
+                name: "max_scene_len",
+                ty: "seconds",
+                default: Some("none"),
+                doc: "split longer scenes into equal parts no longer than this",
+            },
+            ParamDoc {
+                name: "skip_loop_filter",
+                ty: "bool",
+                default: Some("true"),
+                doc: "decode without the deblocking filter (faster; the downscaled comparison does not see it)",
+            },
+        ]
+    }
+
+    fn check(&self, params: &Value, _env: &CheckEnv) -> Result<Value, Vec<ParamError>> {
+        let p: Params = typed_params(&params_object(params))?;
+        let mut errs = Vec::new();
+        if !(p.threshold > 0.0 && p.threshold <= 255.0) {
+            errs.push(
+                ParamError::new(
+                    &["threshold"],
+                    format!("threshold {} is out of range", p.threshold),
+                )
+                .hint("use a number in (0, 255]; 27 matches PySceneDetect's default"),
+            );
+        }
+        if let Some(m) = p.max_scene_len
+            && !(m > 0.0 && m.is_finite())
+        {
+            errs.push(
+                ParamError::new(
+                    &["max_scene_len"],
+                    "max_scene_len must be a positive number of seconds",
+                )
+                .hint("e.g. `max_scene_len: 60`, or leave it out to keep long scenes whole"),
+            );
+        }
+        if errs.is_empty() {
+            to_value(&p)
+        } else {
+            Err(errs)
+        }
+    }
+
+    fn key_extras(&self, _params: &Value, _env: &KeyEnv) -> Result<KeyExtras, StageError> {
+        Ok(ffmpeg_key_extras())
+    }
+
+    fn run(&self, ctx: &mut JobCtx) -> Result<(), StageError> {
+        let p: Params = typed_params(ctx.params)
+            .map_err(|e| StageError::fatal(format!("{KIND}: bad params: {}", e[0].message)))?;
+        let video = job_video(ctx, KIND)?;
+        let out = detect(ctx, &video.path, &p)?;
+        if out.decode_errors > 0 {
+            warn(
+                ctx,
+                format!(
+                    "{}: {} video decode errors (the file is damaged in places)",
+                    video.path.display(),
+                    out.decode_errors
+                ),
+            );
+        }
+        write_json(ctx.out_dir, "scenes.json", &out)
+    }
+}
+
+fn detect(ctx: &JobCtx, path: &Path, p: &Params) -> Result<ScenesOut, StageError> {
+    let mut input = open_input(path)?;
+    let index = require_video_stream(&input, path, KIND)?;
+    let stream = input.stream(index).expect("index from this input");
+    let stream_fps = rational(stream.avg_frame_rate()).or_else(|| rational(stream.rate()));
+    let decoder = open_video_decoder(&input, index, ctx.threads, p.skip_loop_filter, path)?;
+    let mut reader = FrameReader::new(&mut input, index, decoder);
+    let step = 1.0 / stream_fps.unwrap_or(25.0);
+
+    let mut detector = ContentDetector::new(p.threshold, p.min_scene_len);
+    let mut scaler: Option<(scaling::Context, (Pixel, u32, u32))> = None;
+    let mut small = frame::Video::empty();
+    let mut analysis = [0u32; 2];
+    let mut times: Vec<f64> = Vec::new();
+    let mut scores: Vec<f32> = Vec::new();
+    let mut cuts: Vec<u64> = Vec::new();
+    let mut idx = 0u64;
+    let mut scale_errors = 0u64;
+    while reader.advance() {
+        let f = reader.frame();
+        if idx.is_multiple_of(64) {
+            check_cancel(ctx)?;
+        }
+        let key = (f.format(), f.width(), f.height());
+        if f.width() == 0 || f.height() == 0 {
+            continue;
+        }
+        if scaler.as_ref().is_none_or(|(_, k)| *k != key) {
+            let (aw, ah) = if analysis[0] == 0 {
+                p.downscale.target(f.width(), f.height())
+            } else {
+                (analysis[0], analysis[1])
+            };
+            let s = scaling::Context::get(
+                f.format(),
+                f.width(),
+                f.height(),
+                Pixel::BGR24,
+                aw,
+                ah,
+                scaling::Flags::FAST_BILINEAR,
+            )
+            .map_err(|e| {
+                StageError::fatal(format!(
+                    "cannot convert the {}x{} {:?} frames of {}: {e}",
+                    f.width(),
+                    f.height(),
+                    f.format(),
+                    path.display()
+                ))
+            })?;
+            analysis = [aw, ah];
+            scaler = Some((s, key));
+            small = frame::Video::empty();
+        }
+        let (s, _) = scaler.as_mut().expect("set above");
+        if s.run(f, &mut small).is_err() {
+            scale_errors += 1;
+            continue;
+        }
+        let prev = times.last().copied();
+        let t = reader
+            .time()
+            .map(|t| prev.map_or(t, |p| t.max(p)))
+            .unwrap_or_else(|| prev.map_or(0.0, |p| p + step));
+        times.push(t);
+        let (score, cut) = detector.push(
+            idx,
+            small.data(0),
+            analysis[0] as usize,
+            analysis[1] as usize,
+            small.stride(0),
+        );
+        scores.push(score as f32);
+        if let Some(c) = cut {
+            cuts.push(c);
+        }
+        idx += 1;
+    }
+    let frames = idx;
+    let errors = reader.errors + scale_errors;
+    if frames == 0 {
+        return Err(StageError::fatal(format!(
+            "{KIND}: no picture could be decoded from {} ({errors} decode errors)",
+            path.display()
+        ))
+        .hint("the video stream is empty or damaged throughout: check that it plays, re-copy it from the source"));
+    }
+    let first = times[0];
+    let times: Vec<f64> = times.iter().map(|t| t - first).collect();
+    let last_step = if frames >= 2 {
+        let d = times[frames as usize - 1] - times[frames as usize - 2];
+        if d > 0.0 { d } else { step }
+    } else {
+        step
+    };
+    let end_time = times[frames as usize - 1] + last_step;
+    let fps = stream_fps.unwrap_or_else(|| frames as f64 / end_time.max(1e-9));
+
+    let mut bounds: Vec<(u64, f64)> = vec![(0, 0.0)];
+    bounds.extend(cuts.iter().map(|&c| (c, f64::from(scores[c as usize]))));
+    let mut scenes = Vec::new();
+    for (i, &(start, score)) in bounds.iter().enumerate() {
+        let end = bounds.get(i + 1).map_or(frames, |b| b.0);
+        scenes.push((start, end, score));
+    }
+    if let Some(max) = p.max_scene_len {
+        scenes = split_long(&scenes, &times, end_time, max);
+    }
+    let time_of = |f: u64| times.get(f as usize).copied().unwrap_or(end_time);
+    let scenes = scenes
+        .into_iter()
+        .enumerate()
+        .map(|(i, (s, e, score))| Scene {
+            index: i,
+            start: round6(time_of(s)),
+            end: round6(time_of(e)),
+            start_frame: s,
+            end_frame: e,
+            score: round3(score),
+        })
+        .collect();
+    Ok(ScenesOut {
+        scenes,
+        fps: round3(fps),
+        detector: "content: mean |dH|+|dS|+|dV| / 3 (PySceneDetect ContentDetector)".to_string(),
+        params: serde_json::to_value(p).unwrap_or(Value::Null),
+        frames,
+        duration: round6(end_time),
+        analysis_size: analysis,
+        decode_errors: errors,
+    })
+}
+
+/// Splits scenes longer than `max` seconds into equal parts (at frame boundaries).
+fn split_long(
+    scenes: &[(u64, u64, f64)],
+    times: &[f64],
+    end_time: f64,
+    max: f64,
+) -> Vec<(u64, u64, f64)> {
+    let time_of = |f: u64| times.get(f as usize).copied().unwrap_or(end_time);
+    let mut out = Vec::new();
+    for &(s, e, score) in scenes {
+        let len = time_of(e) - time_of(s);
+        let parts = ((len / max).ceil() as u64).clamp(1, (e - s).max(1));
+        if parts <= 1 {
+            out.push((s, e, score));
+            continue;
+        }
+        let t0 = time_of(s);
+        let mut start = s;
+        for k in 1..=parts {
+            let end = if k == parts {
+                e
+            } else {
+                // First frame at or after the k-th equal division.
+                let target = t0 + len * k as f64 / parts as f64;
+                let off = times[s as usize..e as usize].partition_point(|&t| t < target - 1e-9);
+                (s + off as u64).clamp(start + 1, e)
+            };
+            if end > start {
+                out.push((start, end, if start == s { score } else { 0.0 }));
+                start = end;
+            }
+        }
+    }
+    out
+}
+
+fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
+fn round6(x: f64) -> f64 {
+    (x * 1e6).round() / 1e6
+}
+
+const HSV_SHIFT: i32 = 12;
+
+/// OpenCV's `COLOR_BGR2HSV` division tables for 8-bit images (S and H in 0..180).
+struct HsvTables {
+    sdiv: [i32; 256],
+    hdiv: [i32; 256],
+}
+
+const fn hsv_tables() -> HsvTables {
+    let mut sdiv = [0i32; 256];
+    let mut hdiv = [0i32; 256];
+    let mut i = 1;
+    while i < 256 {
+        // round((255 << 12) / i) and round((180 << 12) / (6 i)).
+        let a = (255i64 << HSV_SHIFT) * 2;
+        sdiv[i] = ((a + i as i64) / (2 * i as i64)) as i32;
+        let b = (180i64 << HSV_SHIFT) * 2;
+        hdiv[i] = ((b + 6 * i as i64) / (12 * i as i64)) as i32;
+        i += 1;
+    }
+    HsvTables { sdiv, hdiv }
+}
+
+static TABLES: HsvTables = hsv_tables();
+
+/// One BGR pixel to OpenCV's 8-bit HSV (H in 0..180), bit for bit.
+#[inline]
+pub fn bgr_to_hsv(b: u8, g: u8, r: u8) -> (u8, u8, u8) {
+    let (b, g, r) = (i32::from(b), i32::from(g), i32::from(r));
+    let v = b.max(g).max(r);
+    let vmin = b.min(g).min(r);
+    let diff = v - vmin;
+    let vr = if v == r { -1 } else { 0 };
+    let vg = if v == g { -1 } else { 0 };
+    let s = (diff * TABLES.sdiv[v as usize] + (1 << (HSV_SHIFT - 1))) >> HSV_SHIFT;
+    let mut h = (vr & (g - b)) + (!vr & ((vg & (b - r + 2 * diff)) + (!vg & (r - g + 4 * diff))));
+    h = (h * TABLES.hdiv[diff as usize] + (1 << (HSV_SHIFT - 1))) >> HSV_SHIFT;
+    if h < 0 {
+        h += 180;
+    }
+    (h as u8, s as u8, v as u8)
+}
+
+/// PySceneDetect's flash filter in MERGE mode: a cut must come at least `length` frames
+/// after the previous frame above the threshold; closer ones are merged.
+#[derive(Debug, Clone)]
+struct FlashFilter {
+    length: u64,
+    last_above: Option<u64>,
+    merge_enabled: bool,
+    merge_triggered: bool,
+    merge_start: u64,
+}
+
+impl FlashFilter {
+    fn new(length: u32) -> Self {
+        FlashFilter {
+            length: u64::from(length),
+            last_above: None,
+            merge_enabled: false,
+            merge_triggered: false,
+            merge_start: 0,
+        }
+    }
+
+    fn filter(&mut self, frame: u64, above: bool) -> Option<u64> {
+        if self.length == 0 {
+            return above.then_some(frame);
+        }
+        let last = *self.last_above.get_or_insert(frame);
+        let min_length_met = frame - last >= self.length;
+        if above {
+            self.last_above = Some(frame);
+        }
+        let last = self.last_above.expect("set above");
+        if self.merge_triggered {
+            if min_length_met && !above && last - self.merge_start >= self.length {
+                self.merge_triggered = false;
+                return Some(last);
+            }
+            return None;
+        }
+        if !above {
+            return None;
+        }
+        if min_length_met {
+            self.merge_enabled = true;
+            return Some(frame);
+        }
+        if self.merge_enabled {
+            self.merge_triggered = true;
+            self.merge_start = frame;
+        }
+        None
+    }
+}
+
+/// Scores consecutive frames and reports cuts. Feed it frames of one fixed size.
+#[derive(Debug, Clone)]
+pub struct ContentDetector {
+    threshold: f64,
+    filter: FlashFilter,
+    prev: Vec<[u8; 3]>,
+    cur: Vec<[u8; 3]>,
+    has_prev: bool,
+}
+
+impl ContentDetector {
+    pub fn new(threshold: f64, min_scene_len: u32) -> Self {
+        ContentDetector {
+            threshold,
+            filter: FlashFilter::new(min_scene_len),
+            prev: Vec::new(),
+            cur: Vec::new(),
+            has_prev: false,
+        }
+    }
+
+    /// Feeds frame number `frame` (packed BGR rows, `stride` bytes apart). Returns its
+    /// score (0 for the first frame) and the frame a new scene starts at, if one does.
+    pub fn push(
+        &mut self,
+        frame: u64,
+        bgr: &[u8],
+        width: usize,
+        height: usize,
+        stride: usize,
+    ) -> (f64, Option<u64>) {
+        let n = width * height;
+        self.cur.resize(n, [0; 3]);
+        let mut sums = [0u64; 3];
+        let compare = self.has_prev && self.prev.len() == n;
+        for y in 0..height {
+            let row = &bgr[y * stride..y * stride + width * 3];
+            let cur = &mut self.cur[y * width..(y + 1) * width];
+            for (x, px) in row.chunks_exact(3).enumerate() {
+                let (h, s, v) = bgr_to_hsv(px[0], px[1], px[2]);
+                cur[x] = [h, s, v];
+            }
+            if compare {
+                let prev = &self.prev[y * width..(y + 1) * width];
+                for (c, p) in cur.iter().zip(prev) {
+                    sums[0] += u64::from(c[0].abs_diff(p[0]));
+                    sums[1] += u64::from(c[1].abs_diff(p[1]));
+                    sums[2] += u64::from(c[2].abs_diff(p[2]));
+                }
+            }
+        }
+        std::mem::swap(&mut self.prev, &mut self.cur);
+        let had_prev = compare;
+        self.has_prev = true;
+        let score = if had_prev {
+            let px = n.max(1) as f64;
+            (sums[0] as f64 / px + sums[1] as f64 / px + sums[2] as f64 / px) / 3.0
+        } else {
+            0.0
+        };
+        let cut = self.filter.filter(frame, score >= self.threshold);
+        (score, cut)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hsv_matches_opencv_values() {
+        // Values from cv2.cvtColor(np.uint8([[[b, g, r]]]), cv2.COLOR_BGR2HSV).
+        assert_eq!(bgr_to_hsv(0, 0, 255), (0, 255, 255));
+        assert_eq!(bgr_to_hsv(0, 255, 0), (60, 255, 255));
+        assert_eq!(bgr_to_hsv(255, 0, 0), (120, 255, 255));
+        assert_eq!(bgr_to_hsv(0, 0, 0), (0, 0, 0));
+        assert_eq!(bgr_to_hsv(255, 255, 255), (0, 0, 255));
+        assert_eq!(bgr_to_hsv(10, 200, 100), (46, 242, 200));
+        assert_eq!(bgr_to_hsv(3, 7, 250), (0, 252, 250));
+        assert_eq!(bgr_to_hsv(100, 100, 101), (0, 3, 101));
+    }
+
+    #[test]
+    fn flash_filter_merges_close_cuts() {
+        let mut f = FlashFilter::new(15);
+        let mut cuts = Vec::new();
+        for frame in 0..100u64 {
+            let above = matches!(frame, 20 | 25 | 60);
+            if let Some(c) = f.filter(frame, above) {
+                cuts.push(c);
+            }
+        }
+        assert_eq!(cuts, vec![20, 60]);
+    }
+
+    #[test]
+    fn detector_cuts_between_colours() {
+        let (w, h) = (8, 4);
+        let red = [0u8, 0, 255].repeat(w * h);
+        let blue = [255u8, 0, 0].repeat(w * h);
+        let mut d = ContentDetector::new(27.0, 15);
+        let mut cuts = Vec::new();
+        for i in 0..60u64 {
+            let img = if i < 30 { &red } else { &blue };
+            if let (_, Some(c)) = d.push(i, img, w, h, w * 3) {
+                cuts.push(c);
+            }
+        }
+        assert_eq!(cuts, vec![30]);
+    }
+
+    #[test]
+    fn auto_downscale_like_pyscenedetect() {
+        assert_eq!(Downscale::Auto.target(1280, 720), (256, 144));
+        assert_eq!(Downscale::Auto.target(1920, 1080), (256, 144));
+        assert_eq!(Downscale::Auto.target(200, 100), (200, 100));
+        assert_eq!(Downscale::Factor(2).target(321, 241), (161, 121));
+        assert_eq!(Downscale::Auto.target(1, 1), (1, 1));
+    }
+
+    #[test]
+    fn split_long_scenes() {
+        let times: Vec<f64> = (0..100).map(|i| i as f64 * 0.1).collect();
+        let s = split_long(&[(0, 100, 0.0)], &times, 10.0, 4.0);
+        assert_eq!(s.len(), 3);
+        assert_eq!(s.first().map(|x| x.0), Some(0));
+        assert_eq!(s.last().map(|x| x.1), Some(100));
+        assert!(s.windows(2).all(|w| w[0].1 == w[1].0));
+    }
+}
