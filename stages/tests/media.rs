@@ -181,14 +181,48 @@ fn scenes_finds_exactly_the_cuts_of_concatenated_sources() {
 #[test]
 fn scenes_same_cut_list_with_and_without_the_loop_filter() {
     let fast = scenes(&cuts_mp4()).json("scenes.json");
-    let full = run(
-        &SceneStage,
-        &cuts_mp4(),
-        json!({"skip_loop_filter": false}),
-        &[],
-    )
-    .json("scenes.json");
+    let full =
+        run(&SceneStage, &cuts_mp4(), json!({"fast_decode": false}), &[]).json("scenes.json");
     assert_eq!(starts(&fast), starts(&full));
+}
+
+#[test]
+fn fast_decode_keeps_the_cut_list_on_codecs_that_decode_small() {
+    // At 640x480 the analysis size is 256x192: MJPEG and MPEG-4 decode at half size.
+    for (name, opts) in [
+        (
+            "lowres-mjpeg.avi",
+            [
+                "-c:v", "mjpeg", "-q:v", "3", "-pix_fmt", "yuvj420p", "-f", "avi",
+            ],
+        ),
+        (
+            "lowres-mpeg4.mov",
+            [
+                "-c:v", "mpeg4", "-q:v", "3", "-pix_fmt", "yuv420p", "-f", "mov",
+            ],
+        ),
+    ] {
+        let path = fixture(name, |p| cut_video(p, 640, 480, &opts));
+        let fast = scenes(&path).json("scenes.json");
+        let exact = run(&SceneStage, &path, json!({"fast_decode": false}), &[]).json("scenes.json");
+        assert_cuts(&fast, &cut_frames(), name);
+        assert_eq!(starts(&fast), starts(&exact), "{name}");
+        assert_eq!(fast["analysis_size"], json!([256, 192]), "{name}");
+        assert_eq!(exact["analysis_size"], json!([256, 192]), "{name}");
+        assert_eq!(fast["decoded_size"], json!([320, 240]), "{name}");
+        assert_eq!(exact["decoded_size"], json!([640, 480]), "{name}");
+        // Scores stay close to the full decode's.
+        for (a, b) in fast["scenes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .zip(exact["scenes"].as_array().unwrap())
+        {
+            let (a, b) = (a["score"].as_f64().unwrap(), b["score"].as_f64().unwrap());
+            assert!((a - b).abs() < 3.0, "{name}: score {a} vs {b}");
+        }
+    }
 }
 
 #[test]
@@ -207,6 +241,23 @@ fn scenes_split_at_max_scene_len_and_params_change_results() {
         assert!(len <= 1.0 + 1e-6, "scene longer than max_scene_len: {sc}");
     }
     assert_eq!(list.last().unwrap()["end_frame"], 200);
+    // The stats file has every frame's score; cuts are where it jumps.
+    let job = run(&SceneStage, &cuts_mp4(), json!({"stats": true}), &[]);
+    let csv = std::fs::read_to_string(job.ok().join("stats.csv")).unwrap();
+    let rows: Vec<Vec<f64>> = csv
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').map(|x| x.parse().unwrap()).collect())
+        .collect();
+    assert!(csv.starts_with("frame,time,content_val,delta_hue,delta_sat,delta_lum\n"));
+    assert_eq!(rows.len(), 200);
+    for c in cut_frames() {
+        assert!(
+            rows[c as usize][2] >= 27.0,
+            "score at cut {c}: {:?}",
+            rows[c as usize]
+        );
+    }
     // A threshold above every score finds no cut: one scene.
     let one = run(&SceneStage, &cuts_mp4(), json!({"threshold": 200}), &[]).json("scenes.json");
     assert_eq!(starts(&one), vec![0]);
@@ -908,7 +959,7 @@ fn params_are_checked_defaulted_and_keyed_with_ffmpeg_versions() {
     );
     assert_eq!(
         SceneStage.check(&json!({}), &env).unwrap(),
-        json!({"threshold": 27.0, "min_scene_len": 15, "downscale": "auto", "max_scene_len": null, "skip_loop_filter": true})
+        json!({"threshold": 27.0, "min_scene_len": 15, "downscale": "auto", "max_scene_len": null, "fast_decode": true, "stats": false})
     );
     assert_eq!(
         KeyframesStage.check(&json!({}), &env).unwrap(),

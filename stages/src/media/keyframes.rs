@@ -23,9 +23,9 @@ use vsum_engine::stage::{
 
 use super::scenes::{Scene, ScenesOut};
 use super::{
-    FrameReader, check_cancel, ffmpeg_key_extras, find_upstream, io_error, job_video, open_input,
-    open_video_decoder, params_object, require_video_stream, stream_rotation, to_value, warn,
-    write_json,
+    DecodeOpts, FrameReader, check_cancel, ffmpeg_key_extras, find_upstream, io_error, job_video,
+    open_input, open_video_decoder, params_object, require_video_stream, stream_rotation, to_value,
+    warn, write_json,
 };
 
 const KIND: &str = "video.keyframes";
@@ -383,7 +383,7 @@ fn extract(
     let mut input = open_input(path)?;
     let index = require_video_stream(&input, path, KIND)?;
     let rotation = stream_rotation(&input.stream(index).expect("index from this input"));
-    let decoder = open_video_decoder(&input, index, ctx.threads, false, path)?;
+    let decoder = open_video_decoder(&input, index, ctx.threads, DecodeOpts::default(), path)?;
     let reader = FrameReader::new(&mut input, index, decoder);
     let half_frame = 0.5 / scenes.fps.max(1.0);
     let mut pics = Pictures {

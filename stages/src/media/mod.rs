@@ -31,7 +31,7 @@ use vsum_engine::stage::{JobCtx, KeyExtras, ParamError, Registry, StageError, Vi
 pub use audio::AudioStage;
 pub use keyframes::KeyframesStage;
 pub use probe::ProbeStage;
-pub use scenes::{ContentDetector, SceneStage, bgr_to_hsv};
+pub use scenes::{ContentDetector, Downscale, Scene, SceneStage, ScenesOut, bgr_to_hsv};
 
 /// Registers every media stage kind.
 pub fn register_media(reg: &mut Registry) {
@@ -84,7 +84,7 @@ pub fn ffmpeg_versions() -> BTreeMap<String, String> {
     ])
 }
 
-/// Key extras of a media stage: the FFmpeg versions (plus whatever `more` adds).
+/// Key extras of a media stage: the FFmpeg library versions.
 pub(crate) fn ffmpeg_key_extras() -> KeyExtras {
     KeyExtras {
         tools: ffmpeg_versions(),
@@ -352,12 +352,33 @@ fn normalize_rotation(deg: f64) -> i32 {
     r as i32
 }
 
+/// How a video decoder may trade exactness for speed.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct DecodeOpts {
+    /// Skip the in-loop deblocking filter (H.264, HEVC, VP8/9...).
+    pub skip_loop_filter: bool,
+    /// The caller only needs pictures at least this large: codecs that can (MJPEG,
+    /// MPEG-1/2/4 part 2) then decode at 1/2, 1/4 or 1/8 size ("lowres").
+    pub min_size: Option<(u32, u32)>,
+}
+
+/// Width and height the stream's decoder will report (before any lowres).
+pub(crate) fn stream_dims(input: &Input, index: usize) -> Option<(u32, u32)> {
+    let stream = input.stream(index)?;
+    let v = codec::Context::from_parameters(stream.parameters())
+        .ok()?
+        .decoder()
+        .video()
+        .ok()?;
+    (v.width() > 0 && v.height() > 0).then(|| (v.width(), v.height()))
+}
+
 /// A video decoder on one stream, with FFmpeg's frame threads.
 pub(crate) fn open_video_decoder(
     input: &Input,
     index: usize,
     threads: usize,
-    skip_loop_filter: bool,
+    opts: DecodeOpts,
     path: &Path,
 ) -> Result<decoder::Video, StageError> {
     let stream = input.stream(index).expect("stream index from this input");
@@ -373,17 +394,32 @@ pub(crate) fn open_video_decoder(
     });
     let mut dec = cctx.decoder();
     dec.set_packet_time_base(stream.time_base());
-    if skip_loop_filter {
+    if opts.skip_loop_filter {
         dec.skip_loop_filter(ffmpeg::Discard::All);
     }
-    let codec_name = codec_name(stream.parameters().id());
-    dec.video().map_err(|e| {
+    let id = stream.parameters().id();
+    let codec_name = codec_name(id);
+    let fail = |e: ffmpeg::Error| {
         StageError::fatal(format!(
             "cannot decode the {codec_name} video of {}: {e}",
             path.display()
         ))
         .hint("this FFmpeg build lacks a decoder for it: convert the file (e.g. to H.264) or install a fuller FFmpeg")
-    })
+    };
+    let codec = codec::decoder::find(id).ok_or_else(|| fail(ffmpeg::Error::DecoderNotFound))?;
+    let mut options = ffmpeg::Dictionary::new();
+    if let (Some((need_w, need_h)), Some((w, h))) = (opts.min_size, stream_dims(input, index)) {
+        let ceil_shift = |x: u32, l: i32| (x + (1 << l) - 1) >> l;
+        let level = (1..=codec.max_lowres().clamp(0, 3))
+            .rev()
+            .find(|&l| ceil_shift(w, l) >= need_w && ceil_shift(h, l) >= need_h);
+        if let Some(l) = level {
+            options.set("lowres", &l.to_string());
+        }
+    }
+    dec.open_as_with(codec, options)
+        .and_then(|o| o.video())
+        .map_err(fail)
 }
 
 pub(crate) fn codec_name(id: codec::Id) -> String {

@@ -5,9 +5,11 @@
 //! into OpenCV-style 8-bit HSV, and scored by the mean absolute difference of H, S and V
 //! from the previous frame; a score at or above `threshold` is a cut, and cuts closer
 //! than `min_scene_len` frames are merged (its "flash filter", which also keeps camera
-//! flashes from cutting). It runs while FFmpeg decodes with frame threads, skipping the
-//! in-loop deblocking filter by default (it smooths block edges, which the coarse
-//! downscaled HSV comparison never sees), so detection runs at decode-only speed.
+//! flashes from cutting). It runs while FFmpeg decodes with frame threads, and by default
+//! (`fast_decode`) skips the in-loop deblocking filter (it smooths block edges, which the
+//! coarse downscaled HSV comparison never sees) and lets codecs that can decode straight
+//! to a smaller picture (MJPEG, MPEG-1/2/4 part 2 "lowres") do so, never below the
+//! analysis size, so detection runs at decode-only speed or faster.
 //!
 //! Times are seconds from the video stream's start, taken from frame timestamps (so
 //! variable frame rate is right); `end_frame` and `end` are exclusive: they are the next
@@ -26,8 +28,9 @@ use vsum_engine::stage::{
 };
 
 use super::{
-    FrameReader, check_cancel, ffmpeg_key_extras, job_video, open_input, open_video_decoder,
-    params_object, rational, require_video_stream, to_value, warn, write_json,
+    DecodeOpts, FrameReader, check_cancel, ffmpeg_key_extras, io_error, job_video, open_input,
+    open_video_decoder, params_object, rational, require_video_stream, stream_dims, to_value, warn,
+    write_json,
 };
 
 const KIND: &str = "video.scenes";
@@ -111,7 +114,9 @@ struct Params {
     #[serde(default)]
     max_scene_len: Option<f64>,
     #[serde(default = "yes")]
-    skip_loop_filter: bool,
+    fast_decode: bool,
+    #[serde(default)]
+    stats: bool,
 }
 
 /// The `video.scenes` kind.
@@ -147,6 +152,9 @@ pub struct ScenesOut {
     pub duration: f64,
     /// Width x height of the frames compared.
     pub analysis_size: [u32; 2],
+    /// Width x height of the pictures the decoder produced (smaller than the video's
+    /// with `fast_decode` on codecs that decode at reduced size).
+    pub decoded_size: [u32; 2],
     pub decode_errors: u64,
 }
 
@@ -190,10 +198,16 @@ impl StageKind for SceneStage {
                 doc: "split longer scenes into equal parts no longer than this",
             },
             ParamDoc {
-                name: "skip_loop_filter",
+                name: "fast_decode",
                 ty: "bool",
                 default: Some("true"),
-                doc: "decode without the deblocking filter (faster; the downscaled comparison does not see it)",
+                doc: "analysis-grade decoding: skip the deblocking filter, and decode MJPEG/MPEG-1/2/4 at reduced size; the downscaled comparison does not see the difference",
+            },
+            ParamDoc {
+                name: "stats",
+                ty: "bool",
+                default: Some("false"),
+                doc: "also write stats.csv: every frame's score and its H/S/V parts (like PySceneDetect's stats file), to tune `threshold`",
             },
         ]
     }
@@ -256,75 +270,65 @@ fn detect(ctx: &JobCtx, path: &Path, p: &Params) -> Result<ScenesOut, StageError
     let index = require_video_stream(&input, path, KIND)?;
     let stream = input.stream(index).expect("index from this input");
     let stream_fps = rational(stream.avg_frame_rate()).or_else(|| rational(stream.rate()));
-    let decoder = open_video_decoder(&input, index, ctx.threads, p.skip_loop_filter, path)?;
+    // Compare at the size PySceneDetect would, whatever size the decoder hands out.
+    let target = stream_dims(&input, index).map(|(w, h)| p.downscale.target(w, h));
+    let opts = DecodeOpts {
+        skip_loop_filter: p.fast_decode,
+        min_size: target.filter(|_| p.fast_decode),
+    };
+    let decoder = open_video_decoder(&input, index, ctx.threads, opts, path)?;
     let mut reader = FrameReader::new(&mut input, index, decoder);
     let step = 1.0 / stream_fps.unwrap_or(25.0);
 
     let mut detector = ContentDetector::new(p.threshold, p.min_scene_len);
-    let mut scaler: Option<(scaling::Context, (Pixel, u32, u32))> = None;
-    let mut small = frame::Video::empty();
-    let mut analysis = [0u32; 2];
+    let mut shrink = Shrinker::default();
+    let mut analysis = target.map_or([0, 0], |(w, h)| [w, h]);
     let mut times: Vec<f64> = Vec::new();
-    let mut scores: Vec<f32> = Vec::new();
+    let mut scores: Vec<FrameScore> = Vec::new();
     let mut cuts: Vec<u64> = Vec::new();
     let mut idx = 0u64;
     let mut scale_errors = 0u64;
+    let mut decoded = [0u32; 2];
     while reader.advance() {
         let f = reader.frame();
         if idx.is_multiple_of(64) {
             check_cancel(ctx)?;
         }
-        let key = (f.format(), f.width(), f.height());
         if f.width() == 0 || f.height() == 0 {
             continue;
         }
-        if scaler.as_ref().is_none_or(|(_, k)| *k != key) {
-            let (aw, ah) = if analysis[0] == 0 {
-                p.downscale.target(f.width(), f.height())
-            } else {
-                (analysis[0], analysis[1])
-            };
-            let s = scaling::Context::get(
-                f.format(),
-                f.width(),
-                f.height(),
-                Pixel::BGR24,
-                aw,
-                ah,
-                scaling::Flags::FAST_BILINEAR,
-            )
-            .map_err(|e| {
-                StageError::fatal(format!(
-                    "cannot convert the {}x{} {:?} frames of {}: {e}",
-                    f.width(),
-                    f.height(),
-                    f.format(),
-                    path.display()
-                ))
-            })?;
+        if decoded[0] == 0 {
+            decoded = [f.width(), f.height()];
+        }
+        if analysis[0] == 0 {
+            let (aw, ah) = p.downscale.target(f.width(), f.height());
             analysis = [aw, ah];
-            scaler = Some((s, key));
-            small = frame::Video::empty();
         }
-        let (s, _) = scaler.as_mut().expect("set above");
-        if s.run(f, &mut small).is_err() {
-            scale_errors += 1;
-            continue;
-        }
+        let bgr = match shrink.run(f, analysis[0], analysis[1]) {
+            Ok(bgr) => bgr,
+            Err(e) => {
+                if idx == 0 && scores.is_empty() {
+                    return Err(StageError::fatal(format!(
+                        "cannot convert the {}x{} {:?} frames of {}: {e}",
+                        f.width(),
+                        f.height(),
+                        f.format(),
+                        path.display()
+                    )));
+                }
+                scale_errors += 1;
+                continue;
+            }
+        };
         let prev = times.last().copied();
         let t = reader
             .time()
             .map(|t| prev.map_or(t, |p| t.max(p)))
             .unwrap_or_else(|| prev.map_or(0.0, |p| p + step));
         times.push(t);
-        let (score, cut) = detector.push(
-            idx,
-            small.data(0),
-            analysis[0] as usize,
-            analysis[1] as usize,
-            small.stride(0),
-        );
-        scores.push(score as f32);
+        let (aw, ah) = (analysis[0] as usize, analysis[1] as usize);
+        let (score, cut) = detector.push(idx, bgr, aw, ah, aw * 3);
+        scores.push(score);
         if let Some(c) = cut {
             cuts.push(c);
         }
@@ -341,6 +345,9 @@ fn detect(ctx: &JobCtx, path: &Path, p: &Params) -> Result<ScenesOut, StageError
     }
     let first = times[0];
     let times: Vec<f64> = times.iter().map(|t| t - first).collect();
+    if p.stats {
+        write_stats(&ctx.out_dir.join("stats.csv"), &times, &scores)?;
+    }
     let last_step = if frames >= 2 {
         let d = times[frames as usize - 1] - times[frames as usize - 2];
         if d > 0.0 { d } else { step }
@@ -351,7 +358,7 @@ fn detect(ctx: &JobCtx, path: &Path, p: &Params) -> Result<ScenesOut, StageError
     let fps = stream_fps.unwrap_or_else(|| frames as f64 / end_time.max(1e-9));
 
     let mut bounds: Vec<(u64, f64)> = vec![(0, 0.0)];
-    bounds.extend(cuts.iter().map(|&c| (c, f64::from(scores[c as usize]))));
+    bounds.extend(cuts.iter().map(|&c| (c, scores[c as usize].content)));
     let mut scenes = Vec::new();
     for (i, &(start, score)) in bounds.iter().enumerate() {
         let end = bounds.get(i + 1).map_or(frames, |b| b.0);
@@ -381,8 +388,203 @@ fn detect(ctx: &JobCtx, path: &Path, p: &Params) -> Result<ScenesOut, StageError
         frames,
         duration: round6(end_time),
         analysis_size: analysis,
+        decoded_size: decoded,
         decode_errors: errors,
     })
+}
+
+/// Per-frame scores as CSV, with PySceneDetect's stats-file column names.
+fn write_stats(path: &Path, times: &[f64], scores: &[FrameScore]) -> Result<(), StageError> {
+    use std::io::Write;
+    let f = std::fs::File::create(path).map_err(|e| io_error(path, "create", e))?;
+    let mut w = std::io::BufWriter::new(f);
+    let mut put = || -> std::io::Result<()> {
+        writeln!(w, "frame,time,content_val,delta_hue,delta_sat,delta_lum")?;
+        for (i, (t, s)) in times.iter().zip(scores).enumerate() {
+            writeln!(
+                w,
+                "{i},{t:.6},{:.4},{:.4},{:.4},{:.4}",
+                s.content, s.hue, s.sat, s.lum
+            )?;
+        }
+        w.flush()
+    };
+    put().map_err(|e| io_error(path, "write", e))
+}
+
+/// Shrinks decoded pictures to the analysis size as packed BGR.
+///
+/// 8-bit planar YUV (what nearly every video decodes to) is sampled directly the way
+/// OpenCV's `INTER_LINEAR` resize samples a full-size BGR picture (bilinear at mapped
+/// pixel centres, which for whole factors picks single pixels), so scores match
+/// PySceneDetect's even on noisy pictures, and nothing full-size is ever converted.
+/// Other formats go through swscale.
+struct Shrinker {
+    key: Option<(Pixel, u32, u32, u32, u32)>,
+    xmap: Vec<(usize, i32)>,
+    ymap: Vec<(usize, i32)>,
+    out: Vec<u8>,
+    scaler: Option<scaling::Context>,
+    small: frame::Video,
+}
+
+/// Fixed-point weight scale of the bilinear taps (OpenCV's INTER_RESIZE_COEF_SCALE).
+const COEF: i32 = 2048;
+
+/// OpenCV's INTER_LINEAR source positions: for each destination index, the first
+/// source index and the weight (of COEF) of the one after it.
+fn linear_map(src: u32, dst: u32) -> Vec<(usize, i32)> {
+    let scale = f64::from(src) / f64::from(dst);
+    (0..dst)
+        .map(|d| {
+            let f = (f64::from(d) + 0.5) * scale - 0.5;
+            let i = f.floor();
+            let (mut i, mut w) = (i as i64, f - i);
+            if i < 0 {
+                (i, w) = (0, 0.0);
+            }
+            if i >= i64::from(src) - 1 {
+                (i, w) = (i64::from(src) - 1, 0.0);
+            }
+            (i as usize, (w * f64::from(COEF)).round() as i32)
+        })
+        .collect()
+}
+
+/// Chroma subsampling (log2 x, log2 y) and full range of the formats sampled directly.
+fn planar_yuv(fmt: Pixel) -> Option<(u32, u32, bool)> {
+    Some(match fmt {
+        Pixel::YUV420P => (1, 1, false),
+        Pixel::YUVJ420P => (1, 1, true),
+        Pixel::YUV422P => (1, 0, false),
+        Pixel::YUVJ422P => (1, 0, true),
+        Pixel::YUV444P => (0, 0, false),
+        Pixel::YUVJ444P => (0, 0, true),
+        Pixel::YUV440P => (0, 1, false),
+        Pixel::YUVJ440P => (0, 1, true),
+        _ => return None,
+    })
+}
+
+/// YUV to RGB coefficients in 1/65536: (luma gain, luma offset, V->R, U->G, V->G, U->B).
+fn yuv_coefficients(full: bool, bt709: bool) -> [i32; 6] {
+    let c = |x: f64| (x * 65536.0).round() as i32;
+    match (full, bt709) {
+        (true, false) => [c(1.0), 0, c(1.402), c(0.344136), c(0.714136), c(1.772)],
+        (true, true) => [c(1.0), 0, c(1.5748), c(0.187324), c(0.468124), c(1.8556)],
+        (false, false) => [
+            c(1.164383),
+            16,
+            c(1.596027),
+            c(0.391762),
+            c(0.812968),
+            c(2.017232),
+        ],
+        (false, true) => [
+            c(1.164383),
+            16,
+            c(1.792741),
+            c(0.213249),
+            c(0.532909),
+            c(2.112402),
+        ],
+    }
+}
+
+impl Default for Shrinker {
+    fn default() -> Self {
+        Shrinker {
+            key: None,
+            xmap: Vec::new(),
+            ymap: Vec::new(),
+            out: Vec::new(),
+            scaler: None,
+            small: frame::Video::empty(),
+        }
+    }
+}
+
+impl Shrinker {
+    fn run(&mut self, f: &frame::Video, aw: u32, ah: u32) -> Result<&[u8], ffmpeg::Error> {
+        let (w, h) = (f.width(), f.height());
+        let key = (f.format(), w, h, aw, ah);
+        if self.key != Some(key) {
+            self.key = Some(key);
+            self.xmap = linear_map(w, aw);
+            self.ymap = linear_map(h, ah);
+            self.out = vec![0; aw as usize * ah as usize * 3];
+            self.scaler = None;
+            if planar_yuv(f.format()).is_none() {
+                self.scaler = Some(scaling::Context::get(
+                    f.format(),
+                    w,
+                    h,
+                    Pixel::BGR24,
+                    aw,
+                    ah,
+                    scaling::Flags::FAST_BILINEAR,
+                )?);
+                self.small = frame::Video::empty();
+            }
+        }
+        let Some((cx, cy, jpeg)) = planar_yuv(f.format()) else {
+            let s = self.scaler.as_mut().expect("made for this format");
+            s.run(f, &mut self.small)?;
+            let (row, stride) = (aw as usize * 3, self.small.stride(0));
+            let data = self.small.data(0);
+            for y in 0..ah as usize {
+                self.out[y * row..(y + 1) * row]
+                    .copy_from_slice(&data[y * stride..y * stride + row]);
+            }
+            return Ok(&self.out);
+        };
+        let full = jpeg || f.color_range() == ffmpeg::color::Range::JPEG;
+        let bt709 = f.color_space() == ffmpeg::color::Space::BT709;
+        let [gain, off, vr, ug, vg, ub] = yuv_coefficients(full, bt709);
+        let (ys, us, vs) = (f.stride(0), f.stride(1), f.stride(2));
+        let (yp, up, vp) = (f.data(0), f.data(1), f.data(2));
+        let bgr_at = |x: usize, y: usize| -> [i32; 3] {
+            let luma = (i32::from(yp[y * ys + x]) - off) * gain;
+            let (ci, cj) = (x >> cx, y >> cy);
+            let u = i32::from(up[cj * us + ci]) - 128;
+            let v = i32::from(vp[cj * vs + ci]) - 128;
+            let px = |c: i32| ((c + 32768) >> 16).clamp(0, 255);
+            [
+                px(luma + ub * u),
+                px(luma - ug * u - vg * v),
+                px(luma + vr * v),
+            ]
+        };
+        let (wmax, hmax) = (w as usize - 1, h as usize - 1);
+        let mut o = 0;
+        for &(sy, wy) in &self.ymap {
+            for &(sx, wx) in &self.xmap {
+                let px = if wx == 0 && wy == 0 {
+                    bgr_at(sx, sy)
+                } else {
+                    let (sx1, sy1) = ((sx + 1).min(wmax), (sy + 1).min(hmax));
+                    let (a, b, c, d) = (
+                        bgr_at(sx, sy),
+                        bgr_at(sx1, sy),
+                        bgr_at(sx, sy1),
+                        bgr_at(sx1, sy1),
+                    );
+                    let mut m = [0; 3];
+                    for k in 0..3 {
+                        let top = a[k] * (COEF - wx) + b[k] * wx;
+                        let bottom = c[k] * (COEF - wx) + d[k] * wx;
+                        m[k] = (top * (COEF - wy) + bottom * wy + (1 << 21)) >> 22;
+                    }
+                    m
+                };
+                self.out[o] = px[0] as u8;
+                self.out[o + 1] = px[1] as u8;
+                self.out[o + 2] = px[2] as u8;
+                o += 3;
+            }
+        }
+        Ok(&self.out)
+    }
 }
 
 /// Splits scenes longer than `max` seconds into equal parts (at frame boundaries).
@@ -526,6 +728,16 @@ impl FlashFilter {
     }
 }
 
+/// How much a frame differs from the one before: PySceneDetect's `content_val` and its
+/// components (mean absolute difference of each HSV channel, 0-255 scale).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct FrameScore {
+    pub content: f64,
+    pub hue: f64,
+    pub sat: f64,
+    pub lum: f64,
+}
+
 /// Scores consecutive frames and reports cuts. Feed it frames of one fixed size.
 #[derive(Debug, Clone)]
 pub struct ContentDetector {
@@ -548,7 +760,7 @@ impl ContentDetector {
     }
 
     /// Feeds frame number `frame` (packed BGR rows, `stride` bytes apart). Returns its
-    /// score (0 for the first frame) and the frame a new scene starts at, if one does.
+    /// scores (0 for the first frame) and the frame a new scene starts at, if one does.
     pub fn push(
         &mut self,
         frame: u64,
@@ -556,7 +768,7 @@ impl ContentDetector {
         width: usize,
         height: usize,
         stride: usize,
-    ) -> (f64, Option<u64>) {
+    ) -> (FrameScore, Option<u64>) {
         let n = width * height;
         self.cur.resize(n, [0; 3]);
         let mut sums = [0u64; 3];
@@ -582,11 +794,21 @@ impl ContentDetector {
         self.has_prev = true;
         let score = if had_prev {
             let px = n.max(1) as f64;
-            (sums[0] as f64 / px + sums[1] as f64 / px + sums[2] as f64 / px) / 3.0
+            let (hue, sat, lum) = (
+                sums[0] as f64 / px,
+                sums[1] as f64 / px,
+                sums[2] as f64 / px,
+            );
+            FrameScore {
+                content: (hue + sat + lum) / 3.0,
+                hue,
+                sat,
+                lum,
+            }
         } else {
-            0.0
+            FrameScore::default()
         };
-        let cut = self.filter.filter(frame, score >= self.threshold);
+        let cut = self.filter.filter(frame, score.content >= self.threshold);
         (score, cut)
     }
 }
@@ -635,6 +857,59 @@ mod tests {
             }
         }
         assert_eq!(cuts, vec![30]);
+    }
+
+    /// A `w`x`h` yuv420p frame of one colour.
+    fn yuv_frame(fmt: Pixel, w: u32, h: u32, yuv: [u8; 3]) -> frame::Video {
+        let mut f = frame::Video::new(fmt, w, h);
+        for (plane, v) in yuv.iter().enumerate() {
+            f.data_mut(plane).fill(*v);
+        }
+        f
+    }
+
+    #[test]
+    fn shrinker_converts_like_swscale_bt601() {
+        let mut s = Shrinker::default();
+        // BT.601 limited-range red, green, blue and mid grey.
+        for (yuv, bgr) in [
+            ([81, 90, 240], [0, 0, 255]),
+            ([145, 54, 34], [0, 255, 0]),
+            ([41, 240, 110], [255, 0, 0]),
+            ([126, 128, 128], [128, 128, 128]),
+        ] {
+            let f = yuv_frame(Pixel::YUV420P, 64, 48, yuv);
+            let out = s.run(&f, 16, 12).unwrap();
+            assert_eq!(out.len(), 16 * 12 * 3);
+            for px in out.chunks_exact(3) {
+                for k in 0..3 {
+                    assert!(
+                        px[k].abs_diff(bgr[k]) <= 2,
+                        "{yuv:?} -> {px:?}, want {bgr:?}"
+                    );
+                }
+            }
+        }
+        // Full range (JPEG) grey is the luma itself; other formats go through swscale.
+        let f = yuv_frame(Pixel::YUVJ444P, 10, 10, [200, 128, 128]);
+        assert!(s.run(&f, 5, 5).unwrap().iter().all(|&v| v == 200));
+        let mut rgb = frame::Video::new(Pixel::RGB24, 8, 8);
+        rgb.data_mut(0).fill(0);
+        for px in rgb.data_mut(0).chunks_exact_mut(3) {
+            px[0] = 255;
+        }
+        let out = s.run(&rgb, 4, 4).unwrap();
+        assert!(out.chunks_exact(3).all(|p| p == [0, 0, 255]), "{out:?}");
+    }
+
+    #[test]
+    fn linear_map_matches_opencv_inter_linear() {
+        // Whole factors pick single pixels at the block centres.
+        assert_eq!(linear_map(1280, 256)[..3], [(2, 0), (7, 0), (12, 0)]);
+        // Half-way positions blend two pixels; borders clamp.
+        assert_eq!(linear_map(4, 2), vec![(0, 1024), (2, 1024)]);
+        assert_eq!(linear_map(3, 6)[0], (0, 0));
+        assert_eq!(linear_map(3, 6)[5], (2, 0));
     }
 
     #[test]
