@@ -543,44 +543,51 @@ impl Shrinker {
         let [gain, off, vr, ug, vg, ub] = yuv_coefficients(full, bt709);
         let (ys, us, vs) = (f.stride(0), f.stride(1), f.stride(2));
         let (yp, up, vp) = (f.data(0), f.data(1), f.data(2));
-        let bgr_at = |x: usize, y: usize| -> [i32; 3] {
-            let luma = (i32::from(yp[y * ys + x]) - off) * gain;
-            let (ci, cj) = (x >> cx, y >> cy);
-            let u = i32::from(up[cj * us + ci]) - 128;
-            let v = i32::from(vp[cj * vs + ci]) - 128;
-            let px = |c: i32| ((c + 32768) >> 16).clamp(0, 255);
-            [
-                px(luma + ub * u),
-                px(luma - ug * u - vg * v),
-                px(luma + vr * v),
-            ]
-        };
-        let (wmax, hmax) = (w as usize - 1, h as usize - 1);
-        let mut o = 0;
-        for &(sy, wy) in &self.ymap {
-            for &(sx, wx) in &self.xmap {
-                let px = if wx == 0 && wy == 0 {
-                    bgr_at(sx, sy)
+        // Interpolate Y, U and V (in 1/16 steps), then convert once per output pixel:
+        // the same as converting the four taps first, but for clamping. Whole factors
+        // (1280 -> 256) hit the single-tap path.
+        let wmax = w as usize - 1;
+        let taps: Vec<(usize, usize, usize, usize, i32)> = self
+            .xmap
+            .iter()
+            .map(|&(x, wx)| {
+                let x1 = (x + 1).min(wmax);
+                (x, x1, x >> cx, x1 >> cx, wx)
+            })
+            .collect();
+        let hmax = h as usize - 1;
+        let px = |c: i32| ((c + 32768) >> 16).clamp(0, 255) as u8;
+        let aw = aw as usize;
+        for (oy, &(sy, wy)) in self.ymap.iter().enumerate() {
+            let sy1 = (sy + 1).min(hmax);
+            let (y0, y1) = (&yp[sy * ys..], &yp[sy1 * ys..]);
+            let (u0, u1) = (&up[(sy >> cy) * us..], &up[(sy1 >> cy) * us..]);
+            let (v0, v1) = (&vp[(sy >> cy) * vs..], &vp[(sy1 >> cy) * vs..]);
+            let out = &mut self.out[oy * aw * 3..(oy + 1) * aw * 3];
+            for (o, &(x0, x1, c0, c1, wx)) in out.chunks_exact_mut(3).zip(&taps) {
+                let (y16, u16, v16) = if wx == 0 && wy == 0 {
+                    (
+                        i32::from(y0[x0]) << 4,
+                        i32::from(u0[c0]) << 4,
+                        i32::from(v0[c0]) << 4,
+                    )
                 } else {
-                    let (sx1, sy1) = ((sx + 1).min(wmax), (sy + 1).min(hmax));
-                    let (a, b, c, d) = (
-                        bgr_at(sx, sy),
-                        bgr_at(sx1, sy),
-                        bgr_at(sx, sy1),
-                        bgr_at(sx1, sy1),
-                    );
-                    let mut m = [0; 3];
-                    for k in 0..3 {
-                        let top = a[k] * (COEF - wx) + b[k] * wx;
-                        let bottom = c[k] * (COEF - wx) + d[k] * wx;
-                        m[k] = (top * (COEF - wy) + bottom * wy + (1 << 21)) >> 22;
-                    }
-                    m
+                    let lerp = |a: u8, b: u8, c: u8, d: u8| {
+                        let top = i32::from(a) * (COEF - wx) + i32::from(b) * wx;
+                        let bottom = i32::from(c) * (COEF - wx) + i32::from(d) * wx;
+                        (top * (COEF - wy) + bottom * wy + (1 << 17)) >> 18
+                    };
+                    (
+                        lerp(y0[x0], y0[x1], y1[x0], y1[x1]),
+                        lerp(u0[c0], u0[c1], u1[c0], u1[c1]),
+                        lerp(v0[c0], v0[c1], v1[c0], v1[c1]),
+                    )
                 };
-                self.out[o] = px[0] as u8;
-                self.out[o + 1] = px[1] as u8;
-                self.out[o + 2] = px[2] as u8;
-                o += 3;
+                let luma = ((y16 - (off << 4)) * gain) >> 4;
+                let (u, v) = (u16 - (128 << 4), v16 - (128 << 4));
+                o[0] = px(luma + ((ub * u) >> 4));
+                o[1] = px(luma - ((ug * u) >> 4) - ((vg * v) >> 4));
+                o[2] = px(luma + ((vr * v) >> 4));
             }
         }
         Ok(&self.out)
