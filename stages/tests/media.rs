@@ -399,6 +399,44 @@ fn audio_of_a_talking_clip_is_16k_mono_and_as_long_as_the_stream() {
 }
 
 #[test]
+fn audio_timestamp_gaps_become_silence() {
+    // 2 s of tone whose timestamps jump by 2 s after the first second (a recording
+    // that dropped out): the WAV keeps the clock, with silence in the hole.
+    let gap = fixture("gap.mkv", |p| {
+        ffmpeg(&[
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=frequency=440:sample_rate=48000:duration=2,asetpts='if(gte(T,1),PTS+2/TB,PTS)'",
+            "-c:a",
+            "libopus",
+            "-f",
+            "matroska",
+            p.to_str().unwrap(),
+        ])
+    });
+    let job = run(&AudioStage, &gap, json!({}), &[]);
+    let meta = job.json("audio.json");
+    assert!(
+        (meta["duration"].as_f64().unwrap() - 4.0).abs() < 0.05,
+        "{meta}"
+    );
+    assert!(
+        (meta["gaps_filled"].as_f64().unwrap() - 2.0).abs() < 0.05,
+        "{meta}"
+    );
+    let (_, _, n, samples) = read_wav(&job.ok().join("audio.wav"));
+    assert!((n as f64 / 16_000.0 - 4.0).abs() < 0.05);
+    let loud = |from: f64, to: f64| {
+        let s = &samples[(from * 16_000.0) as usize..(to * 16_000.0) as usize];
+        s.iter().map(|x| i64::from(*x).abs()).max().unwrap()
+    };
+    assert!(loud(0.2, 0.8) > 1000, "tone before the gap");
+    assert_eq!(loud(1.2, 2.8), 0, "silence in the gap");
+    assert!(loud(3.2, 3.8) > 1000, "tone after the gap");
+}
+
+#[test]
 fn video_without_audio_is_recorded_not_failed() {
     let job = run(&AudioStage, &cuts_mp4(), json!({}), &[]);
     let meta = job.json("audio.json");
@@ -667,6 +705,28 @@ fn keyframes_one_picture_per_scene_from_its_middle() {
     let small = keyframes(&cuts_mp4(), sj.ok(), json!({"max_width": 100}));
     let (w, h, _) = read_jpeg(&small.ok().join("scene_0000.jpg"));
     assert_eq!((w, h), (100, 75));
+}
+
+#[test]
+fn keyframes_for_one_frame_scenes_from_a_hand_written_list() {
+    // Only `scenes` and `fps` are needed. Frame 1 of cuts.mp4 is a B-frame, which the
+    // candidate pass skips: the fallback must still find it.
+    let dir = tempfile::tempdir().unwrap();
+    let scene = |i: u64, a: u64, b: u64| {
+        json!({"index": i, "start": a as f64 / 25.0, "end": b as f64 / 25.0,
+               "start_frame": a, "end_frame": b, "score": 0.0})
+    };
+    let list = json!({"fps": 25.0, "scenes": [scene(0, 0, 1), scene(1, 1, 2), scene(2, 2, 3), scene(3, 3, 50)]});
+    std::fs::write(dir.path().join("scenes.json"), list.to_string()).unwrap();
+    let k = keyframes(&cuts_mp4(), dir.path(), json!({})).json("keyframes.json");
+    assert_eq!(k["missing"], json!([]), "{k}");
+    let times: Vec<f64> = k["keyframes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["time"].as_f64().unwrap())
+        .collect();
+    assert_eq!(times[..3], [0.0, 0.04, 0.08], "{k}");
 }
 
 #[test]

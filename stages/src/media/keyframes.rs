@@ -3,8 +3,9 @@
 //!
 //! It reads the scene list of an upstream `video.scenes` stage, then for each scene
 //! decodes a few candidate frames around its middle (seeking when the next candidate is
-//! far ahead, decoding on when it is near) and keeps the sharpest one that is not black
-//! or blank (variance of the Laplacian on a small grey copy). The picture is shown the
+//! far ahead, decoding on when it is near, and skipping non-reference pictures, which
+//! are also the lower-quality ones) and keeps the sharpest one that is not black or
+//! blank (variance of the Laplacian on a small grey copy). The picture is shown the
 //! way a player would: non-square pixels are stretched and rotation metadata (phones)
 //! applied, then it is shrunk to `max_width`.
 
@@ -384,7 +385,10 @@ fn extract(
     let index = require_video_stream(&input, path, KIND)?;
     let rotation = stream_rotation(&input.stream(index).expect("index from this input"));
     let decoder = open_video_decoder(&input, index, ctx.threads, DecodeOpts::default(), path)?;
-    let reader = FrameReader::new(&mut input, index, decoder);
+    let mut reader = FrameReader::new(&mut input, index, decoder);
+    // Candidates come from reference pictures only: decoding skips the rest (often half
+    // the frames), and reference pictures are the better-quality ones anyway.
+    reader.decoder.skip_frame(ffmpeg::Discard::NonReference);
     let half_frame = 0.5 / scenes.fps.max(1.0);
     let mut pics = Pictures {
         key: None,
@@ -415,7 +419,8 @@ fn extract(
         let mut cands: Vec<Candidate> = Vec::new();
         let mut evaluated: Option<f64> = None;
         let targets = candidate_times(scene, p.candidates);
-        // The candidates, then (only if none landed in the scene) its first frame.
+        // The candidates, then (only if none landed in the scene) its first frame, this
+        // time decoding every picture (a scene can be a single non-reference frame).
         for (t, fallback) in targets
             .iter()
             .map(|&t| (t, false))
@@ -424,7 +429,17 @@ fn extract(
             if fallback && !cands.is_empty() {
                 break;
             }
-            let Some(c) = cursor.go_to(t, fallback) else {
+            if fallback {
+                cursor.reader.decoder.skip_frame(ffmpeg::Discard::Default);
+            }
+            let found = cursor.go_to(t, fallback);
+            if fallback {
+                cursor
+                    .reader
+                    .decoder
+                    .skip_frame(ffmpeg::Discard::NonReference);
+            }
+            let Some(c) = found else {
                 continue;
             };
             let inside = c >= scene.start - half_frame && c < scene.end - half_frame * 0.5;

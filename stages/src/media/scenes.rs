@@ -139,22 +139,30 @@ pub struct Scene {
     pub score: f64,
 }
 
-/// `scenes.json`.
+/// `scenes.json`. Readers need only `scenes` and `fps`: the rest default when absent,
+/// so other tools (or a hand-written list) can feed `video.keyframes`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ScenesOut {
     pub scenes: Vec<Scene>,
     pub fps: f64,
+    #[serde(default)]
     pub detector: String,
+    #[serde(default)]
     pub params: Value,
     /// Frames decoded.
+    #[serde(default)]
     pub frames: u64,
     /// Seconds from the first frame to the end of the last one.
+    #[serde(default)]
     pub duration: f64,
     /// Width x height of the frames compared.
+    #[serde(default)]
     pub analysis_size: [u32; 2],
     /// Width x height of the pictures the decoder produced (smaller than the video's
     /// with `fast_decode` on codecs that decode at reduced size).
+    #[serde(default)]
     pub decoded_size: [u32; 2],
+    #[serde(default)]
     pub decode_errors: u64,
 }
 
