@@ -6,7 +6,8 @@
 //! decoding and with the loop filter on), and PySceneDetect's ContentDetector when
 //! `$PYTHON` (default `python3`) can import `scenedetect` and `cv2`, with frames per
 //! second, the ratio to decode-only and the cut lists' agreement (precision, recall, F1
-//! within one frame). Then `media.audio` speed in multiples of real time.
+//! within one frame), on the H.264 file and an MPEG-4 part 2 copy. Then `video.keyframes`
+//! time, and `media.audio` speed in multiples of real time.
 //!
 //! Run: `cargo bench -p vsum-stages --bench scenes` (set `PYTHON=/path/to/venv/bin/python`
 //! to include PySceneDetect: `pip install scenedetect opencv-python-headless`).
@@ -19,7 +20,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use vsum_engine::events::EventSink;
 use vsum_engine::stage::{CheckEnv, JobCtx, Scope, StageKind, Video};
-use vsum_stages::media::{AudioStage, SceneStage};
+use vsum_stages::media::{AudioStage, KeyframesStage, SceneStage};
 
 const SEGMENT_FRAMES: u32 = 125;
 const RUNS: usize = 3;
@@ -161,10 +162,24 @@ fn measure<T>(t: &mut Timing, f: impl FnOnce() -> T) -> T {
 }
 
 fn run_kind(kind: &dyn StageKind, path: &Path, params: Value) -> (PathBuf, tempfile::TempDir) {
+    run_with(kind, path, params, &[])
+}
+
+/// Runs one job of `kind` on `path`, with upstream stage folders.
+fn run_with(
+    kind: &dyn StageKind,
+    path: &Path,
+    params: Value,
+    upstream: &[(&str, &Path)],
+) -> (PathBuf, tempfile::TempDir) {
+    let needs: Vec<(String, Scope)> = upstream
+        .iter()
+        .map(|(id, _)| (id.to_string(), Scope::Video))
+        .collect();
     let env = CheckEnv {
         stage_id: "bench",
         scope: Scope::Video,
-        needs: &[],
+        needs: &needs,
     };
     let params = kind.check(&params, &env).expect("params");
     let out = tempfile::tempdir().expect("tempdir");
@@ -177,7 +192,10 @@ fn run_kind(kind: &dyn StageKind, path: &Path, params: Value) -> (PathBuf, tempf
     };
     let cancel = AtomicBool::new(false);
     let events = EventSink::new();
-    let upstream = Default::default();
+    let upstream = upstream
+        .iter()
+        .map(|(id, p)| (id.to_string(), p.to_path_buf()))
+        .collect();
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
     let mut ctx = JobCtx {
         stage_id: "bench",
@@ -411,6 +429,25 @@ fn main() {
         std::fs::rename(&tmp, &mpeg4).expect("rename");
     }
     scenes_table(&video, "1280x720 H.264", &truth);
+    let (scenes_dir, _keep) = run_kind(&SceneStage, &video, json!({}));
+    let mut t_key = Timing::none();
+    for _ in 0..RUNS {
+        measure(&mut t_key, || {
+            run_with(
+                &KeyframesStage,
+                &video,
+                json!({}),
+                &[("scenes", &scenes_dir)],
+            )
+        });
+    }
+    println!();
+    println!(
+        "video.keyframes on the same file ({} scenes, 3 candidates each): {:.2} s wall, {:.2} CPU s",
+        truth.len() + 1,
+        t_key.wall.as_secs_f64(),
+        t_key.cpu
+    );
     scenes_table(&mpeg4, "1280x720 MPEG-4 part 2", &truth);
 
     let mut t_audio = Timing::none();
