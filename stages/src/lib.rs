@@ -1,8 +1,9 @@
 //! vsum's stage kinds. The engine knows none of them by name: the binary builds a
-//! [`Registry`] here, one line per kind.
+//! [`Registry`] here, one line per kind (or per family of kinds).
 
 pub mod command;
 pub mod knowledge;
+pub mod media;
 
 use vsum_engine::stage::Registry;
 
@@ -10,6 +11,7 @@ use vsum_engine::stage::Registry;
 pub fn registry() -> Registry {
     let mut r = Registry::new();
     r.register(command::CommandStage);
+    media::register_media(&mut r);
     knowledge::register_knowledge(&mut r);
     r
 }
