@@ -2,6 +2,7 @@
 //! reporters to the engine's events, and maps results to exit codes. All the work is
 //! in the `vsum-engine` and `vsum-stages` crates.
 
+mod models_cmd;
 mod report;
 
 use std::path::{Path, PathBuf};
@@ -127,6 +128,11 @@ enum Cmd {
         common: Common,
         #[command(subcommand)]
         command: CacheCmd,
+    },
+    /// Install, list and verify the models stages use
+    Models {
+        #[command(subcommand)]
+        command: models_cmd::ModelsCmd,
     },
 }
 
@@ -366,6 +372,7 @@ fn dispatch(cli: Cli) -> Result<u8, Fail> {
             common,
             command,
         } => cache(&registry, manifest, &common, command),
+        Cmd::Models { command } => Ok(models_cmd::run(command)?),
     }
 }
 

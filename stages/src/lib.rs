@@ -2,6 +2,7 @@
 //! [`Registry`] here, one line per kind.
 
 pub mod command;
+pub mod models;
 
 use vsum_engine::stage::Registry;
 
