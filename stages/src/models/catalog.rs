@@ -250,10 +250,9 @@ pub fn install(
                 ))
             })?;
             let vocab = archive::read_zip_member(&files[vocabulary.0], vocabulary.1)?;
-            let n_vocab = vocab
-                .split(|&b| b == b'\n')
-                .filter(|l| !l.is_empty())
-                .count();
+            // One token per line; a token may be empty (an empty line).
+            let body = vocab.strip_suffix(b"\n").unwrap_or(&vocab);
+            let n_vocab = body.split(|&b| b == b'\n').count();
             if n_vocab != h.n_vocab as usize {
                 return Err(ModelError::new(format!(
                     "{}: vocabulary.txt has {n_vocab} tokens, model.bin has n_vocab {}",

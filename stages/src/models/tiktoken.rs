@@ -40,7 +40,8 @@ pub fn parse(text: &[u8]) -> Result<Vec<Vec<u8>>, ModelError> {
         .collect()
 }
 
-/// Standard base64 with padding.
+/// Standard base64; padding is optional, as with Python's `b64decode` (the
+/// multilingual vocabulary has an empty token written as `=`).
 fn base64_decode(s: &[u8]) -> Option<Vec<u8>> {
     fn val(c: u8) -> Option<u32> {
         Some(match c {
@@ -52,22 +53,22 @@ fn base64_decode(s: &[u8]) -> Option<Vec<u8>> {
             _ => return None,
         } as u32)
     }
-    if !s.len().is_multiple_of(4) {
+    let end = s.iter().position(|&c| c == b'=').unwrap_or(s.len());
+    if s[end..].iter().any(|&c| c != b'=') {
         return None;
     }
-    let mut out = Vec::with_capacity(s.len() / 4 * 3);
-    for chunk in s.chunks(4) {
-        let pad = chunk.iter().rev().take_while(|&&c| c == b'=').count();
-        if pad > 2 {
+    let mut out = Vec::with_capacity(end / 4 * 3 + 2);
+    for chunk in s[..end].chunks(4) {
+        if chunk.len() == 1 {
             return None;
         }
         let mut n = 0u32;
-        for &c in &chunk[..4 - pad] {
+        for &c in chunk {
             n = (n << 6) | val(c)?;
         }
-        n <<= 6 * pad as u32;
+        n <<= 6 * (4 - chunk.len()) as u32;
         let bytes = [(n >> 16) as u8, (n >> 8) as u8, n as u8];
-        out.extend_from_slice(&bytes[..3 - pad]);
+        out.extend_from_slice(&bytes[..chunk.len() - 1]);
     }
     Some(out)
 }
@@ -78,14 +79,15 @@ mod tests {
 
     #[test]
     fn decodes_ranks_in_order() {
-        let t = parse(b"IQ== 0\nIg== 1\nSGVsbG8= 3\nIGJ5 2\n").unwrap();
+        let t = parse(b"IQ== 0\nIg== 1\nSGVsbG8= 3\nIGJ5 2\n= 4\n").unwrap();
         assert_eq!(
             t,
             vec![
                 b"!".to_vec(),
                 b"\"".to_vec(),
                 b" by".to_vec(),
-                b"Hello".to_vec()
+                b"Hello".to_vec(),
+                vec![]
             ]
         );
     }
@@ -100,6 +102,8 @@ mod tests {
         );
         assert!(parse(b"IQ== 0\nIg== 0\n").is_err());
         assert!(parse(b"I?== 0\n").is_err());
+        assert!(parse(b"I=Q= 0\n").is_err());
+        assert!(parse(b"IQ==I 0\n").is_err());
         assert!(parse(b"IQ==\n").is_err());
     }
 }
