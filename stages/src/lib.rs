@@ -3,6 +3,7 @@
 
 pub mod command;
 pub mod models;
+pub mod speech;
 
 use vsum_engine::stage::Registry;
 
@@ -10,5 +11,7 @@ use vsum_engine::stage::Registry;
 pub fn registry() -> Registry {
     let mut r = Registry::new();
     r.register(command::CommandStage);
+    r.register(speech::vad::VadStage);
+    r.register(speech::whisper::WhisperStage);
     r
 }

@@ -17,6 +17,7 @@ pub mod folder;
 pub mod ggml;
 pub mod manifest;
 pub mod npy;
+pub mod onnxruntime;
 pub mod resolve;
 pub mod tiktoken;
 
