@@ -436,7 +436,7 @@ mod tests {
     type Tensors = std::collections::BTreeMap<String, (Vec<i32>, i32, Vec<u8>)>;
     fn read_ggml(b: &[u8]) -> (Vec<i32>, Vec<f32>, Vec<Vec<u8>>, Tensors) {
         let mut at = 0;
-        let mut i32_ = |at: &mut usize| {
+        let i32_ = |at: &mut usize| {
             let v = i32::from_le_bytes(b[*at..*at + 4].try_into().unwrap());
             *at += 4;
             v
