@@ -126,8 +126,9 @@ fn models_dir() -> ModelsDir {
     ModelsDir::from_env()
 }
 
-/// Loads a model (checked against its recorded hash, then structurally) into whisper.cpp.
-fn load(model: &Resolved) -> Result<Loaded, StageError> {
+/// Loads a model (checked against its recorded hash, then structurally) into whisper.cpp,
+/// on the GPU when `gpu` and this is a GPU build (falling back to the CPU).
+fn load(model: &Resolved, gpu: bool) -> Result<Loaded, StageError> {
     init_logging();
     model.verify()?;
     let info = ggml::inspect(&model.path)?;
@@ -136,7 +137,7 @@ fn load(model: &Resolved) -> Result<Loaded, StageError> {
         cp.use_gpu(gpu);
         WhisperContext::new_with_params(&model.path, cp)
     };
-    let want_gpu = cfg!(feature = "cuda");
+    let want_gpu = gpu && cfg!(feature = "cuda");
     let (ctx, gpu) = match open(want_gpu) {
         Ok(c) => (c, want_gpu),
         Err(e) if want_gpu => {
@@ -543,12 +544,14 @@ impl StageKind for WhisperStage {
         let blake3 = model.blake3(None)?;
         let key = format!("whisper:{blake3}");
         let loaded: Arc<Loaded> = match ctx.resources.as_deref_mut() {
-            Some(r) => r.get_or_load(&key, || load(&model).map(Arc::new))?.clone(),
+            Some(r) => r
+                .get_or_load(&key, || load(&model, true).map(Arc::new))?
+                .clone(),
             None => {
                 tracing::warn!(
                     "whisper.transcribe runs outside the GPU lane: its model is loaded for every job (use `lane: gpu`)"
                 );
-                Arc::new(load(&model)?)
+                Arc::new(load(&model, true)?)
             }
         };
         t.model = loaded.name.clone();
@@ -645,12 +648,7 @@ impl StageKind for WhisperStage {
                 if let Some(r) = ctx.resources.as_deref_mut() {
                     r.drop_resource(&key);
                 }
-                let mut cpu = load(&model)?;
-                cpu.gpu = false;
-                let mut cp = WhisperContextParameters::default();
-                cp.use_gpu(false);
-                cpu.ctx = WhisperContext::new_with_params(&model.path, cp)
-                    .map_err(|e| load_error(&model, e))?;
+                let cpu = load(&model, false)?;
                 t.reason = Some(format!("decoded on the CPU after a GPU failure: {e}"));
                 run_on(&cpu, &mut wav)
             }
