@@ -4,6 +4,7 @@
 
 mod doctor;
 mod launch;
+mod models_cmd;
 mod report;
 
 use std::path::{Path, PathBuf};
@@ -158,6 +159,11 @@ enum Cmd {
         common: Common,
         #[command(subcommand)]
         command: CacheCmd,
+    },
+    /// Install, list and verify the models stages use
+    Models {
+        #[command(subcommand)]
+        command: models_cmd::ModelsCmd,
     },
 }
 
@@ -540,6 +546,7 @@ fn dispatch(cli: Cli) -> Result<u8, Fail> {
             manifest,
             common,
         } => runs(&registry, manifest, &common, command),
+        Cmd::Models { command } => Ok(models_cmd::run(command)?),
     }
 }
 

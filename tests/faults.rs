@@ -193,7 +193,22 @@ stages:
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(450));
+    // Delete the model once the first job has finished (read from the run log).
+    let logs = p.path().join(".vsum/logs");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_dir(&logs)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|e| {
+            std::fs::read_to_string(e.path())
+                .unwrap_or_default()
+                .contains(r#""outcome":"ran""#)
+        })
+    {
+        assert!(Instant::now() < deadline, "no job finished");
+        std::thread::sleep(Duration::from_millis(10));
+    }
     std::fs::remove_file(p.path().join("models/m.bin")).unwrap();
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(1));

@@ -4,6 +4,8 @@
 pub mod command;
 pub mod knowledge;
 pub mod media;
+pub mod models;
+pub mod speech;
 
 use vsum_engine::stage::Registry;
 
@@ -12,6 +14,8 @@ pub fn registry() -> Registry {
     let mut r = Registry::new();
     r.register(command::CommandStage);
     media::register_media(&mut r);
+    r.register(speech::vad::VadStage);
+    r.register(speech::whisper::WhisperStage);
     knowledge::register_knowledge(&mut r);
     r
 }

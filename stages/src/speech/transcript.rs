@@ -1,0 +1,211 @@
+//! A transcript and its renderings: `transcript.json`, `.srt`, `.vtt`, `.txt`.
+//!
+//! Times are seconds from the start of the video, absolute (chunk offsets already
+//! added), monotonic and within the track. [`Transcript::normalize`] enforces that
+//! before anything is written, so every rendering agrees.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Word {
+    pub start: f64,
+    pub end: f64,
+    pub text: String,
+    pub probability: f32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Segment {
+    pub start: f64,
+    pub end: f64,
+    pub text: String,
+    pub avg_logprob: f32,
+    pub no_speech_prob: f32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub words: Option<Vec<Word>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Transcript {
+    /// Language code (`en`), detected or given; `null` when nothing was decoded.
+    pub language: Option<String>,
+    /// Installed model name, or the model file's name.
+    pub model: String,
+    /// Length of the audio track in seconds.
+    pub duration: f64,
+    pub has_audio: bool,
+    /// Why the transcript is empty, when it is for a known reason.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Speech regions decoded (from `vad.json`), or `false` for the whole track.
+    pub vad: bool,
+    pub segments: Vec<Segment>,
+}
+
+fn round3(v: f64) -> f64 {
+    (v * 1000.0).round() / 1000.0
+}
+
+impl Transcript {
+    /// Sorts segments and words, clamps them into [0, duration], makes them
+    /// monotonic (a start never before the previous end), rounds to milliseconds and
+    /// drops empty texts.
+    pub fn normalize(&mut self) {
+        let dur = self.duration.max(0.0);
+        self.segments.retain(|s| !s.text.trim().is_empty());
+        self.segments
+            .sort_by(|a, b| a.start.total_cmp(&b.start).then(a.end.total_cmp(&b.end)));
+        let mut prev_end = 0.0f64;
+        for s in &mut self.segments {
+            s.text = s.text.trim().to_string();
+            s.start = round3(s.start.clamp(prev_end, dur));
+            s.end = round3(s.end.clamp(s.start, dur));
+            if let Some(words) = &mut s.words {
+                words.retain(|w| !w.text.trim().is_empty());
+                let mut wprev = s.start;
+                for w in words.iter_mut() {
+                    w.start = round3(w.start.clamp(wprev, s.end));
+                    w.end = round3(w.end.clamp(w.start, s.end));
+                    wprev = w.end;
+                }
+            }
+            prev_end = s.end;
+        }
+    }
+
+    /// SubRip: numbered cues, `HH:MM:SS,mmm --> HH:MM:SS,mmm`, text, blank line.
+    pub fn srt(&self) -> String {
+        let mut out = String::new();
+        for (i, s) in self.segments.iter().enumerate() {
+            out.push_str(&format!(
+                "{}\n{} --> {}\n{}\n\n",
+                i + 1,
+                clock(s.start, ','),
+                clock(s.end, ','),
+                cue_text(&s.text)
+            ));
+        }
+        out
+    }
+
+    /// WebVTT: `WEBVTT` header, then `HH:MM:SS.mmm --> HH:MM:SS.mmm` cues.
+    pub fn vtt(&self) -> String {
+        let mut out = String::from("WEBVTT\n\n");
+        for s in &self.segments {
+            out.push_str(&format!(
+                "{} --> {}\n{}\n\n",
+                clock(s.start, '.'),
+                clock(s.end, '.'),
+                cue_text(&s.text).replace("-->", "->")
+            ));
+        }
+        out
+    }
+
+    /// Plain text, one segment per line (empty with a reason line when nothing was said).
+    pub fn txt(&self) -> String {
+        let mut out = String::new();
+        for s in &self.segments {
+            out.push_str(&s.text);
+            out.push('\n');
+        }
+        out
+    }
+
+    /// All segment texts joined with spaces.
+    pub fn text(&self) -> String {
+        self.segments
+            .iter()
+            .map(|s| s.text.as_str())
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}
+
+/// Text of a cue: never empty lines inside (they would end the cue).
+fn cue_text(t: &str) -> String {
+    t.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// `HH:MM:SS<sep>mmm`.
+pub fn clock(secs: f64, sep: char) -> String {
+    let ms = (secs.max(0.0) * 1000.0).round() as u64;
+    format!(
+        "{:02}:{:02}:{:02}{sep}{:03}",
+        ms / 3_600_000,
+        ms / 60_000 % 60,
+        ms / 1000 % 60,
+        ms % 1000
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seg(start: f64, end: f64, text: &str) -> Segment {
+        Segment {
+            start,
+            end,
+            text: text.into(),
+            avg_logprob: -0.2,
+            no_speech_prob: 0.01,
+            words: None,
+        }
+    }
+
+    fn t(segments: Vec<Segment>) -> Transcript {
+        Transcript {
+            language: Some("en".into()),
+            model: "m".into(),
+            duration: 10.0,
+            has_audio: true,
+            reason: None,
+            vad: false,
+            segments,
+        }
+    }
+
+    #[test]
+    fn normalize_makes_times_monotonic_and_bounded() {
+        let mut x = t(vec![
+            seg(5.0, 12.0, " later "),
+            seg(1.0, 5.5, "first"),
+            seg(2.0, 3.0, "  "),
+        ]);
+        x.normalize();
+        assert_eq!(x.segments.len(), 2);
+        assert_eq!((x.segments[0].start, x.segments[0].end), (1.0, 5.5));
+        assert_eq!(
+            (
+                x.segments[1].start,
+                x.segments[1].end,
+                x.segments[1].text.as_str()
+            ),
+            (5.5, 10.0, "later")
+        );
+    }
+
+    #[test]
+    fn renders_srt_vtt_and_txt() {
+        let mut x = t(vec![
+            seg(0.0, 1.5, "Hello there."),
+            seg(3661.25, 3662.0, "Bye --> now"),
+        ]);
+        x.duration = 4000.0;
+        x.normalize();
+        assert_eq!(
+            x.srt(),
+            "1\n00:00:00,000 --> 00:00:01,500\nHello there.\n\n2\n01:01:01,250 --> 01:01:02,000\nBye --> now\n\n"
+        );
+        assert_eq!(
+            x.vtt(),
+            "WEBVTT\n\n00:00:00.000 --> 00:00:01.500\nHello there.\n\n01:01:01.250 --> 01:01:02.000\nBye -> now\n\n"
+        );
+        assert_eq!(x.txt(), "Hello there.\nBye --> now\n");
+    }
+}
