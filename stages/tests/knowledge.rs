@@ -171,3 +171,24 @@ fn the_documented_json_schema_is_current() {
         "doc/summary.schema.json is stale: UPDATE_EXPECT=1"
     );
 }
+
+#[test]
+fn the_search_data_in_the_report_is_json_that_cannot_break_out_of_its_script() {
+    let ctx = minijinja::context! {
+        title => "t",
+        videos => Vec::<serde_json::Value>::new(),
+        search => vec![json!({"folder": "a", "title": "A", "page": "a/s.html",
+            "lines": [{"start": 0.0, "text": "</script><b>x</b> & y"}]})],
+        total_duration => 1.0,
+        version => "0",
+    };
+    let html = render::index_html(ctx).unwrap();
+    let start = html
+        .find(r#"<script id="data" type="application/json">"#)
+        .unwrap();
+    let rest = &html[start..];
+    let body = &rest[rest.find('>').unwrap() + 1..rest.find("</script>").unwrap()];
+    let v: serde_json::Value = serde_json::from_str(body).expect("valid JSON, not HTML-escaped");
+    assert_eq!(v[0]["lines"][0]["text"], "</script><b>x</b> & y");
+    assert!(!html.contains("</script><b>"));
+}

@@ -26,18 +26,18 @@ fn env() -> Environment<'static> {
     env.add_filter("short", |s: String, n: usize| {
         s.chars().take(n).collect::<String>()
     });
-    env.add_filter(
-        "tojson_script",
-        |v: J| -> Result<String, minijinja::Error> {
-            // JSON that is safe inside <script>: no closing tags, no HTML comments.
-            let s = serde_json::to_string(&v).map_err(|e| {
-                minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, e.to_string())
-            })?;
-            Ok(s.replace('<', "\\u003c")
+    env.add_filter("tojson_script", |v: J| -> Result<J, minijinja::Error> {
+        // JSON that is safe inside <script> as it is (so marked safe, not HTML-escaped):
+        // no `<`, `>` or `&` survive, so no closing tag or comment can appear.
+        let s = serde_json::to_string(&v).map_err(|e| {
+            minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, e.to_string())
+        })?;
+        Ok(J::from_safe_string(
+            s.replace('<', "\\u003c")
                 .replace('>', "\\u003e")
-                .replace('&', "\\u0026"))
-        },
-    );
+                .replace('&', "\\u0026"),
+        ))
+    });
     env
 }
 

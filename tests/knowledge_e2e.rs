@@ -1,0 +1,304 @@
+//! End to end on generated talking videos: real ffmpeg decoding, real Whisper, real
+//! knowledge files and the HTML report checked in a real browser (headless Chromium).
+//!
+//! Needs the models installed by `scripts/setup.sh` (`vsum models install ...`) and
+//! Debian's `chromium`. Outside CI a machine without them skips loudly; in CI (env `CI`)
+//! their absence fails the test.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::*;
+use serde_json::Value;
+
+const A_SENTENCES: &str =
+    "The release candidate is ready for testing. Please back up the database before Friday.";
+const B_SENTENCES: &str = "Welcome to the onboarding session. Today we learn the build system.";
+
+fn tool(name: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {name}")])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+fn ffmpeg(args: &[&str]) {
+    let st = Command::new("ffmpeg")
+        .args(["-v", "error", "-y"])
+        .args(args)
+        .status()
+        .unwrap();
+    assert!(st.success(), "ffmpeg {args:?}");
+}
+
+/// A talking video: espeak speech over `sources` (one lavfi source per scene, each
+/// `scene_secs` long), or silent when `text` is empty.
+fn talking_video(dir: &Path, name: &str, text: &str, sources: &[&str], scene_secs: f64) -> PathBuf {
+    let out = dir.join(format!("{name}.mp4"));
+    let mut args: Vec<String> = Vec::new();
+    let mut filters = String::new();
+    for (i, src) in sources.iter().enumerate() {
+        args.extend([
+            "-f".into(),
+            "lavfi".into(),
+            "-t".into(),
+            format!("{scene_secs}"),
+            "-i".into(),
+            format!("{src}=size=320x240:rate=25"),
+        ]);
+        filters.push_str(&format!("[{i}:v]format=yuv420p,setsar=1[v{i}];"));
+    }
+    let cat: String = (0..sources.len()).map(|i| format!("[v{i}]")).collect();
+    filters.push_str(&format!("{cat}concat=n={}:v=1:a=0[v]", sources.len()));
+    let mut all: Vec<String> = args;
+    if !text.is_empty() {
+        let wav = dir.join(format!("{name}.wav"));
+        let st = Command::new("espeak-ng")
+            .args(["-s", "140", "-w"])
+            .arg(&wav)
+            .arg(text)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        all.extend(["-i".into(), wav.to_string_lossy().into_owned()]);
+    }
+    all.extend([
+        "-filter_complex".into(),
+        filters,
+        "-map".into(),
+        "[v]".into(),
+    ]);
+    if !text.is_empty() {
+        all.extend([
+            "-map".into(),
+            format!("{}:a", sources.len()),
+            "-c:a".into(),
+            "aac".into(),
+            "-af".into(),
+            "apad".into(),
+        ]);
+    }
+    all.extend([
+        "-c:v".into(),
+        "libx264".into(),
+        "-preset".into(),
+        "veryfast".into(),
+        "-t".into(),
+        format!("{}", scene_secs * sources.len() as f64),
+    ]);
+    all.push(out.to_string_lossy().into_owned());
+    let refs: Vec<&str> = all.iter().map(String::as_str).collect();
+    ffmpeg(&refs);
+    out
+}
+
+const PIPELINE: &str = r#"
+inputs: [input/]
+config: {retries: 0}
+stages:
+  probe: {uses: media.probe}
+  audio: {uses: media.audio}
+  vad: {uses: audio.vad, needs: [audio]}
+  transcript: {uses: whisper.transcribe, needs: [audio, vad]}
+  scenes: {uses: video.scenes}
+  keyframes: {uses: video.keyframes, needs: [scenes]}
+  summary:
+    uses: knowledge.compose
+    needs: [probe, audio, transcript, scenes, keyframes]
+    with: {chapter_secs: 1}
+  index:
+    uses: knowledge.index
+    scope: batch
+    needs: [summary]
+    publish: [INDEX.md, index.html]
+"#;
+
+fn summary(p: &Project, folder: &str) -> Value {
+    serde_json::from_str(&p.read(&format!("output/{folder}/summary/summary.json"))).unwrap()
+}
+
+fn required(what: &str) -> bool {
+    if std::env::var_os("CI").is_some() {
+        panic!("{what} is missing in CI: scripts/setup.sh must install it");
+    }
+    eprintln!("SKIP knowledge_e2e: {what} is missing (run ./scripts/setup.sh)");
+    false
+}
+
+#[test]
+fn talking_videos_become_knowledge_and_a_searchable_report() {
+    if !tool("ffmpeg") && !required("ffmpeg") || !tool("espeak-ng") && !required("espeak-ng") {
+        return;
+    }
+    let p = Project::new(PIPELINE, &[]);
+    let input = p.path().join("input");
+    // Three scenes of 4 s with speech; a silent video; a video without cuts.
+    talking_video(
+        &input,
+        "release",
+        A_SENTENCES,
+        &["testsrc", "smptebars", "mandelbrot"],
+        4.0,
+    );
+    talking_video(&input, "onboarding", B_SENTENCES, &["rgbtestsrc"], 8.0);
+    talking_video(&input, "silent", "", &["testsrc2", "smptehdbars"], 3.0);
+
+    let (code, s) = p.run(&[]);
+    if code != 0 {
+        let missing_model = s["jobs"].as_array().unwrap().iter().any(|j| {
+            j["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("vsum models install"))
+        });
+        if missing_model && !required("a model (vsum models install ...)") {
+            return;
+        }
+        panic!("pipeline failed: {s}");
+    }
+
+    // The spoken sentences are in the knowledge file, chapter by chapter.
+    let a = summary(&p, "release");
+    let text = a["transcript"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["text"].as_str().unwrap())
+        .collect::<Vec<_>>()
+        .join(" ")
+        .to_lowercase();
+    // Synthetic speech is hard on a tiny model: most words, not every word (the issue's
+    // bar is a word error rate of 20% at most).
+    let reference: Vec<String> = A_SENTENCES
+        .to_lowercase()
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .map(str::to_string)
+        .collect();
+    let heard = reference
+        .iter()
+        .filter(|w| text.contains(w.as_str()))
+        .count();
+    assert!(
+        heard as f64 >= 0.8 * reference.len() as f64,
+        "only {heard} of {} words heard: {text}",
+        reference.len()
+    );
+    for w in ["release", "candidate", "testing", "friday"] {
+        assert!(
+            text.contains(w),
+            "'{w}' missing from the transcript: {text}"
+        );
+    }
+    assert!(!a["summary"].as_array().unwrap().is_empty());
+    // Chapters line up with the cuts at 4 s and 8 s (within a frame).
+    let starts: Vec<f64> = a["chapters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["start"].as_f64().unwrap())
+        .collect();
+    assert_eq!(starts.len(), 3, "{starts:?}");
+    for (got, want) in starts.iter().zip([0.0, 4.0, 8.0]) {
+        assert!(
+            (got - want).abs() <= 0.04 + 1e-9,
+            "chapter starts {starts:?}"
+        );
+    }
+    assert!(
+        a["chapters"][0]["keyframe"]
+            .as_str()
+            .unwrap()
+            .starts_with("../keyframes/")
+    );
+    assert!(
+        p.path()
+            .join("output/release/summary")
+            .join(a["chapters"][1]["keyframe"].as_str().unwrap())
+            .is_file()
+    );
+    assert!(
+        p.read("output/release/summary/summary.md")
+            .contains("## Chapters")
+    );
+
+    // No audio and no cuts are stated, not crashed on.
+    let silent = summary(&p, "silent");
+    assert!(
+        silent["notes"].to_string().contains("No audio track"),
+        "{}",
+        silent["notes"]
+    );
+    let one = summary(&p, "onboarding");
+    assert!(
+        one["notes"].to_string().contains("No scene cuts"),
+        "{}",
+        one["notes"]
+    );
+    assert_eq!(one["chapters"].as_array().unwrap().len(), 1);
+
+    // The index: one row per video, and the report in a real browser.
+    let index = p.read("output/INDEX.md");
+    assert_eq!(
+        index
+            .lines()
+            .filter(|l| l.starts_with("| ") && !l.starts_with("| Video"))
+            .count(),
+        3,
+        "{index}"
+    );
+    let browser = ["chromium", "chromium-browser"]
+        .into_iter()
+        .find(|b| tool(b));
+    let Some(browser) = browser else {
+        required("chromium");
+        return;
+    };
+    let html = p.path().join("output/index.html");
+    let url = format!("file://{}#q=candidate", html.display());
+    let profile = tempfile::tempdir().unwrap();
+    let flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+    ];
+    let out = Command::new(browser)
+        .args(flags)
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .args(["--virtual-time-budget=3000", "--dump-dom", &url])
+        .output()
+        .unwrap();
+    let dom = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        dom.contains(r#"<div class="hit" data-video="release">"#),
+        "search for a spoken word finds its video: {dom}"
+    );
+    assert!(!dom.contains(r#"<div class="hit" data-video="onboarding">"#));
+    assert!(
+        dom.to_lowercase().contains("<mark>candidate</mark>"),
+        "the hit is highlighted"
+    );
+    let shot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("report.png");
+    let st = Command::new(browser)
+        .args(flags)
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .args([
+            "--window-size=1200,900",
+            &format!("--screenshot={}", shot.display()),
+            &url,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        st.status.success() && shot.is_file(),
+        "screenshot: {}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+    eprintln!("report screenshot: {}", shot.display());
+}
