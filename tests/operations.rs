@@ -353,3 +353,26 @@ stages:
             .all(|c| c["status"] != "fail")
     );
 }
+
+#[test]
+fn doctor_names_the_install_command_for_a_missing_model() {
+    let manifest = r#"
+inputs: [input/]
+stages:
+  audio: {uses: media.audio}
+  transcript: {uses: whisper.transcribe, needs: [audio]}
+"#;
+    let p = Project::new(manifest, &[("a.mp4", b"a")]);
+    let empty = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .args(["doctor", "pipeline.yaml"])
+        .current_dir(p.path())
+        .env("VSUM_MODELS_DIR", empty.path())
+        .output()
+        .unwrap();
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("FAIL model whisper-tiny.en"), "{text}");
+    assert!(text.contains("vsum models install whisper-tiny.en"), "{text}");
+    assert!(text.contains("ok   ffmpeg libraries: libavcodec"), "{text}");
+}

@@ -177,6 +177,14 @@ impl StageKind for KeyframesStage {
         Ok(ffmpeg_key_extras())
     }
 
+    fn doctor(
+        &self,
+        _params: &Value,
+        _base_dir: &std::path::Path,
+    ) -> Vec<vsum_engine::stage::Check> {
+        super::doctor_ffmpeg()
+    }
+
     fn run(&self, ctx: &mut JobCtx) -> Result<(), StageError> {
         let p: Params = typed_params(ctx.params)
             .map_err(|e| StageError::fatal(format!("{KIND}: bad params: {}", e[0].message)))?;

@@ -58,6 +58,16 @@ fn lib_version(v: u32) -> String {
 
 /// The FFmpeg libraries this binary runs with, by name. They join every media stage's
 /// key: a different FFmpeg can decode or resample differently.
+/// `vsum doctor` line: the FFmpeg libraries this binary runs with.
+pub(crate) fn doctor_ffmpeg() -> Vec<vsum_engine::stage::Check> {
+    let line = ffmpeg_versions()
+        .iter()
+        .map(|(k, v)| format!("{k} {v}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    vec![vsum_engine::stage::Check::ok("ffmpeg libraries", line)]
+}
+
 pub fn ffmpeg_versions() -> BTreeMap<String, String> {
     init();
     BTreeMap::from([

@@ -66,3 +66,65 @@ impl From<ModelError> for vsum_engine::stage::StageError {
 pub fn install_hint(name: &str) -> String {
     format!("run `vsum models install {name}`")
 }
+
+/// `vsum doctor` line for a model a stage uses: installed (or a readable file) and
+/// matching its recorded blake3; the fix names the install command.
+pub fn doctor_model(
+    model: &str,
+    base_dir: &std::path::Path,
+    format: &str,
+) -> vsum_engine::stage::Check {
+    use vsum_engine::stage::Check;
+    let name = format!("model {model}");
+    let dir = folder::ModelsDir::from_env();
+    match resolve::resolve(&dir, model, base_dir, format) {
+        Err(e) => Check::fail(
+            name,
+            e.message.clone(),
+            e.hint.clone().unwrap_or_else(|| install_hint(model)),
+        ),
+        Ok(r) => match r.verify() {
+            Err(e) => Check::fail(
+                name,
+                e.message.clone(),
+                e.hint.clone().unwrap_or_else(|| install_hint(model)),
+            ),
+            Ok(()) => {
+                let license = r
+                    .entry
+                    .as_ref()
+                    .map(|e| format!(", license {}", e.license))
+                    .unwrap_or_default();
+                Check::ok(
+                    name,
+                    format!("{} (blake3 verified{license})", r.path.display()),
+                )
+            }
+        },
+    }
+}
+
+/// `vsum doctor` line for the ONNX Runtime library (found and loadable).
+pub fn doctor_onnxruntime() -> vsum_engine::stage::Check {
+    use vsum_engine::stage::Check;
+    let dir = folder::ModelsDir::from_env();
+    match onnxruntime::library(&dir) {
+        Err(e) => Check::fail(
+            "onnxruntime",
+            e.message.clone(),
+            e.hint
+                .clone()
+                .unwrap_or_else(|| install_hint("onnxruntime")),
+        ),
+        Ok((path, version)) => match onnxruntime::environment(&dir) {
+            Ok(_) => Check::ok("onnxruntime", format!("{version} at {}", path.display())),
+            Err(e) => Check::fail(
+                "onnxruntime",
+                format!("{} does not load: {}", path.display(), e.message),
+                e.hint
+                    .clone()
+                    .unwrap_or_else(|| install_hint("onnxruntime")),
+            ),
+        },
+    }
+}

@@ -313,6 +313,14 @@ impl StageKind for VadStage {
         Ok(x)
     }
 
+    fn doctor(&self, params: &Value, base_dir: &std::path::Path) -> Vec<vsum_engine::stage::Check> {
+        let model = params["model"].as_str().unwrap_or("silero-vad");
+        vec![
+            crate::models::doctor_onnxruntime(),
+            crate::models::doctor_model(model, base_dir, crate::models::catalog::FORMAT_ONNX),
+        ]
+    }
+
     fn run(&self, ctx: &mut JobCtx) -> Result<(), StageError> {
         let p: Params = serde_json::from_value(ctx.params.clone())
             .map_err(|e| StageError::fatal(e.to_string()))?;

@@ -482,6 +482,11 @@ impl StageKind for WhisperStage {
             .map(|m| format!("whisper:{m}"))
     }
 
+    fn doctor(&self, params: &Value, base_dir: &std::path::Path) -> Vec<vsum_engine::stage::Check> {
+        let model = params["model"].as_str().unwrap_or("whisper-tiny.en");
+        vec![crate::models::doctor_model(model, base_dir, FORMAT_WHISPER)]
+    }
+
     fn run(&self, ctx: &mut JobCtx) -> Result<(), StageError> {
         let p: Params = serde_json::from_value(ctx.params.clone())
             .map_err(|e| StageError::fatal(e.to_string()))?;
