@@ -1,7 +1,8 @@
 //! vsum's stage kinds. The engine knows none of them by name: the binary builds a
-//! [`Registry`] here, one line per kind.
+//! [`Registry`] here, one line per kind (or per family of kinds).
 
 pub mod command;
+pub mod media;
 pub mod models;
 pub mod speech;
 
@@ -11,6 +12,7 @@ use vsum_engine::stage::Registry;
 pub fn registry() -> Registry {
     let mut r = Registry::new();
     r.register(command::CommandStage);
+    media::register_media(&mut r);
     r.register(speech::vad::VadStage);
     r.register(speech::whisper::WhisperStage);
     r

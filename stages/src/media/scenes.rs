@@ -1,0 +1,948 @@
+//! `video.scenes`: cuts a video into shots, written as `scenes.json`.
+//!
+//! The detector is PySceneDetect's ContentDetector, re-implemented so the cut lists
+//! agree with it: each frame is downscaled (to about 256 pixels wide by default), turned
+//! into OpenCV-style 8-bit HSV, and scored by the mean absolute difference of H, S and V
+//! from the previous frame; a score at or above `threshold` is a cut, and cuts closer
+//! than `min_scene_len` frames are merged (its "flash filter", which also keeps camera
+//! flashes from cutting). It runs while FFmpeg decodes with frame threads, and by default
+//! (`fast_decode`) skips the in-loop deblocking filter (it smooths block edges, which the
+//! coarse downscaled HSV comparison never sees) and lets codecs that can decode straight
+//! to a smaller picture (MJPEG, MPEG-1/2/4 part 2 "lowres") do so, never below the
+//! analysis size, so detection runs at decode-only speed or faster.
+//!
+//! Times are seconds from the video stream's start, taken from frame timestamps (so
+//! variable frame rate is right); `end_frame` and `end` are exclusive: they are the next
+//! scene's `start_frame` and `start`.
+
+use std::path::Path;
+
+use ffmpeg::format::Pixel;
+use ffmpeg::frame;
+use ffmpeg::software::scaling;
+use ffmpeg_next as ffmpeg;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_json::Value;
+use vsum_engine::stage::{
+    CheckEnv, JobCtx, KeyEnv, KeyExtras, ParamDoc, ParamError, StageError, StageKind, typed_params,
+};
+
+use super::{
+    DecodeOpts, FrameReader, check_cancel, ffmpeg_key_extras, io_error, job_video, open_input,
+    open_video_decoder, params_object, rational, require_video_stream, stream_dims, to_value, warn,
+    write_json,
+};
+
+const KIND: &str = "video.scenes";
+
+/// PySceneDetect's target width for automatic downscaling.
+const AUTO_WIDTH: f64 = 256.0;
+
+/// How much to shrink frames before comparing them.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Downscale {
+    /// Like PySceneDetect: by max(width, height) / 256 when the frame is larger.
+    Auto,
+    /// By this whole factor (1 = full size).
+    Factor(u32),
+}
+
+impl Serialize for Downscale {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Downscale::Auto => s.serialize_str("auto"),
+            Downscale::Factor(n) => s.serialize_u32(*n),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Downscale {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            N(u32),
+            S(String),
+        }
+        match Raw::deserialize(d) {
+            Ok(Raw::S(s)) if s == "auto" => Ok(Downscale::Auto),
+            Ok(Raw::N(n)) if n >= 1 => Ok(Downscale::Factor(n)),
+            _ => Err(serde::de::Error::custom(
+                "downscale must be \"auto\" or a whole number >= 1",
+            )),
+        }
+    }
+}
+
+impl Downscale {
+    /// The analysis size for a `w` x `h` frame.
+    pub fn target(self, w: u32, h: u32) -> (u32, u32) {
+        let f = match self {
+            Downscale::Auto => {
+                let m = f64::from(w.max(h));
+                if m < AUTO_WIDTH { 1.0 } else { m / AUTO_WIDTH }
+            }
+            Downscale::Factor(n) => f64::from(n),
+        };
+        let dim = |x: u32| ((f64::from(x) / f).round() as u32).max(1);
+        (dim(w), dim(h))
+    }
+}
+
+fn default_threshold() -> f64 {
+    27.0
+}
+fn default_min_len() -> u32 {
+    15
+}
+fn default_downscale() -> Downscale {
+    Downscale::Auto
+}
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Params {
+    #[serde(default = "default_threshold")]
+    threshold: f64,
+    #[serde(default = "default_min_len")]
+    min_scene_len: u32,
+    #[serde(default = "default_downscale")]
+    downscale: Downscale,
+    #[serde(default)]
+    max_scene_len: Option<f64>,
+    #[serde(default = "yes")]
+    fast_decode: bool,
+    #[serde(default)]
+    stats: bool,
+}
+
+/// The `video.scenes` kind.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SceneStage;
+
+/// One scene of `scenes.json`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Scene {
+    pub index: usize,
+    /// Seconds from the video stream's start.
+    pub start: f64,
+    /// Exclusive: the next scene's start (the video's end for the last one).
+    pub end: f64,
+    pub start_frame: u64,
+    /// Exclusive.
+    pub end_frame: u64,
+    /// The detector's score at the cut that starts this scene (0 for the first scene
+    /// and for scenes made by splitting at `max_scene_len`).
+    pub score: f64,
+}
+
+/// `scenes.json`. Readers need only `scenes` and `fps`: the rest default when absent,
+/// so other tools (or a hand-written list) can feed `video.keyframes`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ScenesOut {
+    pub scenes: Vec<Scene>,
+    pub fps: f64,
+    #[serde(default)]
+    pub detector: String,
+    #[serde(default)]
+    pub params: Value,
+    /// Frames decoded.
+    #[serde(default)]
+    pub frames: u64,
+    /// Seconds from the first frame to the end of the last one.
+    #[serde(default)]
+    pub duration: f64,
+    /// Width x height of the frames compared.
+    #[serde(default)]
+    pub analysis_size: [u32; 2],
+    /// Width x height of the pictures the decoder produced (smaller than the video's
+    /// with `fast_decode` on codecs that decode at reduced size).
+    #[serde(default)]
+    pub decoded_size: [u32; 2],
+    #[serde(default)]
+    pub decode_errors: u64,
+}
+
+impl StageKind for SceneStage {
+    fn name(&self) -> &'static str {
+        KIND
+    }
+
+    fn version(&self) -> u32 {
+        1
+    }
+
+    fn summary(&self) -> &'static str {
+        "Finds shot cuts (PySceneDetect ContentDetector: HSV frame deltas) -> scenes.json"
+    }
+
+    fn params_doc(&self) -> Vec<ParamDoc> {
+        vec![
+            ParamDoc {
+                name: "threshold",
+                ty: "number",
+                default: Some("27"),
+                doc: "mean HSV change (0-255 scale) between frames that counts as a cut; lower finds more cuts",
+            },
+            ParamDoc {
+                name: "min_scene_len",
+                ty: "frames",
+                default: Some("15"),
+                doc: "cuts closer than this are merged (also ignores camera flashes)",
+            },
+            ParamDoc {
+                name: "downscale",
+                ty: "\"auto\" or integer",
+                default: Some("auto"),
+                doc: "shrink frames by this factor before comparing; auto = to about 256 px like PySceneDetect",
+            },
+            ParamDoc {
+                name: "max_scene_len",
+                ty: "seconds",
+                default: Some("none"),
+                doc: "split longer scenes into equal parts no longer than this",
+            },
+            ParamDoc {
+                name: "fast_decode",
+                ty: "bool",
+                default: Some("true"),
+                doc: "analysis-grade decoding: skip the deblocking filter, and decode MJPEG/MPEG-1/2/4 at reduced size; the downscaled comparison does not see the difference",
+            },
+            ParamDoc {
+                name: "stats",
+                ty: "bool",
+                default: Some("false"),
+                doc: "also write stats.csv: every frame's score and its H/S/V parts (like PySceneDetect's stats file), to tune `threshold`",
+            },
+        ]
+    }
+
+    fn check(&self, params: &Value, _env: &CheckEnv) -> Result<Value, Vec<ParamError>> {
+        let p: Params = typed_params(&params_object(params))?;
+        let mut errs = Vec::new();
+        if !(p.threshold > 0.0 && p.threshold <= 255.0) {
+            errs.push(
+                ParamError::new(
+                    &["threshold"],
+                    format!("threshold {} is out of range", p.threshold),
+                )
+                .hint("use a number in (0, 255]; 27 matches PySceneDetect's default"),
+            );
+        }
+        if let Some(m) = p.max_scene_len
+            && !(m > 0.0 && m.is_finite())
+        {
+            errs.push(
+                ParamError::new(
+                    &["max_scene_len"],
+                    "max_scene_len must be a positive number of seconds",
+                )
+                .hint("e.g. `max_scene_len: 60`, or leave it out to keep long scenes whole"),
+            );
+        }
+        if errs.is_empty() {
+            to_value(&p)
+        } else {
+            Err(errs)
+        }
+    }
+
+    fn key_extras(&self, _params: &Value, _env: &KeyEnv) -> Result<KeyExtras, StageError> {
+        Ok(ffmpeg_key_extras())
+    }
+
+    fn run(&self, ctx: &mut JobCtx) -> Result<(), StageError> {
+        let p: Params = typed_params(ctx.params)
+            .map_err(|e| StageError::fatal(format!("{KIND}: bad params: {}", e[0].message)))?;
+        let video = job_video(ctx, KIND)?;
+        let out = detect(ctx, &video.path, &p)?;
+        if out.decode_errors > 0 {
+            warn(
+                ctx,
+                format!(
+                    "{}: {} video decode errors (the file is damaged in places)",
+                    video.path.display(),
+                    out.decode_errors
+                ),
+            );
+        }
+        write_json(ctx.out_dir, "scenes.json", &out)
+    }
+}
+
+fn detect(ctx: &JobCtx, path: &Path, p: &Params) -> Result<ScenesOut, StageError> {
+    let mut input = open_input(path)?;
+    let index = require_video_stream(&input, path, KIND)?;
+    let stream = input.stream(index).expect("index from this input");
+    let stream_fps = rational(stream.avg_frame_rate()).or_else(|| rational(stream.rate()));
+    // Compare at the size PySceneDetect would, whatever size the decoder hands out.
+    let target = stream_dims(&input, index).map(|(w, h)| p.downscale.target(w, h));
+    let opts = DecodeOpts {
+        skip_loop_filter: p.fast_decode,
+        min_size: target.filter(|_| p.fast_decode),
+    };
+    let decoder = open_video_decoder(&input, index, ctx.threads, opts, path)?;
+    let mut reader = FrameReader::new(&mut input, index, decoder);
+    let step = 1.0 / stream_fps.unwrap_or(25.0);
+
+    let mut detector = ContentDetector::new(p.threshold, p.min_scene_len);
+    let mut shrink = Shrinker::default();
+    let mut analysis = target.map_or([0, 0], |(w, h)| [w, h]);
+    let mut times: Vec<f64> = Vec::new();
+    let mut scores: Vec<FrameScore> = Vec::new();
+    let mut cuts: Vec<u64> = Vec::new();
+    let mut idx = 0u64;
+    let mut scale_errors = 0u64;
+    let mut decoded = [0u32; 2];
+    while reader.advance() {
+        let f = reader.frame();
+        if idx.is_multiple_of(64) {
+            check_cancel(ctx)?;
+        }
+        if f.width() == 0 || f.height() == 0 {
+            continue;
+        }
+        if decoded[0] == 0 {
+            decoded = [f.width(), f.height()];
+        }
+        if analysis[0] == 0 {
+            let (aw, ah) = p.downscale.target(f.width(), f.height());
+            analysis = [aw, ah];
+        }
+        let bgr = match shrink.run(f, analysis[0], analysis[1]) {
+            Ok(bgr) => bgr,
+            Err(e) => {
+                if idx == 0 && scores.is_empty() {
+                    return Err(StageError::fatal(format!(
+                        "cannot convert the {}x{} {:?} frames of {}: {e}",
+                        f.width(),
+                        f.height(),
+                        f.format(),
+                        path.display()
+                    )));
+                }
+                scale_errors += 1;
+                continue;
+            }
+        };
+        let prev = times.last().copied();
+        let t = reader
+            .time()
+            .map(|t| prev.map_or(t, |p| t.max(p)))
+            .unwrap_or_else(|| prev.map_or(0.0, |p| p + step));
+        times.push(t);
+        let (aw, ah) = (analysis[0] as usize, analysis[1] as usize);
+        let (score, cut) = detector.push(idx, bgr, aw, ah, aw * 3);
+        scores.push(score);
+        if let Some(c) = cut {
+            cuts.push(c);
+        }
+        idx += 1;
+    }
+    let frames = idx;
+    let errors = reader.errors + scale_errors;
+    if frames == 0 {
+        return Err(StageError::fatal(format!(
+            "{KIND}: no picture could be decoded from {} ({errors} decode errors)",
+            path.display()
+        ))
+        .hint("the video stream is empty or damaged throughout: check that it plays, re-copy it from the source"));
+    }
+    let first = times[0];
+    let times: Vec<f64> = times.iter().map(|t| t - first).collect();
+    if p.stats {
+        write_stats(&ctx.out_dir.join("stats.csv"), &times, &scores)?;
+    }
+    let last_step = if frames >= 2 {
+        let d = times[frames as usize - 1] - times[frames as usize - 2];
+        if d > 0.0 { d } else { step }
+    } else {
+        step
+    };
+    let end_time = times[frames as usize - 1] + last_step;
+    let fps = stream_fps.unwrap_or_else(|| frames as f64 / end_time.max(1e-9));
+
+    let mut bounds: Vec<(u64, f64)> = vec![(0, 0.0)];
+    bounds.extend(cuts.iter().map(|&c| (c, scores[c as usize].content)));
+    let mut scenes = Vec::new();
+    for (i, &(start, score)) in bounds.iter().enumerate() {
+        let end = bounds.get(i + 1).map_or(frames, |b| b.0);
+        scenes.push((start, end, score));
+    }
+    if let Some(max) = p.max_scene_len {
+        scenes = split_long(&scenes, &times, end_time, max);
+    }
+    let time_of = |f: u64| times.get(f as usize).copied().unwrap_or(end_time);
+    let scenes = scenes
+        .into_iter()
+        .enumerate()
+        .map(|(i, (s, e, score))| Scene {
+            index: i,
+            start: round6(time_of(s)),
+            end: round6(time_of(e)),
+            start_frame: s,
+            end_frame: e,
+            score: round3(score),
+        })
+        .collect();
+    Ok(ScenesOut {
+        scenes,
+        fps: round3(fps),
+        detector: "content: mean |dH|+|dS|+|dV| / 3 (PySceneDetect ContentDetector)".to_string(),
+        params: serde_json::to_value(p).unwrap_or(Value::Null),
+        frames,
+        duration: round6(end_time),
+        analysis_size: analysis,
+        decoded_size: decoded,
+        decode_errors: errors,
+    })
+}
+
+/// Per-frame scores as CSV, with PySceneDetect's stats-file column names.
+fn write_stats(path: &Path, times: &[f64], scores: &[FrameScore]) -> Result<(), StageError> {
+    use std::io::Write;
+    let f = std::fs::File::create(path).map_err(|e| io_error(path, "create", e))?;
+    let mut w = std::io::BufWriter::new(f);
+    let mut put = || -> std::io::Result<()> {
+        writeln!(w, "frame,time,content_val,delta_hue,delta_sat,delta_lum")?;
+        for (i, (t, s)) in times.iter().zip(scores).enumerate() {
+            writeln!(
+                w,
+                "{i},{t:.6},{:.4},{:.4},{:.4},{:.4}",
+                s.content, s.hue, s.sat, s.lum
+            )?;
+        }
+        w.flush()
+    };
+    put().map_err(|e| io_error(path, "write", e))
+}
+
+/// Shrinks decoded pictures to the analysis size as packed BGR.
+///
+/// 8-bit planar YUV (what nearly every video decodes to) is sampled directly the way
+/// OpenCV's `INTER_LINEAR` resize samples a full-size BGR picture (bilinear at mapped
+/// pixel centres, which for whole factors picks single pixels), so scores match
+/// PySceneDetect's even on noisy pictures, and nothing full-size is ever converted.
+/// Other formats go through swscale.
+struct Shrinker {
+    key: Option<(Pixel, u32, u32, u32, u32)>,
+    xmap: Vec<(usize, i32)>,
+    ymap: Vec<(usize, i32)>,
+    out: Vec<u8>,
+    scaler: Option<scaling::Context>,
+    small: frame::Video,
+}
+
+/// Fixed-point weight scale of the bilinear taps (OpenCV's INTER_RESIZE_COEF_SCALE).
+const COEF: i32 = 2048;
+
+/// OpenCV's INTER_LINEAR source positions: for each destination index, the first
+/// source index and the weight (of COEF) of the one after it.
+fn linear_map(src: u32, dst: u32) -> Vec<(usize, i32)> {
+    let scale = f64::from(src) / f64::from(dst);
+    (0..dst)
+        .map(|d| {
+            let f = (f64::from(d) + 0.5) * scale - 0.5;
+            let i = f.floor();
+            let (mut i, mut w) = (i as i64, f - i);
+            if i < 0 {
+                (i, w) = (0, 0.0);
+            }
+            if i >= i64::from(src) - 1 {
+                (i, w) = (i64::from(src) - 1, 0.0);
+            }
+            (i as usize, (w * f64::from(COEF)).round() as i32)
+        })
+        .collect()
+}
+
+/// Chroma subsampling (log2 x, log2 y) and full range of the formats sampled directly.
+fn planar_yuv(fmt: Pixel) -> Option<(u32, u32, bool)> {
+    Some(match fmt {
+        Pixel::YUV420P => (1, 1, false),
+        Pixel::YUVJ420P => (1, 1, true),
+        Pixel::YUV422P => (1, 0, false),
+        Pixel::YUVJ422P => (1, 0, true),
+        Pixel::YUV444P => (0, 0, false),
+        Pixel::YUVJ444P => (0, 0, true),
+        Pixel::YUV440P => (0, 1, false),
+        Pixel::YUVJ440P => (0, 1, true),
+        _ => return None,
+    })
+}
+
+/// YUV to RGB coefficients in 1/65536: (luma gain, luma offset, V->R, U->G, V->G, U->B).
+fn yuv_coefficients(full: bool, bt709: bool) -> [i32; 6] {
+    let c = |x: f64| (x * 65536.0).round() as i32;
+    match (full, bt709) {
+        (true, false) => [c(1.0), 0, c(1.402), c(0.344136), c(0.714136), c(1.772)],
+        (true, true) => [c(1.0), 0, c(1.5748), c(0.187324), c(0.468124), c(1.8556)],
+        (false, false) => [
+            c(1.164383),
+            16,
+            c(1.596027),
+            c(0.391762),
+            c(0.812968),
+            c(2.017232),
+        ],
+        (false, true) => [
+            c(1.164383),
+            16,
+            c(1.792741),
+            c(0.213249),
+            c(0.532909),
+            c(2.112402),
+        ],
+    }
+}
+
+impl Default for Shrinker {
+    fn default() -> Self {
+        Shrinker {
+            key: None,
+            xmap: Vec::new(),
+            ymap: Vec::new(),
+            out: Vec::new(),
+            scaler: None,
+            small: frame::Video::empty(),
+        }
+    }
+}
+
+impl Shrinker {
+    fn run(&mut self, f: &frame::Video, aw: u32, ah: u32) -> Result<&[u8], ffmpeg::Error> {
+        let (w, h) = (f.width(), f.height());
+        let key = (f.format(), w, h, aw, ah);
+        if self.key != Some(key) {
+            self.key = Some(key);
+            self.xmap = linear_map(w, aw);
+            self.ymap = linear_map(h, ah);
+            self.out = vec![0; aw as usize * ah as usize * 3];
+            self.scaler = None;
+            if planar_yuv(f.format()).is_none() {
+                self.scaler = Some(scaling::Context::get(
+                    f.format(),
+                    w,
+                    h,
+                    Pixel::BGR24,
+                    aw,
+                    ah,
+                    scaling::Flags::FAST_BILINEAR,
+                )?);
+                self.small = frame::Video::empty();
+            }
+        }
+        let Some((cx, cy, jpeg)) = planar_yuv(f.format()) else {
+            let s = self.scaler.as_mut().expect("made for this format");
+            s.run(f, &mut self.small)?;
+            let (row, stride) = (aw as usize * 3, self.small.stride(0));
+            let data = self.small.data(0);
+            for y in 0..ah as usize {
+                self.out[y * row..(y + 1) * row]
+                    .copy_from_slice(&data[y * stride..y * stride + row]);
+            }
+            return Ok(&self.out);
+        };
+        let full = jpeg || f.color_range() == ffmpeg::color::Range::JPEG;
+        let bt709 = f.color_space() == ffmpeg::color::Space::BT709;
+        let [gain, off, vr, ug, vg, ub] = yuv_coefficients(full, bt709);
+        let (ys, us, vs) = (f.stride(0), f.stride(1), f.stride(2));
+        let (yp, up, vp) = (f.data(0), f.data(1), f.data(2));
+        // Interpolate Y, U and V (in 1/16 steps), then convert once per output pixel:
+        // the same as converting the four taps first, but for clamping. Whole factors
+        // (1280 -> 256) hit the single-tap path.
+        let wmax = w as usize - 1;
+        let taps: Vec<(usize, usize, usize, usize, i32)> = self
+            .xmap
+            .iter()
+            .map(|&(x, wx)| {
+                let x1 = (x + 1).min(wmax);
+                (x, x1, x >> cx, x1 >> cx, wx)
+            })
+            .collect();
+        let hmax = h as usize - 1;
+        let px = |c: i32| ((c + 32768) >> 16).clamp(0, 255) as u8;
+        let aw = aw as usize;
+        for (oy, &(sy, wy)) in self.ymap.iter().enumerate() {
+            let sy1 = (sy + 1).min(hmax);
+            let (y0, y1) = (&yp[sy * ys..], &yp[sy1 * ys..]);
+            let (u0, u1) = (&up[(sy >> cy) * us..], &up[(sy1 >> cy) * us..]);
+            let (v0, v1) = (&vp[(sy >> cy) * vs..], &vp[(sy1 >> cy) * vs..]);
+            let out = &mut self.out[oy * aw * 3..(oy + 1) * aw * 3];
+            for (o, &(x0, x1, c0, c1, wx)) in out.chunks_exact_mut(3).zip(&taps) {
+                let (y16, u16, v16) = if wx == 0 && wy == 0 {
+                    (
+                        i32::from(y0[x0]) << 4,
+                        i32::from(u0[c0]) << 4,
+                        i32::from(v0[c0]) << 4,
+                    )
+                } else {
+                    let lerp = |a: u8, b: u8, c: u8, d: u8| {
+                        let top = i32::from(a) * (COEF - wx) + i32::from(b) * wx;
+                        let bottom = i32::from(c) * (COEF - wx) + i32::from(d) * wx;
+                        (top * (COEF - wy) + bottom * wy + (1 << 17)) >> 18
+                    };
+                    (
+                        lerp(y0[x0], y0[x1], y1[x0], y1[x1]),
+                        lerp(u0[c0], u0[c1], u1[c0], u1[c1]),
+                        lerp(v0[c0], v0[c1], v1[c0], v1[c1]),
+                    )
+                };
+                let luma = ((y16 - (off << 4)) * gain) >> 4;
+                let (u, v) = (u16 - (128 << 4), v16 - (128 << 4));
+                o[0] = px(luma + ((ub * u) >> 4));
+                o[1] = px(luma - ((ug * u) >> 4) - ((vg * v) >> 4));
+                o[2] = px(luma + ((vr * v) >> 4));
+            }
+        }
+        Ok(&self.out)
+    }
+}
+
+/// Splits scenes longer than `max` seconds into equal parts (at frame boundaries).
+fn split_long(
+    scenes: &[(u64, u64, f64)],
+    times: &[f64],
+    end_time: f64,
+    max: f64,
+) -> Vec<(u64, u64, f64)> {
+    let time_of = |f: u64| times.get(f as usize).copied().unwrap_or(end_time);
+    let mut out = Vec::new();
+    for &(s, e, score) in scenes {
+        let len = time_of(e) - time_of(s);
+        let parts = ((len / max).ceil() as u64).clamp(1, (e - s).max(1));
+        if parts <= 1 {
+            out.push((s, e, score));
+            continue;
+        }
+        let t0 = time_of(s);
+        let mut start = s;
+        for k in 1..=parts {
+            let end = if k == parts {
+                e
+            } else {
+                // First frame at or after the k-th equal division.
+                let target = t0 + len * k as f64 / parts as f64;
+                let off = times[s as usize..e as usize].partition_point(|&t| t < target - 1e-9);
+                (s + off as u64).clamp(start + 1, e)
+            };
+            if end > start {
+                out.push((start, end, if start == s { score } else { 0.0 }));
+                start = end;
+            }
+        }
+    }
+    out
+}
+
+fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
+fn round6(x: f64) -> f64 {
+    (x * 1e6).round() / 1e6
+}
+
+const HSV_SHIFT: i32 = 12;
+
+/// OpenCV's `COLOR_BGR2HSV` division tables for 8-bit images (S and H in 0..180).
+struct HsvTables {
+    sdiv: [i32; 256],
+    hdiv: [i32; 256],
+}
+
+const fn hsv_tables() -> HsvTables {
+    let mut sdiv = [0i32; 256];
+    let mut hdiv = [0i32; 256];
+    let mut i = 1;
+    while i < 256 {
+        // round((255 << 12) / i) and round((180 << 12) / (6 i)).
+        let a = (255i64 << HSV_SHIFT) * 2;
+        sdiv[i] = ((a + i as i64) / (2 * i as i64)) as i32;
+        let b = (180i64 << HSV_SHIFT) * 2;
+        hdiv[i] = ((b + 6 * i as i64) / (12 * i as i64)) as i32;
+        i += 1;
+    }
+    HsvTables { sdiv, hdiv }
+}
+
+static TABLES: HsvTables = hsv_tables();
+
+/// One BGR pixel to OpenCV's 8-bit HSV (H in 0..180), bit for bit.
+#[inline]
+pub fn bgr_to_hsv(b: u8, g: u8, r: u8) -> (u8, u8, u8) {
+    let (b, g, r) = (i32::from(b), i32::from(g), i32::from(r));
+    let v = b.max(g).max(r);
+    let vmin = b.min(g).min(r);
+    let diff = v - vmin;
+    let vr = if v == r { -1 } else { 0 };
+    let vg = if v == g { -1 } else { 0 };
+    let s = (diff * TABLES.sdiv[v as usize] + (1 << (HSV_SHIFT - 1))) >> HSV_SHIFT;
+    let mut h = (vr & (g - b)) + (!vr & ((vg & (b - r + 2 * diff)) + (!vg & (r - g + 4 * diff))));
+    h = (h * TABLES.hdiv[diff as usize] + (1 << (HSV_SHIFT - 1))) >> HSV_SHIFT;
+    if h < 0 {
+        h += 180;
+    }
+    (h as u8, s as u8, v as u8)
+}
+
+/// PySceneDetect's flash filter in MERGE mode: a cut must come at least `length` frames
+/// after the previous frame above the threshold; closer ones are merged.
+#[derive(Debug, Clone)]
+struct FlashFilter {
+    length: u64,
+    last_above: Option<u64>,
+    merge_enabled: bool,
+    merge_triggered: bool,
+    merge_start: u64,
+}
+
+impl FlashFilter {
+    fn new(length: u32) -> Self {
+        FlashFilter {
+            length: u64::from(length),
+            last_above: None,
+            merge_enabled: false,
+            merge_triggered: false,
+            merge_start: 0,
+        }
+    }
+
+    fn filter(&mut self, frame: u64, above: bool) -> Option<u64> {
+        if self.length == 0 {
+            return above.then_some(frame);
+        }
+        let last = *self.last_above.get_or_insert(frame);
+        let min_length_met = frame - last >= self.length;
+        if above {
+            self.last_above = Some(frame);
+        }
+        let last = self.last_above.expect("set above");
+        if self.merge_triggered {
+            if min_length_met && !above && last - self.merge_start >= self.length {
+                self.merge_triggered = false;
+                return Some(last);
+            }
+            return None;
+        }
+        if !above {
+            return None;
+        }
+        if min_length_met {
+            self.merge_enabled = true;
+            return Some(frame);
+        }
+        if self.merge_enabled {
+            self.merge_triggered = true;
+            self.merge_start = frame;
+        }
+        None
+    }
+}
+
+/// How much a frame differs from the one before: PySceneDetect's `content_val` and its
+/// components (mean absolute difference of each HSV channel, 0-255 scale).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct FrameScore {
+    pub content: f64,
+    pub hue: f64,
+    pub sat: f64,
+    pub lum: f64,
+}
+
+/// Scores consecutive frames and reports cuts. Feed it frames of one fixed size.
+#[derive(Debug, Clone)]
+pub struct ContentDetector {
+    threshold: f64,
+    filter: FlashFilter,
+    prev: Vec<[u8; 3]>,
+    cur: Vec<[u8; 3]>,
+    has_prev: bool,
+}
+
+impl ContentDetector {
+    pub fn new(threshold: f64, min_scene_len: u32) -> Self {
+        ContentDetector {
+            threshold,
+            filter: FlashFilter::new(min_scene_len),
+            prev: Vec::new(),
+            cur: Vec::new(),
+            has_prev: false,
+        }
+    }
+
+    /// Feeds frame number `frame` (packed BGR rows, `stride` bytes apart). Returns its
+    /// scores (0 for the first frame) and the frame a new scene starts at, if one does.
+    pub fn push(
+        &mut self,
+        frame: u64,
+        bgr: &[u8],
+        width: usize,
+        height: usize,
+        stride: usize,
+    ) -> (FrameScore, Option<u64>) {
+        let n = width * height;
+        self.cur.resize(n, [0; 3]);
+        let mut sums = [0u64; 3];
+        let compare = self.has_prev && self.prev.len() == n;
+        for y in 0..height {
+            let row = &bgr[y * stride..y * stride + width * 3];
+            let cur = &mut self.cur[y * width..(y + 1) * width];
+            for (x, px) in row.chunks_exact(3).enumerate() {
+                let (h, s, v) = bgr_to_hsv(px[0], px[1], px[2]);
+                cur[x] = [h, s, v];
+            }
+            if compare {
+                let prev = &self.prev[y * width..(y + 1) * width];
+                for (c, p) in cur.iter().zip(prev) {
+                    sums[0] += u64::from(c[0].abs_diff(p[0]));
+                    sums[1] += u64::from(c[1].abs_diff(p[1]));
+                    sums[2] += u64::from(c[2].abs_diff(p[2]));
+                }
+            }
+        }
+        std::mem::swap(&mut self.prev, &mut self.cur);
+        let had_prev = compare;
+        self.has_prev = true;
+        let score = if had_prev {
+            let px = n.max(1) as f64;
+            let (hue, sat, lum) = (
+                sums[0] as f64 / px,
+                sums[1] as f64 / px,
+                sums[2] as f64 / px,
+            );
+            FrameScore {
+                content: (hue + sat + lum) / 3.0,
+                hue,
+                sat,
+                lum,
+            }
+        } else {
+            FrameScore::default()
+        };
+        let cut = self.filter.filter(frame, score.content >= self.threshold);
+        (score, cut)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hsv_matches_opencv_values() {
+        // Values from cv2.cvtColor(np.uint8([[[b, g, r]]]), cv2.COLOR_BGR2HSV).
+        assert_eq!(bgr_to_hsv(0, 0, 255), (0, 255, 255));
+        assert_eq!(bgr_to_hsv(0, 255, 0), (60, 255, 255));
+        assert_eq!(bgr_to_hsv(255, 0, 0), (120, 255, 255));
+        assert_eq!(bgr_to_hsv(0, 0, 0), (0, 0, 0));
+        assert_eq!(bgr_to_hsv(255, 255, 255), (0, 0, 255));
+        assert_eq!(bgr_to_hsv(10, 200, 100), (46, 242, 200));
+        assert_eq!(bgr_to_hsv(3, 7, 250), (0, 252, 250));
+        assert_eq!(bgr_to_hsv(100, 100, 101), (0, 3, 101));
+    }
+
+    #[test]
+    fn flash_filter_merges_close_cuts() {
+        let mut f = FlashFilter::new(15);
+        let mut cuts = Vec::new();
+        for frame in 0..100u64 {
+            let above = matches!(frame, 20 | 25 | 60);
+            if let Some(c) = f.filter(frame, above) {
+                cuts.push(c);
+            }
+        }
+        assert_eq!(cuts, vec![20, 60]);
+    }
+
+    #[test]
+    fn detector_cuts_between_colours() {
+        let (w, h) = (8, 4);
+        let red = [0u8, 0, 255].repeat(w * h);
+        let blue = [255u8, 0, 0].repeat(w * h);
+        let mut d = ContentDetector::new(27.0, 15);
+        let mut cuts = Vec::new();
+        for i in 0..60u64 {
+            let img = if i < 30 { &red } else { &blue };
+            if let (_, Some(c)) = d.push(i, img, w, h, w * 3) {
+                cuts.push(c);
+            }
+        }
+        assert_eq!(cuts, vec![30]);
+    }
+
+    /// A `w`x`h` yuv420p frame of one colour.
+    fn yuv_frame(fmt: Pixel, w: u32, h: u32, yuv: [u8; 3]) -> frame::Video {
+        let mut f = frame::Video::new(fmt, w, h);
+        for (plane, v) in yuv.iter().enumerate() {
+            f.data_mut(plane).fill(*v);
+        }
+        f
+    }
+
+    #[test]
+    fn shrinker_converts_like_swscale_bt601() {
+        let mut s = Shrinker::default();
+        // BT.601 limited-range red, green, blue and mid grey.
+        for (yuv, bgr) in [
+            ([81, 90, 240], [0, 0, 255]),
+            ([145, 54, 34], [0, 255, 0]),
+            ([41, 240, 110], [255, 0, 0]),
+            ([126, 128, 128], [128, 128, 128]),
+        ] {
+            let f = yuv_frame(Pixel::YUV420P, 64, 48, yuv);
+            let out = s.run(&f, 16, 12).unwrap();
+            assert_eq!(out.len(), 16 * 12 * 3);
+            for px in out.chunks_exact(3) {
+                for k in 0..3 {
+                    assert!(
+                        px[k].abs_diff(bgr[k]) <= 2,
+                        "{yuv:?} -> {px:?}, want {bgr:?}"
+                    );
+                }
+            }
+        }
+        // Full range (JPEG) grey is the luma itself; other formats go through swscale.
+        let f = yuv_frame(Pixel::YUVJ444P, 10, 10, [200, 128, 128]);
+        assert!(s.run(&f, 5, 5).unwrap().iter().all(|&v| v == 200));
+        let mut rgb = frame::Video::new(Pixel::RGB24, 8, 8);
+        rgb.data_mut(0).fill(0);
+        for px in rgb.data_mut(0).chunks_exact_mut(3) {
+            px[0] = 255;
+        }
+        let out = s.run(&rgb, 4, 4).unwrap();
+        assert!(out.chunks_exact(3).all(|p| p == [0, 0, 255]), "{out:?}");
+    }
+
+    #[test]
+    fn linear_map_matches_opencv_inter_linear() {
+        // Whole factors pick single pixels at the block centres.
+        assert_eq!(linear_map(1280, 256)[..3], [(2, 0), (7, 0), (12, 0)]);
+        // Half-way positions blend two pixels; borders clamp.
+        assert_eq!(linear_map(4, 2), vec![(0, 1024), (2, 1024)]);
+        assert_eq!(linear_map(3, 6)[0], (0, 0));
+        assert_eq!(linear_map(3, 6)[5], (2, 0));
+    }
+
+    #[test]
+    fn auto_downscale_like_pyscenedetect() {
+        assert_eq!(Downscale::Auto.target(1280, 720), (256, 144));
+        assert_eq!(Downscale::Auto.target(1920, 1080), (256, 144));
+        assert_eq!(Downscale::Auto.target(200, 100), (200, 100));
+        assert_eq!(Downscale::Factor(2).target(321, 241), (161, 121));
+        assert_eq!(Downscale::Auto.target(1, 1), (1, 1));
+    }
+
+    #[test]
+    fn split_long_scenes() {
+        let times: Vec<f64> = (0..100).map(|i| i as f64 * 0.1).collect();
+        let s = split_long(&[(0, 100, 0.0)], &times, 10.0, 4.0);
+        assert_eq!(s.len(), 3);
+        assert_eq!(s.first().map(|x| x.0), Some(0));
+        assert_eq!(s.last().map(|x| x.1), Some(100));
+        assert!(s.windows(2).all(|w| w[0].1 == w[1].0));
+    }
+}
