@@ -40,7 +40,12 @@ fn rtf(tmp: &Path) {
     while samples.len() < 60 * 16_000 {
         let i = texts.len();
         texts.push(TEXT[i % TEXT.len()]);
-        let (s, _) = sentences(&tmp.join(format!("part{i}")).tap_dir(), &[TEXT[i % TEXT.len()]], 0.0, 0.4);
+        let (s, _) = sentences(
+            &tmp.join(format!("part{i}")).tap_dir(),
+            &[TEXT[i % TEXT.len()]],
+            0.0,
+            0.4,
+        );
         samples.extend(s);
     }
     samples.truncate(60 * 16_000);
@@ -51,27 +56,62 @@ fn rtf(tmp: &Path) {
 
     let mut resources = Resources::new(2, EventSink::new());
     let t = Instant::now();
-    let (_, r) = run_stage(&WhisperStage, json!({}), &[("audio", &audio)], tmp, Some(&mut resources));
+    let (_, r) = run_stage(
+        &WhisperStage,
+        json!({}),
+        &[("audio", &audio)],
+        tmp,
+        Some(&mut resources),
+    );
     r.unwrap();
     let first = t.elapsed().as_secs_f64();
     let t = Instant::now();
-    let (out, r) = run_stage(&WhisperStage, json!({}), &[("audio", &audio)], tmp, Some(&mut resources));
+    let (out, r) = run_stage(
+        &WhisperStage,
+        json!({}),
+        &[("audio", &audio)],
+        tmp,
+        Some(&mut resources),
+    );
     r.unwrap();
     let decode = t.elapsed().as_secs_f64();
-    let text: serde_json::Value = serde_json::from_slice(&std::fs::read(out.path().join("transcript.json")).unwrap()).unwrap();
-    let hyp: Vec<&str> = text["segments"].as_array().unwrap().iter().map(|s| s["text"].as_str().unwrap()).collect();
+    let text: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.path().join("transcript.json")).unwrap())
+            .unwrap();
+    let hyp: Vec<&str> = text["segments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["text"].as_str().unwrap())
+        .collect();
     let w = wer(&texts.join(" "), &hyp.join(" "));
-    println!("whisper tiny.en, {secs:.0} s of espeak speech, greedy, {} threads:", std::thread::available_parallelism().map_or(1, |n| n.get()));
+    println!(
+        "whisper tiny.en, {secs:.0} s of espeak speech, greedy, {} threads:",
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
     println!("  model load + decode   {first:>7.2} s");
-    println!("  decode (model loaded) {decode:>7.2} s   real-time factor {:.3} ({:.1}x faster than real time)", decode / secs, secs / decode);
-    println!("  model load            {:>7.2} s", (first - decode).max(0.0));
-    println!("  word error rate       {:>7.3} (the last sentence may be cut at 60 s)", w);
+    println!(
+        "  decode (model loaded) {decode:>7.2} s   real-time factor {:.3} ({:.1}x faster than real time)",
+        decode / secs,
+        secs / decode
+    );
+    println!(
+        "  model load            {:>7.2} s",
+        (first - decode).max(0.0)
+    );
+    println!(
+        "  word error rate       {:>7.3} (the last sentence may be cut at 60 s)",
+        w
+    );
 
     let t = Instant::now();
     let (_, r) = run_stage(&VadStage, json!({}), &[("audio", &audio)], tmp, None);
     r.unwrap();
     let v = t.elapsed().as_secs_f64();
-    println!("silero VAD on the same audio {v:>7.2} s   real-time factor {:.4}", v / secs);
+    println!(
+        "silero VAD on the same audio {v:>7.2} s   real-time factor {:.4}",
+        v / secs
+    );
 }
 
 trait TapDir {
@@ -114,7 +154,16 @@ fn engine_run(dir: &Path) -> (f64, usize) {
         }
     });
     let t = Instant::now();
-    let s = run::run(&m, &registry, &cfg, &store, &RunOptions::default(), events, &AtomicBool::new(false)).unwrap();
+    let s = run::run(
+        &m,
+        &registry,
+        &cfg,
+        &store,
+        &RunOptions::default(),
+        events,
+        &AtomicBool::new(false),
+    )
+    .unwrap();
     assert_eq!(s.counts.failed, 0);
     let n = *loads.lock().unwrap();
     (t.elapsed().as_secs_f64(), n)
@@ -148,7 +197,11 @@ fn batch(tmp: &Path) {
     println!("10 short clips (about 4 s of speech each), audio extraction + tiny.en:");
     println!("  one run of 10 videos      {batch_s:>7.2} s   model loads: {batch_loads}");
     println!("  10 single-video runs      {separate:>7.2} s   model loads: {separate_loads}");
-    println!("  saved by loading once     {:>7.2} s ({:.0}%)", separate - batch_s, (separate - batch_s) / separate * 100.0);
+    println!(
+        "  saved by loading once     {:>7.2} s ({:.0}%)",
+        separate - batch_s,
+        (separate - batch_s) / separate * 100.0
+    );
 }
 
 fn main() {
