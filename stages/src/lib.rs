@@ -5,6 +5,7 @@ pub mod command;
 pub mod media;
 pub mod models;
 pub mod speech;
+pub mod vision;
 
 use vsum_engine::stage::Registry;
 
@@ -15,5 +16,6 @@ pub fn registry() -> Registry {
     media::register_media(&mut r);
     r.register(speech::vad::VadStage);
     r.register(speech::whisper::WhisperStage);
+    r.register(vision::yolo::YoloStage::default());
     r
 }
