@@ -580,7 +580,7 @@ mod tests {
             e.message.contains("not a complete ggml Whisper model"),
             "{e}"
         );
-        std::fs::write(&p, &tiny_ct2(DType::F16)).unwrap();
+        std::fs::write(&p, tiny_ct2(DType::F16)).unwrap();
         let e = ggml::inspect(&p).unwrap_err();
         assert!(e.message.contains("wrong magic"), "{e}");
         assert!(e.hint.unwrap().contains("CTranslate2"));
