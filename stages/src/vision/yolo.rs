@@ -11,8 +11,9 @@
 //!
 //! Outputs: `detections.json` (every box of every picture) and `objects.json` (per
 //! scene and per video: object names with counts and best confidence, most salient
-//! first), the file the knowledge stage reads. Built with the `cuda` feature the CUDA
-//! execution provider is asked for first (ONNX Runtime falls back to the CPU).
+//! first), the file the knowledge stage reads. Built with the `cuda` feature (or just
+//! `onnx-cuda`) the CUDA execution provider is asked for first (ONNX Runtime falls back
+//! to the CPU).
 
 use std::collections::BTreeMap;
 use std::path::{Component, Path, PathBuf};
@@ -227,7 +228,7 @@ impl Detector {
             .map_err(|e| fail(e.to_string()))?
             .with_inter_threads(1)
             .map_err(|e| fail(e.to_string()))?;
-        #[cfg(feature = "cuda")]
+        #[cfg(feature = "onnx-cuda")]
         let builder = builder
             .with_execution_providers([ort::ep::CUDA::default().build()])
             .map_err(|e| fail(e.to_string()))?;
@@ -331,7 +332,7 @@ impl Detector {
         };
         let input_name = input.name().to_string();
         let output_name = output.name().to_string();
-        let provider = if cfg!(feature = "cuda") {
+        let provider = if cfg!(feature = "onnx-cuda") {
             "CUDA if available, else CPU"
         } else {
             "CPU"
