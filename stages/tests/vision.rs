@@ -610,3 +610,71 @@ fn videos_of_photos_name_each_scene_and_load_the_model_once() {
     assert_eq!((s.counts.cached, s.counts.ran), (9, 0));
     assert!(loads.is_empty(), "{loads:?}");
 }
+
+#[test]
+fn the_cache_key_holds_the_model_hash_and_the_runtime_version() {
+    use vsum_engine::hash::FileHasher;
+    use vsum_engine::stage::{KeyEnv, StageKind};
+    let tmp = tempfile::tempdir().unwrap();
+    let models = ModelsDir::new(tmp.path().join("models"));
+    std::fs::create_dir_all(models.root()).unwrap();
+    let mut m = ModelsManifest::default();
+    for (name, file, bytes, version) in [
+        ("yolov12n", "yolov12n.onnx", &b"weights"[..], ""),
+        (
+            "onnxruntime",
+            "libonnxruntime.so.1.32.0",
+            b"library",
+            "1.32.0",
+        ),
+    ] {
+        std::fs::write(models.path(file), bytes).unwrap();
+        m.models.insert(
+            name.into(),
+            ModelEntry {
+                file: file.into(),
+                blake3: blake3::hash(bytes).to_hex().to_string(),
+                size: bytes.len() as u64,
+                format: if name == "yolov12n" {
+                    "onnx"
+                } else {
+                    "shared-library"
+                }
+                .into(),
+                sources: vec![],
+                license: String::new(),
+                version: version.into(),
+            },
+        );
+    }
+    m.save(&models).unwrap();
+    let stage = YoloStage::with_models_dir(models);
+    let hasher = FileHasher::in_memory();
+    let env = KeyEnv {
+        base_dir: tmp.path(),
+        video: None,
+        hasher: &hasher,
+    };
+    let params = json!({"model": "yolov12n", "confidence": 0.25, "iou": 0.45, "max_detections": 300, "batch": 8});
+    let x = stage.key_extras(&params, &env).unwrap();
+    if std::env::var_os("VSUM_ONNXRUNTIME").is_none() {
+        assert_eq!(x.tools["onnxruntime"], "1.32.0");
+    }
+    assert_eq!(
+        x.tools["yolo_model"],
+        blake3::hash(b"weights").to_hex().to_string()
+    );
+    // A model given by path is hashed from its content, never keyed by its path.
+    std::fs::write(tmp.path().join("mine.onnx"), b"other weights").unwrap();
+    let params = json!({"model": "mine.onnx", "confidence": 0.25, "iou": 0.45, "max_detections": 300, "batch": 8});
+    let x = stage.key_extras(&params, &env).unwrap();
+    assert_eq!(
+        x.tools["yolo_model"],
+        blake3::hash(b"other weights").to_hex().to_string()
+    );
+    assert!(
+        x.tools
+            .values()
+            .all(|v| !v.contains(tmp.path().to_str().unwrap()))
+    );
+}

@@ -176,7 +176,7 @@ pub const CATALOG: &[ModelSpec] = &[
                  although the easy-yolo crate that ships it says MIT OR Apache-2.0. Treat the \
                  weights as AGPL-3.0: offering a service or program built on them may oblige \
                  you to publish its source under the AGPL. Any other YOLOv5u/v8/v11/v12 ONNX \
-                 export can be used instead with `model: path/to/model.onnx`.",
+                 export can be used instead with `with: {model: path/to/model.onnx}`.",
         recipe: Recipe::ZippedOnnx {
             package: 0,
             archive: "yolov12n.onnx.zip",

@@ -46,9 +46,9 @@ struct Params {
     #[serde(default = "default_model")]
     model: String,
     #[serde(default = "default_confidence")]
-    confidence: f32,
+    confidence: f64,
     #[serde(default = "default_iou")]
-    iou: f32,
+    iou: f64,
     #[serde(default = "default_max_detections")]
     max_detections: u32,
     #[serde(default = "default_batch")]
@@ -58,10 +58,10 @@ struct Params {
 fn default_model() -> String {
     "yolov12n".into()
 }
-fn default_confidence() -> f32 {
+fn default_confidence() -> f64 {
     0.25
 }
-fn default_iou() -> f32 {
+fn default_iou() -> f64 {
     0.45
 }
 fn default_max_detections() -> u32 {
@@ -105,8 +105,8 @@ pub struct DetectionsFile {
     pub classes: usize,
     /// Where the class names came from.
     pub names_from: String,
-    pub confidence: f32,
-    pub iou: f32,
+    pub confidence: f64,
+    pub iou: f64,
     pub max_detections: u32,
     pub images: Vec<ImageDetections>,
 }
@@ -749,8 +749,8 @@ impl StageKind for YoloStage {
             )));
         }
         let t = Thresholds {
-            confidence: p.confidence,
-            iou: p.iou,
+            confidence: p.confidence as f32,
+            iou: p.iou as f32,
             max_detections: p.max_detections as usize,
         };
         let mut file = DetectionsFile {
