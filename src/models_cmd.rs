@@ -97,15 +97,20 @@ pub fn run(cmd: ModelsCmd) -> anyhow::Result<u8> {
                     Ok(o) if o.already => {
                         println!("{name}: already installed ({})", o.path.display());
                     }
-                    Ok(o) => println!(
-                        "{name}: installed {} ({}, blake3 {}…) from {} ({}) in {:.1} s",
-                        o.path.display(),
-                        human_bytes(o.entry.size),
-                        &o.entry.blake3[..12],
-                        o.entry.sources.join(" + "),
-                        o.entry.license,
-                        t0.elapsed().as_secs_f64()
-                    ),
+                    Ok(o) => {
+                        println!(
+                            "{name}: installed {} ({}, blake3 {}…) from {} ({}) in {:.1} s",
+                            o.path.display(),
+                            human_bytes(o.entry.size),
+                            &o.entry.blake3[..12],
+                            o.entry.sources.join(" + "),
+                            o.entry.license,
+                            t0.elapsed().as_secs_f64()
+                        );
+                        if let Some(s) = models::spec(name).filter(|s| !s.notice.is_empty()) {
+                            println!("note: {}", s.notice);
+                        }
+                    }
                     Err(e) => {
                         eprint!("{name}: ");
                         print_error(&e);
@@ -127,6 +132,7 @@ pub fn run(cmd: ModelsCmd) -> anyhow::Result<u8> {
                     "blake3": e.map(|e| &e.blake3), "format": s.format,
                     "license": s.license,
                     "sources": s.packages.iter().map(|p| p.pin()).collect::<Vec<_>>(),
+                    "notice": (!s.notice.is_empty()).then_some(s.notice),
                 }));
             }
             for (name, e) in &manifest.models {
@@ -143,14 +149,20 @@ pub fn run(cmd: ModelsCmd) -> anyhow::Result<u8> {
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
                 println!("models folder: {}", dir.root().display());
+                let lw = rows
+                    .iter()
+                    .map(|r| r["license"].as_str().unwrap_or("").chars().count())
+                    .max()
+                    .unwrap_or(0)
+                    .max(7);
                 println!(
-                    "{:<16} {:<10} {:>9}  {:<13} {:<8} source",
+                    "{:<16} {:<10} {:>9}  {:<13} {:<lw$} source",
                     "name", "state", "size", "blake3", "license"
                 );
                 for r in &rows {
                     let installed = r["installed"].as_bool().unwrap_or(false);
                     println!(
-                        "{:<16} {:<10} {:>9}  {:<13} {:<8} {}",
+                        "{:<16} {:<10} {:>9}  {:<13} {:<lw$} {}",
                         r["name"].as_str().unwrap_or(""),
                         if installed { "installed" } else { "-" },
                         r["size"].as_u64().map(human_bytes).unwrap_or_default(),
@@ -166,8 +178,13 @@ pub fn run(cmd: ModelsCmd) -> anyhow::Result<u8> {
                                 .filter_map(|s| s.as_str())
                                 .collect::<Vec<_>>()
                                 .join(" + "))
-                            .unwrap_or_default()
+                            .unwrap_or_default(),
                     );
+                }
+                for r in &rows {
+                    if let Some(n) = r["notice"].as_str() {
+                        println!("\nnote: {n}");
+                    }
                 }
             }
             Ok(0)

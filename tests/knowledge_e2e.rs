@@ -6,6 +6,8 @@
 //! their absence fails the test.
 
 mod common;
+#[path = "../stages/tests/vision_support/mod.rs"]
+mod vision_support;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -104,9 +106,10 @@ stages:
   transcript: {uses: whisper.transcribe, needs: [audio, vad]}
   scenes: {uses: video.scenes}
   keyframes: {uses: video.keyframes, needs: [scenes]}
+  objects: {uses: yolo.detect, needs: [keyframes]}
   summary:
     uses: knowledge.compose
-    needs: [probe, audio, transcript, scenes, keyframes]
+    needs: [probe, audio, transcript, scenes, keyframes, objects]
     with: {chapter_secs: 1}
   index:
     uses: knowledge.index
@@ -144,6 +147,21 @@ fn talking_videos_become_knowledge_and_a_searchable_report() {
     );
     talking_video(&input, "onboarding", B_SENTENCES, &["rgbtestsrc"], 8.0);
     talking_video(&input, "silent", "", &["testsrc2", "smptehdbars"], 3.0);
+    // Known objects: the astronaut (a person) for 4 s, then the cat, with speech over them.
+    let Some(photos) = vision_support::photos("knowledge_e2e") else {
+        return;
+    };
+    let wav = p.path().join("photos.wav");
+    assert!(Command::new("espeak-ng").args(["-s", "140", "-w"]).arg(&wav).arg("First the astronaut. Then the cat.").status().unwrap().success());
+    let (a, c) = (photos.join("astronaut.png"), photos.join("chelsea.png"));
+    ffmpeg(&[
+        "-loop", "1", "-t", "4", "-i", a.to_str().unwrap(),
+        "-loop", "1", "-t", "4", "-i", c.to_str().unwrap(),
+        "-i", wav.to_str().unwrap(),
+        "-filter_complex", "[0:v]scale=480:360,setsar=1,fps=25,format=yuv420p[a];[1:v]scale=480:360,setsar=1,fps=25,format=yuv420p[b];[a][b]concat=n=2:v=1:a=0[v]",
+        "-map", "[v]", "-map", "2:a", "-af", "apad", "-t", "8", "-c:v", "libx264", "-preset", "veryfast", "-c:a", "aac",
+        input.join("photos.mp4").to_str().unwrap(),
+    ]);
 
     let (code, s) = p.run(&[]);
     if code != 0 {
@@ -223,6 +241,16 @@ fn talking_videos_become_knowledge_and_a_searchable_report() {
             .contains("## Chapters")
     );
 
+    // Objects appear under the chapter where they are seen.
+    let ph = summary(&p, "photos");
+    let names = |i: usize| -> Vec<String> {
+        ph["chapters"][i]["objects"].as_array().unwrap().iter().map(|o| o["name"].as_str().unwrap().to_string()).collect()
+    };
+    assert_eq!(ph["chapters"].as_array().unwrap().len(), 2, "{}", ph["chapters"]);
+    assert!(names(0).contains(&"person".to_string()), "chapter 1: {:?}", names(0));
+    assert!(names(1).contains(&"cat".to_string()), "chapter 2: {:?}", names(1));
+    assert!(!names(0).contains(&"cat".to_string()), "the cat is not in chapter 1: {:?}", names(0));
+
     // No audio and no cuts are stated, not crashed on.
     let silent = summary(&p, "silent");
     assert!(
@@ -245,7 +273,7 @@ fn talking_videos_become_knowledge_and_a_searchable_report() {
             .lines()
             .filter(|l| l.starts_with("| ") && !l.starts_with("| Video"))
             .count(),
-        3,
+        4,
         "{index}"
     );
     let browser = ["chromium", "chromium-browser"]

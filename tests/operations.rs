@@ -373,6 +373,9 @@ stages:
     let text = stdout(&out);
     assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(text.contains("FAIL model whisper-tiny.en"), "{text}");
-    assert!(text.contains("vsum models install whisper-tiny.en"), "{text}");
+    assert!(
+        text.contains("vsum models install whisper-tiny.en"),
+        "{text}"
+    );
     assert!(text.contains("ok   ffmpeg libraries: libavcodec"), "{text}");
 }

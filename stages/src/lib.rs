@@ -6,6 +6,7 @@ pub mod knowledge;
 pub mod media;
 pub mod models;
 pub mod speech;
+pub mod vision;
 
 use vsum_engine::stage::Registry;
 
@@ -16,6 +17,7 @@ pub fn registry() -> Registry {
     media::register_media(&mut r);
     r.register(speech::vad::VadStage);
     r.register(speech::whisper::WhisperStage);
+    r.register(vision::yolo::YoloStage::default());
     knowledge::register_knowledge(&mut r);
     r
 }

