@@ -215,12 +215,16 @@ impl Detector {
         onnxruntime::library(dir)?;
         let env = onnxruntime::environment(dir)?;
         let label = model.display();
+        let hint = match &model.name {
+            Some(name) => format!("reinstall it: `vsum models install {name} --force`"),
+            None => "is it an ONNX file? fix the stage's `model:`".to_string(),
+        };
         let fail = |e: String| {
             StageError::fatal(format!(
                 "cannot load the ONNX model {label} ({}): {e}",
                 model.path.display()
             ))
-            .hint("is it an ONNX file? reinstall it (`vsum models install yolov12n --force`) or fix the stage's `model:`")
+            .hint(hint.clone())
         };
         let builder = Session::builder(&env)
             .map_err(|e| fail(e.to_string()))?
