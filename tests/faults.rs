@@ -128,19 +128,27 @@ fn a_crash_after_the_entry_before_outputs_are_placed_is_recovered() {
 
 /// Starts a run and kill -9s it once the run log shows `needle`.
 pub fn kill_when_logged(p: &Project, needle: &str) {
+    let logs = p.path().join(".vsum/logs");
+    let before: Vec<std::path::PathBuf> = std::fs::read_dir(&logs)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
     let mut child = Command::new(BIN)
         .args(["run", "pipeline.yaml", "--progress", "none", "--jobs", "1"])
         .current_dir(p.path())
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
-    let logs = p.path().join(".vsum/logs");
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + Duration::from_secs(120);
     loop {
+        // Only this run's log counts.
         let seen = std::fs::read_dir(&logs)
             .into_iter()
             .flatten()
             .flatten()
+            .filter(|e| !before.contains(&e.path()))
             .any(|e| {
                 std::fs::read_to_string(e.path())
                     .unwrap_or_default()
@@ -230,4 +238,89 @@ stages:
     let (code, s2) = p.run(&[]);
     assert_eq!(code, 0);
     assert_eq!(counts(&s2).1, ran, "finished work was kept");
+}
+
+/// A real batch: FFmpeg decoding and Whisper transcription, killed in the middle of each.
+const REAL: &str = r#"
+inputs: [input/]
+config: {cpu_threads: 1}
+stages:
+  audio: {uses: media.audio}
+  vad: {uses: audio.vad, needs: [audio]}
+  transcript: {uses: whisper.transcribe, needs: [audio, vad]}
+  scenes: {uses: video.scenes}
+"#;
+
+fn real_project() -> Option<Project> {
+    let p = Project::new(REAL, &[]);
+    for (i, text) in ["The backup runs tonight.", "Testing starts on Monday."]
+        .iter()
+        .enumerate()
+    {
+        let wav = p.path().join(format!("s{i}.wav"));
+        let ok = Command::new("espeak-ng")
+            .args(["-w"])
+            .arg(&wav)
+            .arg(text)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "espeak-ng is missing in CI"
+            );
+            eprintln!("SKIP real-batch fault tests: espeak-ng is missing");
+            return None;
+        }
+        let out = p.path().join(format!("input/talk{i}.mp4"));
+        let st = Command::new("ffmpeg")
+            .args(["-v", "error", "-y", "-f", "lavfi", "-i", "testsrc=size=320x240:rate=25", "-f", "lavfi", "-i", "smptebars=size=320x240:rate=25", "-i"])
+            .arg(&wav)
+            .args(["-filter_complex", "[0:v]trim=0:3,setpts=PTS-STARTPTS[a];[1:v]trim=0:3,setpts=PTS-STARTPTS[b];[a][b]concat=n=2:v=1:a=0[v]", "-map", "[v]", "-map", "2:a", "-af", "apad", "-t", "6", "-c:v", "libx264", "-preset", "veryfast", "-c:a", "aac"])
+            .arg(&out)
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+    Some(p)
+}
+
+#[test]
+fn kill_dash_nine_during_decoding_and_during_transcription_then_rerun_matches_a_clean_run() {
+    let Some(clean) = real_project() else { return };
+    let (code, s) = clean.run(&[]);
+    if code != 0 && s.to_string().contains("vsum models install") {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "models must be installed in CI: {s}"
+        );
+        eprintln!("SKIP: models not installed (run ./scripts/setup.sh)");
+        return;
+    }
+    assert_eq!(code, 0, "{s}");
+    let expected = snapshot(&clean.path().join("output"));
+
+    let p = real_project().unwrap();
+    // Same videos, made the same way: the inputs are byte-identical.
+    for i in 0..2 {
+        let f = format!("input/talk{i}.mp4");
+        assert_eq!(
+            std::fs::read(p.path().join(&f)).unwrap(),
+            std::fs::read(clean.path().join(&f)).unwrap()
+        );
+    }
+    kill_when_logged(
+        &p,
+        r#""job_started","job":{"index":3,"stage":"scenes""#.trim_start_matches('"'),
+    );
+    kill_when_logged(&p, r#""stage":"transcript","kind":"whisper.transcribe""#);
+    let (code, s) = p.run(&[]);
+    assert_eq!(code, 0, "{s}");
+    assert_eq!(
+        snapshot(&p.path().join("output")),
+        expected,
+        "outputs differ from an uninterrupted run"
+    );
+    let out = p.vsum(&["cache", "-m", "pipeline.yaml", "verify"]);
+    assert!(out.status.success(), "{}", stdout(&out));
 }

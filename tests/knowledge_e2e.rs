@@ -152,14 +152,47 @@ fn talking_videos_become_knowledge_and_a_searchable_report() {
         return;
     };
     let wav = p.path().join("photos.wav");
-    assert!(Command::new("espeak-ng").args(["-s", "140", "-w"]).arg(&wav).arg("First the astronaut. Then the cat.").status().unwrap().success());
+    assert!(
+        Command::new("espeak-ng")
+            .args(["-s", "140", "-w"])
+            .arg(&wav)
+            .arg("First the astronaut. Then the cat.")
+            .status()
+            .unwrap()
+            .success()
+    );
     let (a, c) = (photos.join("astronaut.png"), photos.join("chelsea.png"));
     ffmpeg(&[
-        "-loop", "1", "-t", "4", "-i", a.to_str().unwrap(),
-        "-loop", "1", "-t", "4", "-i", c.to_str().unwrap(),
-        "-i", wav.to_str().unwrap(),
-        "-filter_complex", "[0:v]scale=480:360,setsar=1,fps=25,format=yuv420p[a];[1:v]scale=480:360,setsar=1,fps=25,format=yuv420p[b];[a][b]concat=n=2:v=1:a=0[v]",
-        "-map", "[v]", "-map", "2:a", "-af", "apad", "-t", "8", "-c:v", "libx264", "-preset", "veryfast", "-c:a", "aac",
+        "-loop",
+        "1",
+        "-t",
+        "4",
+        "-i",
+        a.to_str().unwrap(),
+        "-loop",
+        "1",
+        "-t",
+        "4",
+        "-i",
+        c.to_str().unwrap(),
+        "-i",
+        wav.to_str().unwrap(),
+        "-filter_complex",
+        "[0:v]scale=480:360,setsar=1,fps=25,format=yuv420p[a];[1:v]scale=480:360,setsar=1,fps=25,format=yuv420p[b];[a][b]concat=n=2:v=1:a=0[v]",
+        "-map",
+        "[v]",
+        "-map",
+        "2:a",
+        "-af",
+        "apad",
+        "-t",
+        "8",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "veryfast",
+        "-c:a",
+        "aac",
         input.join("photos.mp4").to_str().unwrap(),
     ]);
 
@@ -244,12 +277,34 @@ fn talking_videos_become_knowledge_and_a_searchable_report() {
     // Objects appear under the chapter where they are seen.
     let ph = summary(&p, "photos");
     let names = |i: usize| -> Vec<String> {
-        ph["chapters"][i]["objects"].as_array().unwrap().iter().map(|o| o["name"].as_str().unwrap().to_string()).collect()
+        ph["chapters"][i]["objects"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|o| o["name"].as_str().unwrap().to_string())
+            .collect()
     };
-    assert_eq!(ph["chapters"].as_array().unwrap().len(), 2, "{}", ph["chapters"]);
-    assert!(names(0).contains(&"person".to_string()), "chapter 1: {:?}", names(0));
-    assert!(names(1).contains(&"cat".to_string()), "chapter 2: {:?}", names(1));
-    assert!(!names(0).contains(&"cat".to_string()), "the cat is not in chapter 1: {:?}", names(0));
+    assert_eq!(
+        ph["chapters"].as_array().unwrap().len(),
+        2,
+        "{}",
+        ph["chapters"]
+    );
+    assert!(
+        names(0).contains(&"person".to_string()),
+        "chapter 1: {:?}",
+        names(0)
+    );
+    assert!(
+        names(1).contains(&"cat".to_string()),
+        "chapter 2: {:?}",
+        names(1)
+    );
+    assert!(
+        !names(0).contains(&"cat".to_string()),
+        "the cat is not in chapter 1: {:?}",
+        names(0)
+    );
 
     // No audio and no cuts are stated, not crashed on.
     let silent = summary(&p, "silent");
