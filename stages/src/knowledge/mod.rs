@@ -16,15 +16,11 @@ pub fn register_knowledge(reg: &mut Registry) {
 
 /// Name and license of an installed model, by its blake3 (from the models manifest).
 pub fn model_name(blake3: &str) -> Option<(String, Option<String>)> {
-    let dir = std::env::var_os("VSUM_MODELS_DIR")
-        .map(std::path::PathBuf::from)
-        .or_else(|| {
-            std::env::var_os("HOME").map(|h| std::path::Path::new(&h).join(".cache/vsum/models"))
-        })?;
-    let v: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("models.json")).ok()?).ok()?;
-    v["models"].as_object()?.iter().find_map(|(name, m)| {
-        (m["blake3"].as_str() == Some(blake3))
-            .then(|| (name.clone(), m["license"].as_str().map(str::to_string)))
-    })
+    let manifest =
+        crate::models::ModelsManifest::load(&crate::models::ModelsDir::from_env()).ok()?;
+    manifest
+        .models
+        .into_iter()
+        .find(|(_, m)| m.blake3 == blake3)
+        .map(|(name, m)| (name, Some(m.license)))
 }
