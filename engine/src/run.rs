@@ -350,31 +350,18 @@ impl Shared<'_> {
         let ref_id = self.ref_id(job);
         match lookup {
             Lookup::Hit(entry) => {
-                let digest = entry.digest();
-                if !self.dry_run {
-                    let dest = self.out_folder(job);
-                    if let Err(e) = self
-                        .store
-                        .materialize(&entry, &dest)
-                        .and_then(|()| self.publish_files(job, &dest))
-                    {
-                        let mut r = self.record(label, Outcome::Failed, start);
-                        r.key = Some(key);
-                        r.error = Some(format!(
-                            "cannot restore cached outputs into {}: {e}",
-                            dest.display()
-                        ));
-                        r.hint =
-                            Some("check that the output folder is writable and has space".into());
-                        return Plan::Done(Box::new(finish(r, None)));
-                    }
-                    let _ = self.store.set_ref(&ref_id, &st.id, &key);
-                }
+                // Restored the same way a finished job's outputs are published.
                 let mut r = self.record(label, Outcome::Cached, start);
                 r.key = Some(key);
+                let digest = if self.dry_run {
+                    Some(entry.digest())
+                } else {
+                    self.publish(job, &entry, &mut r)
+                };
+                r.end_ms = self.ms();
                 Plan::Done(Box::new(Finished {
                     tools: entry.fingerprint.tools.clone(),
-                    ..finish(r, Some(digest))
+                    ..finish(r, digest)
                 }))
             }
             other => {
