@@ -318,6 +318,34 @@ fn last_failures(store: &Store) -> Result<Option<std::collections::BTreeSet<Path
     Ok((!set.is_empty()).then_some(set))
 }
 
+/// The cache a `cache` or `runs` command works on: beside the manifest (`-m`), or the
+/// folder named by `--cache-dir`. Returns the manifest and config when there is one.
+fn open_cache(
+    registry: &Registry,
+    manifest: Option<&Path>,
+    common: &Common,
+    mode: LockMode,
+) -> Result<(Option<(Manifest, Config)>, Store), Fail> {
+    match (manifest, &common.cache_dir) {
+        (Some(path), _) => {
+            let m = load_manifest(path, registry)?;
+            let cfg = load_config(&m, common, Default::default())?;
+            let store = open_store(&m, &cfg, mode)?;
+            Ok((Some((m, cfg)), store))
+        }
+        (None, Some(dir)) => {
+            let store =
+                Store::open(dir, mode).map_err(|e| Fail(exit::USAGE, format!("error: {e}")))?;
+            Ok((None, store))
+        }
+        (None, None) => Err(Fail(
+            exit::USAGE,
+            "error: which cache? pass -m MANIFEST (its cache is beside it) or --cache-dir DIR"
+                .into(),
+        )),
+    }
+}
+
 fn open_store(m: &Manifest, cfg: &Config, mode: LockMode) -> Result<Store, Fail> {
     Store::open(&cfg.cache_path(&m.base_dir), mode)
         .map_err(|e| Fail(exit::USAGE, format!("error: {e}")))
@@ -556,21 +584,7 @@ fn runs(
     common: &Common,
     cmd: RunsCmd,
 ) -> Result<u8, Fail> {
-    let store = match (&manifest, &common.cache_dir) {
-        (Some(p), _) => {
-            let m = load_manifest(p, registry)?;
-            let cfg = load_config(&m, common, Default::default())?;
-            open_store(&m, &cfg, LockMode::Shared)?
-        }
-        (None, Some(dir)) => Store::open(dir, LockMode::Shared)
-            .map_err(|e| Fail(exit::USAGE, format!("error: {e}")))?,
-        (None, None) => {
-            return Err(Fail(
-                exit::USAGE,
-                "error: which cache? pass -m MANIFEST or --cache-dir DIR".into(),
-            ));
-        }
-    };
+    let (_, store) = open_cache(registry, manifest.as_deref(), common, LockMode::Shared)?;
     let read = |p: &Path| -> Option<serde_json::Value> {
         serde_json::from_str(&std::fs::read_to_string(p).ok()?).ok()
     };
@@ -720,26 +734,7 @@ fn cache(
     } else {
         LockMode::Shared
     };
-    let (m, store) = match (&manifest, &common.cache_dir) {
-        (Some(path), _) => {
-            let m = load_manifest(path, registry)?;
-            let cfg = load_config(&m, common, Default::default())?;
-            let store = open_store(&m, &cfg, mode)?;
-            (Some((m, cfg)), store)
-        }
-        (None, Some(dir)) => {
-            let store =
-                Store::open(dir, mode).map_err(|e| Fail(exit::USAGE, format!("error: {e}")))?;
-            (None, store)
-        }
-        (None, None) => {
-            return Err(Fail(
-                exit::USAGE,
-                "error: which cache? pass -m MANIFEST (its cache is beside it) or --cache-dir DIR"
-                    .into(),
-            ));
-        }
-    };
+    let (m, store) = open_cache(registry, manifest.as_deref(), common, mode)?;
     match cmd {
         CacheCmd::Ls { json } => {
             let mut rows = Vec::new();
