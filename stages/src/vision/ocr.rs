@@ -36,6 +36,8 @@ use crate::models::{ModelsDir, Resolved, onnxruntime, resolve};
 const KIND: &str = "ocr.text";
 /// The recognizer's input height.
 const REC_HEIGHT: u32 = 48;
+/// Margin added around each text box before recognition, as a share of its height.
+const CROP_MARGIN: f32 = 0.15;
 /// The narrowest recognizer input (PaddleOCR's 3x48x320).
 const REC_MIN_WIDTH: u32 = 320;
 
@@ -279,12 +281,17 @@ impl OcrModels {
             .try_extract_tensor::<f32>()
             .map_err(fail)?;
         let (steps, classes) = match oshape[..] {
-            [n, s, c] if n as usize == crops.len() => (s as usize, c as usize),
+            [n, s, c] if n as usize == crops.len() && c as usize == self.chars.len() + 1 => {
+                (s as usize, c as usize)
+            }
             _ => {
                 return Err(StageError::fatal(format!(
-                    "{KIND}: the text recognizer gave an output of shape {oshape:?}, expected [{}, steps, classes]",
-                    crops.len()
-                )));
+                    "{KIND}: the text recognizer gave an output of shape {oshape:?}, expected [{}, steps, {}] (blank + its {} characters)",
+                    crops.len(),
+                    self.chars.len() + 1,
+                    self.chars.len()
+                ))
+                .hint("use the PP-OCR recognizer `vsum models install ppocr` installs, whose character list matches its output"));
             }
         };
         Ok((0..crops.len())
@@ -326,10 +333,13 @@ fn to_bgr_planes(img: &RgbImage, dst: &mut [f32]) {
 
 /// A text box cut out of its picture and scaled to the recognizer's height.
 fn crop_line(img: &RgbImage, b: &TextBox) -> Option<RgbImage> {
-    let x0 = (b.bbox[0].floor().max(0.0) as u32).min(img.width().saturating_sub(1));
-    let y0 = (b.bbox[1].floor().max(0.0) as u32).min(img.height().saturating_sub(1));
-    let x1 = (b.bbox[2].ceil() as u32).clamp(x0 + 1, img.width());
-    let y1 = (b.bbox[3].ceil() as u32).clamp(y0 + 1, img.height());
+    // A margin around the detector's tight box: the recognizer reads glued words
+    // ("IntroductiontoVector") from crops that leave the letters no room.
+    let m = CROP_MARGIN * (b.bbox[3] - b.bbox[1]);
+    let x0 = ((b.bbox[0] - m).floor().max(0.0) as u32).min(img.width().saturating_sub(1));
+    let y0 = ((b.bbox[1] - m).floor().max(0.0) as u32).min(img.height().saturating_sub(1));
+    let x1 = ((b.bbox[2] + m).ceil() as u32).clamp(x0 + 1, img.width());
+    let y1 = ((b.bbox[3] + m).ceil() as u32).clamp(y0 + 1, img.height());
     let (w, h) = (x1 - x0, y1 - y0);
     if w < 2 || h < 2 {
         return None;

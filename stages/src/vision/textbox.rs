@@ -10,6 +10,9 @@
 
 use serde::{Deserialize, Serialize};
 
+/// A title's letters are at least this many times as wide as the body text's.
+const TITLE_SIZE_RATIO: f32 = 1.25;
+
 /// DB post-processing settings (PaddleOCR's defaults as RapidOCR ships them).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct DbSettings {
@@ -141,8 +144,8 @@ pub fn db_boxes(
 /// blank, class k the character `chars[k - 1]`). Returns the text and the mean
 /// probability of its characters (0 when empty).
 pub fn ctc_decode(probs: &[f32], steps: usize, classes: usize, chars: &[String]) -> (String, f32) {
-    let mut text = String::new();
-    let mut confs = Vec::new();
+    // (character, probability) of each emitted character.
+    let mut out: Vec<(&str, f32)> = Vec::new();
     let mut prev = usize::MAX;
     for t in 0..steps {
         let row = &probs[t * classes..(t + 1) * classes];
@@ -154,15 +157,15 @@ pub fn ctc_decode(probs: &[f32], steps: usize, classes: usize, chars: &[String])
             && best != prev
             && let Some(c) = chars.get(best - 1)
         {
-            text.push_str(c);
-            confs.push(p);
+            out.push((c.as_str(), p));
         }
         prev = best;
     }
-    let conf = if confs.is_empty() {
+    let text: String = out.iter().map(|o| o.0).collect();
+    let conf = if out.is_empty() {
         0.0
     } else {
-        confs.iter().sum::<f32>() / confs.len() as f32
+        out.iter().map(|o| o.1).sum::<f32>() / out.len() as f32
     };
     (text, conf)
 }
@@ -170,7 +173,27 @@ pub fn ctc_decode(probs: &[f32], steps: usize, classes: usize, chars: &[String])
 /// The recognizer's character list from its `character` metadata (one per line),
 /// with the space RapidOCR appends.
 pub fn character_list(meta: &str) -> Vec<String> {
-    let mut v: Vec<String> = meta.lines().map(str::to_string).collect();
+    // Split as Python's `str.splitlines` does (RapidOCR's reading of the list): the
+    // list holds characters that Rust's `lines` would keep inside a line.
+    let mut v: Vec<String> = Vec::new();
+    let mut cur = String::new();
+    let mut chars = meta.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\r' => {
+                if chars.peek() == Some(&'\n') {
+                    chars.next();
+                }
+                v.push(std::mem::take(&mut cur));
+            }
+            '\n' | '\u{b}' | '\u{c}' | '\u{1c}' | '\u{1d}' | '\u{1e}' | '\u{85}' | '\u{2028}'
+            | '\u{2029}' => v.push(std::mem::take(&mut cur)),
+            c => cur.push(c),
+        }
+    }
+    if !cur.is_empty() {
+        v.push(cur);
+    }
     v.push(" ".to_string());
     v
 }
@@ -220,29 +243,40 @@ pub fn reading_order(lines: &mut [Line]) {
     }
 }
 
-/// The title of a slide: the tallest text in the top third of the picture (with the
-/// lines beside it on its row), when it is clearly taller than the body text or is
-/// the only text up there. `None` for a screen of same-sized lines.
+/// How big a line's letters are: its width per character (box heights say little, as
+/// the detector grows every box by a share of its own size).
+fn letter_size(l: &Line) -> f32 {
+    (l.bbox[2] - l.bbox[0]) / l.text.chars().count().max(1) as f32
+}
+
+/// The title of a slide: the line with the biggest letters in the top third of the
+/// picture (with the lines beside it on its row), when its letters are clearly bigger
+/// than the body text's or nothing else is written. `None` for a screen of same-sized
+/// lines (code, a document).
 pub fn title(lines: &[Line], height: u32) -> Option<String> {
-    let h = |l: &Line| l.bbox[3] - l.bbox[1];
     let top = height as f32 / 3.0;
     let best = lines
         .iter()
-        .filter(|l| l.bbox[1] < top && !l.text.trim().is_empty())
-        .max_by(|a, b| h(a).total_cmp(&h(b)))?;
-    let mut heights: Vec<f32> = lines.iter().map(h).collect();
-    heights.sort_by(f32::total_cmp);
-    let median = heights[heights.len() / 2];
-    let alone = lines.iter().filter(|l| l.bbox[1] < top).count() == 1 && lines.len() > 1;
-    if h(best) < 1.15 * median && !alone {
+        .filter(|l| l.bbox[1] < top && l.text.trim().chars().count() >= 2)
+        .max_by(|a, b| letter_size(a).total_cmp(&letter_size(b)))?;
+    let mut others: Vec<f32> = lines
+        .iter()
+        .filter(|l| !std::ptr::eq(*l, best) && l.text.trim().chars().count() >= 4)
+        .map(letter_size)
+        .collect();
+    others.sort_by(f32::total_cmp);
+    if let Some(&median) = others.get(others.len() / 2)
+        && letter_size(best) < TITLE_SIZE_RATIO * median
+    {
         return None;
     }
+    let h = |l: &Line| l.bbox[3] - l.bbox[1];
     let c = (best.bbox[1] + best.bbox[3]) / 2.0;
     let mut row: Vec<&Line> = lines
         .iter()
         .filter(|l| {
             let lc = (l.bbox[1] + l.bbox[3]) / 2.0;
-            (lc - c).abs() < 0.5 * h(best) && h(l) > 0.8 * h(best)
+            (lc - c).abs() < 0.5 * h(best) && letter_size(l) > 0.8 * letter_size(best)
         })
         .collect();
     row.sort_by(|a, b| a.bbox[0].total_cmp(&b.bbox[0]));
@@ -309,22 +343,36 @@ mod tests {
         assert_eq!(text, "aab b");
         assert!((conf - 0.8).abs() < 1e-6);
         assert_eq!(character_list("a\nb"), chars);
+        assert_eq!(character_list("a\r\nb\n").len(), 3);
+        assert_eq!(character_list("a\u{2028}b\n\u{85}c").len(), 5);
     }
 
     #[test]
     fn lines_read_in_rows_and_the_title_is_the_big_text_on_top() {
         let mut lines = vec![
-            line(300.0, 152.0, 200.0, 30.0, "right"),
-            line(72.0, 150.0, 200.0, 30.0, "left"),
-            line(48.0, 26.0, 300.0, 50.0, "Big"),
-            line(360.0, 28.0, 200.0, 48.0, "Title"),
-            line(72.0, 214.0, 200.0, 30.0, "next"),
+            line(300.0, 152.0, 200.0, 30.0, "right column"),
+            line(72.0, 150.0, 200.0, 30.0, "left column"),
+            line(48.0, 26.0, 180.0, 50.0, "Big"),
+            line(240.0, 28.0, 300.0, 48.0, "Ideas"),
+            line(72.0, 214.0, 200.0, 30.0, "next line here"),
         ];
         reading_order(&mut lines);
         let texts: Vec<&str> = lines.iter().map(|l| l.text.as_str()).collect();
-        assert_eq!(texts, vec!["Big", "Title", "left", "right", "next"]);
+        assert_eq!(
+            texts,
+            vec![
+                "Big",
+                "Ideas",
+                "left column",
+                "right column",
+                "next line here"
+            ]
+        );
         assert!(lines.iter().enumerate().all(|(i, l)| l.order == i));
-        assert_eq!(title(&lines, 540).as_deref(), Some("Big Title"));
+        assert_eq!(title(&lines, 540).as_deref(), Some("Big Ideas"));
+        // A slide with only its title.
+        let alone = [line(48.0, 26.0, 300.0, 50.0, "Thanks")];
+        assert_eq!(title(&alone, 540).as_deref(), Some("Thanks"));
         // A code screen: same-sized lines, no title.
         let code: Vec<Line> = (0..10)
             .map(|i| line(40.0, 20.0 + 34.0 * i as f32, 600.0, 26.0, "let x"))
