@@ -210,7 +210,10 @@ pub fn compose(inputs: &Inputs, meta: &Meta, p: &Params) -> Summary {
     // Static content: a chapter per slide, named after it (see `slides.rs`).
     let slide_spans = slides::slide_chapters(inputs.scenes.as_ref(), &scenes, inputs.ocr.as_ref());
     let spans = match &slide_spans {
-        Some(c) => c.iter().map(|x| (x.0, x.1, x.2.clone())).collect(),
+        Some(c) => {
+            notes.push("Slides or screens: a chapter per slide, named after its title.".into());
+            c.iter().map(|x| (x.0, x.1, x.2.clone())).collect()
+        }
         None => chapter_spans(&scenes, duration.unwrap_or(0.0), chapter_secs),
     };
     let screen = slides::screen_lines(inputs.ocr.as_ref());
