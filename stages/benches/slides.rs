@@ -74,6 +74,8 @@ fn run(
         resources: None,
         force_cpu: false,
         events: &events,
+        cores: None,
+        held_cores: 0,
     };
     kind.run(&mut ctx).expect("job");
     out

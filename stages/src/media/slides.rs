@@ -174,7 +174,7 @@ impl SlideDetector {
         let mut differ = vec![0u32; nb];
         let mut busy = vec![false; nb];
         // Pass 1: motion (against each block's anchor) and difference from the slide.
-        for b in 0..nb {
+        for (b, (differ_b, busy_b)) in differ.iter_mut().zip(busy.iter_mut()).enumerate() {
             let (xs, ys) = self.block_rows(b);
             let mut moved = 0u32;
             for y in ys.clone() {
@@ -185,7 +185,7 @@ impl SlideDetector {
                     .zip(&self.reference[r])
                 {
                     moved += u32::from(g.abs_diff(p) > motion_delta);
-                    differ[b] += u32::from(g.abs_diff(rf) > self.s.pixel_delta);
+                    *differ_b += u32::from(g.abs_diff(rf) > self.s.pixel_delta);
                 }
             }
             if moved >= MOTION_PIXELS {
@@ -203,12 +203,12 @@ impl SlideDetector {
             // Busy: it started moving twice within the window, or it has been moving
             // without a pause for half of it (a clip, a face: no slide transition).
             let moving_long = st.last_motion > t - dwell && t - st.burst > window / 2;
-            busy[b] = st.prev_burst >= t - window || moving_long;
+            *busy_b = st.prev_burst >= t - window || moving_long;
         }
         // Pass 2: what busy regions touch is followed; settled changes elsewhere count.
         // (changed pixels, burst start) of settled blocks that differ from the slide.
         let mut changed: Vec<(u32, i64)> = Vec::new();
-        for b in 0..nb {
+        for (b, &differ_b) in differ.iter().enumerate() {
             let (bx, by) = ((b % self.bw) as i64, (b / self.bw) as i64);
             let bh = nb.div_ceil(self.bw) as i64;
             let near_busy = (-1..=1).any(|dy| {
@@ -235,8 +235,8 @@ impl SlideDetector {
                 // change is absorbed; a block caught moving when the reference was
                 // taken gets its picture once it holds still.
                 self.copy_block(b, grey, false);
-            } else if settled && differ[b] > 0 {
-                changed.push((differ[b], burst));
+            } else if settled && differ_b > 0 {
+                changed.push((differ_b, burst));
             }
         }
         self.moving
