@@ -112,13 +112,8 @@ pub fn resolve(
                 .hint("check the path given by --config or VSUM_CONFIG"),
             ])
         })?;
-        let (node, _) = yaml::parse(&src).map_err(|e| {
-            Diagnostics(vec![Diagnostic::new(
-                f,
-                e.pos,
-                format!("YAML syntax error: {}", e.message),
-            )])
-        })?;
+        let (node, _) = yaml::parse(&src)
+            .map_err(|e| Diagnostics(vec![Diagnostic::new(f, e.pos, e.headline())]))?;
         layers.push((f.to_path_buf(), node.to_json(), Some(node)));
     }
     if let Some((v, n)) = manifest_config {

@@ -29,6 +29,7 @@ use crate::fsutil::write_atomic;
 use crate::graph::{self, JobGraph, JobNode};
 use crate::hash::FileHasher;
 use crate::manifest::{Manifest, StageSpec};
+use crate::safety;
 use crate::stage::{
     BatchItem, JobCtx, KeyEnv, Lane, Provenance, Registry, Resources, Scope, StageError, Video,
 };
@@ -66,6 +67,11 @@ pub struct JobRecord {
     pub error: Option<String>,
     pub hint: Option<String>,
     pub attempts: u32,
+    /// The video itself was the problem (unreadable, empty, corrupt, unsupported): the
+    /// failure is that video's only and does not count toward the error-rate stop or a
+    /// circuit breaker.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub bad_input: bool,
     /// Things worth knowing about how it ran (e.g. a fallback to the CPU).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
@@ -240,6 +246,7 @@ impl Shared<'_> {
             error: None,
             hint: None,
             attempts: 0,
+            bad_input: false,
             notes: Vec::new(),
             start_ms,
             end_ms: self.ms(),
@@ -552,10 +559,14 @@ impl Shared<'_> {
         record.attempts = attempt;
         record.reason = None;
         record.notes = notes;
-        self.breaker_count(
-            st,
-            outcome.is_ok() || outcome.as_ref().is_err_and(|e| e.cancelled),
-        );
+        // A bad video says nothing about the stage or the machine: it neither opens nor
+        // resets a breaker.
+        if !outcome.as_ref().is_err_and(|e| e.bad_input) {
+            self.breaker_count(
+                st,
+                outcome.is_ok() || outcome.as_ref().is_err_and(|e| e.cancelled),
+            );
+        }
         let digest = match outcome {
             Ok(entry) => self.publish(p.job, &entry, &mut record),
             Err(e) if e.cancelled => {
@@ -566,6 +577,7 @@ impl Shared<'_> {
                 record.outcome = Outcome::Failed;
                 record.error = Some(e.message);
                 record.hint = e.hint;
+                record.bad_input = e.bad_input;
                 None
             }
         };
@@ -579,8 +591,11 @@ impl Shared<'_> {
         }
     }
 
-    /// Links a batch stage's `publish:` files to the top of the output folder.
-    fn publish_files(&self, job: JobNode, dest: &std::path::Path) -> std::io::Result<()> {
+    /// Copies a batch stage's `publish:` files to the top of the output folder. A file
+    /// already there is replaced only when vsum wrote it (its content is what vsum last
+    /// published, or a link to a cache object): the user's own INDEX.md stays.
+    fn publish_files(&self, job: JobNode, dest: &std::path::Path) -> Result<(), String> {
+        use std::fs;
         for name in &self.stage(job).publish {
             let src = dest.join(name);
             if !src.is_file() {
@@ -593,11 +608,46 @@ impl Shared<'_> {
                 continue;
             }
             let target = self.output_dir.join(name);
-            let tmp = crate::fsutil::temp_beside(&target);
-            if std::fs::hard_link(&src, &tmp).is_err() {
-                std::fs::copy(&src, &tmp)?;
+            let shown = target.display();
+            let fail = |e: std::io::Error| format!("cannot publish {shown}: {e}");
+            safety::no_symlink_below(&self.output_dir, &target).map_err(fail)?;
+            let new_hash = crate::hash::hash_file(&src).map_err(fail)?;
+            match fs::symlink_metadata(&target) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(fail(e)),
+                Ok(md) if !md.is_file() => {
+                    return Err(format!(
+                        "cannot publish {shown}: something that is not a regular file is there, and vsum did not put it there; move it away"
+                    ));
+                }
+                Ok(_) => {
+                    let cur = crate::hash::hash_file(&target).map_err(fail)?;
+                    let ours = cur == new_hash
+                        || self.store.published_hash(&self.output_dir, name).as_deref()
+                            == Some(cur.as_str())
+                        || self.store.is_object_link(&target, &cur);
+                    if !ours {
+                        return Err(format!(
+                            "not publishing {shown}: a file vsum did not write is there, and vsum never overwrites one; move it away, or give `output:` a folder of its own"
+                        ));
+                    }
+                    if cur == new_hash && !self.store.is_object_link(&target, &cur) {
+                        self.store
+                            .set_published(&self.output_dir, name, &new_hash)
+                            .map_err(fail)?;
+                        continue;
+                    }
+                }
             }
-            std::fs::rename(&tmp, &target)?;
+            // A copy, not a link: an edit of the published file never reaches the cache.
+            let tmp = crate::fsutil::temp_beside(&target);
+            let placed = fs::copy(&src, &tmp)
+                .and_then(|_| self.store.set_published(&self.output_dir, name, &new_hash))
+                .and_then(|()| fs::rename(&tmp, &target));
+            if let Err(e) = placed {
+                let _ = fs::remove_file(&tmp);
+                return Err(fail(e));
+            }
         }
         Ok(())
     }
@@ -656,21 +706,59 @@ impl Shared<'_> {
         }
     }
 
+    /// Places a finished (or cached) entry's outputs in the job's output folder,
+    /// replacing only the files vsum placed there before, and publishes batch files.
     fn publish(&self, job: JobNode, entry: &Entry, record: &mut JobRecord) -> Option<String> {
         let dest = self.out_folder(job);
-        if let Err(e) = self
-            .store
-            .materialize(entry, &dest)
-            .and_then(|()| self.publish_files(job, &dest))
-        {
+        let ref_id = self.ref_id(job);
+        let stage = &self.stage(job).id;
+        let old = self.store.read_ref(&ref_id, stage);
+        let previous: Vec<String> = match &old {
+            Some(r) if r.dest.as_deref() == Some(dest.as_path()) => r.files.clone(),
+            // A ref of an older vsum: what that entry placed (its outputs).
+            Some(r) if r.dest.is_none() => self
+                .store
+                .read_entry(&r.key)
+                .map(|e| e.outputs.keys().cloned().collect())
+                .unwrap_or_default(),
+            _ => Vec::new(),
+        };
+        let files: Vec<String> = entry.outputs.keys().cloned().collect();
+        let mut placed = crate::store::Ref {
+            key: entry.key.clone(),
+            dest: Some(dest.clone()),
+            files: previous.clone(),
+        };
+        // On record before anything is placed: a crash midway leaves every file vsum
+        // may have placed known, so a later cleanup can still remove it.
+        placed
+            .files
+            .extend(files.iter().filter(|f| !previous.contains(f)).cloned());
+        let result = (if placed.files == previous {
+            Ok(())
+        } else {
+            self.store.set_ref(&ref_id, stage, &placed)
+        })
+        .and_then(|()| {
+            self.store
+                .materialize(entry, &self.output_dir, &dest, &previous)
+        });
+        if let Err(e) = result {
             record.outcome = Outcome::Failed;
             record.error = Some(format!("cannot write outputs into {}: {e}", dest.display()));
             record.hint = Some("check that the output folder is writable and has space; the result is cached, so a rerun only restores it".into());
             return None;
         }
-        let _ = self
-            .store
-            .set_ref(&self.ref_id(job), &self.stage(job).id, &entry.key);
+        placed.files = files;
+        let _ = self.store.set_ref(&ref_id, stage, &placed);
+        if let Err(e) = self.publish_files(job, &dest) {
+            record.outcome = Outcome::Failed;
+            record.error = Some(e);
+            record.hint = Some(
+                "the stage's own outputs are in place and cached; a rerun only publishes".into(),
+            );
+            return None;
+        }
         Some(entry.digest())
     }
 }
@@ -689,6 +777,10 @@ fn breaker_message(threshold: u32, kind: &str) -> String {
     format!(
         "circuit breaker open: {threshold} '{kind}' jobs failed in a row, so no more start in this run; fix the cause and rerun"
     )
+}
+
+fn first_line(s: &str) -> &str {
+    s.lines().next().unwrap_or(s)
 }
 
 fn sleep_unless_cancelled(d: Duration, cancel: &AtomicBool) -> bool {
@@ -710,6 +802,8 @@ pub enum RunError {
     UnknownStage(String, String),
     #[error("cannot start the CPU pool: {0}")]
     Pool(String),
+    #[error("unsafe output folder: {0}; {hint}", hint = safety::OUTPUT_HINT)]
+    UnsafeOutput(String),
 }
 
 /// Runs (or, with `dry_run`, plans) the batch.
@@ -724,6 +818,14 @@ pub fn run(
 ) -> Result<RunSummary, RunError> {
     let t0 = Instant::now();
     let started = now_secs();
+    if let Some(why) = safety::output_problem(
+        &manifest.output_dir(),
+        &manifest.base_dir,
+        &manifest.inputs,
+        Some(store.root()),
+    ) {
+        return Err(RunError::UnsafeOutput(why));
+    }
     let ids: Vec<&str> = manifest.stages.iter().map(|s| s.id.as_str()).collect();
     for s in opts.only.iter().chain(&opts.force) {
         if !ids.contains(&s.as_str()) {
@@ -960,7 +1062,13 @@ fn schedule(
             let mut paused_since: Option<Instant> = None;
             let mut cpu_busy = 0usize;
             let cpu_slots = pool.current_num_threads() * 2;
-            let (mut succeeded, mut failed, mut in_a_row) = (0usize, 0usize, 0u32);
+            // The error rate counts videos: those with a finished job, and those with a
+            // failure that is not the video's own fault (bad input never counts).
+            let mut judged: BTreeSet<usize> = BTreeSet::new();
+            let mut failed_videos: BTreeSet<usize> = BTreeSet::new();
+            let mut failure_kinds: BTreeMap<String, usize> = BTreeMap::new();
+            let mut in_a_row = 0u32;
+            let mut last_failure = String::new();
             while finished < n {
                 let stop = shared.stopped();
                 let pause = match (&shared.watch, &stop) {
@@ -992,7 +1100,9 @@ fn schedule(
                     }
                     (None, None) => {}
                 }
-                let hold = pause.is_some() && stop.is_none();
+                // Cancelling ends a pause: waiting jobs are released, as cancelled.
+                let hold =
+                    pause.is_some() && stop.is_none() && !shared.cancel.load(Ordering::Relaxed);
                 // Release ready jobs, a few more than the pool can run at once: the rest
                 // wait here, where pauses, stops and breakers still apply to them.
                 while let Some(node) = (!hold && cpu_busy < cpu_slots)
@@ -1104,24 +1214,44 @@ fn schedule(
                 };
                 in_flight -= 1;
                 finished += 1;
-                match fin.record.outcome {
+                let video = g[fin.node].video;
+                let counted = match fin.record.outcome {
                     Outcome::Ran | Outcome::Cached => {
-                        succeeded += 1;
                         in_a_row = 0;
+                        video.is_some_and(|v| judged.insert(v))
                     }
+                    Outcome::Failed if fin.record.bad_input => false,
                     Outcome::Failed => {
-                        failed += 1;
                         in_a_row += 1;
+                        let st = shared.stage(g[fin.node]);
+                        *failure_kinds
+                            .entry(format!("'{}' ({})", st.id, st.kind))
+                            .or_default() += 1;
+                        last_failure =
+                            first_line(fin.record.error.as_deref().unwrap_or("?")).to_string();
+                        video.is_some_and(|v| judged.insert(v) | failed_videos.insert(v))
                     }
-                    _ => {}
-                }
+                    _ => false,
+                };
                 if let Some(w) = &shared.watch {
-                    if let Some(a) = w.alerts.consecutive(in_a_row) {
+                    if fin.record.outcome == Outcome::Failed
+                        && !fin.record.bad_input
+                        && let Some(a) = w.alerts.consecutive(in_a_row)
+                    {
                         w.note(a);
                     }
-                    if let Some(a) = w.alerts.error_rate(failed, succeeded + failed) {
+                    let rate = counted
+                        .then(|| w.alerts.error_rate(failed_videos.len(), judged.len()))
+                        .flatten();
+                    if let Some(a) = rate {
                         let critical = a.level == Level::Critical;
-                        let message = a.message.clone();
+                        let message = match failure_kinds.iter().max_by_key(|(_, n)| **n) {
+                            Some((stage, n)) if critical => format!(
+                                "{}; most failures ({n}) are in stage {stage}, the last: {last_failure}",
+                                a.message,
+                            ),
+                            _ => a.message.clone(),
+                        };
                         w.note(a);
                         if critical {
                             shared.stop_batch(message);

@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use crate::fingerprint::{Fingerprint, SCHEMA, outputs_digest};
 use crate::fsutil::{self, sync_dir, temp_beside, write_atomic};
 use crate::hash::{FileHasher, hash_file};
+use crate::safety;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -36,6 +37,98 @@ pub enum StoreError {
         "the cache {path} is locked by another vsum ({what}); wait for it to finish or use another --cache-dir"
     )]
     Busy { path: PathBuf, what: &'static str },
+    #[error(
+        "{path} is not a vsum cache: the folder is not empty and has no {MARKER} (found {found}); vsum removes files in its cache folder, so it will not use this one. Give --cache-dir (or `cache_dir:`) an empty or new folder"
+    )]
+    NotACache { path: PathBuf, found: String },
+    #[error(
+        "the cache {path} has format {found}, newer than this vsum understands ({FORMAT}); use the newer vsum, or another --cache-dir"
+    )]
+    NewerFormat { path: PathBuf, found: u32 },
+}
+
+/// The marker of a vsum cache folder: a standard cache directory tag (backup tools
+/// skip the folder), which also records the cache format.
+pub const MARKER: &str = "CACHEDIR.TAG";
+/// The cache layout this vsum writes and reads.
+pub const FORMAT: u32 = 1;
+const TAG_SIGNATURE: &str = "Signature: 8a477f597d28d172789f06886806bc55";
+/// What a cache made by vsum before it had a marker holds at its top level.
+const OLD_LAYOUT: [&str; 8] = [
+    "objects",
+    "entries",
+    "refs",
+    "runs",
+    "logs",
+    "tmp",
+    "lock",
+    "statcache.json",
+];
+
+fn tag_text() -> String {
+    format!(
+        "{TAG_SIGNATURE}\n# This file is a cache directory tag created by vsum.\n# vsum-cache-format: {FORMAT}\n# Backup and sync tools that honour cache directory tags skip this folder.\n"
+    )
+}
+
+/// The format a marker records (`None`: not a vsum marker).
+fn marker_format(text: &str) -> Option<u32> {
+    if !text.starts_with(TAG_SIGNATURE) {
+        return None;
+    }
+    text.lines()
+        .find_map(|l| l.strip_prefix("# vsum-cache-format:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Makes sure `root` is a vsum cache before anything in it is touched: a missing or
+/// empty folder becomes one, a folder with the marker is one, a cache made by an older
+/// vsum (its layout, nothing else) is adopted, and any other folder is refused.
+fn claim_cache_folder(root: &Path) -> Result<(), StoreError> {
+    let io_err = |source| StoreError::Io {
+        path: root.to_path_buf(),
+        source,
+    };
+    let marker = root.join(MARKER);
+    match fs::read_to_string(&marker) {
+        Ok(text) => {
+            return match marker_format(&text) {
+                Some(f) if f <= FORMAT => Ok(()),
+                Some(f) => Err(StoreError::NewerFormat {
+                    path: root.to_path_buf(),
+                    found: f,
+                }),
+                None => Err(StoreError::NotACache {
+                    path: root.to_path_buf(),
+                    found: format!("a {MARKER} that another program wrote"),
+                }),
+            };
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io_err(e)),
+    }
+    let names: Vec<String> = match fs::read_dir(root) {
+        Ok(rd) => rd
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            // Another vsum creating this cache right now: its marker is being written.
+            .filter(|n| !fsutil::is_temp(Path::new(n)))
+            .collect(),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(io_err(e)),
+    };
+    let old_layout = names.iter().any(|n| n == "objects" || n == "entries")
+        && names.iter().all(|n| OLD_LAYOUT.contains(&n.as_str()));
+    if !names.is_empty() && !old_layout {
+        let mut shown: Vec<&str> = names.iter().map(String::as_str).take(5).collect();
+        shown.sort();
+        let more = if names.len() > 5 { ", ..." } else { "" };
+        return Err(StoreError::NotACache {
+            path: root.to_path_buf(),
+            found: format!("{}{more}", shown.join(", ")),
+        });
+    }
+    write_atomic(&marker, tag_text().as_bytes()).map_err(io_err)
 }
 
 /// How a process holds the cache.
@@ -79,6 +172,17 @@ impl Entry {
     }
 }
 
+/// What vsum last did for a video (or `_batch`) and stage: the key, and the files it
+/// placed in which output folder. Cleanup removes those files and nothing else.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ref {
+    pub key: String,
+    #[serde(default)]
+    pub dest: Option<PathBuf>,
+    #[serde(default)]
+    pub files: Vec<String>,
+}
+
 /// Why a lookup did not give a trusted entry.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Lookup {
@@ -108,6 +212,7 @@ impl Store {
             path: root.to_path_buf(),
             source,
         };
+        claim_cache_folder(root)?;
         for sub in ["objects", "entries", "refs", "runs", "logs", "tmp"] {
             fs::create_dir_all(root.join(sub)).map_err(io_err)?;
         }
@@ -319,20 +424,64 @@ impl Store {
         Ok(entry)
     }
 
-    /// Makes `dest` hold exactly the entry's outputs, as hardlinks to the objects
-    /// (copies across filesystems). Files already linked are left alone.
-    pub fn materialize(&self, entry: &Entry, dest: &Path) -> io::Result<()> {
+    /// Makes `dest` hold the entry's outputs, as hardlinks to the objects (copies across
+    /// filesystems). Files already linked are left alone. Of what was there before, only
+    /// `previous` (the files vsum placed there last time, from the ref) may be removed:
+    /// anything else in the folder is not vsum's and stays. Nothing is written or removed
+    /// through a symlink between `root` (the output folder) and a file.
+    pub fn materialize(
+        &self,
+        entry: &Entry,
+        root: &Path,
+        dest: &Path,
+        previous: &[String],
+    ) -> io::Result<()> {
+        safety::no_symlink_below(root, dest)?;
+        // Remove what an earlier version of the stage placed and this one does not make.
+        let mut emptied = BTreeSet::new();
+        for rel in previous {
+            if entry.outputs.contains_key(rel) || !safety::plain_relative(rel) {
+                continue;
+            }
+            let path = dest.join(rel);
+            if safety::no_symlink_below(dest, &path).is_err() {
+                continue;
+            }
+            // Only a regular file: a folder or a link in its place is someone else's.
+            if fs::symlink_metadata(&path).is_ok_and(|m| m.is_file())
+                && fs::remove_file(&path).is_ok()
+                && let Some(parent) = path.parent()
+            {
+                emptied.insert(parent.to_path_buf());
+            }
+        }
+        for d in emptied.into_iter().rev() {
+            // Folders vsum made for nested outputs; removing succeeds only when empty.
+            let mut d = d.as_path();
+            while d != dest && d.starts_with(dest) && fs::remove_dir(d).is_ok() {
+                d = d.parent().unwrap_or(dest);
+            }
+        }
         fs::create_dir_all(dest)?;
         for (rel, o) in &entry.outputs {
+            if !safety::plain_relative(rel) {
+                return Err(io::Error::other(format!(
+                    "cache entry names an unsafe output path '{rel}'"
+                )));
+            }
             let obj = self.object_path(&o.hash);
             let target = dest.join(rel);
+            safety::no_symlink_below(dest, &target)?;
             let obj_md = fs::metadata(&obj)?;
             if let Ok(md) = fs::symlink_metadata(&target) {
                 if md.ino() == obj_md.ino() && md.dev() == obj_md.dev() {
                     continue;
                 }
                 if md.is_dir() {
-                    fs::remove_dir_all(&target)?;
+                    return Err(io::Error::other(format!(
+                        "{} is a folder vsum did not make, where the output '{rel}' goes; move it away",
+                        target.display()
+                    )));
                 }
             }
             if let Some(p) = target.parent() {
@@ -343,24 +492,6 @@ impl Store {
                 fs::copy(&obj, &tmp)?;
             }
             fs::rename(&tmp, &target)?;
-        }
-        // Remove what an earlier version of the stage left behind.
-        let wanted: BTreeSet<PathBuf> = entry.outputs.keys().map(|k| dest.join(k)).collect();
-        let mut dirs = Vec::new();
-        for item in walkdir::WalkDir::new(dest)
-            .min_depth(1)
-            .into_iter()
-            .flatten()
-        {
-            if item.file_type().is_dir() {
-                dirs.push(item.path().to_path_buf());
-            } else if !wanted.contains(item.path()) && !fsutil::is_temp(item.path()) {
-                // Another process materializing the same entry may own a temp file here.
-                let _ = fs::remove_file(item.path());
-            }
-        }
-        for d in dirs.into_iter().rev() {
-            let _ = fs::remove_dir(d); // only succeeds when empty
         }
         Ok(())
     }
@@ -378,23 +509,74 @@ impl Store {
         })
     }
 
+    /// Is `path` one of this cache's objects (a hardlink vsum placed)?
+    pub fn is_object_link(&self, path: &Path, hash: &str) -> bool {
+        match (
+            fs::symlink_metadata(path),
+            fs::metadata(self.object_path(hash)),
+        ) {
+            (Ok(a), Ok(b)) => a.ino() == b.ino() && a.dev() == b.dev(),
+            _ => false,
+        }
+    }
+
     fn ref_path(&self, video_id: &str, stage: &str) -> PathBuf {
         self.root.join("refs").join(video_id).join(stage)
     }
 
-    /// Remembers the key last used for a video (or `_batch`) and stage.
-    pub fn set_ref(&self, video_id: &str, stage: &str, key: &str) -> io::Result<()> {
+    /// Remembers the key last used for a video (or `_batch`) and stage, and the files
+    /// placed in which output folder.
+    pub fn set_ref(&self, video_id: &str, stage: &str, r: &Ref) -> io::Result<()> {
         let p = self.ref_path(video_id, stage);
-        if fs::read_to_string(&p).ok().as_deref() == Some(key) {
+        let bytes = serde_json::to_vec(r).expect("ref serializes");
+        if fs::read(&p).ok().as_deref() == Some(bytes.as_slice()) {
             return Ok(());
         }
-        write_atomic(&p, key.as_bytes())
+        write_atomic(&p, &bytes)
+    }
+
+    /// The ref of a video and stage. Refs of older vsum versions hold a bare key.
+    pub fn read_ref(&self, video_id: &str, stage: &str) -> Option<Ref> {
+        let text = fs::read_to_string(self.ref_path(video_id, stage)).ok()?;
+        let text = text.trim();
+        if text.starts_with('{') {
+            serde_json::from_str(text).ok()
+        } else {
+            Some(Ref {
+                key: text.to_string(),
+                dest: None,
+                files: Vec::new(),
+            })
+        }
     }
 
     pub fn get_ref(&self, video_id: &str, stage: &str) -> Option<String> {
-        fs::read_to_string(self.ref_path(video_id, stage))
+        self.read_ref(video_id, stage).map(|r| r.key)
+    }
+
+    fn published_path(&self, output_dir: &Path, name: &str) -> PathBuf {
+        use std::os::unix::ffi::OsStrExt;
+        let id = blake3::hash(output_dir.as_os_str().as_bytes()).to_hex();
+        self.root
+            .join("refs")
+            .join("_published")
+            .join(&id[..16])
+            .join(name)
+    }
+
+    /// The content hash of the file vsum last published as `output_dir/name`.
+    pub fn published_hash(&self, output_dir: &Path, name: &str) -> Option<String> {
+        fs::read_to_string(self.published_path(output_dir, name))
             .ok()
             .map(|s| s.trim().to_string())
+    }
+
+    pub fn set_published(&self, output_dir: &Path, name: &str, hash: &str) -> io::Result<()> {
+        let p = self.published_path(output_dir, name);
+        if fs::read_to_string(&p).ok().as_deref() == Some(hash) {
+            return Ok(());
+        }
+        write_atomic(&p, hash.as_bytes())
     }
 
     /// Reads an entry without trusting checks (for inspection commands).
@@ -693,9 +875,16 @@ mod tests {
         let out = dir.path().join("out");
         fs::create_dir_all(&out).unwrap();
         fs::write(out.join("stale.txt"), b"old").unwrap();
-        store.materialize(&hit, &out).unwrap();
+        fs::write(out.join("mine.txt"), b"user's").unwrap();
+        store
+            .materialize(&hit, dir.path(), &out, &["stale.txt".into()])
+            .unwrap();
         assert_eq!(fs::read(out.join("a.txt")).unwrap(), b"hello");
-        assert!(!out.join("stale.txt").exists());
+        assert!(!out.join("stale.txt").exists(), "vsum's old file goes");
+        assert!(
+            out.join("mine.txt").exists(),
+            "a file vsum did not place stays"
+        );
         assert!(store.is_materialized(&hit, &out));
     }
 
