@@ -713,8 +713,9 @@ impl Shared<'_> {
         let ref_id = self.ref_id(job);
         let stage = &self.stage(job).id;
         let old = self.store.read_ref(&ref_id, stage);
+        let folder = crate::store::Ref::folder_id(&dest);
         let previous: Vec<String> = match &old {
-            Some(r) if r.dest.as_deref() == Some(dest.as_path()) => r.files.clone(),
+            Some(r) if r.dest.as_deref() == Some(folder.as_str()) => r.files.clone(),
             // A ref of an older vsum: what that entry placed (its outputs).
             Some(r) if r.dest.is_none() => self
                 .store
@@ -726,7 +727,7 @@ impl Shared<'_> {
         let files: Vec<String> = entry.outputs.keys().cloned().collect();
         let mut placed = crate::store::Ref {
             key: entry.key.clone(),
-            dest: Some(dest.clone()),
+            dest: Some(folder),
             files: previous.clone(),
         };
         // On record before anything is placed: a crash midway leaves every file vsum
@@ -1180,15 +1181,19 @@ fn schedule(
                     in_flight += 1;
                     cpu_busy += 1;
                     s.spawn(move |_| {
-                        let fin = match shared.plan(node, job, ups) {
-                            Plan::Done(fin) => *fin,
-                            Plan::Run(planned) if shared.stage(job).lane == Lane::Gpu => {
-                                let _ = tx.send(Msg::LeftPool);
-                                let _ = gpu_tx.send(*planned);
-                                return;
+                        let label = shared.label(node, job);
+                        let fin = guarded(shared, node, label, || {
+                            match shared.plan(node, job, ups) {
+                                Plan::Done(fin) => Some(*fin),
+                                Plan::Run(planned) if shared.stage(job).lane == Lane::Gpu => {
+                                    let _ = tx.send(Msg::LeftPool);
+                                    let _ = gpu_tx.send(*planned);
+                                    None
+                                }
+                                Plan::Run(planned) => Some(shared.execute(*planned, None)),
                             }
-                            Plan::Run(planned) => shared.execute(*planned, None),
-                        };
+                        });
+                        let Some(fin) = fin else { return };
                         let _ = tx.send(Msg::Finished(Box::new(Finished {
                             held_slot: true,
                             ..fin
@@ -1324,9 +1329,46 @@ fn gpu_lane(shared: &Shared, rx: Receiver<Planned>, done: Sender<Msg>) {
                 digest: None,
             }
         } else {
-            shared.execute(job, Some(&mut resources))
+            let (node, label) = (job.node, job.label.clone());
+            guarded(shared, node, label, || {
+                Some(shared.execute(job, Some(&mut resources)))
+            })
+            .expect("a GPU job always finishes")
         };
         let _ = done.send(Msg::Finished(Box::new(fin)));
+    }
+}
+
+/// Runs one job's work; a panic (a bug in vsum or a stage) becomes that job's failure
+/// instead of a lost job that the coordinator would wait for forever.
+fn guarded(
+    shared: &Shared,
+    node: NodeIndex,
+    label: JobLabel,
+    work: impl FnOnce() -> Option<Finished>,
+) -> Option<Finished> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)) {
+        Ok(fin) => fin,
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| panic.downcast_ref::<&str>().copied())
+                .unwrap_or("unknown panic");
+            let mut r = shared.record(label, Outcome::Failed, shared.ms());
+            r.error = Some(format!("internal error in vsum: {what}"));
+            r.hint = Some(
+                "this is a bug: please report it with the run log; the rest of the batch went on"
+                    .into(),
+            );
+            Some(Finished {
+                held_slot: false,
+                tools: BTreeMap::new(),
+                node,
+                record: r,
+                digest: None,
+            })
+        }
     }
 }
 

@@ -177,10 +177,19 @@ impl Entry {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Ref {
     pub key: String,
+    /// Which output folder the files are in ([`Ref::folder_id`]: paths need not be UTF-8).
     #[serde(default)]
-    pub dest: Option<PathBuf>,
+    pub dest: Option<String>,
     #[serde(default)]
     pub files: Vec<String>,
+}
+
+impl Ref {
+    /// A folder's id in a ref: a hash of its path's bytes.
+    pub fn folder_id(dest: &Path) -> String {
+        use std::os::unix::ffi::OsStrExt;
+        blake3::hash(dest.as_os_str().as_bytes()).to_hex()[..32].to_string()
+    }
 }
 
 /// Why a lookup did not give a trusted entry.
@@ -528,7 +537,7 @@ impl Store {
     /// placed in which output folder.
     pub fn set_ref(&self, video_id: &str, stage: &str, r: &Ref) -> io::Result<()> {
         let p = self.ref_path(video_id, stage);
-        let bytes = serde_json::to_vec(r).expect("ref serializes");
+        let bytes = serde_json::to_vec(r).map_err(io::Error::other)?;
         if fs::read(&p).ok().as_deref() == Some(bytes.as_slice()) {
             return Ok(());
         }
