@@ -322,6 +322,44 @@ fn a_new_cache_is_marked_and_an_older_unmarked_cache_is_adopted() {
     assert!(stderr(&out).contains("format 99"), "{}", stderr(&out));
 }
 
+/// A folder in place of an object or an entry made every run fail, and `verify` said
+/// "evicted" but removed nothing.
+#[test]
+fn a_folder_in_place_of_an_object_or_entry_is_healed() {
+    let p = Project::new(DEMO, &[("a.mp4", b"aaaa")]);
+    assert_eq!(p.run(&[]).0, 0);
+    let cache = p.path().join(".vsum");
+    let object = walk(&cache.join("objects"))[0].clone();
+    let entry = walk(&cache.join("entries"))[0].clone();
+    for f in [&object, &entry] {
+        std::fs::remove_file(f).unwrap();
+        std::fs::create_dir_all(f.join("junk")).unwrap();
+    }
+    let out = p.vsum(&["cache", "-m", "pipeline.yaml", "verify"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("not a regular file"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(
+        !object.exists(),
+        "verify removed the folder in the object's place"
+    );
+    // Without verify, the run itself heals both: a lookup clears the entry's place, a
+    // commit the object's.
+    for f in [&object, &entry] {
+        std::fs::create_dir_all(f.join("junk")).unwrap();
+    }
+    let (code, s) = p.run(&[]);
+    assert_eq!(code, 0, "{s}");
+    assert!(counts(&s).0 >= 1, "the damaged results ran again: {s}");
+    let (code, s) = p.run(&[]);
+    assert_eq!((code, counts(&s)), (0, (0, 3, 0, 0)), "{s}");
+    let out = p.vsum(&["cache", "-m", "pipeline.yaml", "verify"]);
+    assert!(out.status.success(), "{}", stdout(&out));
+}
+
 // ---------------------------------------------------------------- failure policy
 
 /// One empty file among good videos used to stop the batch ("30% of jobs failed").

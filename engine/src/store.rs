@@ -317,7 +317,12 @@ impl Store {
         let bytes = match fs::read(&path) {
             Ok(b) => b,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Lookup::Missing,
-            Err(e) => return Lookup::Untrusted(format!("cannot read entry {key}: {e}")),
+            Err(e) => {
+                // Whatever is in an entry's place (a folder, say) is removed, so the
+                // job's commit can put the entry there.
+                remove_any(&path);
+                return Lookup::Untrusted(format!("cannot read entry {}: {e}", &key[..12]));
+            }
         };
         let verdict = match decode_entry(&bytes) {
             Ok(entry) if entry.key != key => Err("entry names another key".to_string()),
@@ -344,7 +349,10 @@ impl Store {
 
     fn check_objects(&self, entry: &Entry) -> Result<(), String> {
         for (name, o) in &entry.outputs {
-            match fs::metadata(self.object_path(&o.hash)) {
+            match fs::symlink_metadata(self.object_path(&o.hash)) {
+                Ok(m) if !m.is_file() => {
+                    return Err(format!("object for '{name}' is not a regular file"));
+                }
                 Ok(m) if m.len() == o.size => {}
                 Ok(m) => {
                     return Err(format!(
@@ -398,12 +406,11 @@ impl Store {
             let hash = hash_file(src)?;
             let size = fs::metadata(src)?.len();
             let dest = self.object_path(&hash);
-            if fs::metadata(&dest)
-                .map(|m| m.len() == size)
-                .unwrap_or(false)
-            {
+            if fs::symlink_metadata(&dest).is_ok_and(|m| m.is_file() && m.len() == size) {
                 fs::remove_file(src)?;
             } else {
+                // A damaged object, or something else in its place, is replaced.
+                remove_any(&dest);
                 let parent = dest.parent().expect("object folder");
                 fs::create_dir_all(parent)?;
                 fs::set_permissions(src, fs::Permissions::from_mode(0o444))?;
@@ -598,6 +605,7 @@ impl Store {
     pub fn keys(&self, prefix: &str) -> Vec<String> {
         let mut keys: Vec<String> = walkdir::WalkDir::new(self.root.join("entries"))
             .min_depth(2)
+            .max_depth(2)
             .into_iter()
             .flatten()
             .filter_map(|e| {
@@ -631,6 +639,18 @@ impl Store {
                 let size = e.metadata().ok()?.len();
                 Some((name, e.path().to_path_buf(), size))
             })
+            .collect()
+    }
+
+    /// Anything under objects/ where a file should be that is not one (a folder, a link).
+    fn misplaced_objects(&self) -> Vec<PathBuf> {
+        walkdir::WalkDir::new(self.root.join("objects"))
+            .min_depth(2)
+            .max_depth(2)
+            .into_iter()
+            .flatten()
+            .filter(|e| !e.file_type().is_file())
+            .map(|e| e.path().to_path_buf())
             .collect()
     }
 
@@ -679,6 +699,14 @@ impl Store {
                     .push(format!("object {name} unreadable: {e}")),
             }
         }
+        for path in self.misplaced_objects() {
+            report
+                .problems
+                .push(format!("{} is not a regular file", path.display()));
+            if evict {
+                remove_any(&path);
+            }
+        }
         for key in self.keys("") {
             report.entries_checked += 1;
             let path = self.entry_path(&key);
@@ -689,7 +717,8 @@ impl Store {
                     .iter()
                     .find(|(_, o)| {
                         report.corrupt_objects.contains(&o.hash)
-                            || !self.object_path(&o.hash).exists()
+                            || !fs::symlink_metadata(self.object_path(&o.hash))
+                                .is_ok_and(|m| m.is_file())
                     })
                     .map(|(n, _)| {
                         format!(
@@ -704,7 +733,7 @@ impl Store {
                 report.problems.push(why);
                 report.bad_entries += 1;
                 if evict {
-                    let _ = fs::remove_file(&path);
+                    remove_any(&path);
                 }
             }
         }
@@ -723,7 +752,7 @@ impl Store {
             match self.read_entry(&key) {
                 Ok(e) => live.push((self.last_used(&key), key, e)),
                 Err(_) => {
-                    let _ = fs::remove_file(self.entry_path(&key));
+                    remove_any(&self.entry_path(&key));
                     report.entries_removed += 1;
                 }
             }
@@ -754,6 +783,10 @@ impl Store {
                 keep.insert(o.hash.clone());
             }
         }
+        for path in self.misplaced_objects() {
+            remove_any(&path);
+            report.objects_removed += 1;
+        }
         for (name, path, size) in self.object_files() {
             if !keep.contains(&name) {
                 let _ = fs::remove_file(&path);
@@ -770,6 +803,19 @@ impl Store {
         report.entries_kept = kept;
         report.bytes_kept = kept_bytes;
         report
+    }
+}
+
+/// Removes what is at `path` inside the cache, file or folder (never following a link).
+fn remove_any(path: &Path) {
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => {
+            let _ = fs::remove_dir_all(path);
+        }
+        Ok(_) => {
+            let _ = fs::remove_file(path);
+        }
+        Err(_) => {}
     }
 }
 
