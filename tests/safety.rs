@@ -360,6 +360,68 @@ fn a_folder_in_place_of_an_object_or_entry_is_healed() {
     assert!(out.status.success(), "{}", stdout(&out));
 }
 
+// ---------------------------------------------------------------- immutable objects
+
+fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+/// Outputs were hard links to the objects: an edit of `output/<v>/<stage>/file` edited
+/// the cache, and identical outputs shared one object.
+#[test]
+fn outputs_are_copies_so_an_edit_never_reaches_the_cache() {
+    let p = Project::new(DEMO, &[("a.mp4", b"aaaa")]);
+    assert_eq!(p.run(&[]).0, 0);
+    for object in walk(&p.path().join(".vsum/objects")) {
+        assert_eq!(mode(&object), 0o444, "objects are read-only");
+    }
+    let out = p.path().join("output/a/size/size.txt");
+    assert_eq!(mode(&out), 0o644, "outputs are the user's to edit");
+    std::fs::write(&out, b"edited\n").unwrap();
+    let verify = p.vsum(&["cache", "-m", "pipeline.yaml", "verify"]);
+    assert!(verify.status.success(), "{}", stdout(&verify));
+    // The rerun restores the edited output from the cache and runs nothing.
+    let (code, s) = p.run(&[]);
+    assert_eq!((code, counts(&s)), (0, (0, 3, 0, 0)), "{s}");
+    assert_eq!(p.read("output/a/size/size.txt"), "4\n");
+    // Hard links only when asked for.
+    p.write_manifest(&DEMO.replace(
+        "output: output/",
+        "output: output/\nconfig: {link: hardlink}",
+    ));
+    assert_eq!(p.run(&[]).0, 0);
+    use std::os::unix::fs::MetadataExt;
+    let nlink = std::fs::metadata(p.path().join("output/a/size/size.txt"))
+        .unwrap()
+        .nlink();
+    assert!(nlink >= 2, "link: hardlink links to the object");
+}
+
+/// A background child holding the job's output file open wrote into the object after
+/// commit (and into every output that shared it).
+#[test]
+fn a_process_still_holding_an_output_cannot_change_the_cache() {
+    let manifest = r#"
+inputs: [input/]
+output: output/
+stages:
+  make:
+    run: ["sh", "-c", "echo a > \"$1/f.txt\"; exec 3>>\"$1/f.txt\"; setsid sh -c 'sleep 1; echo tampered >&3' >/dev/null 2>&1 & echo $! > '$DIR/bg.pid'", "x", "{out}"]
+"#;
+    let p = Project::new(manifest, &[("a.mp4", b"a")]);
+    assert_eq!(p.run(&[]).0, 0);
+    // setsid left the job's process group: it outlives the job and writes late.
+    let pid = p.read("bg.pid").trim().to_string();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while alive(&pid) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let verify = p.vsum(&["cache", "-m", "pipeline.yaml", "verify"]);
+    assert!(verify.status.success(), "{}", stdout(&verify));
+    assert_eq!(p.read("output/a/make/f.txt"), "a\n");
+}
+
 // ---------------------------------------------------------------- failure policy
 
 /// One empty file among good videos used to stop the batch ("30% of jobs failed").

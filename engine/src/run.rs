@@ -724,11 +724,17 @@ impl Shared<'_> {
                 .unwrap_or_default(),
             _ => Vec::new(),
         };
+        // Stamps of the files as vsum placed them here: unchanged ones are not copied again.
+        let stamps = match &old {
+            Some(r) if r.dest.as_deref() == Some(folder.as_str()) => r.stamps.clone(),
+            _ => BTreeMap::new(),
+        };
         let files: Vec<String> = entry.outputs.keys().cloned().collect();
         let mut placed = crate::store::Ref {
             key: entry.key.clone(),
             dest: Some(folder),
             files: previous.clone(),
+            stamps: BTreeMap::new(),
         };
         // On record before anything is placed: a crash midway leaves every file vsum
         // may have placed known, so a later cleanup can still remove it.
@@ -741,14 +747,23 @@ impl Shared<'_> {
             self.store.set_ref(&ref_id, stage, &placed)
         })
         .and_then(|()| {
-            self.store
-                .materialize(entry, &self.output_dir, &dest, &previous)
+            self.store.materialize(
+                entry,
+                &self.output_dir,
+                &dest,
+                &previous,
+                &stamps,
+                self.config.link,
+            )
         });
-        if let Err(e) = result {
-            record.outcome = Outcome::Failed;
-            record.error = Some(format!("cannot write outputs into {}: {e}", dest.display()));
-            record.hint = Some("check that the output folder is writable and has space; the result is cached, so a rerun only restores it".into());
-            return None;
+        match result {
+            Ok(stamps) => placed.stamps = stamps,
+            Err(e) => {
+                record.outcome = Outcome::Failed;
+                record.error = Some(format!("cannot write outputs into {}: {e}", dest.display()));
+                record.hint = Some("check that the output folder is writable and has space; the result is cached, so a rerun only restores it".into());
+                return None;
+            }
         }
         placed.files = files;
         let _ = self.store.set_ref(&ref_id, stage, &placed);

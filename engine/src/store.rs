@@ -20,6 +20,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+use crate::config::LinkMode;
 use crate::fingerprint::{Fingerprint, SCHEMA, outputs_digest};
 use crate::fsutil::{self, sync_dir, temp_beside, write_atomic};
 use crate::hash::{FileHasher, hash_file};
@@ -182,6 +183,24 @@ pub struct Ref {
     pub dest: Option<String>,
     #[serde(default)]
     pub files: Vec<String>,
+    /// The stat stamp of each file as placed (an unchanged file is not placed again).
+    #[serde(default)]
+    pub stamps: BTreeMap<String, Stamp>,
+}
+
+/// What a placed output looked like: size, modification time and inode. An edit or a
+/// replacement changes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stamp(pub u64, pub i64, pub u64);
+
+impl Stamp {
+    pub fn of(md: &fs::Metadata) -> Stamp {
+        Stamp(
+            md.len(),
+            md.mtime() * 1_000_000_000 + md.mtime_nsec(),
+            md.ino(),
+        )
+    }
 }
 
 impl Ref {
@@ -401,22 +420,35 @@ impl Store {
                     "output '{rel}' is not a regular file (symlinks and devices are not cached)"
                 )));
             }
-            let src = item.path();
-            File::open(src)?.sync_all()?;
-            let hash = hash_file(src)?;
-            let size = fs::metadata(src)?.len();
-            let dest = self.object_path(&hash);
-            if fs::symlink_metadata(&dest).is_ok_and(|m| m.is_file() && m.len() == size) {
-                fs::remove_file(src)?;
-            } else {
-                // A damaged object, or something else in its place, is replaced.
-                remove_any(&dest);
-                let parent = dest.parent().expect("object folder");
-                fs::create_dir_all(parent)?;
-                fs::set_permissions(src, fs::Permissions::from_mode(0o444))?;
-                fs::rename(src, &dest)?;
-                touched.insert(parent.to_path_buf());
+            // The store gets a private copy (a reflink where it can), never the job's
+            // file itself: a process that still holds that file open cannot reach it.
+            let snap = self
+                .root
+                .join("tmp")
+                .join(format!(".object-{}", fsutil::unique_suffix()));
+            let stored = (|| {
+                fsutil::clone_or_copy(item.path(), &snap)?;
+                File::open(&snap)?.sync_all()?;
+                let hash = hash_file(&snap)?;
+                let size = fs::metadata(&snap)?.len();
+                let dest = self.object_path(&hash);
+                if fs::symlink_metadata(&dest).is_ok_and(|m| m.is_file() && m.len() == size) {
+                    fs::remove_file(&snap)?;
+                } else {
+                    // A damaged object, or something else in its place, is replaced.
+                    remove_any(&dest);
+                    let parent = dest.parent().expect("object folder");
+                    fs::create_dir_all(parent)?;
+                    fs::set_permissions(&snap, fs::Permissions::from_mode(0o444))?;
+                    fs::rename(&snap, &dest)?;
+                    touched.insert(parent.to_path_buf());
+                }
+                Ok::<_, io::Error>((hash, size))
+            })();
+            if stored.is_err() {
+                let _ = fs::remove_file(&snap);
             }
+            let (hash, size) = stored?;
             outputs.insert(rel, OutFile { hash, size });
         }
         for dir in touched {
@@ -440,18 +472,23 @@ impl Store {
         Ok(entry)
     }
 
-    /// Makes `dest` hold the entry's outputs, as hardlinks to the objects (copies across
-    /// filesystems). Files already linked are left alone. Of what was there before, only
-    /// `previous` (the files vsum placed there last time, from the ref) may be removed:
-    /// anything else in the folder is not vsum's and stays. Nothing is written or removed
-    /// through a symlink between `root` (the output folder) and a file.
+    /// Makes `dest` hold the entry's outputs: copies of the objects (reflinks where the
+    /// filesystem has them), or hard links with [`LinkMode::Hardlink`]. A file whose stat
+    /// stamp is still the one recorded when vsum placed it (`placed`) is left alone, so
+    /// a cached rerun reads nothing; an edited one is restored. Of what was there
+    /// before, only `previous` (the files vsum placed there last time, from the ref) may
+    /// be removed: anything else in the folder is not vsum's and stays. Nothing is
+    /// written or removed through a symlink between `root` (the output folder) and a
+    /// file. Returns the stamps of the placed files, for the ref.
     pub fn materialize(
         &self,
         entry: &Entry,
         root: &Path,
         dest: &Path,
         previous: &[String],
-    ) -> io::Result<()> {
+        placed: &BTreeMap<String, Stamp>,
+        link: LinkMode,
+    ) -> io::Result<BTreeMap<String, Stamp>> {
         safety::no_symlink_below(root, dest)?;
         // Remove what an earlier version of the stage placed and this one does not make.
         let mut emptied = BTreeSet::new();
@@ -479,6 +516,7 @@ impl Store {
             }
         }
         fs::create_dir_all(dest)?;
+        let mut stamps = BTreeMap::new();
         for (rel, o) in &entry.outputs {
             if !safety::plain_relative(rel) {
                 return Err(io::Error::other(format!(
@@ -490,7 +528,18 @@ impl Store {
             safety::no_symlink_below(dest, &target)?;
             let obj_md = fs::metadata(&obj)?;
             if let Ok(md) = fs::symlink_metadata(&target) {
-                if md.ino() == obj_md.ino() && md.dev() == obj_md.dev() {
+                let unchanged = match link {
+                    LinkMode::Hardlink => md.ino() == obj_md.ino() && md.dev() == obj_md.dev(),
+                    LinkMode::Copy => {
+                        md.is_file()
+                            && md.len() == o.size
+                            && placed.get(rel) == Some(&Stamp::of(&md))
+                            // A hard link from an older vsum becomes a copy.
+                            && !(md.ino() == obj_md.ino() && md.dev() == obj_md.dev())
+                    }
+                };
+                if unchanged {
+                    stamps.insert(rel.clone(), Stamp::of(&md));
                     continue;
                 }
                 if md.is_dir() {
@@ -504,12 +553,22 @@ impl Store {
                 fs::create_dir_all(p)?;
             }
             let tmp = temp_beside(&target);
-            if fs::hard_link(&obj, &tmp).is_err() {
-                fs::copy(&obj, &tmp)?;
+            let made = match link {
+                LinkMode::Hardlink => {
+                    fs::hard_link(&obj, &tmp).or_else(|_| fs::copy(&obj, &tmp).map(|_| ()))
+                }
+                LinkMode::Copy => fsutil::clone_or_copy(&obj, &tmp).and_then(|()| {
+                    // The object is read-only; the user's copy is theirs to edit.
+                    fs::set_permissions(&tmp, fs::Permissions::from_mode(0o644))
+                }),
+            };
+            if let Err(e) = made.and_then(|()| fs::rename(&tmp, &target)) {
+                let _ = fs::remove_file(&tmp);
+                return Err(e);
             }
-            fs::rename(&tmp, &target)?;
+            stamps.insert(rel.clone(), Stamp::of(&fs::symlink_metadata(&target)?));
         }
-        Ok(())
+        Ok(stamps)
     }
 
     /// Does `dest` already hold exactly these outputs as links to the objects?
@@ -560,8 +619,7 @@ impl Store {
         } else {
             Some(Ref {
                 key: text.to_string(),
-                dest: None,
-                files: Vec::new(),
+                ..Ref::default()
             })
         }
     }
@@ -797,7 +855,7 @@ impl Store {
         if let Ok(rd) = fs::read_dir(self.root.join("tmp")) {
             for d in rd.flatten() {
                 report.bytes_freed += fsutil::dir_size(&d.path());
-                let _ = fs::remove_dir_all(d.path());
+                remove_any(&d.path());
             }
         }
         report.entries_kept = kept;
@@ -931,8 +989,15 @@ mod tests {
         fs::create_dir_all(&out).unwrap();
         fs::write(out.join("stale.txt"), b"old").unwrap();
         fs::write(out.join("mine.txt"), b"user's").unwrap();
-        store
-            .materialize(&hit, dir.path(), &out, &["stale.txt".into()])
+        let stamps = store
+            .materialize(
+                &hit,
+                dir.path(),
+                &out,
+                &["stale.txt".into()],
+                &BTreeMap::new(),
+                LinkMode::Copy,
+            )
             .unwrap();
         assert_eq!(fs::read(out.join("a.txt")).unwrap(), b"hello");
         assert!(!out.join("stale.txt").exists(), "vsum's old file goes");
@@ -940,6 +1005,21 @@ mod tests {
             out.join("mine.txt").exists(),
             "a file vsum did not place stays"
         );
+        assert!(!store.is_materialized(&hit, &out), "a copy, not a link");
+        // Unchanged since placed: left alone. Edited: restored.
+        let ino = fs::metadata(out.join("a.txt")).unwrap().ino();
+        let again = store
+            .materialize(&hit, dir.path(), &out, &[], &stamps, LinkMode::Copy)
+            .unwrap();
+        assert_eq!(fs::metadata(out.join("a.txt")).unwrap().ino(), ino);
+        fs::write(out.join("a.txt"), b"edited").unwrap();
+        store
+            .materialize(&hit, dir.path(), &out, &[], &again, LinkMode::Copy)
+            .unwrap();
+        assert_eq!(fs::read(out.join("a.txt")).unwrap(), b"hello");
+        store
+            .materialize(&hit, dir.path(), &out, &[], &again, LinkMode::Hardlink)
+            .unwrap();
         assert!(store.is_materialized(&hit, &out));
     }
 
