@@ -183,10 +183,15 @@ pub struct Ref {
     pub dest: Option<String>,
     #[serde(default)]
     pub files: Vec<String>,
-    /// The stat stamp of each file as placed (an unchanged file is not placed again).
+    /// Each file as placed: its object and stat stamp (an unchanged file holding the
+    /// same object is not placed again).
     #[serde(default)]
-    pub stamps: BTreeMap<String, Stamp>,
+    pub stamps: BTreeMap<String, Placed>,
 }
+
+/// A file vsum placed: the object it is a copy of, and its stamp right after.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Placed(pub String, pub Stamp);
 
 /// What a placed output looked like: size, modification time and inode. An edit or a
 /// replacement changes it.
@@ -486,9 +491,9 @@ impl Store {
         root: &Path,
         dest: &Path,
         previous: &[String],
-        placed: &BTreeMap<String, Stamp>,
+        placed: &BTreeMap<String, Placed>,
         link: LinkMode,
-    ) -> io::Result<BTreeMap<String, Stamp>> {
+    ) -> io::Result<BTreeMap<String, Placed>> {
         safety::no_symlink_below(root, dest)?;
         // Remove what an earlier version of the stage placed and this one does not make.
         let mut emptied = BTreeSet::new();
@@ -533,13 +538,13 @@ impl Store {
                     LinkMode::Copy => {
                         md.is_file()
                             && md.len() == o.size
-                            && placed.get(rel) == Some(&Stamp::of(&md))
+                            && placed.get(rel) == Some(&Placed(o.hash.clone(), Stamp::of(&md)))
                             // A hard link from an older vsum becomes a copy.
                             && !(md.ino() == obj_md.ino() && md.dev() == obj_md.dev())
                     }
                 };
                 if unchanged {
-                    stamps.insert(rel.clone(), Stamp::of(&md));
+                    stamps.insert(rel.clone(), Placed(o.hash.clone(), Stamp::of(&md)));
                     continue;
                 }
                 if md.is_dir() {
@@ -566,7 +571,8 @@ impl Store {
                 let _ = fs::remove_file(&tmp);
                 return Err(e);
             }
-            stamps.insert(rel.clone(), Stamp::of(&fs::symlink_metadata(&target)?));
+            let md = fs::symlink_metadata(&target)?;
+            stamps.insert(rel.clone(), Placed(o.hash.clone(), Stamp::of(&md)));
         }
         Ok(stamps)
     }
