@@ -422,6 +422,90 @@ stages:
     assert_eq!(p.read("output/a/make/f.txt"), "a\n");
 }
 
+/// Two runs sharing a cache redid each other's jobs (39 executions for 24 jobs).
+#[test]
+fn concurrent_runs_sharing_a_cache_compute_each_job_once() {
+    let manifest = r#"
+inputs: [input/]
+output: output/
+stages:
+  slow:
+    run: ["sh", "-c", "echo {stem} >> '$DIR/runs.log'; sleep 0.3; cat \"$1\" > \"$2/o.txt\"", "x", "{video}", "{out}"]
+"#;
+    let videos: Vec<(String, Vec<u8>)> = (0..6)
+        .map(|i| (format!("v{i}.mp4"), vec![b'a' + i as u8]))
+        .collect();
+    let refs: Vec<(&str, &[u8])> = videos
+        .iter()
+        .map(|(n, b)| (n.as_str(), b.as_slice()))
+        .collect();
+    let p = Project::new(manifest, &refs);
+    // Two manifests beside each other: one cache (.vsum), two output folders.
+    let text = std::fs::read_to_string(p.manifest()).unwrap();
+    std::fs::write(
+        p.path().join("other.yaml"),
+        text.replace("output: output/", "output: other/"),
+    )
+    .unwrap();
+    let start = |m: &str| {
+        Command::new(BIN)
+            .args(["run", m, "--progress", "none", "--jobs", "2"])
+            .current_dir(p.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let (mut a, mut b) = (start("pipeline.yaml"), start("other.yaml"));
+    assert_eq!(wait_exit(&mut a, Duration::from_secs(60)), 0);
+    assert_eq!(wait_exit(&mut b, Duration::from_secs(60)), 0);
+    let mut ran = p.executions();
+    ran.sort();
+    assert_eq!(
+        ran,
+        vec!["v0", "v1", "v2", "v3", "v4", "v5"],
+        "each job ran once"
+    );
+    for out in ["output", "other"] {
+        for i in 0..6 {
+            let f = format!("{out}/v{i}/slow/o.txt");
+            assert_eq!(p.read(&f).as_bytes(), [b'a' + i as u8], "{f}");
+        }
+    }
+}
+
+/// Another run writing into the same `output:` could overwrite an upstream mid-job.
+#[test]
+fn one_run_at_a_time_writes_into_an_output_folder() {
+    let manifest = r#"
+inputs: [input/]
+output: output/
+stages:
+  slow:
+    run: ["sh", "-c", "echo started > '$DIR/started'; sleep 2; echo x > \"$1/o.txt\"", "x", "{out}"]
+"#;
+    let p = Project::new(manifest, &[("a.mp4", b"a")]);
+    let mut first = Command::new(BIN)
+        .args(["run", "pipeline.yaml", "--progress", "none"])
+        .current_dir(p.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_file(&p.path().join("started"), &mut first);
+    let out = p.vsum(&["run", "pipeline.yaml", "--progress", "none"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("another vsum run is writing into"),
+        "{}",
+        stderr(&out)
+    );
+    // Planning reads only: it is not held up.
+    assert!(p.vsum(&["plan", "pipeline.yaml"]).status.success());
+    assert_eq!(wait_exit(&mut first, Duration::from_secs(60)), 0);
+    assert_eq!(p.run(&[]).0, 0, "free again once the first run ended");
+}
+
 // ---------------------------------------------------------------- failure policy
 
 /// One empty file among good videos used to stop the batch ("30% of jobs failed").

@@ -457,6 +457,40 @@ impl Shared<'_> {
                 digest: None,
             };
         }
+        // One process at a time works on a key: another run sharing the cache that is
+        // already on it is waited for, and its result reused.
+        let claim = match self.store.claim(&p.key, self.cancel) {
+            Ok(c) => c,
+            Err(_) if self.cancel.load(Ordering::Relaxed) => {
+                let mut r = self.record(p.label, Outcome::Cancelled, start);
+                r.key = Some(p.key);
+                return Finished {
+                    held_slot: false,
+                    tools: BTreeMap::new(),
+                    node: p.node,
+                    record: r,
+                    digest: None,
+                };
+            }
+            Err(_) => None, // no claim (e.g. a read-only cache): run unclaimed, as before
+        };
+        if claim.as_ref().is_some_and(|c| c.waited)
+            && let Lookup::Hit(entry) = self.store.lookup(&p.key)
+        {
+            let mut r = self.record(p.label.clone(), Outcome::Cached, start);
+            r.key = Some(p.key.clone());
+            r.notes
+                .push("made meanwhile by another run sharing the cache".into());
+            let digest = self.publish(p.job, &entry, &mut r);
+            r.end_ms = self.ms();
+            return Finished {
+                held_slot: false,
+                tools: entry.fingerprint.tools.clone(),
+                node: p.node,
+                record: r,
+                digest,
+            };
+        }
         let threads = if st.lane == Lane::Gpu {
             self.config.threads()
         } else {
@@ -554,6 +588,7 @@ impl Shared<'_> {
                 }
             }
         };
+        drop(claim);
         let mut record = self.record(p.label.clone(), Outcome::Ran, start);
         record.key = Some(p.key.clone());
         record.attempts = attempt;
@@ -820,6 +855,12 @@ pub enum RunError {
     Pool(String),
     #[error("unsafe output folder: {0}; {hint}", hint = safety::OUTPUT_HINT)]
     UnsafeOutput(String),
+    #[error(
+        "another vsum run is writing into {0}; wait for it to finish, or give this manifest another `output:`"
+    )]
+    OutputBusy(PathBuf),
+    #[error("cannot use the output folder {0}: {1}")]
+    Output(PathBuf, std::io::Error),
 }
 
 /// Runs (or, with `dry_run`, plans) the batch.
@@ -842,6 +883,12 @@ pub fn run(
     ) {
         return Err(RunError::UnsafeOutput(why));
     }
+    // One run at a time writes into an output folder (a lock on the folder itself).
+    let _output_lock = if opts.dry_run {
+        None
+    } else {
+        Some(lock_output(&manifest.output_dir())?)
+    };
     let ids: Vec<&str> = manifest.stages.iter().map(|s| s.id.as_str()).collect();
     for s in opts.only.iter().chain(&opts.force) {
         if !ids.contains(&s.as_str()) {
@@ -1017,6 +1064,18 @@ pub fn run(
         wall_ms: summary.wall_ms,
     });
     Ok(summary)
+}
+
+/// Locks the output folder for this run (released when the returned file is dropped).
+fn lock_output(dir: &std::path::Path) -> Result<std::fs::File, RunError> {
+    let fail = |e| RunError::Output(dir.to_path_buf(), e);
+    std::fs::create_dir_all(dir).map_err(fail)?;
+    let f = std::fs::File::open(dir).map_err(fail)?;
+    match f.try_lock() {
+        Ok(()) => Ok(f),
+        Err(std::fs::TryLockError::WouldBlock) => Err(RunError::OutputBusy(dir.to_path_buf())),
+        Err(std::fs::TryLockError::Error(e)) => Err(fail(e)),
+    }
 }
 
 fn threads_available() -> usize {

@@ -16,6 +16,7 @@ use std::fs::{self, File, TryLockError};
 use std::io;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
@@ -55,7 +56,8 @@ pub const MARKER: &str = "CACHEDIR.TAG";
 pub const FORMAT: u32 = 1;
 const TAG_SIGNATURE: &str = "Signature: 8a477f597d28d172789f06886806bc55";
 /// What a cache made by vsum before it had a marker holds at its top level.
-const OLD_LAYOUT: [&str; 8] = [
+const OLD_LAYOUT: [&str; 9] = [
+    "claims",
     "objects",
     "entries",
     "refs",
@@ -130,6 +132,13 @@ fn claim_cache_folder(root: &Path) -> Result<(), StoreError> {
         });
     }
     write_atomic(&marker, tag_text().as_bytes()).map_err(io_err)
+}
+
+/// A held claim on a job key (released when dropped).
+#[derive(Debug)]
+pub struct Claim {
+    _file: File,
+    pub waited: bool,
 }
 
 /// How a process holds the cache.
@@ -325,6 +334,39 @@ impl Store {
             .join("entries")
             .join(&key[..2])
             .join(format!("{key}.json"))
+    }
+
+    /// Claims `key` for this process: waits while another process holds it (checking
+    /// `cancel`), so two runs sharing the cache never compute the same job twice.
+    /// `waited` says whether someone else had it (then look the key up again).
+    pub fn claim(&self, key: &str, cancel: &AtomicBool) -> io::Result<Option<Claim>> {
+        let dir = self.root.join("claims").join(&key[..2]);
+        fs::create_dir_all(&dir)?;
+        // Claim files are never removed while runs may hold them (only `gc`, alone).
+        let file = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join(key))?;
+        let mut waited = false;
+        loop {
+            match file.try_lock() {
+                Ok(()) => {
+                    return Ok(Some(Claim {
+                        _file: file,
+                        waited,
+                    }));
+                }
+                Err(TryLockError::WouldBlock) => {
+                    waited = true;
+                    if cancel.load(std::sync::atomic::Ordering::Relaxed) {
+                        return Err(io::Error::other("cancelled"));
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                Err(TryLockError::Error(e)) => return Err(e),
+            }
+        }
     }
 
     /// A new, empty private folder for one job's outputs (same filesystem as objects/).
@@ -864,6 +906,8 @@ impl Store {
                 remove_any(&d.path());
             }
         }
+        // No run holds a claim while gc has the cache to itself.
+        remove_any(&self.root.join("claims"));
         report.entries_kept = kept;
         report.bytes_kept = kept_bytes;
         report
