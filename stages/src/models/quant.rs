@@ -94,7 +94,9 @@ pub fn quantize_q8_0(x: &[f32], out: &mut Vec<u8>) {
     assert_eq!(x.len() % QK, 0, "q8_0 needs whole blocks of {QK}");
     out.reserve(x.len() / QK * 34);
     for b in x.chunks_exact(QK) {
-        let amax = b.iter().fold(0.0f32, |m, v| if v.abs() > m { v.abs() } else { m });
+        let amax = b
+            .iter()
+            .fold(0.0f32, |m, v| if v.abs() > m { v.abs() } else { m });
         let d = amax / 127.0;
         let id = if d != 0.0 { 1.0 / d } else { 0.0 };
         out.extend_from_slice(&f16::from_f32(d).to_le_bytes());
@@ -281,7 +283,7 @@ pub fn quantize_file(input: &Path, out: &mut impl Write, q: QType) -> Result<Sum
             s.tensors += 1;
             s.bytes_in += raw.len() as u64;
             let quantize = quantizable(&name_s, dims.len());
-            if quantize && dims[0] as usize % QK != 0 {
+            if quantize && !(dims[0] as usize).is_multiple_of(QK) {
                 return Err(ModelError::new(format!(
                     "{}: tensor '{name_s}' has rows of {} values, not a multiple of {QK}",
                     input.display(),
@@ -456,7 +458,10 @@ mod tests {
     }
 
     /// Tensors of a ggml file: name -> (n_dims, type, data).
-    fn tensors(b: &[u8]) -> (i32, std::collections::BTreeMap<String, (usize, i32, Vec<u8>)>) {
+    type Tensors = std::collections::BTreeMap<String, (usize, i32, Vec<u8>)>;
+
+    /// The header's ftype and the tensors of a ggml file.
+    fn tensors(b: &[u8]) -> (i32, Tensors) {
         let i32_at = |at: usize| i32::from_le_bytes(b[at..at + 4].try_into().unwrap());
         let ftype = i32_at(44);
         let mut at = 48;
