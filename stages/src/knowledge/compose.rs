@@ -13,6 +13,7 @@ use vsum_engine::stage::{
 
 use super::model::*;
 use super::render;
+use super::slides;
 use super::text::{self, Sentence, Timed};
 
 /// `knowledge.compose` params.
@@ -63,6 +64,8 @@ pub struct Inputs {
     pub transcript: Option<Value>,
     pub audio: Option<Value>,
     pub objects: Option<Value>,
+    /// ocr.json (`ocr.text`): slide titles and screen text.
+    pub ocr: Option<Value>,
 }
 
 impl Inputs {
@@ -94,6 +97,7 @@ impl Inputs {
             transcript: find("transcript.json")?.map(|x| x.0),
             audio: find("audio.json")?.map(|x| x.0),
             objects: find("objects.json")?.map(|x| x.0),
+            ocr: find("ocr.json")?.map(|x| x.0),
         })
     }
 }
@@ -203,7 +207,16 @@ pub fn compose(inputs: &Inputs, meta: &Meta, p: &Params) -> Summary {
         (Some(_), 0 | 1) => notes.push("No scene cuts: the video is one continuous shot.".into()),
         _ => {}
     }
-    let spans = chapter_spans(&scenes, duration.unwrap_or(0.0), chapter_secs);
+    // Static content: a chapter per slide, named after it (see `slides.rs`).
+    let slide_spans = slides::slide_chapters(inputs.scenes.as_ref(), &scenes, inputs.ocr.as_ref());
+    let spans = match &slide_spans {
+        Some(c) => {
+            notes.push("Slides or screens: a chapter per slide, named after its title.".into());
+            c.iter().map(|x| (x.0, x.1, x.2.clone())).collect()
+        }
+        None => chapter_spans(&scenes, duration.unwrap_or(0.0), chapter_secs),
+    };
+    let screen = slides::screen_lines(inputs.ocr.as_ref());
 
     // Keyframes by scene, as links relative to this stage's folder.
     let mut keyframe_of: BTreeMap<usize, String> = BTreeMap::new();
@@ -258,10 +271,16 @@ pub fn compose(inputs: &Inputs, meta: &Meta, p: &Params) -> Summary {
             .collect::<Vec<_>>()
             .join(" ");
         let owned: Vec<Sentence> = inside.iter().map(|s| (*s).clone()).collect();
-        let title = text::textrank(&owned, 1)
-            .first()
-            .map(|&i| shorten(&owned[i].text, 70))
-            .unwrap_or_else(|| format!("Chapter {}", ci + 1));
+        let slide_title = slide_spans
+            .as_ref()
+            .and_then(|c| c.get(ci)?.3.clone())
+            .map(|t| shorten(&t, 70));
+        let title = slide_title.unwrap_or_else(|| {
+            text::textrank(&owned, 1)
+                .first()
+                .map(|&i| shorten(&owned[i].text, 70))
+                .unwrap_or_else(|| format!("Chapter {}", ci + 1))
+        });
         let mut objects: BTreeMap<String, ObjectCount> = BTreeMap::new();
         for sid in scene_ids {
             for o in objects_of.get(sid).into_iter().flatten() {
@@ -294,6 +313,7 @@ pub fn compose(inputs: &Inputs, meta: &Meta, p: &Params) -> Summary {
             scenes: scene_ids.clone(),
             text,
             objects,
+            screen_text: slides::chapter_text(&screen, scene_ids),
         });
     }
 

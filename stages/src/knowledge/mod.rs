@@ -5,6 +5,7 @@ pub mod compose;
 pub mod index;
 pub mod model;
 pub mod render;
+pub mod slides;
 pub mod text;
 
 use vsum_engine::stage::Registry;
