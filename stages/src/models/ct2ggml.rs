@@ -335,7 +335,7 @@ fn conv_bias<W: Write>(w: &mut Writer<'_, W>, to: &str, from: &str) -> Result<()
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::super::ct2::encode;
     use super::super::ggml;
     use super::*;
@@ -343,7 +343,11 @@ mod tests {
     /// A synthetic Whisper of n_state 4, 2 heads, 1 encoder and 1 decoder layer, 3 mels,
     /// vocabulary 6, where every element encodes its position so splits can be checked.
     fn tiny_ct2(dtype: DType) -> Vec<u8> {
-        let s = 4usize;
+        tiny_ct2_sized(dtype, 4)
+    }
+
+    /// [`tiny_ct2`] with n_state `s` (32 makes every row a whole quantization block).
+    pub(crate) fn tiny_ct2_sized(dtype: DType, s: usize) -> Vec<u8> {
         let mut vars: Vec<(String, Vec<usize>, DType, Vec<u8>)> = Vec::new();
         let mut add = |name: &str, dims: Vec<usize>, base: f32| {
             let n: usize = dims.iter().product();
@@ -423,7 +427,7 @@ mod tests {
         )
     }
 
-    fn assets() -> (Array, Vec<Vec<u8>>) {
+    pub(crate) fn assets() -> (Array, Vec<Vec<u8>>) {
         let mel = Array {
             shape: vec![3, 201],
             data: (0..603).map(|i| i as f32 / 1000.0).collect(),

@@ -20,6 +20,7 @@ pub mod manifest;
 pub mod npy;
 pub mod onnx;
 pub mod onnxruntime;
+pub mod quant;
 pub mod resolve;
 pub mod tiktoken;
 
