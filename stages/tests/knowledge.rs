@@ -64,8 +64,9 @@ fn build(inputs: &Inputs, chapter_secs: f64) -> Summary {
     };
     let params = Params {
         chapter_secs,
-        summary_sentences: 3,
+        summary_sentences: Some(3),
         keywords: 5,
+        ..Params::default()
     };
     compose(inputs, &meta, &params)
 }

@@ -11,21 +11,49 @@ use vsum_engine::stage::{
     CheckEnv, JobCtx, KeyEnv, KeyExtras, ParamDoc, ParamError, StageError, StageKind, typed_params,
 };
 
+use super::chapters::{self, Candidate, Cue, Limits, Span};
+use super::keyphrase::Keyphrases;
 use super::model::*;
 use super::render;
+use super::segment;
+use super::summarize::{self, SummaryOptions};
 use super::text::{self, Sentence, Timed};
 
 /// `knowledge.compose` params.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Params {
-    /// Target chapter length in seconds: consecutive scenes merge up to about this long.
+    /// Without enough speech to find topics: consecutive scenes merge into chapters of
+    /// about this many seconds.
     #[serde(default = "default_chapter_secs")]
     pub chapter_secs: f64,
-    #[serde(default = "default_summary_sentences")]
-    pub summary_sentences: usize,
+    /// Shortest chapter when chapters follow topics and cuts.
+    #[serde(default = "default_min_chapter_secs")]
+    pub min_chapter_secs: f64,
+    /// Longest chapter: longer ones are split at their strongest remaining cue.
+    #[serde(default = "default_max_chapter_secs")]
+    pub max_chapter_secs: f64,
+    /// Most summary bullets from one chapter (each chapter with speech gets one).
+    #[serde(default = "default_summary_per_chapter")]
+    pub summary_per_chapter: usize,
+    /// Most summary bullets in all (none: as many as the chapters give).
+    #[serde(default)]
+    pub summary_sentences: Option<usize>,
     #[serde(default = "default_keywords")]
     pub keywords: usize,
+}
+
+impl Default for Params {
+    fn default() -> Self {
+        Params {
+            chapter_secs: default_chapter_secs(),
+            min_chapter_secs: default_min_chapter_secs(),
+            max_chapter_secs: default_max_chapter_secs(),
+            summary_per_chapter: default_summary_per_chapter(),
+            summary_sentences: None,
+            keywords: default_keywords(),
+        }
+    }
 }
 
 /// What compose knows about the video apart from the upstream files.
@@ -43,8 +71,14 @@ pub struct Meta {
 fn default_chapter_secs() -> f64 {
     120.0
 }
-fn default_summary_sentences() -> usize {
-    5
+fn default_min_chapter_secs() -> f64 {
+    20.0
+}
+fn default_max_chapter_secs() -> f64 {
+    240.0
+}
+fn default_summary_per_chapter() -> usize {
+    3
 }
 fn default_keywords() -> usize {
     10
@@ -104,8 +138,7 @@ fn f(v: &Value) -> Option<f64> {
 
 /// Builds the knowledge of one video. Pure: everything it needs is passed in.
 pub fn compose(inputs: &Inputs, meta: &Meta, p: &Params) -> Summary {
-    let (chapter_secs, summary_sentences, n_keywords) =
-        (p.chapter_secs, p.summary_sentences, p.keywords);
+    let n_keywords = p.keywords;
     let title_fallback = meta.title_fallback.as_str();
     let mut notes = Vec::new();
     let probe = inputs.probe.as_ref();
@@ -203,7 +236,7 @@ pub fn compose(inputs: &Inputs, meta: &Meta, p: &Params) -> Summary {
         (Some(_), 0 | 1) => notes.push("No scene cuts: the video is one continuous shot.".into()),
         _ => {}
     }
-    let spans = chapter_spans(&scenes, duration.unwrap_or(0.0), chapter_secs);
+    let spans = chapter_bounds(&sentences, &scenes, duration.unwrap_or(0.0), p);
 
     // Keyframes by scene, as links relative to this stage's folder.
     let mut keyframe_of: BTreeMap<usize, String> = BTreeMap::new();
@@ -241,29 +274,72 @@ pub fn compose(inputs: &Inputs, meta: &Meta, p: &Params) -> Summary {
         }
     }
 
-    let mut chapters = Vec::new();
-    for (ci, (start, end, scene_ids)) in spans.iter().enumerate() {
-        // Whole sentences only: each belongs to the chapter holding its midpoint.
+    // Each sentence belongs to the chapter holding its midpoint (whole sentences only).
+    let mut ranges: Vec<std::ops::Range<usize>> = Vec::new();
+    let mut next = 0;
+    for (ci, span) in spans.iter().enumerate() {
         let last = ci + 1 == spans.len();
-        let inside: Vec<&Sentence> = sentences
+        let from = next;
+        while next < sentences.len() {
+            let mid = (sentences[next].start + sentences[next].end) / 2.0;
+            if mid < span.end || last {
+                next += 1;
+            } else {
+                break;
+            }
+        }
+        ranges.push(from..next);
+    }
+    let phrases = Keyphrases::new(
+        &ranges
             .iter()
-            .filter(|s| {
-                let mid = (s.start + s.end) / 2.0;
-                mid >= *start && (mid < *end || last)
-            })
-            .collect();
+            .map(|r| sentences[r.clone()].iter().map(|s| s.text.as_str()).collect())
+            .collect::<Vec<Vec<&str>>>(),
+    );
+
+    let mut chapters = Vec::new();
+    for (ci, span) in spans.iter().enumerate() {
+        let (start, end) = (span.start, span.end);
+        let inside = &sentences[ranges[ci].clone()];
         let text = inside
             .iter()
             .map(|s| s.text.as_str())
             .collect::<Vec<_>>()
             .join(" ");
-        let owned: Vec<Sentence> = inside.iter().map(|s| (*s).clone()).collect();
-        let title = text::textrank(&owned, 1)
-            .first()
-            .map(|&i| shorten(&owned[i].text, 70))
+        let paragraphs = segment::paragraphs(inside, PARAGRAPH_PAUSE, PARAGRAPH_MIN, PARAGRAPH_MAX)
+            .into_iter()
+            .map(|r| {
+                let part = &inside[r];
+                Line {
+                    start: round3(part[0].start),
+                    end: round3(part[part.len() - 1].end),
+                    text: part
+                        .iter()
+                        .map(|s| s.text.as_str())
+                        .collect::<Vec<_>>()
+                        .join(" "),
+                }
+            })
+            .collect();
+        let chapter_keywords = phrases.top(5, Some(ci));
+        let title = span
+            .title
+            .clone()
+            .or_else(|| chapter_title(&chapter_keywords))
+            .or_else(|| {
+                text::textrank(inside, 1)
+                    .first()
+                    .map(|&i| shorten(&inside[i].text, 70))
+            })
             .unwrap_or_else(|| format!("Chapter {}", ci + 1));
+        // Scenes the chapter overlaps.
+        let scene_ids: Vec<usize> = scenes
+            .iter()
+            .filter(|(_, s, e)| *s < end && *e > start || (*s == start && *e == end))
+            .map(|(i, _, _)| *i)
+            .collect();
         let mut objects: BTreeMap<String, ObjectCount> = BTreeMap::new();
-        for sid in scene_ids {
+        for sid in &scene_ids {
             for o in objects_of.get(sid).into_iter().flatten() {
                 let e = objects.entry(o.name.clone()).or_insert(ObjectCount {
                     name: o.name.clone(),
@@ -287,27 +363,29 @@ pub fn compose(inputs: &Inputs, meta: &Meta, p: &Params) -> Summary {
             .or_else(|| scene_ids.iter().find_map(|s| keyframe_of.get(s).cloned()));
         chapters.push(Chapter {
             index: ci,
-            start: *start,
-            end: *end,
+            start,
+            end,
             title,
             keyframe,
-            scenes: scene_ids.clone(),
+            scenes: scene_ids,
             text,
+            paragraphs,
+            keywords: chapter_keywords,
+            cues: span.cues.iter().map(|c| c.as_str().to_string()).collect(),
             objects,
         });
     }
 
-    let summary: Vec<Line> = text::textrank(&sentences, summary_sentences)
+    let options = SummaryOptions {
+        max_per_chapter: p.summary_per_chapter.max(1),
+        cap: p.summary_sentences,
+        ..SummaryOptions::default()
+    };
+    let summary: Vec<Line> = summarize::summarize(&sentences, &ranges, &options)
         .into_iter()
         .map(|i| line(&sentences[i]))
         .collect();
-    let all_text = sentences
-        .iter()
-        .map(|s| s.text.as_str())
-        .collect::<Vec<_>>()
-        .join(" ");
-    let counts = text::term_counts(&all_text);
-    let keywords = text::keywords(&counts, &BTreeMap::new(), 1, n_keywords);
+    let keywords = phrases.top(n_keywords, None);
 
     Summary {
         schema_version: SCHEMA_VERSION,
@@ -345,6 +423,96 @@ fn shorten(s: &str, max: usize) -> String {
     let cut: String = s.chars().take(max).collect();
     let cut = cut.rsplit_once(' ').map(|(a, _)| a).unwrap_or(&cut);
     format!("{cut}…")
+}
+
+/// A paragraph closes at a pause this long (seconds) once it is [`PARAGRAPH_MIN`] long,
+/// and always at [`PARAGRAPH_MAX`].
+const PARAGRAPH_PAUSE: f64 = 1.5;
+const PARAGRAPH_MIN: f64 = 15.0;
+const PARAGRAPH_MAX: f64 = 45.0;
+/// Boundary candidates closer than this are one event (a topic shift is known to about
+/// a sentence; a cut to a frame).
+const SNAP_SECS: f64 = 6.0;
+
+/// The chapters of a video. With enough speech to find topics, boundary candidates from
+/// every source (scene cuts, topic shifts in the transcript; slide changes plug in here)
+/// go to [`chapters::fuse`]. Without it, scenes merge into chapters of about
+/// `chapter_secs` ([`chapter_spans`]).
+pub fn chapter_bounds(
+    sentences: &[Sentence],
+    scenes: &[(usize, f64, f64)],
+    duration: f64,
+    p: &Params,
+) -> Vec<Span> {
+    let limits = Limits {
+        min_secs: p.min_chapter_secs,
+        max_secs: p.max_chapter_secs,
+        snap_secs: SNAP_SECS,
+    };
+    let shifts = segment::topic_shifts(sentences);
+    if shifts.is_empty() || duration < 2.0 * limits.min_secs {
+        let cue = if scenes.is_empty() { Cue::Length } else { Cue::Scene };
+        return chapter_spans(scenes, duration, p.chapter_secs)
+            .into_iter()
+            .map(|(start, end, _)| Span {
+                start,
+                end,
+                cues: if start > 0.0 { vec![cue] } else { vec![] },
+                title: None,
+            })
+            .collect();
+    }
+    let mut cands = Vec::new();
+    // A cut is a boundary on its own when scenes are long (slides, a few shots); where
+    // cuts are frequent (a vlog) it needs a topic shift beside it.
+    let mut lens: Vec<f64> = scenes.iter().map(|(_, s, e)| e - s).collect();
+    lens.sort_by(f64::total_cmp);
+    let median = lens.get(lens.len() / 2).copied().unwrap_or(0.0);
+    let scene_vote = if median >= limits.min_secs { 1.0 } else { 0.5 };
+    for &(_, start, _) in scenes.iter().skip(1) {
+        cands.push(Candidate {
+            time: start,
+            cue: Cue::Scene,
+            vote: scene_vote,
+            title: None,
+        });
+    }
+    for sh in &shifts {
+        cands.push(Candidate {
+            time: sh.time,
+            cue: Cue::Topic,
+            vote: sh.vote,
+            title: None,
+        });
+    }
+    let pauses: Vec<f64> = sentences
+        .windows(2)
+        .map(|w| segment::gap_time(&w[0], &w[1]))
+        .collect();
+    chapters::fuse(&cands, duration, &limits, &pauses)
+        .into_iter()
+        .map(|s| Span {
+            start: round3(s.start),
+            end: round3(s.end),
+            ..s
+        })
+        .collect()
+}
+
+/// A title from a chapter's keyphrases: "Database backup, restore drill".
+fn chapter_title(keywords: &[String]) -> Option<String> {
+    let first = keywords.first()?;
+    let mut t: String = first
+        .chars()
+        .take(1)
+        .flat_map(char::to_uppercase)
+        .chain(first.chars().skip(1))
+        .collect();
+    if let Some(second) = keywords.get(1) {
+        t.push_str(", ");
+        t.push_str(second);
+    }
+    Some(t)
 }
 
 /// Merges scenes into chapters of about `target` seconds (a chapter closes once it is at
@@ -400,7 +568,7 @@ impl StageKind for ComposeStage {
     }
 
     fn version(&self) -> u32 {
-        1
+        2
     }
 
     fn summary(&self) -> &'static str {
@@ -413,19 +581,37 @@ impl StageKind for ComposeStage {
                 name: "chapter_secs",
                 ty: "seconds",
                 default: Some("120"),
-                doc: "target chapter length; scenes merge up to about this long",
+                doc: "without enough speech to find topics: scenes merge into chapters of about this long",
+            },
+            ParamDoc {
+                name: "min_chapter_secs",
+                ty: "seconds",
+                default: Some("20"),
+                doc: "shortest chapter when chapters follow topic shifts and cuts",
+            },
+            ParamDoc {
+                name: "max_chapter_secs",
+                ty: "seconds",
+                default: Some("240"),
+                doc: "longest chapter; longer ones split at their strongest remaining cue",
+            },
+            ParamDoc {
+                name: "summary_per_chapter",
+                ty: "integer",
+                default: Some("3"),
+                doc: "most summary bullets per chapter (MMR: relevant, never repeated)",
             },
             ParamDoc {
                 name: "summary_sentences",
                 ty: "integer",
-                default: Some("5"),
-                doc: "sentences in the extractive summary (TextRank)",
+                default: None,
+                doc: "most summary bullets in all (default: one to summary_per_chapter per chapter)",
             },
             ParamDoc {
                 name: "keywords",
                 ty: "integer",
                 default: Some("10"),
-                doc: "keywords per video",
+                doc: "keyphrases per video",
             },
         ]
     }
@@ -444,6 +630,20 @@ impl StageKind for ComposeStage {
                 &["chapter_secs"],
                 "must be a positive number of seconds",
             ));
+        }
+        if !(p.min_chapter_secs >= 0.0) {
+            errs.push(ParamError::new(
+                &["min_chapter_secs"],
+                "must be zero or a positive number of seconds",
+            ));
+        } else if !(p.max_chapter_secs >= 2.0 * p.min_chapter_secs) || p.max_chapter_secs <= 0.0 {
+            errs.push(
+                ParamError::new(
+                    &["max_chapter_secs"],
+                    "must be positive and at least twice min_chapter_secs",
+                )
+                .hint("a long chapter is split in two, and each half must still be long enough"),
+            );
         }
         if errs.is_empty() {
             Ok(serde_json::to_value(&p).expect("params serialize"))
