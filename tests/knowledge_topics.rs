@@ -176,10 +176,14 @@ fn talk() -> (PathBuf, Vec<f64>) {
         .map(|(k, s)| format!("{k}|{}", s.join(" ")))
         .collect::<Vec<_>>()
         .join("\n");
-    let hash = blake3::hash(format!("{GENERATOR_VERSION}{VOICES:?}{PAUSE_SECS}\n{script}").as_bytes());
+    let hash =
+        blake3::hash(format!("{GENERATOR_VERSION}{VOICES:?}{PAUSE_SECS}\n{script}").as_bytes());
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
         .join("test-media")
-        .join(format!("topics-talk-v{GENERATOR_VERSION}-{}", &hash.to_hex()[..12]));
+        .join(format!(
+            "topics-talk-v{GENERATOR_VERSION}-{}",
+            &hash.to_hex()[..12]
+        ));
     let video = dir.join("talk.mp4");
     let truth = dir.join("truth.json");
     if !(video.is_file() && truth.is_file()) {
@@ -224,12 +228,25 @@ fn talk() -> (PathBuf, Vec<f64>) {
         check(
             Command::new("ffmpeg")
                 .args(["-v", "error", "-y", "-f", "lavfi", "-i"])
-                .arg(format!("color=c=0x336699:size=320x240:rate=5:duration={secs}"))
+                .arg(format!(
+                    "color=c=0x336699:size=320x240:rate=5:duration={secs}"
+                ))
                 .args(["-f", "s16le", "-ac", "1", "-ar", &RATE.to_string(), "-i"])
                 .arg(&raw)
                 .args([
-                    "-map", "0:v", "-map", "1:a", "-c:v", "libx264", "-preset", "ultrafast",
-                    "-pix_fmt", "yuv420p", "-c:a", "aac", "-shortest",
+                    "-map",
+                    "0:v",
+                    "-map",
+                    "1:a",
+                    "-c:v",
+                    "libx264",
+                    "-preset",
+                    "ultrafast",
+                    "-pix_fmt",
+                    "yuv420p",
+                    "-c:a",
+                    "aac",
+                    "-shortest",
                 ])
                 .arg(tmp.path().join("talk.mp4")),
         );
@@ -293,11 +310,16 @@ fn a_multi_topic_talk_gets_topic_chapters_a_summary_without_repeats_and_keyphras
         }
         panic!("pipeline failed: {s}");
     }
-    let k: Value =
-        serde_json::from_str(&p.read("output/talk/summary/summary.json")).unwrap();
+    let k: Value = serde_json::from_str(&p.read("output/talk/summary/summary.json")).unwrap();
     let chapters = k["chapters"].as_array().unwrap();
-    let starts: Vec<f64> = chapters.iter().map(|c| c["start"].as_f64().unwrap()).collect();
-    let titles: Vec<&str> = chapters.iter().map(|c| c["title"].as_str().unwrap()).collect();
+    let starts: Vec<f64> = chapters
+        .iter()
+        .map(|c| c["start"].as_f64().unwrap())
+        .collect();
+    let titles: Vec<&str> = chapters
+        .iter()
+        .map(|c| c["title"].as_str().unwrap())
+        .collect();
     let bullets: Vec<(f64, &str)> = k["summary"]
         .as_array()
         .unwrap()
@@ -317,7 +339,11 @@ fn a_multi_topic_talk_gets_topic_chapters_a_summary_without_repeats_and_keyphras
     eprintln!("summary: {bullets:#?}");
 
     // The video has no cut: the chapters come from the words.
-    assert!(k["notes"].to_string().contains("No scene cuts"), "{}", k["notes"]);
+    assert!(
+        k["notes"].to_string().contains("No scene cuts"),
+        "{}",
+        k["notes"]
+    );
     // As many chapters as subjects, give or take two.
     let n = TALK.len();
     assert!(
@@ -342,15 +368,25 @@ fn a_multi_topic_talk_gets_topic_chapters_a_summary_without_repeats_and_keyphras
     );
     for c in chapters {
         let len = c["end"].as_f64().unwrap() - c["start"].as_f64().unwrap();
-        assert!((20.0 - 1e-6..=240.0 + 1e-6).contains(&len), "chapter length {len}: {c}");
+        assert!(
+            (20.0 - 1e-6..=240.0 + 1e-6).contains(&len),
+            "chapter length {len}: {c}"
+        );
         let paras = c["paragraphs"].as_array().unwrap();
-        assert!(!paras.is_empty(), "a chapter with speech has paragraphs: {c}");
+        assert!(
+            !paras.is_empty(),
+            "a chapter with speech has paragraphs: {c}"
+        );
         for para in paras {
             let t = para["start"].as_f64().unwrap();
             assert!(t >= c["start"].as_f64().unwrap() - 2.0 && t < c["end"].as_f64().unwrap());
         }
     }
-    assert!(chapters[1..].iter().all(|c| c["cues"].to_string().contains("topic")));
+    assert!(
+        chapters[1..]
+            .iter()
+            .all(|c| c["cues"].to_string().contains("topic"))
+    );
 
     // The summary: one to three bullets per chapter, no two alike.
     let mut per_chapter = vec![0; chapters.len()];
@@ -367,7 +403,10 @@ fn a_multi_topic_talk_gets_topic_chapters_a_summary_without_repeats_and_keyphras
         for (_, y) in &bullets[i + 1..] {
             let (a, b) = (word_set(x), word_set(y));
             let jaccard = a.intersection(&b).count() as f64 / a.union(&b).count().max(1) as f64;
-            assert!(jaccard < 0.5, "near-duplicate bullets ({jaccard:.2}): {x:?} / {y:?}");
+            assert!(
+                jaccard < 0.5,
+                "near-duplicate bullets ({jaccard:.2}): {x:?} / {y:?}"
+            );
         }
     }
 
@@ -377,7 +416,10 @@ fn a_multi_topic_talk_gets_topic_chapters_a_summary_without_repeats_and_keyphras
         .iter()
         .filter(|k| known.iter().any(|t| **k == *t || **k == format!("{t}s")))
         .collect();
-    assert!(named.len() >= 3, "keyphrases name too few subjects: {keywords:?}");
+    assert!(
+        named.len() >= 3,
+        "keyphrases name too few subjects: {keywords:?}"
+    );
     assert!(
         keywords.iter().filter(|k| k.contains(' ')).count() * 2 >= keywords.len(),
         "mostly multi-word keyphrases: {keywords:?}"

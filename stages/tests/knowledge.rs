@@ -103,7 +103,7 @@ fn chapters_follow_cuts_and_hold_their_sentences_and_objects() {
         s.summary
     );
     assert!(
-        s.keywords.contains(&"release".to_string()),
+        s.keywords.contains(&"release candidate".to_string()),
         "{:?}",
         s.keywords
     );

@@ -231,7 +231,7 @@ pub fn compose(inputs: &Inputs, meta: &Meta, p: &Params) -> Summary {
         .collect();
     match (&inputs.scenes, scenes.len()) {
         (None, _) => {
-            notes.push("No scene detection in this pipeline: chapters follow time only.".into())
+            notes.push("No scene detection in this pipeline: chapters follow what is said, else time.".into())
         }
         (Some(_), 0 | 1) => notes.push("No scene cuts: the video is one continuous shot.".into()),
         _ => {}
@@ -293,7 +293,12 @@ pub fn compose(inputs: &Inputs, meta: &Meta, p: &Params) -> Summary {
     let phrases = Keyphrases::new(
         &ranges
             .iter()
-            .map(|r| sentences[r.clone()].iter().map(|s| s.text.as_str()).collect())
+            .map(|r| {
+                sentences[r.clone()]
+                    .iter()
+                    .map(|s| s.text.as_str())
+                    .collect()
+            })
             .collect::<Vec<Vec<&str>>>(),
     );
 
@@ -321,11 +326,12 @@ pub fn compose(inputs: &Inputs, meta: &Meta, p: &Params) -> Summary {
                 }
             })
             .collect();
-        let chapter_keywords = phrases.top(5, Some(ci));
+        let counted = phrases.top_counted(5, Some(ci));
+        let chapter_keywords: Vec<String> = counted.iter().map(|x| x.0.clone()).collect();
         let title = span
             .title
             .clone()
-            .or_else(|| chapter_title(&chapter_keywords))
+            .or_else(|| chapter_title(&counted))
             .or_else(|| {
                 text::textrank(inside, 1)
                     .first()
@@ -451,7 +457,11 @@ pub fn chapter_bounds(
     };
     let shifts = segment::topic_shifts(sentences);
     if shifts.is_empty() || duration < 2.0 * limits.min_secs {
-        let cue = if scenes.is_empty() { Cue::Length } else { Cue::Scene };
+        let cue = if scenes.is_empty() {
+            Cue::Length
+        } else {
+            Cue::Scene
+        };
         return chapter_spans(scenes, duration, p.chapter_secs)
             .into_iter()
             .map(|(start, end, _)| Span {
@@ -499,18 +509,22 @@ pub fn chapter_bounds(
         .collect()
 }
 
-/// A title from a chapter's keyphrases: "Database backup, restore drill".
-fn chapter_title(keywords: &[String]) -> Option<String> {
-    let first = keywords.first()?;
+/// A title from a chapter's keyphrases ("Database backup, restore drill"), when its
+/// best one has several words and is said at least twice; else none (the caller falls
+/// back to the chapter's most central sentence).
+fn chapter_title(counted: &[(String, usize)]) -> Option<String> {
+    let good = |(p, n): &&(String, usize)| *n >= 2 && p.contains(' ');
+    let first = counted.first().filter(good)?;
     let mut t: String = first
+        .0
         .chars()
         .take(1)
         .flat_map(char::to_uppercase)
-        .chain(first.chars().skip(1))
+        .chain(first.0.chars().skip(1))
         .collect();
-    if let Some(second) = keywords.get(1) {
+    if let Some(second) = counted.get(1).filter(good) {
         t.push_str(", ");
-        t.push_str(second);
+        t.push_str(&second.0);
     }
     Some(t)
 }

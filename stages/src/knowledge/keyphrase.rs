@@ -123,6 +123,11 @@ impl Keyphrases {
     /// occur at least twice (in that scope) unless the scope is very short; a phrase
     /// contained in, or containing, a better one is left out.
     pub fn top(&self, k: usize, part: Option<usize>) -> Vec<String> {
+        self.top_counted(k, part).into_iter().map(|x| x.0).collect()
+    }
+
+    /// [`Keyphrases::top`] with each phrase's number of occurrences in the scope.
+    pub fn top_counted(&self, k: usize, part: Option<usize>) -> Vec<(String, usize)> {
         let count = |c: &Candidate| match part {
             None => c.count(),
             Some(p) => c.per_part.get(&p).copied().unwrap_or(0),
@@ -157,8 +162,8 @@ impl Keyphrases {
             if own <= 0.0 {
                 continue;
             }
-            let spec = c.stems.iter().map(|s| self.specificity(s)).sum::<f64>()
-                / c.stems.len() as f64;
+            let spec =
+                c.stems.iter().map(|s| self.specificity(s)).sum::<f64>() / c.stems.len() as f64;
             let score = (1.0 + c.stems.len() as f64).log2() * own * spec;
             if score > 0.0 {
                 scored.push((score, key, c));
@@ -179,7 +184,10 @@ impl Keyphrases {
                 chosen.push(c);
             }
         }
-        chosen.into_iter().map(Candidate::surface).collect()
+        chosen
+            .into_iter()
+            .map(|c| (c.surface(), count(c)))
+            .collect()
     }
 }
 
@@ -259,12 +267,19 @@ mod tests {
         assert!(top.contains(&"database backup".to_string()), "{top:?}");
         assert!(top.contains(&"release process".to_string()), "{top:?}");
         assert!(top.contains(&"release notes".to_string()), "{top:?}");
-        assert!(!top.contains(&"time".to_string()) && !top.contains(&"work".to_string()), "{top:?}");
+        assert!(
+            !top.contains(&"time".to_string()) && !top.contains(&"work".to_string()),
+            "{top:?}"
+        );
         // "backup" alone is inside "database backup": not listed beside it.
         assert!(!top.contains(&"backup".to_string()), "{top:?}");
         // Per part: the part's own topic.
         assert_eq!(k.top(1, Some(0))[0], "database backup");
-        assert!(k.top(2, Some(2)).contains(&"new hire".to_string()), "{:?}", k.top(2, Some(2)));
+        assert!(
+            k.top(2, Some(2)).contains(&"new hire".to_string()),
+            "{:?}",
+            k.top(2, Some(2))
+        );
         // Plural and singular are one phrase.
         assert_eq!(k.top(5, None), top, "deterministic");
     }

@@ -102,8 +102,7 @@ pub fn topic_shifts(sents: &[Sentence]) -> Vec<TopicShift> {
         return Vec::new();
     }
     let mean = minima.iter().sum::<f64>() / minima.len() as f64;
-    let sd = (minima.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / minima.len() as f64)
-        .sqrt();
+    let sd = (minima.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / minima.len() as f64).sqrt();
     // A floor keeps a uniformly flat talk (all dips tiny) from being cut everywhere.
     let cutoff = (mean - sd).max(0.05);
     d.iter()
@@ -141,7 +140,11 @@ pub fn paragraphs(
     for i in 0..sents.len() {
         let len = sents[i].end - sents[start].start;
         let last = i + 1 == sents.len();
-        let gap = if last { 0.0 } else { sents[i + 1].start - sents[i].end };
+        let gap = if last {
+            0.0
+        } else {
+            sents[i + 1].start - sents[i].end
+        };
         if last || len >= max_secs || (len >= min_secs && gap >= pause) {
             out.push(start..i + 1);
             start = i + 1;
@@ -201,7 +204,11 @@ mod tests {
     fn shifts_are_found_where_the_vocabulary_changes() {
         let (s, truth) = talk(&[BACKUP, RELEASE, ONBOARDING]);
         let shifts = topic_shifts(&s);
-        let strong: Vec<usize> = shifts.iter().filter(|x| x.vote >= 1.0).map(|x| x.after).collect();
+        let strong: Vec<usize> = shifts
+            .iter()
+            .filter(|x| x.vote >= 1.0)
+            .map(|x| x.after)
+            .collect();
         for t in &truth {
             assert!(
                 strong.iter().any(|g| g.abs_diff(*t) <= 1),
@@ -210,7 +217,10 @@ mod tests {
         }
         assert!(strong.len() <= 4, "too many shifts: {shifts:?}");
         let at = shifts.iter().find(|x| x.after == truth[0]).unwrap();
-        assert!((at.time - 23.75).abs() < 1e-9, "between the sentences: {at:?}");
+        assert!(
+            (at.time - 23.75).abs() < 1e-9,
+            "between the sentences: {at:?}"
+        );
     }
 
     #[test]
@@ -218,15 +228,29 @@ mod tests {
         let (s, _) = talk(&[BACKUP, BACKUP]);
         assert!(topic_shifts(&s[..6]).is_empty(), "too few sentences");
         let d = depths(&[0.9, 0.5, 0.8, 0.7, 0.9]);
-        assert!((d[1] - 0.7).abs() < 1e-9 && (d[3] - 0.3).abs() < 1e-9 && d[0] == 0.0, "{d:?}");
+        assert!(
+            (d[1] - 0.7).abs() < 1e-9 && (d[3] - 0.3).abs() < 1e-9 && d[0] == 0.0,
+            "{d:?}"
+        );
     }
 
     #[test]
     fn paragraphs_close_at_pauses_and_at_the_maximum() {
-        let s: Vec<Sentence> = [(0.0, 5.0), (5.2, 12.0), (15.0, 20.0), (20.1, 30.0), (30.1, 46.0), (46.1, 50.0)]
-            .iter()
-            .map(|&(a, b)| Sentence { start: a, end: b, text: "x".into() })
-            .collect();
+        let s: Vec<Sentence> = [
+            (0.0, 5.0),
+            (5.2, 12.0),
+            (15.0, 20.0),
+            (20.1, 30.0),
+            (30.1, 46.0),
+            (46.1, 50.0),
+        ]
+        .iter()
+        .map(|&(a, b)| Sentence {
+            start: a,
+            end: b,
+            text: "x".into(),
+        })
+        .collect();
         assert_eq!(paragraphs(&s, 2.0, 10.0, 30.0), vec![0..2, 2..5, 5..6]);
     }
 }

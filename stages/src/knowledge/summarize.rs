@@ -180,7 +180,10 @@ mod tests {
         assert!(!picked.contains(&13), "too short for a bullet: {texts:?}");
         for (a, x) in texts.iter().enumerate() {
             for y in &texts[a + 1..] {
-                assert!(text::word_overlap(x, y) < 0.6, "near-duplicates {x:?} {y:?}");
+                assert!(
+                    text::word_overlap(x, y) < 0.6,
+                    "near-duplicates {x:?} {y:?}"
+                );
             }
         }
         assert!(picked.windows(2).all(|w| w[0] < w[1]), "spoken order");
@@ -209,7 +212,10 @@ mod tests {
         let s = sents(&refs);
         let all = summarize(&s, &[0..20, 20..40], &SummaryOptions::default());
         let per = |lo: usize, hi: usize| all.iter().filter(|&&i| i >= lo && i < hi).count();
-        assert!((1..=3).contains(&per(0, 20)) && (1..=3).contains(&per(20, 40)), "{all:?}");
+        assert!(
+            (1..=3).contains(&per(0, 20)) && (1..=3).contains(&per(20, 40)),
+            "{all:?}"
+        );
         let capped = summarize(
             &s,
             &[0..20, 20..40],

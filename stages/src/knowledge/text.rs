@@ -1,5 +1,6 @@
 //! Deterministic text analytics for knowledge files: sentences with timestamps from a
-//! transcript, an extractive summary by TextRank, and keywords.
+//! transcript, stop words and stems, TF-IDF vectors and their similarity, TextRank, and
+//! the older single-word keywords.
 //!
 //! No model and no randomness: the same transcript always gives the same summary, so
 //! knowledge files are stable across reruns and machines.
@@ -24,36 +25,30 @@ pub struct Timed {
 
 /// English function words, spoken fillers and number words: never keyphrases, ignored
 /// when comparing sentences.
-pub const STOPWORDS: &[&str] = &[
-    "a", "about", "above", "actually", "after", "again", "ago", "all", "almost", "already", "also",
-    "always", "am", "an", "and", "another", "any", "anyone", "anything", "anyway", "are", "around",
-    "as", "at", "basically", "be", "because", "been", "before", "being", "below", "between",
-    "billion", "both", "but", "by", "can", "can't", "come", "comes", "coming", "could", "couldn't",
-    "did", "didn't", "do", "does", "doesn't", "doing", "don't", "done", "down", "during", "each",
-    "eight", "eighteen", "eighty", "eleven", "else", "enough", "even", "every", "everyone",
-    "everything", "few", "fifteen", "fifty", "first", "five", "for", "forty", "four", "fourteen",
-    "from", "further", "get", "go", "goes", "going", "gonna", "good", "got", "great", "guess",
-    "guys", "had", "has", "have", "having", "he", "her", "here", "hers", "hey", "him", "his",
-    "how", "hundred", "i", "i'd", "i'll", "i'm", "i've", "if", "in", "into", "is", "isn't", "it",
-    "it's", "its", "just", "kind", "know", "last", "let", "let's", "like", "look", "looks", "lot",
-    "lots", "made", "make", "makes", "making", "many", "may", "maybe", "me", "mean", "might",
-    "million", "more", "most", "much", "must", "my", "need", "needs", "next", "nine", "nineteen",
-    "ninety", "no", "nor", "not", "nothing", "now", "of", "off", "oh", "ok", "okay", "on", "once",
-    "one", "only", "or", "other", "our", "ours", "out", "over", "own", "please", "quite", "rather",
-    "really", "right", "said", "same", "say", "see", "seven", "seventeen", "seventy", "she",
-    "should", "six", "sixteen", "sixty", "so", "some", "something", "still", "such", "sure",
-    "take", "takes", "talk", "ten", "than", "thank", "thanks", "that", "that's", "the", "their",
-    "them", "then", "there", "there's", "these", "they", "they're", "thing", "things", "think",
-    "thirteen", "thirty", "this", "those", "though", "thousand", "three", "through", "to", "today",
-    "together", "told", "too", "took", "twelve", "twenty", "two", "uh", "um", "under", "until",
-    "up", "us", "use", "used", "uses", "using", "very", "want", "was", "way", "we", "we'd",
-    "we'll", "we're", "we've", "well", "were", "what", "whatever", "when", "where", "which",
-    "while", "who", "whom", "why", "will", "with", "won't", "would", "yeah", "yes", "yet", "you",
-    "you'd", "you'll", "you're", "you've", "your", "yours",
-];
+pub const STOPWORDS: &str = "\
+    a about above actually after again ago all almost already also always am an and another \
+    any anyone anything anyway are around as at basically be because been before being \
+    below between billion both but by can can't come comes coming could couldn't did didn't \
+    do does doesn't doing don't done down during each eight eighteen eighty eleven else \
+    enough even every everyone everything few fifteen fifty finally first five for forty four \
+    fourteen from further get go goes going gonna good got great guess guys had has have \
+    having he her here hers hey him his how hundred i i'd i'll i'm i've if in into is isn't \
+    it it's its just kind know last let let's like look looks lot lots made make makes \
+    making many may maybe me mean might million more most much must my need needs next nine \
+    nineteen ninety no nor not nothing now of off oh ok okay on once one only or other our \
+    ours out over own please quite rather really right said same say see seven seventeen \
+    seventy she should six sixteen sixty so some something still such sure take takes talk \
+    ten than thank thanks that that's the their them then there there's these they they're \
+    thing things think thirteen thirty this those though thousand three through to today \
+    together told too took twelve twenty two uh um under until up us use used uses using \
+    very want was way we we'd we'll we're we've well were what whatever when where which \
+    while who whom why will with won't would yeah yes yet you you'd you'll you're you've \
+    your yours";
 
 pub fn is_stopword(w: &str) -> bool {
-    STOPWORDS.binary_search(&w).is_ok()
+    static SET: std::sync::LazyLock<BTreeSet<&'static str>> =
+        std::sync::LazyLock::new(|| STOPWORDS.split_whitespace().collect());
+    SET.contains(w)
 }
 
 /// Lower-case word tokens (letters, digits and inner apostrophes).
@@ -74,8 +69,9 @@ pub fn content_words(text: &str) -> Vec<String> {
 
 /// The English (Porter 2) stem of a lower-case word: "backups" and "backup" match.
 pub fn stem(word: &str) -> String {
-    static STEMMER: std::sync::LazyLock<rust_stemmers::Stemmer> =
-        std::sync::LazyLock::new(|| rust_stemmers::Stemmer::create(rust_stemmers::Algorithm::English));
+    static STEMMER: std::sync::LazyLock<rust_stemmers::Stemmer> = std::sync::LazyLock::new(|| {
+        rust_stemmers::Stemmer::create(rust_stemmers::Algorithm::English)
+    });
     STEMMER.stem(word).into_owned()
 }
 
@@ -193,7 +189,11 @@ pub fn cosine(a: &SparseVec, b: &SparseVec) -> f64 {
     }
     let na = a.iter().map(|(_, w)| w * w).sum::<f64>().sqrt();
     let nb = b.iter().map(|(_, w)| w * w).sum::<f64>().sqrt();
-    if na > 0.0 && nb > 0.0 { dot / (na * nb) } else { 0.0 }
+    if na > 0.0 && nb > 0.0 {
+        dot / (na * nb)
+    } else {
+        0.0
+    }
 }
 
 /// Jaccard overlap of two texts' content stems: 1 for the same words in any order.
@@ -202,7 +202,11 @@ pub fn word_overlap(a: &str, b: &str) -> f64 {
     let b: BTreeSet<String> = content_stems(b).into_iter().collect();
     let union = a.union(&b).count();
     if union == 0 {
-        return if a.is_empty() && b.is_empty() { 1.0 } else { 0.0 };
+        return if a.is_empty() && b.is_empty() {
+            1.0
+        } else {
+            0.0
+        };
     }
     a.intersection(&b).count() as f64 / union as f64
 }
@@ -362,10 +366,13 @@ mod tests {
     }
 
     #[test]
-    fn stopwords_are_sorted_for_binary_search() {
-        let mut s = STOPWORDS.to_vec();
-        s.sort_unstable();
-        assert_eq!(s, STOPWORDS);
+    fn stopwords_are_sorted_and_found() {
+        let s: Vec<&str> = STOPWORDS.split_whitespace().collect();
+        let mut sorted = s.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(s, sorted, "sorted, each once");
+        assert!(is_stopword("the") && is_stopword("we're") && !is_stopword("backup"));
     }
 
     #[test]
