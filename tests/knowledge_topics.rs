@@ -218,6 +218,8 @@ fn talk() -> (PathBuf, Vec<f64>) {
                 );
                 pcm.extend(std::fs::read(&raw).unwrap());
                 pcm.extend(&silence);
+                std::fs::remove_file(&wav).unwrap();
+                std::fs::remove_file(&raw).unwrap();
                 part += 1;
             }
         }

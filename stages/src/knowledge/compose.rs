@@ -230,9 +230,9 @@ pub fn compose(inputs: &Inputs, meta: &Meta, p: &Params) -> Summary {
         })
         .collect();
     match (&inputs.scenes, scenes.len()) {
-        (None, _) => {
-            notes.push("No scene detection in this pipeline: chapters follow what is said, else time.".into())
-        }
+        (None, _) => notes.push(
+            "No scene detection in this pipeline: chapters follow what is said, else time.".into(),
+        ),
         (Some(_), 0 | 1) => notes.push("No scene cuts: the video is one continuous shot.".into()),
         _ => {}
     }
