@@ -433,9 +433,9 @@ fn shorten(s: &str, max: usize) -> String {
 
 /// A paragraph closes at a pause this long (seconds) once it is [`PARAGRAPH_MIN`] long,
 /// and always at [`PARAGRAPH_MAX`].
-const PARAGRAPH_PAUSE: f64 = 1.5;
-const PARAGRAPH_MIN: f64 = 15.0;
-const PARAGRAPH_MAX: f64 = 45.0;
+const PARAGRAPH_PAUSE: f64 = 1.0;
+const PARAGRAPH_MIN: f64 = 12.0;
+const PARAGRAPH_MAX: f64 = 30.0;
 /// Boundary candidates closer than this are one event (a topic shift is known to about
 /// a sentence; a cut to a frame).
 const SNAP_SECS: f64 = 6.0;
@@ -645,12 +645,13 @@ impl StageKind for ComposeStage {
                 "must be a positive number of seconds",
             ));
         }
-        if !(p.min_chapter_secs >= 0.0) {
+        let (min, max) = (p.min_chapter_secs, p.max_chapter_secs);
+        if !min.is_finite() || min < 0.0 {
             errs.push(ParamError::new(
                 &["min_chapter_secs"],
                 "must be zero or a positive number of seconds",
             ));
-        } else if !(p.max_chapter_secs >= 2.0 * p.min_chapter_secs) || p.max_chapter_secs <= 0.0 {
+        } else if !max.is_finite() || max <= 0.0 || max < 2.0 * min {
             errs.push(
                 ParamError::new(
                     &["max_chapter_secs"],

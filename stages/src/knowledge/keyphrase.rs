@@ -214,7 +214,7 @@ fn runs(sentence: &str) -> Vec<Vec<String>> {
         } else {
             flush_word(&mut word, &mut cur, &mut out);
             // Punctuation (not spaces or hyphens) ends a phrase.
-            if !(c.is_whitespace() || c == '-') && !cur.is_empty() {
+            if !(c.is_whitespace() || c == '-' || cur.is_empty()) {
                 out.push(std::mem::take(&mut cur));
             }
         }
