@@ -143,6 +143,8 @@ struct Shared<'a> {
     dry_run: bool,
     /// Threads a job may use inside itself.
     job_threads: usize,
+    /// The cores both lanes share, so they never oversubscribe the machine.
+    cores: crate::cores::Cores,
     /// The machine watch, when monitoring.
     watch: Option<Watch>,
     /// Why the batch stops early; once set, no job starts.
@@ -455,6 +457,18 @@ impl Shared<'_> {
         } else {
             self.job_threads
         };
+        // Cores for the job: a CPU-lane job its share; a GPU-lane job one, topped up by
+        // the stage when its model computes on the CPU.
+        let held_cores = if st.lane == Lane::Gpu {
+            1
+        } else {
+            self.job_threads
+        };
+        let _cores = if st.lane == Lane::Gpu {
+            self.cores.gpu(held_cores)
+        } else {
+            self.cores.cpu(held_cores)
+        };
         let mut force_cpu = false;
         let mut notes = Vec::new();
         let outcome = loop {
@@ -488,6 +502,8 @@ impl Shared<'_> {
                 resources: resources.as_deref_mut(),
                 force_cpu,
                 events: &self.events,
+                cores: Some(&self.cores),
+                held_cores,
             };
             let result = kind.run(&mut ctx).and_then(|()| {
                 if self.cancel.load(Ordering::Relaxed) {
@@ -824,6 +840,7 @@ pub fn run(
         force: opts.force.iter().cloned().collect(),
         dry_run: opts.dry_run,
         job_threads: (threads_available() / threads).max(1),
+        cores: crate::cores::Cores::new(threads_available().max(threads)),
         breakers: Mutex::new((BTreeMap::new(), BTreeSet::new())),
         stop: Mutex::new(None),
         watch: opts.alerts.clone().map(|a| {

@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::cores::Cores;
 use crate::events::{Event, EventSink};
 use crate::hash::FileHasher;
 
@@ -260,6 +261,12 @@ pub struct JobCtx<'a> {
     /// Run on the CPU even on the GPU lane (after a GPU out-of-memory error).
     pub force_cpu: bool,
     pub events: &'a EventSink,
+    /// The machine's core budget (see `cores`), when the engine runs the job. A
+    /// GPU-lane job whose model computes on the CPU tops up to its `threads` with
+    /// [`Cores::top_up`] before it computes.
+    pub cores: Option<&'a Cores>,
+    /// Cores this job already holds.
+    pub held_cores: usize,
 }
 
 impl JobCtx<'_> {

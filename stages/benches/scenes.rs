@@ -212,6 +212,8 @@ fn run_with(
         resources: None,
         force_cpu: false,
         events: &events,
+        cores: None,
+        held_cores: 0,
     };
     kind.run(&mut ctx).expect("job");
     (out.path().to_path_buf(), out)

@@ -1000,6 +1000,8 @@ fn cancelled_jobs_stop() {
         resources: None,
         force_cpu: false,
         events: &events,
+        cores: None,
+        held_cores: 0,
     };
     let e = SceneStage.run(&mut ctx).unwrap_err();
     assert!(e.cancelled);

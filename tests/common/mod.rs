@@ -2,6 +2,8 @@
 //! "videos", and a way to run `vsum` in it and read its JSON run summary.
 #![allow(dead_code)]
 
+pub mod talk;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 

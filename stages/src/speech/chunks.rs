@@ -1,11 +1,16 @@
-//! Cutting a speech track into the bounded pieces Whisper decodes one at a time.
+//! Cutting a speech track into the windows Whisper decodes one at a time.
 //!
-//! With voice activity (`vad.json`), pieces cover speech only: nearby speech segments
-//! are merged (short pauses stay in, long silences and music are left out, so Whisper
-//! never sees them and cannot invent text over them), and no piece is longer than the
-//! chunk limit. Without it, the track is cut every chunk limit at the quietest moment
-//! of the last seconds before the limit, so a cut rarely splits a word. Either way
-//! memory stays flat for any track length.
+//! Whisper sees 30 seconds at once; the reference implementations (openai-whisper's
+//! `transcribe`, faster-whisper) decode long audio as a sequence of such windows, and
+//! that is what keeps a long talk from drifting into a repetition loop. With voice
+//! activity (`vad.json`), a [`Window`] packs whole speech regions, in order, up to the
+//! window length: silence between regions is shortened to a natural pause (long
+//! silences and music are left out, so Whisper never sees them and cannot invent text
+//! over them), and a window is never cut inside a speech region unless one region
+//! alone is longer than a window. Each window keeps the map from its own time to the
+//! track's, so timestamps come back absolute. Without VAD, the track is cut every
+//! window length at the quietest moment of the last seconds before the limit. Either
+//! way memory stays flat for any track length.
 
 use super::audio::SAMPLE_RATE;
 
@@ -26,38 +31,230 @@ impl Span {
     }
 }
 
-/// Groups speech spans (sorted) into chunks of at most `max_len` samples, merging
-/// spans separated by at most `max_gap` samples. Longer spans are split.
-pub fn from_speech(speech: &[Span], total: u64, max_len: u64, max_gap: u64) -> Vec<Span> {
-    let max_len = max_len.max(1);
-    let mut out: Vec<Span> = Vec::new();
+/// How speech regions are packed into windows (all lengths in samples).
+#[derive(Debug, Clone, Copy)]
+pub struct Packing {
+    /// Longest window (Whisper's 30 s at most).
+    pub max_len: u64,
+    /// A pause up to this long is kept whole inside a window.
+    pub keep_gap: u64,
+    /// Of a longer pause, this much is kept after one region and before the next.
+    pub gap_pad: u64,
+    /// Extra audio taken before a window's first region and after its last (VAD
+    /// boundaries are tight; Whisper needs the first phoneme whole).
+    pub edge_pad: u64,
+    /// When a window is full, the cut goes at the longest pause among the regions
+    /// that start within this much of the window's end.
+    pub cut_search: u64,
+}
+
+impl Packing {
+    pub fn seconds(max_len: f64) -> Packing {
+        let s = |x: f64| (x * SAMPLE_RATE as f64).round() as u64;
+        Packing {
+            max_len: s(max_len).max(1),
+            keep_gap: s(1.0),
+            gap_pad: s(0.4),
+            edge_pad: s(0.2),
+            cut_search: s(8.0),
+        }
+    }
+}
+
+/// One decoding window: pieces of the track, in order, played back to back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Window {
+    pub pieces: Vec<Span>,
+}
+
+impl Window {
+    /// Samples in the window (the pieces back to back).
+    pub fn len(&self) -> u64 {
+        self.pieces.iter().map(Span::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Where the window starts on the track.
+    pub fn start(&self) -> u64 {
+        self.pieces.first().map_or(0, |p| p.start)
+    }
+
+    /// Where the window ends on the track.
+    pub fn end(&self) -> u64 {
+        self.pieces.last().map_or(0, |p| p.end)
+    }
+
+    /// Track position (samples) of an end time `at` samples into the window: a time
+    /// exactly at the end of a piece stays there (it ends speech, it does not start the
+    /// next piece).
+    pub fn to_track_end(&self, at: u64) -> u64 {
+        let mut left = at;
+        for p in &self.pieces {
+            if left <= p.len() {
+                return p.start + left;
+            }
+            left -= p.len();
+        }
+        self.end()
+    }
+
+    /// Track position (samples) of a position `at` samples into the window. A position
+    /// past the end maps to the window's end.
+    pub fn to_track(&self, at: u64) -> u64 {
+        let mut left = at;
+        for p in &self.pieces {
+            if left < p.len() {
+                return p.start + left;
+            }
+            left -= p.len();
+        }
+        self.end()
+    }
+}
+
+/// A whole-track window list, for a track without VAD, built from cut positions.
+pub fn contiguous(cuts: &[Span]) -> Vec<Window> {
+    cuts.iter()
+        .filter(|s| !s.is_empty())
+        .map(|s| Window { pieces: vec![*s] })
+        .collect()
+}
+
+/// Packs speech regions (sorted, non-overlapping) of a track of `total` samples into
+/// windows of at most `pk.max_len` samples. A region longer than a window is split
+/// into window-sized parts (`split` picks each cut inside it, given the part).
+pub fn pack(
+    speech: &[Span],
+    total: u64,
+    pk: &Packing,
+    split: &mut dyn FnMut(Span) -> u64,
+) -> Vec<Window> {
+    // Clip, drop empties, and break regions longer than a window.
+    let mut regions: Vec<Span> = Vec::new();
     for s in speech {
-        let s = Span {
+        let mut s = Span {
             start: s.start.min(total),
             end: s.end.min(total),
         };
-        if s.is_empty() {
-            continue;
+        if let Some(prev) = regions.last() {
+            s.start = s.start.max(prev.end);
         }
-        let mut at = s.start;
-        while at < s.end {
-            let piece = Span {
-                start: at,
-                end: (at + max_len).min(s.end),
+        while s.len() > pk.max_len {
+            let head = Span {
+                start: s.start,
+                end: s.start + pk.max_len,
             };
-            at = piece.end;
-            match out.last_mut() {
-                Some(c)
-                    if piece.start <= c.end + max_gap
-                        && piece.end.saturating_sub(c.start) <= max_len =>
-                {
-                    c.end = c.end.max(piece.end);
-                }
-                _ => out.push(piece),
-            }
+            let cut = split(head).clamp(s.start + pk.max_len / 2, s.start + pk.max_len);
+            regions.push(Span {
+                start: s.start,
+                end: cut,
+            });
+            s.start = cut;
+        }
+        if !s.is_empty() {
+            regions.push(s);
         }
     }
+
+    // Greedy packing of whole regions, cut at the longest nearby pause.
+    let mut windows: Vec<Vec<Span>> = Vec::new();
+    let mut cur: Vec<Span> = Vec::new();
+    let mut i = 0;
+    while i < regions.len() {
+        let r = regions[i];
+        let mut trial = cur.clone();
+        trial.push(r);
+        if cur.is_empty() || packed_len(&trial, pk) <= pk.max_len {
+            cur = trial;
+            i += 1;
+            continue;
+        }
+        // Full: move the regions after the longest recent pause to the next window.
+        let end = cur.last().expect("non-empty").end;
+        let mut best: Option<(u64, usize)> = None;
+        for k in 1..=cur.len() {
+            let next = if k == cur.len() { r } else { cur[k] };
+            if next.start + pk.cut_search < end {
+                continue;
+            }
+            let gap = next.start - cur[k - 1].end;
+            if best.is_none_or(|(g, _)| gap >= g) {
+                best = Some((gap, k));
+            }
+        }
+        let keep = match best {
+            // Cutting at the longest pause must not leave the tail too long to pack
+            // with the next region; otherwise cut right here.
+            Some((_, k)) if packed_len(&[&cur[k..], &[r]].concat(), pk) <= pk.max_len => k,
+            _ => cur.len(),
+        };
+        let tail = cur.split_off(keep);
+        windows.push(std::mem::replace(&mut cur, tail));
+    }
+    if !cur.is_empty() {
+        windows.push(cur);
+    }
+
+    // Lay out the pieces: edge padding, pauses shortened.
+    let n = windows.len();
+    let mut out = Vec::with_capacity(n);
+    for w in 0..n {
+        let regions = &windows[w];
+        let lo = if w == 0 {
+            0
+        } else {
+            windows[w - 1].last().unwrap().end
+        };
+        let hi = if w + 1 == n {
+            total
+        } else {
+            windows[w + 1][0].start
+        };
+        let mut pieces = pieces_of(regions, pk);
+        let room = pk
+            .max_len
+            .saturating_sub(pieces.iter().map(Span::len).sum());
+        let first = pieces.first_mut().unwrap();
+        let pad_lo = pk
+            .edge_pad
+            .min(room / 2)
+            .min(first.start.saturating_sub(lo) / 2);
+        first.start -= pad_lo;
+        let last = pieces.last_mut().unwrap();
+        let pad_hi = pk
+            .edge_pad
+            .min(room / 2)
+            .min(hi.saturating_sub(last.end) / 2);
+        last.end += pad_hi;
+        out.push(Window { pieces });
+    }
     out
+}
+
+/// The pieces a window of these regions plays: short pauses whole, long ones shortened.
+fn pieces_of(regions: &[Span], pk: &Packing) -> Vec<Span> {
+    let mut pieces: Vec<Span> = Vec::new();
+    for r in regions {
+        match pieces.last_mut() {
+            Some(p) if r.start - p.end <= pk.keep_gap => p.end = r.end,
+            Some(p) => {
+                p.end += pk.gap_pad;
+                pieces.push(Span {
+                    start: r.start - pk.gap_pad,
+                    end: r.end,
+                });
+            }
+            None => pieces.push(*r),
+        }
+    }
+    pieces
+}
+
+fn packed_len(regions: &[Span], pk: &Packing) -> u64 {
+    pieces_of(regions, pk).iter().map(Span::len).sum()
 }
 
 /// Where to cut `samples` (a window that starts a chunk): the start of the quietest
@@ -98,12 +295,76 @@ mod tests {
         Span { start: a, end: b }
     }
 
+    fn pk(max_len: u64) -> Packing {
+        Packing {
+            max_len,
+            keep_gap: 4,
+            gap_pad: 1,
+            edge_pad: 1,
+            cut_search: 20,
+        }
+    }
+
+    fn no_split(s: Span) -> u64 {
+        s.end
+    }
+
     #[test]
-    fn merges_close_speech_and_splits_long() {
-        let speech = [sp(0, 10), sp(12, 20), sp(40, 45), sp(50, 120)];
-        let c = from_speech(&speech, 100, 30, 5);
-        assert_eq!(c, vec![sp(0, 20), sp(40, 45), sp(50, 80), sp(80, 100)]);
-        assert!(from_speech(&[], 100, 30, 5).is_empty());
+    fn packs_whole_regions_and_shortens_long_pauses() {
+        // Two regions with a short pause, then a long pause: one window.
+        let w = pack(
+            &[sp(10, 20), sp(22, 30), sp(60, 70)],
+            100,
+            &pk(40),
+            &mut no_split,
+        );
+        assert_eq!(w.len(), 1);
+        assert_eq!(w[0].pieces, vec![sp(9, 31), sp(59, 71)]);
+        assert!(w[0].len() <= 40);
+        // Time maps back to the track across the removed silence.
+        assert_eq!(w[0].to_track(0), 9);
+        assert_eq!(w[0].to_track(22), 59);
+        assert_eq!(w[0].to_track(1000), 71);
+        assert_eq!(w[0].to_track_end(22), 31);
+    }
+
+    #[test]
+    fn never_cuts_inside_a_region_and_prefers_the_longest_pause() {
+        // Regions of 10; pauses of 2 (kept) and one of 3 before the 4th region.
+        let speech = [sp(0, 10), sp(12, 22), sp(24, 34), sp(37, 47), sp(49, 59)];
+        let w = pack(&speech, 60, &pk(40), &mut no_split);
+        for win in &w {
+            assert!(win.len() <= 40, "{win:?}");
+        }
+        // Every region lies whole inside exactly one window.
+        for r in &speech {
+            let n = w
+                .iter()
+                .filter(|win| {
+                    win.pieces
+                        .iter()
+                        .any(|p| p.start <= r.start && r.end <= p.end)
+                })
+                .count();
+            assert_eq!(n, 1, "{r:?} in {w:?}");
+        }
+        // The cut falls at the longest pause (34..37).
+        assert_eq!(w[0].end(), 35);
+        assert_eq!(w[1].start(), 36);
+    }
+
+    #[test]
+    fn splits_only_regions_longer_than_a_window() {
+        let mut cuts = Vec::new();
+        let w = pack(&[sp(0, 100)], 100, &pk(40), &mut |s: Span| {
+            cuts.push(s);
+            s.end - 5
+        });
+        assert_eq!(cuts.len(), 2);
+        assert!(w.iter().all(|x| x.len() <= 40), "{w:?}");
+        assert_eq!(w.first().unwrap().start(), 0);
+        assert_eq!(w.last().unwrap().end(), 100);
+        assert!(pack(&[], 100, &pk(40), &mut no_split).is_empty());
     }
 
     #[test]

@@ -40,6 +40,87 @@ pub struct Transcript {
     /// Speech regions decoded (from `vad.json`), or `false` for the whole track.
     pub vad: bool,
     pub segments: Vec<Segment>,
+    /// What decoding had to do beyond the plain path (a window decoded again at a higher
+    /// temperature, a repeated segment dropped, the CPU used after a GPU failure), with
+    /// where it happened. Never mixed into the text.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<Note>,
+}
+
+/// One thing decoding did that a reader of the transcript should know about.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Note {
+    /// `fallback`, `repeat_dropped`, `cpu_fallback`, ...
+    pub kind: String,
+    /// Seconds from the start of the video where it happened.
+    pub at: f64,
+    pub detail: String,
+}
+
+/// Lowercase words of a text, punctuation dropped: what repetition is judged on.
+pub fn words_of(text: &str) -> Vec<String> {
+    text.split(|c: char| !(c.is_alphanumeric() || c == '\''))
+        .filter(|w| !w.is_empty())
+        .map(str::to_lowercase)
+        .collect()
+}
+
+/// Does `b` repeat `a`? The same words, or (for texts of three words or more) at least
+/// 60% of `b`'s word trigrams already in `a`: the signature of a decoder loop, which
+/// says one sentence again and again with small changes.
+pub fn repeats(a: &str, b: &str) -> bool {
+    let (wa, wb) = (words_of(a), words_of(b));
+    if wb.is_empty() {
+        return false;
+    }
+    if wa == wb {
+        return true;
+    }
+    if wb.len() < 3 || wa.len() < 3 {
+        return false;
+    }
+    let grams = |w: &[String]| -> std::collections::HashSet<String> {
+        w.windows(3).map(|g| g.join(" ")).collect()
+    };
+    let (ga, gb) = (grams(&wa), grams(&wb));
+    let shared = gb.iter().filter(|g| ga.contains(*g)).count();
+    shared * 5 >= gb.len() * 3
+}
+
+/// Drops every segment that repeats the segment kept before it (see [`repeats`]) and
+/// returns a note for each run of drops.
+pub fn drop_repeats(segments: &mut Vec<Segment>) -> Vec<Note> {
+    let mut notes: Vec<Note> = Vec::new();
+    let mut kept: Vec<Segment> = Vec::with_capacity(segments.len());
+    let mut run: Option<(f64, f64, usize, String)> = None;
+    let flush = |run: &mut Option<(f64, f64, usize, String)>, notes: &mut Vec<Note>| {
+        if let Some((at, end, n, text)) = run.take() {
+            notes.push(Note {
+                kind: "repeat_dropped".into(),
+                at: (at * 1000.0).round() / 1000.0,
+                detail: format!(
+                    "dropped {n} segment{} from {at:.1} s to {end:.1} s repeating \"{text}\" (a decoder loop)",
+                    if n == 1 { "" } else { "s" }
+                ),
+            });
+        }
+    };
+    for s in segments.drain(..) {
+        match kept.last() {
+            Some(prev) if repeats(&prev.text, &s.text) => {
+                let r = run.get_or_insert((s.start, s.end, 0, prev.text.trim().to_string()));
+                r.1 = s.end;
+                r.2 += 1;
+            }
+            _ => {
+                flush(&mut run, &mut notes);
+                kept.push(s);
+            }
+        }
+    }
+    flush(&mut run, &mut notes);
+    *segments = kept;
+    notes
 }
 
 fn round3(v: f64) -> f64 {
@@ -167,7 +248,62 @@ mod tests {
             reason: None,
             vad: false,
             segments,
+            notes: Vec::new(),
         }
+    }
+
+    #[test]
+    fn repeated_segments_are_dropped_and_noted() {
+        let mut segs = vec![
+            seg(0.0, 4.0, "Welcome to the release review."),
+            seg(
+                4.0,
+                8.0,
+                "The National Snowchere is a great opportunity to see the world.",
+            ),
+            seg(
+                8.0,
+                12.0,
+                "The National Snowchere is a great opportunity to see the world.",
+            ),
+            seg(
+                12.0,
+                16.0,
+                "the national snowchere is a great opportunity to see the world!",
+            ),
+            seg(
+                16.0,
+                20.0,
+                "The National Snowchere is a great chance to see the world.",
+            ),
+            seg(20.0, 24.0, "Now we talk about backups."),
+            seg(24.0, 26.0, "Yes."),
+            seg(26.0, 28.0, "Yes."),
+        ];
+        let notes = drop_repeats(&mut segs);
+        let texts: Vec<&str> = segs.iter().map(|s| s.text.as_str()).collect();
+        assert_eq!(
+            texts,
+            [
+                "Welcome to the release review.",
+                "The National Snowchere is a great opportunity to see the world.",
+                "Now we talk about backups.",
+                "Yes."
+            ]
+        );
+        assert_eq!(notes.len(), 2, "{notes:?}");
+        assert_eq!(notes[0].kind, "repeat_dropped");
+        assert_eq!(notes[0].at, 8.0);
+        assert!(
+            notes[0].detail.contains("dropped 3 segments"),
+            "{}",
+            notes[0].detail
+        );
+        // Different sentences that share a few words are not repeats.
+        assert!(!repeats(
+            "Back up the database before the release.",
+            "Restore the database after the release."
+        ));
     }
 
     #[test]

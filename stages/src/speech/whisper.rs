@@ -12,7 +12,7 @@
 //! why. Built with the `cuda` feature whisper.cpp uses the GPU; a GPU failure is
 //! retried once on the CPU and recorded.
 
-use std::sync::{Arc, Once};
+use std::sync::Once;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -24,9 +24,10 @@ use whisper_rs::{
     FullParams, SamplingStrategy, WhisperContext, WhisperContextParameters, WhisperState,
 };
 
+use super::audio::SAMPLE_RATE;
 use super::audio::{AudioSource, Wav, find_audio, find_upstream_file, samples, secs};
-use super::chunks::{self, Span};
-use super::transcript::{Segment, Transcript, Word};
+use super::chunks::{self, Packing, Span, Window};
+use super::transcript::{Note, Segment, Transcript, Word, drop_repeats};
 use super::vad::read_vad;
 use crate::models::catalog::FORMAT_WHISPER;
 use crate::models::{ModelsDir, Resolved, ggml, resolve};
@@ -38,9 +39,6 @@ const MIN_CHUNK_SECS: f64 = 1.5;
 const SILENCE_DB: f32 = -60.0;
 /// Without VAD, a chunk is cut at the quietest moment of its last seconds.
 const CUT_SEARCH_SECS: f64 = 5.0;
-/// OpenAI's rule for "nothing was said": high no-speech probability and low confidence.
-const NO_SPEECH_PROB: f32 = 0.6;
-const LOGPROB_FLOOR: f32 = -1.0;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -65,6 +63,14 @@ struct Params {
     chunk_seconds: f64,
     #[serde(default = "default_gap")]
     max_gap_seconds: f64,
+    #[serde(default = "default_true")]
+    condition_on_previous_text: bool,
+    #[serde(default = "default_compression_ratio")]
+    compression_ratio_threshold: f32,
+    #[serde(default = "default_logprob")]
+    logprob_threshold: f32,
+    #[serde(default = "default_no_speech")]
+    no_speech_threshold: f32,
 }
 
 fn default_model() -> String {
@@ -77,15 +83,30 @@ fn default_temperature_inc() -> f32 {
     0.2
 }
 fn default_chunk() -> f64 {
-    120.0
+    30.0
 }
 fn default_gap() -> f64 {
-    1.5
+    1.0
+}
+fn default_true() -> bool {
+    true
+}
+fn default_compression_ratio() -> f32 {
+    2.4
+}
+fn default_logprob() -> f32 {
+    -1.0
+}
+fn default_no_speech() -> f32 {
+    0.6
 }
 
 /// A loaded model, kept in the GPU lane's resource cache.
 struct Loaded {
     ctx: WhisperContext,
+    /// One decoder state, reused by every window and job (whisper.cpp resets it per
+    /// call; keeping it saves its buffers' allocation).
+    state: WhisperState,
     name: String,
     multilingual: bool,
     gpu: bool,
@@ -146,8 +167,12 @@ fn load(model: &Resolved, gpu: bool) -> Result<Loaded, StageError> {
         }
         Err(e) => return Err(load_error(model, e)),
     };
+    let state = ctx
+        .create_state()
+        .map_err(|e| StageError::fatal(format!("cannot create a Whisper decoder state: {e:?}")))?;
     Ok(Loaded {
         ctx,
+        state,
         name: model
             .name
             .clone()
@@ -172,7 +197,7 @@ fn load_error(model: &Resolved, e: whisper_rs::WhisperError) -> StageError {
     .hint("reinstall it (`vsum models install NAME --force`) or give a ggml Whisper file")
 }
 
-/// Decoding settings shared by every chunk of a job.
+/// Decoding settings shared by every window of a job.
 struct Decode<'a> {
     p: &'a Params,
     language: &'a str,
@@ -180,7 +205,12 @@ struct Decode<'a> {
 }
 
 impl Decode<'_> {
-    fn params(&self) -> FullParams<'_, '_> {
+    /// whisper.cpp's parameters for one attempt at `temperature`. whisper.cpp's own
+    /// fallback is off (`temperature_inc` 0): [`decode_window`] runs the reference
+    /// rules itself, on the whole window, with a real compression ratio. The prompt
+    /// (earlier text) is always given explicitly, so a failed attempt never leaks
+    /// into the context of the next one.
+    fn params<'p>(&self, temperature: f32, prompt: &'p [std::ffi::c_int]) -> FullParams<'_, 'p> {
         let strategy = if self.p.beam_size >= 2 {
             SamplingStrategy::BeamSearch {
                 beam_size: self.p.beam_size as i32,
@@ -199,14 +229,29 @@ impl Decode<'_> {
         fp.set_print_timestamps(false);
         fp.set_suppress_blank(true);
         fp.set_suppress_nst(true);
-        fp.set_temperature(self.p.temperature);
-        fp.set_temperature_inc(self.p.temperature_inc);
-        fp.set_no_speech_thold(NO_SPEECH_PROB);
+        fp.set_temperature(temperature);
+        fp.set_temperature_inc(0.0);
+        fp.set_logprob_thold(self.p.logprob_threshold);
+        fp.set_no_speech_thold(self.p.no_speech_threshold);
         fp.set_token_timestamps(self.p.word_timestamps);
-        if let Some(prompt) = &self.p.initial_prompt {
-            fp.set_initial_prompt(prompt);
+        fp.set_no_context(true);
+        if !prompt.is_empty() {
+            fp.set_tokens(prompt);
         }
         fp
+    }
+
+    /// The temperatures of the fallback ladder: the first, then up by the step to 1.0.
+    fn temperatures(&self) -> Vec<f32> {
+        let mut t = vec![self.p.temperature];
+        if self.p.temperature_inc > 0.0 {
+            let mut next = self.p.temperature + self.p.temperature_inc;
+            while next <= 1.0 + 1e-6 {
+                t.push((next * 100.0).round() / 100.0);
+                next += self.p.temperature_inc;
+            }
+        }
+        t
     }
 }
 
@@ -219,89 +264,289 @@ fn non_speech(text: &str) -> bool {
         || t.chars().all(|c| !c.is_alphanumeric())
 }
 
-/// Decodes one chunk that starts at sample `offset`; appends its segments.
-fn decode_chunk(
+/// How well text compresses: long for a decoder stuck in a loop. openai-whisper's
+/// measure (zlib at its default level), so its 2.4 threshold means the same here.
+pub fn compression_ratio(text: &str) -> f32 {
+    use std::io::Write;
+    if text.is_empty() {
+        return 0.0;
+    }
+    let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+    z.write_all(text.as_bytes()).expect("writing to memory");
+    let packed = z.finish().expect("writing to memory");
+    text.len() as f32 / packed.len().max(1) as f32
+}
+
+/// A segment as decoded, times in centiseconds from the window's start.
+struct RawSeg {
+    t0: i64,
+    t1: i64,
+    text: String,
+    avg_logprob: f32,
+    no_speech_prob: f32,
+    words: Vec<(Vec<u8>, i64, i64, f32, u32)>,
+}
+
+/// One attempt at a window.
+struct Attempt {
+    temperature: f32,
+    segs: Vec<RawSeg>,
+    /// The text tokens, for the next window's prompt.
+    tokens: Vec<std::ffi::c_int>,
+    avg_logprob: f32,
+    compression_ratio: f32,
+    lang: Option<String>,
+}
+
+impl Attempt {
+    /// The reference rule: too repetitive, or too unsure, unless it is silence.
+    fn failed(&self, p: &Params) -> Vec<String> {
+        let mut why = Vec::new();
+        if self.compression_ratio > p.compression_ratio_threshold {
+            why.push(format!(
+                "compression ratio {:.2} > {}",
+                self.compression_ratio, p.compression_ratio_threshold
+            ));
+        }
+        if self.avg_logprob < p.logprob_threshold {
+            let silence = self
+                .segs
+                .first()
+                .is_some_and(|s| s.no_speech_prob > p.no_speech_threshold);
+            if !silence {
+                why.push(format!(
+                    "average log-probability {:.2} < {}",
+                    self.avg_logprob, p.logprob_threshold
+                ));
+            }
+        }
+        why
+    }
+}
+
+/// One decoder pass over `audio` (a window, at most 30 s) at `temperature`.
+fn attempt(
     state: &mut WhisperState,
     ctx: &WhisperContext,
     d: &Decode,
-    mut audio: Vec<f32>,
-    offset: u64,
-    out: &mut Vec<Segment>,
-) -> Result<Option<String>, whisper_rs::WhisperError> {
-    let real_end = secs(offset + audio.len() as u64);
-    let min = samples(MIN_CHUNK_SECS) as usize;
-    if audio.len() < min {
-        audio.resize(min, 0.0);
-    }
-    state.full(d.params(), &audio)?;
-    let base = secs(offset);
+    audio: &[f32],
+    prompt: &[std::ffi::c_int],
+    temperature: f32,
+) -> Result<Attempt, whisper_rs::WhisperError> {
+    state.full(d.params(temperature, prompt), audio)?;
     let eot = ctx.token_eot();
     let lang = whisper_rs::get_lang_str(state.full_lang_id_from_state()).map(str::to_string);
+    let (mut sum_lp, mut n_tok) = (0f32, 0usize);
+    let mut tokens = Vec::new();
+    let mut text_all = String::new();
+    let mut segs = Vec::new();
     for seg in state.as_iter() {
         let text = seg
             .to_str_lossy()
             .map(|s| s.into_owned())
             .unwrap_or_default();
-        let mut logprob = 0f32;
-        let mut n = 0;
-        let mut words: Vec<Word> = Vec::new();
-        let mut cur: Option<(Vec<u8>, f64, f64, f32, u32)> = None;
+        let (mut lp, mut n) = (0f32, 0usize);
+        let mut words: Vec<(Vec<u8>, i64, i64, f32, u32)> = Vec::new();
         for i in 0..seg.n_tokens() {
             let Some(tok) = seg.get_token(i) else {
                 continue;
             };
-            if tok.token_id() >= eot {
-                continue;
-            }
+            let id = tok.token_id();
             let data = tok.token_data();
-            logprob += data.plog;
+            if id == eot || (id > eot && id < ctx.token_beg()) {
+                continue; // end of text, and special tokens other than timestamps
+            }
+            sum_lp += data.plog;
+            n_tok += 1;
+            if id > eot {
+                continue; // a timestamp
+            }
+            tokens.push(id);
+            lp += data.plog;
             n += 1;
             if d.p.word_timestamps {
                 let bytes = tok.to_bytes().unwrap_or_default();
-                let (t0, t1) = (base + data.t0 as f64 / 100.0, base + data.t1 as f64 / 100.0);
-                let starts_word = bytes.first() == Some(&b' ') || cur.is_none();
+                let starts_word = bytes.first() == Some(&b' ') || words.is_empty();
                 if starts_word {
-                    if let Some(w) = cur.take() {
-                        words.push(finish_word(w));
-                    }
-                    cur = Some((bytes.to_vec(), t0, t1, data.p, 1));
-                } else if let Some(w) = cur.as_mut() {
+                    words.push((bytes.to_vec(), data.t0, data.t1, data.p, 1));
+                } else if let Some(w) = words.last_mut() {
                     w.0.extend_from_slice(bytes);
-                    w.2 = t1.max(w.2);
+                    w.2 = data.t1.max(w.2);
                     w.3 += data.p;
                     w.4 += 1;
                 }
             }
         }
-        if let Some(w) = cur.take() {
-            words.push(finish_word(w));
-        }
-        let avg_logprob = if n > 0 { logprob / n as f32 } else { 0.0 };
-        let no_speech_prob = seg.no_speech_probability();
-        if non_speech(&text) || (no_speech_prob > NO_SPEECH_PROB && avg_logprob < LOGPROB_FLOOR) {
-            continue;
-        }
-        let start = base + seg.start_timestamp() as f64 / 100.0;
-        let end = (base + seg.end_timestamp() as f64 / 100.0).min(real_end);
-        out.push(Segment {
-            start,
-            end: end.max(start),
+        text_all.push_str(&text);
+        segs.push(RawSeg {
+            t0: seg.start_timestamp(),
+            t1: seg.end_timestamp(),
             text,
-            avg_logprob: (avg_logprob * 1000.0).round() / 1000.0,
-            no_speech_prob: (no_speech_prob * 1000.0).round() / 1000.0,
-            words: d.p.word_timestamps.then_some(words),
+            avg_logprob: if n > 0 { lp / n as f32 } else { 0.0 },
+            no_speech_prob: seg.no_speech_probability(),
+            words,
         });
     }
-    Ok(lang)
+    Ok(Attempt {
+        temperature,
+        segs,
+        tokens,
+        avg_logprob: sum_lp / (n_tok + 1) as f32,
+        compression_ratio: compression_ratio(text_all.trim()),
+        lang,
+    })
 }
 
-fn finish_word((bytes, start, end, p, n): (Vec<u8>, f64, f64, f32, u32)) -> Word {
-    Word {
-        start,
-        end,
-        text: String::from_utf8_lossy(&bytes).trim().to_string(),
-        probability: ((p / n.max(1) as f32) * 1000.0).round() / 1000.0,
+/// Decodes one window with the reference fallback: at the first temperature, then,
+/// while the result is too repetitive or too unsure, again at each higher one. When
+/// every attempt fails, the most confident one that is not a loop wins (as in
+/// faster-whisper). Returns the chosen attempt and why earlier ones were refused.
+fn decode_window(
+    state: &mut WhisperState,
+    ctx: &WhisperContext,
+    d: &Decode,
+    audio: &[f32],
+    prompt: &[std::ffi::c_int],
+) -> Result<(Attempt, Vec<String>), whisper_rs::WhisperError> {
+    let mut tried: Vec<Attempt> = Vec::new();
+    let mut refused = Vec::new();
+    for t in d.temperatures() {
+        // A sampled retry (t > 0.5) is not steered by earlier text, as openai-whisper.
+        let prompt = if t > 0.5 { &[][..] } else { prompt };
+        let a = attempt(state, ctx, d, audio, prompt, t)?;
+        let why = a.failed(d.p);
+        if why.is_empty() {
+            return Ok((a, refused));
+        }
+        refused.push(format!("t={:.1}: {}", a.temperature, why.join(", ")));
+        tried.push(a);
     }
+    let not_loops: Vec<usize> = (0..tried.len())
+        .filter(|&i| tried[i].compression_ratio <= d.p.compression_ratio_threshold)
+        .collect();
+    let pool: Vec<usize> = if not_loops.is_empty() {
+        (0..tried.len()).collect()
+    } else {
+        not_loops
+    };
+    let best = pool
+        .into_iter()
+        .max_by(|&a, &b| tried[a].avg_logprob.total_cmp(&tried[b].avg_logprob))
+        .expect("at least one temperature");
+    Ok((tried.swap_remove(best), refused))
+}
+
+/// Seconds on the track of a time (centiseconds) inside a window.
+fn track_secs(w: &Window, cs: i64, end: bool) -> f64 {
+    let at = (cs.max(0) as u64) * (SAMPLE_RATE as u64 / 100);
+    secs(if end {
+        w.to_track_end(at)
+    } else {
+        w.to_track(at)
+    })
+}
+
+/// Turns a window's chosen attempt into transcript segments on the track's clock.
+fn place(w: &Window, a: Attempt, word_timestamps: bool, out: &mut Vec<Segment>) {
+    for s in a.segs {
+        if non_speech(&s.text) {
+            continue;
+        }
+        let start = track_secs(w, s.t0, false);
+        let end = track_secs(w, s.t1, true).max(start);
+        let words = word_timestamps.then(|| {
+            s.words
+                .into_iter()
+                .map(|(bytes, t0, t1, p, n)| Word {
+                    start: track_secs(w, t0, false),
+                    end: track_secs(w, t1, true),
+                    text: String::from_utf8_lossy(&bytes).trim().to_string(),
+                    probability: ((p / n.max(1) as f32) * 1000.0).round() / 1000.0,
+                })
+                .filter(|w| !w.text.is_empty())
+                .collect()
+        });
+        out.push(Segment {
+            start,
+            end,
+            text: s.text,
+            avg_logprob: (s.avg_logprob * 1000.0).round() / 1000.0,
+            no_speech_prob: (s.no_speech_prob * 1000.0).round() / 1000.0,
+            words,
+        });
+    }
+}
+
+/// What decoding a track gives: segments, the detected language, notes.
+type Decoded = (Vec<Segment>, Option<String>, Vec<Note>);
+
+/// Whisper's context window for earlier text: half the text context, less one.
+const MAX_PROMPT_TOKENS: usize = 223;
+
+/// Decodes every window in order, carrying earlier text as the prompt until a window
+/// needs a fallback (then the context starts afresh), and drops decoder loops that
+/// survived. Returns segments, the detected language, and notes.
+fn transcribe(
+    state: &mut WhisperState,
+    ctx: &WhisperContext,
+    d: &Decode,
+    wav: &mut Wav,
+    windows: &[Window],
+    cancel: &std::sync::atomic::AtomicBool,
+) -> Result<Decoded, String> {
+    let mut segs = Vec::new();
+    let mut notes = Vec::new();
+    let mut detected = None;
+    let mut prompt: Vec<std::ffi::c_int> = match &d.p.initial_prompt {
+        Some(text) => ctx
+            .tokenize(text, 1024)
+            .map_err(|e| format!("cannot tokenize initial_prompt: {e:?}"))?,
+        None => Vec::new(),
+    };
+    let min = samples(MIN_CHUNK_SECS) as usize;
+    for w in windows {
+        if cancel.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err("cancelled".into());
+        }
+        let mut audio = Vec::with_capacity(w.len() as usize);
+        for p in &w.pieces {
+            audio.extend(wav.read(p.start, p.len()).map_err(|e| e.message)?);
+        }
+        if chunks::rms_db(&audio) < SILENCE_DB {
+            continue;
+        }
+        if audio.len() < min {
+            audio.resize(min, 0.0);
+        }
+        let (a, refused) = decode_window(state, ctx, d, &audio, &prompt)
+            .map_err(|e| format!("Whisper decoding failed at {:.1} s: {e:?}", secs(w.start())))?;
+        if detected.is_none() {
+            detected = a.lang.clone();
+        }
+        if !refused.is_empty() {
+            notes.push(Note {
+                kind: "fallback".into(),
+                at: (secs(w.start()) * 1000.0).round() / 1000.0,
+                detail: format!(
+                    "window {:.1}-{:.1} s decoded at temperature {:.1} after refusing {}",
+                    secs(w.start()),
+                    secs(w.end()),
+                    a.temperature,
+                    refused.join("; ")
+                ),
+            });
+        }
+        if !d.p.condition_on_previous_text || a.temperature > d.p.temperature {
+            prompt.clear();
+        } else {
+            prompt.extend_from_slice(&a.tokens);
+            let over = prompt.len().saturating_sub(MAX_PROMPT_TOKENS);
+            prompt.drain(..over);
+        }
+        place(w, a, d.p.word_timestamps, &mut segs);
+    }
+    notes.extend(drop_repeats(&mut segs));
+    Ok((segs, detected, notes))
 }
 
 fn write_outputs(ctx: &JobCtx, t: &mut Transcript) -> Result<(), StageError> {
@@ -330,7 +575,7 @@ impl StageKind for WhisperStage {
     }
 
     fn version(&self) -> u32 {
-        1
+        2
     }
 
     fn summary(&self) -> &'static str {
@@ -394,14 +639,38 @@ impl StageKind for WhisperStage {
             ParamDoc {
                 name: "chunk_seconds",
                 ty: "seconds",
-                default: Some("120"),
-                doc: "longest piece of audio decoded at once (memory stays flat)",
+                default: Some("30"),
+                doc: "longest window decoded at once; Whisper sees 30 s, and longer windows let it drift into loops",
             },
             ParamDoc {
                 name: "max_gap_seconds",
                 ty: "seconds",
-                default: Some("1.5"),
-                doc: "with audio.vad: pauses up to this long stay inside one chunk",
+                default: Some("1.0"),
+                doc: "with audio.vad: pauses up to this long stay whole inside a window; longer ones shrink to 0.8 s",
+            },
+            ParamDoc {
+                name: "condition_on_previous_text",
+                ty: "bool",
+                default: Some("true"),
+                doc: "prompt each window with the text before it (reset after a window needed a fallback)",
+            },
+            ParamDoc {
+                name: "compression_ratio_threshold",
+                ty: "number",
+                default: Some("2.4"),
+                doc: "a window whose text compresses better than this (a loop) is decoded again at the next temperature",
+            },
+            ParamDoc {
+                name: "logprob_threshold",
+                ty: "number",
+                default: Some("-1.0"),
+                doc: "a window whose average token log-probability is below this is decoded again at the next temperature",
+            },
+            ParamDoc {
+                name: "no_speech_threshold",
+                ty: "number",
+                default: Some("0.6"),
+                doc: "no-speech probability above this, with a log-probability below logprob_threshold, means silence",
             },
         ]
     }
@@ -498,6 +767,7 @@ impl StageKind for WhisperStage {
             reason: None,
             vad: false,
             segments: Vec::new(),
+            notes: Vec::new(),
         };
         let wav_path = match find_audio(ctx.upstream)? {
             AudioSource::NoAudio { reason } => {
@@ -510,10 +780,11 @@ impl StageKind for WhisperStage {
         let mut wav = Wav::open(&wav_path)?;
         t.duration = wav.seconds();
         let total = wav.frames();
-        let max_len = samples(p.chunk_seconds);
-        let vad_chunks: Option<Vec<Span>> = match find_upstream_file(ctx.upstream, "vad.json") {
-            None => None,
+        let mut pk = Packing::seconds(p.chunk_seconds);
+        pk.keep_gap = samples(p.max_gap_seconds);
+        let windows: Vec<Window> = match find_upstream_file(ctx.upstream, "vad.json") {
             Some(path) => {
+                t.vad = true;
                 let v = read_vad(&path)?;
                 let speech: Vec<Span> = v
                     .segments
@@ -523,16 +794,48 @@ impl StageKind for WhisperStage {
                         end: samples(s.end),
                     })
                     .collect();
-                Some(chunks::from_speech(
-                    &speech,
-                    total,
-                    max_len,
-                    samples(p.max_gap_seconds),
-                ))
+                // A speech region longer than a window is cut at its quietest moment.
+                let mut read_err = None;
+                let w = chunks::pack(&speech, total, &pk, &mut |head: Span| match wav
+                    .read(head.start, head.len())
+                {
+                    Ok(a) => {
+                        head.start + chunks::quiet_cut(&a, samples(CUT_SEARCH_SECS) as usize) as u64
+                    }
+                    Err(e) => {
+                        read_err = Some(e);
+                        head.end
+                    }
+                });
+                if let Some(e) = read_err {
+                    return Err(e);
+                }
+                w
+            }
+            None => {
+                // The whole track, cut every window length at a quiet moment.
+                let mut cuts = Vec::new();
+                let mut pos = 0u64;
+                while pos < total {
+                    let audio = wav.read(pos, pk.max_len)?;
+                    if audio.is_empty() {
+                        break;
+                    }
+                    let mut n = audio.len() as u64;
+                    if pos + n < total {
+                        n = chunks::quiet_cut(&audio, samples(CUT_SEARCH_SECS) as usize).max(1)
+                            as u64;
+                    }
+                    cuts.push(Span {
+                        start: pos,
+                        end: pos + n,
+                    });
+                    pos += n;
+                }
+                chunks::contiguous(&cuts)
             }
         };
-        t.vad = vad_chunks.is_some();
-        if vad_chunks.as_ref().is_some_and(Vec::is_empty) || total == 0 {
+        if windows.is_empty() || total == 0 {
             t.reason = Some(
                 if total == 0 {
                     "the audio track is empty"
@@ -544,19 +847,20 @@ impl StageKind for WhisperStage {
             return write_outputs(ctx, &mut t);
         }
 
-        // The model: once per run on the GPU lane; per job elsewhere.
+        // The model and its decoder state: loaded once per run on the GPU lane and
+        // reused for every window and every video; per job elsewhere.
         let model = resolve(&models_dir(), &p.model, ctx.base_dir, FORMAT_WHISPER)?;
         let blake3 = model.blake3(None)?;
         let key = format!("whisper:{blake3}");
-        let loaded: Arc<Loaded> = match ctx.resources.as_deref_mut() {
-            Some(r) => r
-                .get_or_load(&key, || load(&model, true).map(Arc::new))?
-                .clone(),
+        let (cores, held_cores, on_lane) = (ctx.cores, ctx.held_cores, ctx.resources.is_some());
+        let mut own: Option<Loaded> = None;
+        let loaded: &mut Loaded = match ctx.resources.as_deref_mut() {
+            Some(r) => r.get_or_load(&key, || load(&model, true))?,
             None => {
                 tracing::warn!(
                     "whisper.transcribe runs outside the GPU lane: its model is loaded for every job (use `lane: gpu`)"
                 );
-                Arc::new(load(&model, true)?)
+                own.insert(load(&model, true)?)
             }
         };
         t.model = loaded.name.clone();
@@ -591,80 +895,46 @@ impl StageKind for WhisperStage {
             threads: threads.min(64) as i32,
         };
 
-        let cancel = ctx.cancel;
-        let run_on = |loaded: &Loaded,
-                      wav: &mut Wav|
-         -> Result<(Vec<Segment>, Option<String>), String> {
-            let mut state = loaded
-                .ctx
-                .create_state()
-                .map_err(|e| format!("cannot create a decoder state: {e:?}"))?;
-            let mut segs = Vec::new();
-            let mut detected = None;
-            let mut decode =
-                |audio: Vec<f32>, offset: u64, segs: &mut Vec<Segment>| -> Result<(), String> {
-                    if cancel.load(std::sync::atomic::Ordering::Relaxed) {
-                        return Err("cancelled".into());
-                    }
-                    if chunks::rms_db(&audio) < SILENCE_DB {
-                        return Ok(());
-                    }
-                    let lang = decode_chunk(&mut state, &loaded.ctx, &d, audio, offset, segs)
-                        .map_err(|e| {
-                            format!("Whisper decoding failed at {:.1} s: {e:?}", secs(offset))
-                        })?;
-                    if detected.is_none() {
-                        detected = lang;
-                    }
-                    Ok(())
-                };
-            match &vad_chunks {
-                Some(cs) => {
-                    for c in cs {
-                        let audio = wav.read(c.start, c.len()).map_err(|e| e.message)?;
-                        decode(audio, c.start, &mut segs)?;
-                    }
-                }
-                None => {
-                    let mut pos = 0u64;
-                    while pos < total {
-                        let mut audio = wav.read(pos, max_len).map_err(|e| e.message)?;
-                        if audio.is_empty() {
-                            break;
-                        }
-                        if pos + (audio.len() as u64) < total {
-                            let cut = chunks::quiet_cut(&audio, samples(CUT_SEARCH_SECS) as usize);
-                            audio.truncate(cut.max(1));
-                        }
-                        let n = audio.len() as u64;
-                        decode(audio, pos, &mut segs)?;
-                        pos += n;
-                    }
-                }
-            }
-            Ok((segs, detected))
+        // On the CPU, whisper.cpp's threads spin while they wait: hold that many cores,
+        // so no CPU-lane job competes with them (the GPU lane tops up its one core).
+        let _cores = match (cores, on_lane, loaded.gpu) {
+            (Some(c), true, false) => c.top_up(threads, held_cores),
+            _ => None,
         };
-
-        let result = match run_on(&loaded, &mut wav) {
+        let result = transcribe(
+            &mut loaded.state,
+            &loaded.ctx,
+            &d,
+            &mut wav,
+            &windows,
+            ctx.cancel,
+        );
+        let gpu = loaded.gpu;
+        let result = match result {
             Err(e) if e == "cancelled" => return Err(StageError::cancelled()),
-            Err(e) if loaded.gpu => {
-                // A GPU failure (often out of memory): once more on the CPU, recorded.
+            Err(e) if gpu => {
+                // A GPU failure (often out of memory): once more on the CPU, noted.
                 tracing::warn!("whisper.transcribe: {e}; retrying this job on the CPU");
                 if let Some(r) = ctx.resources.as_deref_mut() {
                     r.drop_resource(&key);
                 }
-                let cpu = load(&model, false)?;
-                t.reason = Some(format!("decoded on the CPU after a GPU failure: {e}"));
-                run_on(&cpu, &mut wav)
+                let mut cpu = load(&model, false)?;
+                t.notes.push(Note {
+                    kind: "cpu_fallback".into(),
+                    at: 0.0,
+                    detail: format!("decoded on the CPU after a GPU failure: {e}"),
+                });
+                transcribe(&mut cpu.state, &cpu.ctx, &d, &mut wav, &windows, ctx.cancel)
             }
             other => other,
         };
-        let (segments, detected) = match result {
+        let (segments, detected, notes) = match result {
             Ok(r) => r,
             Err(e) if e == "cancelled" => return Err(StageError::cancelled()),
             Err(e) => return Err(StageError::retryable(e)),
         };
         t.segments = segments;
+        t.notes.extend(notes);
         t.language = if language == "auto" {
             detected
         } else {

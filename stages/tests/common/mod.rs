@@ -194,6 +194,8 @@ pub fn run(kind: &dyn StageKind, video: &Path, params: Value, upstream: &[(&str,
         resources: None,
         force_cpu: false,
         events: &events,
+        cores: None,
+        held_cores: 0,
     };
     let result = kind.run(&mut ctx);
     Job { result, out }

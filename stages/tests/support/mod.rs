@@ -185,6 +185,8 @@ pub fn run_stage(
         resources,
         force_cpu: false,
         events: &events,
+        cores: None,
+        held_cores: 0,
     };
     let r = kind.run(&mut ctx);
     (out, r)
