@@ -134,6 +134,22 @@ fn missing_audio_cuts_and_detections_are_stated() {
     );
     assert!(notes.contains("No scene cuts"), "{notes}");
     assert!(notes.contains("No objects were detected"), "{notes}");
+
+    // What decoding had to do reaches the reader, counted.
+    let mut inputs = meeting();
+    inputs.transcript.as_mut().unwrap()["notes"] = json!([
+        {"kind": "repeat_dropped", "at": 3.0, "detail": "x"},
+        {"kind": "repeat_dropped", "at": 9.0, "detail": "y"},
+        {"kind": "fallback", "at": 12.0, "detail": "z"}]);
+    let decoded = build(&inputs, 30.0);
+    assert!(
+        decoded
+            .notes
+            .iter()
+            .any(|n| n.contains("fallback ×1, repeat dropped ×2")),
+        "{:?}",
+        decoded.notes
+    );
     let md = render::summary_md(&s).unwrap();
     assert!(md.contains("_No speech to summarise._"), "{md}");
 

@@ -181,6 +181,20 @@ pub fn compose(inputs: &Inputs, meta: &Meta, p: &Params) -> Summary {
                     });
                 }
             }
+            // What decoding had to do (the transcript's notes), counted by kind.
+            let mut kinds: BTreeMap<String, usize> = BTreeMap::new();
+            for n in t["notes"].as_array().into_iter().flatten() {
+                if let Some(k) = n["kind"].as_str() {
+                    *kinds.entry(k.replace('_', " ")).or_insert(0) += 1;
+                }
+            }
+            if !kinds.is_empty() {
+                let list: Vec<String> = kinds.iter().map(|(k, n)| format!("{k} ×{n}")).collect();
+                notes.push(format!(
+                    "Transcription notes: {} (details in transcript.json).",
+                    list.join(", ")
+                ));
+            }
             if t["has_audio"] == Value::Bool(false) {
                 notes.push(format!(
                     "No audio track{}.",
