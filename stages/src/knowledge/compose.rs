@@ -469,8 +469,19 @@ pub fn chapter_bounds(
         max_secs: p.max_chapter_secs,
         snap_secs: SNAP_SECS,
     };
-    let shifts = segment::topic_shifts(sentences);
-    if shifts.is_empty() || duration < 2.0 * limits.min_secs {
+    // Candidates from the content: topic shifts in the transcript (slide changes, with
+    // their titles, join here).
+    let mut cands: Vec<Candidate> = segment::topic_shifts(sentences)
+        .into_iter()
+        .map(|sh| Candidate {
+            time: sh.time,
+            cue: Cue::Topic,
+            vote: sh.vote,
+            title: None,
+        })
+        .collect();
+    if cands.is_empty() || duration < 2.0 * limits.min_secs {
+        // Nothing but cuts to go by: scenes merge up to the target length.
         let cue = if scenes.is_empty() {
             Cue::Length
         } else {
@@ -486,9 +497,8 @@ pub fn chapter_bounds(
             })
             .collect();
     }
-    let mut cands = Vec::new();
     // A cut is a boundary on its own when scenes are long (slides, a few shots); where
-    // cuts are frequent (a vlog) it needs a topic shift beside it.
+    // cuts are frequent (a vlog) it needs another cue beside it.
     let mut lens: Vec<f64> = scenes.iter().map(|(_, s, e)| e - s).collect();
     lens.sort_by(f64::total_cmp);
     let median = lens.get(lens.len() / 2).copied().unwrap_or(0.0);
@@ -498,14 +508,6 @@ pub fn chapter_bounds(
             time: start,
             cue: Cue::Scene,
             vote: scene_vote,
-            title: None,
-        });
-    }
-    for sh in &shifts {
-        cands.push(Candidate {
-            time: sh.time,
-            cue: Cue::Topic,
-            vote: sh.vote,
             title: None,
         });
     }

@@ -37,6 +37,11 @@ fn window(sents: &[Sentence]) -> usize {
 
 /// Lexical similarity across each gap (`n - 1` values for `n` sentences), smoothed.
 pub fn gap_similarity(sents: &[Sentence]) -> Vec<f64> {
+    smooth(&raw_similarity(sents))
+}
+
+/// Lexical similarity across each gap, unsmoothed.
+fn raw_similarity(sents: &[Sentence]) -> Vec<f64> {
     let n = sents.len();
     if n < 2 {
         return Vec::new();
@@ -52,7 +57,11 @@ pub fn gap_similarity(sents: &[Sentence]) -> Vec<f64> {
             text::cosine(&left, &right)
         })
         .collect();
-    // Hearst's smoothing: a [1 2 1] moving average.
+    raw
+}
+
+/// Hearst's smoothing: a [1 2 1] moving average.
+fn smooth(raw: &[f64]) -> Vec<f64> {
     (0..raw.len())
         .map(|i| {
             let a = raw[i.saturating_sub(1)];
@@ -95,7 +104,8 @@ pub fn topic_shifts(sents: &[Sentence]) -> Vec<TopicShift> {
     if sents.len() < MIN_SENTENCES {
         return Vec::new();
     }
-    let sim = gap_similarity(sents);
+    let raw = raw_similarity(sents);
+    let sim = smooth(&raw);
     let d = depths(&sim);
     let minima: Vec<f64> = d.iter().copied().filter(|&x| x > 0.0).collect();
     if minima.is_empty() {
@@ -108,11 +118,22 @@ pub fn topic_shifts(sents: &[Sentence]) -> Vec<TopicShift> {
     d.iter()
         .enumerate()
         .filter(|(_, x)| **x > 0.0)
-        .map(|(g, &depth)| TopicShift {
-            after: g,
-            time: gap_time(&sents[g], &sents[g + 1]),
-            depth,
-            vote: depth / cutoff,
+        .map(|(g, &depth)| {
+            // Smoothing can move a dip by a sentence: the shift sits at the lowest raw
+            // similarity next to it.
+            let at = (g.saturating_sub(1)..=(g + 1).min(raw.len() - 1))
+                .min_by(|&a, &b| {
+                    raw[a]
+                        .total_cmp(&raw[b])
+                        .then(a.abs_diff(g).cmp(&b.abs_diff(g)))
+                })
+                .unwrap_or(g);
+            TopicShift {
+                after: at,
+                time: gap_time(&sents[at], &sents[at + 1]),
+                depth,
+                vote: depth / cutoff,
+            }
         })
         .collect()
 }
@@ -126,26 +147,33 @@ pub fn gap_time(a: &Sentence, b: &Sentence) -> f64 {
     }
 }
 
-/// Paragraphs of a chapter's sentences: ranges of sentence indices. A paragraph closes at
-/// a pause of `pause` seconds once it is `min_secs` long, and always once it is
-/// `max_secs` long, so a chapter reads as a few timed paragraphs, not one wall of text.
+/// Paragraphs of a chapter's sentences: ranges of sentence indices. The chapter is cut
+/// into as few paragraphs as keep each under about `max_secs`, of even length; a pause
+/// of `pause` seconds also closes a paragraph once it is `min_secs` long. A chapter reads
+/// as a few timed paragraphs, not one wall of text.
 pub fn paragraphs(
     sents: &[Sentence],
     pause: f64,
     min_secs: f64,
     max_secs: f64,
 ) -> Vec<std::ops::Range<usize>> {
+    let (Some(first), Some(last)) = (sents.first(), sents.last()) else {
+        return Vec::new();
+    };
+    let total = (last.end - first.start).max(0.0);
+    let pieces = (total / max_secs.max(1.0)).ceil().max(1.0);
+    let target = total / pieces;
     let mut out = Vec::new();
     let mut start = 0;
     for i in 0..sents.len() {
         let len = sents[i].end - sents[start].start;
-        let last = i + 1 == sents.len();
-        let gap = if last {
+        let is_last = i + 1 == sents.len();
+        let gap = if is_last {
             0.0
         } else {
             sents[i + 1].start - sents[i].end
         };
-        if last || len >= max_secs || (len >= min_secs && gap >= pause) {
+        if is_last || len >= target || (len >= min_secs && gap >= pause) {
             out.push(start..i + 1);
             start = i + 1;
         }
