@@ -230,15 +230,23 @@ fn walk_count(dir: &std::path::Path) -> usize {
 #[test]
 fn two_runs_at_once_share_the_cache_safely() {
     let p = three_videos();
-    let spawn = || {
+    // Two manifests, one cache; each run has an output folder of its own (one run at a
+    // time may write into a folder).
+    let text = std::fs::read_to_string(p.manifest()).unwrap();
+    std::fs::write(
+        p.path().join("other.yaml"),
+        text.replace("output: output/", "output: other/"),
+    )
+    .unwrap();
+    let spawn = |m: &str| {
         std::process::Command::new(BIN)
-            .args(["run", "pipeline.yaml", "--progress", "plain"])
+            .args(["run", m, "--progress", "plain"])
             .current_dir(p.path())
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap()
     };
-    let (a, b) = (spawn(), spawn());
+    let (a, b) = (spawn("pipeline.yaml"), spawn("other.yaml"));
     for child in [a, b] {
         let out = child.wait_with_output().unwrap();
         assert!(out.status.success(), "{}", stderr(&out));

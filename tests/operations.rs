@@ -220,12 +220,14 @@ stages:
         .map(|(n, b)| (n.as_str(), b.as_slice()))
         .collect();
     let p = Project::new(manifest, &refs);
-    p.write_alerts("disk_free_gb: {warning: null, critical: null}\nmin_jobs_for_error_rate: 4\nerror_rate_percent: {warning: 10, critical: 25}\n");
+    p.write_alerts("disk_free_gb: {warning: null, critical: null}\nmin_videos_for_error_rate: 4\nerror_rate_percent: {warning: 10, critical: 25}\n");
     let (code, s) = p.run(&[]);
     assert_eq!(code, 1);
+    let stopped = s["stopped"].as_str().unwrap();
+    assert!(stopped.contains("of videos failed"), "{s}");
     assert!(
-        s["stopped"].as_str().unwrap().contains("of jobs failed"),
-        "{s}"
+        stopped.contains("stage 'check' (command)"),
+        "the stop names the failing stage: {stopped}"
     );
     let cancelled = s["counts"]["cancelled"].as_u64().unwrap();
     assert!(cancelled >= 4, "the rest of the batch did not start: {s}");

@@ -39,11 +39,15 @@ pub struct Alerts {
     pub memory_percent: Threshold,
     /// GPU temperature, degrees C.
     pub gpu_temperature_c: Threshold,
-    /// Failed jobs among finished ones, percent (after `min_jobs_for_error_rate`).
+    /// Failed videos among those with a finished job, percent (after
+    /// `min_videos_for_error_rate`). A bad input (empty, corrupt, unsupported file) is
+    /// that video's failure and does not count.
     pub error_rate_percent: Threshold,
     /// Failures in a row, any stage (the per-kind circuit breaker is `breaker_threshold`).
     pub consecutive_failures: Threshold,
-    pub min_jobs_for_error_rate: usize,
+    /// The error rate is judged only once this many videos have a finished job.
+    #[serde(alias = "min_jobs_for_error_rate")]
+    pub min_videos_for_error_rate: usize,
     /// How long a critical pause waits for recovery before the run stops cleanly.
     pub pause_timeout_minutes: f64,
     /// How often the machine is sampled.
@@ -61,7 +65,7 @@ impl Default for Alerts {
                 warning: Some(3.0),
                 critical: None,
             },
-            min_jobs_for_error_rate: 10,
+            min_videos_for_error_rate: 20,
             pause_timeout_minutes: 30.0,
             sample_interval_ms: 2000,
         }
@@ -164,9 +168,9 @@ impl Alerts {
         out
     }
 
-    /// The error rate's level, once enough jobs have finished.
+    /// The error rate's level, once enough videos have a finished job.
     pub fn error_rate(&self, failed: usize, finished: usize) -> Option<Alert> {
-        if finished < self.min_jobs_for_error_rate.max(1) {
+        if finished < self.min_videos_for_error_rate.max(1) {
             return None;
         }
         let pct = failed as f64 * 100.0 / finished as f64;
@@ -178,10 +182,10 @@ impl Alerts {
             threshold: thr,
             message: match lvl {
                 Level::Critical => format!(
-                    "{pct:.0}% of jobs failed ({failed} of {finished}; critical at {thr}%): stopping the batch so the cause can be fixed; see the failures below, then rerun"
+                    "{pct:.0}% of videos failed ({failed} of {finished}; critical at {thr}%), not counting bad input files: stopping the batch so the cause can be fixed; see the failures below, then rerun"
                 ),
                 Level::Warning => format!(
-                    "{pct:.0}% of jobs failed so far ({failed} of {finished}; warning at {thr}%)"
+                    "{pct:.0}% of videos failed so far ({failed} of {finished}; warning at {thr}%)"
                 ),
                 Level::Ok => format!("error rate back to {pct:.0}%"),
             },
@@ -226,13 +230,8 @@ pub fn load(file: Option<&Path>) -> Result<Alerts, Diagnostics> {
             format!("cannot read alerts file: {e}"),
         )])
     })?;
-    let (node, _) = yaml::parse(&src).map_err(|e| {
-        Diagnostics(vec![Diagnostic::new(
-            f,
-            e.pos,
-            format!("YAML syntax error: {}", e.message),
-        )])
-    })?;
+    let (node, _) = yaml::parse(&src)
+        .map_err(|e| Diagnostics(vec![Diagnostic::new(f, e.pos, e.headline())]))?;
     let json = if node.is_null() {
         serde_json::json!({})
     } else {
@@ -286,7 +285,7 @@ mod tests {
             levels(&sample(10.0, 96.0, 95)),
             vec![Level::Critical, Level::Critical, Level::Critical]
         );
-        assert_eq!(a.error_rate(3, 9), None, "too few jobs to judge");
+        assert_eq!(a.error_rate(3, 19), None, "too few videos to judge");
         assert_eq!(a.error_rate(1, 20).unwrap().level, Level::Ok);
         assert_eq!(a.error_rate(3, 20).unwrap().level, Level::Warning);
         assert_eq!(a.error_rate(5, 20).unwrap().level, Level::Critical);

@@ -35,6 +35,19 @@ pub struct Config {
     pub gc_max_size: Option<String>,
     /// Default `vsum cache gc --older-than` (e.g. "90d"); none = no age limit.
     pub gc_older_than: Option<String>,
+    /// How outputs are placed in `output/`: `copy` (a reflink where the filesystem has
+    /// it), so an edit never reaches the cache; `hardlink` saves space, but an edit of
+    /// an output then edits the cache (objects are read-only, which guards most).
+    pub link: LinkMode,
+}
+
+/// How the cache places outputs in the output folder.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LinkMode {
+    #[default]
+    Copy,
+    Hardlink,
 }
 
 impl Default for Config {
@@ -49,6 +62,7 @@ impl Default for Config {
             keep_runs: 100,
             gc_max_size: None,
             gc_older_than: None,
+            link: LinkMode::Copy,
         }
     }
 }
@@ -112,13 +126,8 @@ pub fn resolve(
                 .hint("check the path given by --config or VSUM_CONFIG"),
             ])
         })?;
-        let (node, _) = yaml::parse(&src).map_err(|e| {
-            Diagnostics(vec![Diagnostic::new(
-                f,
-                e.pos,
-                format!("YAML syntax error: {}", e.message),
-            )])
-        })?;
+        let (node, _) = yaml::parse(&src)
+            .map_err(|e| Diagnostics(vec![Diagnostic::new(f, e.pos, e.headline())]))?;
         layers.push((f.to_path_buf(), node.to_json(), Some(node)));
     }
     if let Some((v, n)) = manifest_config {

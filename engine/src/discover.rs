@@ -126,7 +126,13 @@ fn found(base_dir: &Path, path: PathBuf) -> Found {
     Found { path, rel }
 }
 
-/// A folder name from a stem: no separators, never `.`/`..`/empty, never hidden.
+/// Longest output folder name taken from a stem as it is; a longer stem is cut and
+/// given a hash of the whole, so `<folder>-<hash>` and the files below stay well within
+/// the system's file name limit (NAME_MAX, 255 bytes).
+pub const MAX_FOLDER_BYTES: usize = 200;
+
+/// A folder name from a stem: no separators, never `.`/`..`/empty, never hidden, never
+/// longer than [`MAX_FOLDER_BYTES`] (+ 9 bytes of hash).
 pub fn safe_folder(stem: &OsStr) -> OsString {
     let mut bytes: Vec<u8> = stem
         .as_bytes()
@@ -135,6 +141,18 @@ pub fn safe_folder(stem: &OsStr) -> OsString {
         .collect();
     if bytes.is_empty() || bytes.starts_with(b".") {
         bytes.insert(0, b'_');
+    }
+    if bytes.len() > MAX_FOLDER_BYTES {
+        let hash = blake3::hash(stem.as_bytes()).to_hex();
+        let mut cut = MAX_FOLDER_BYTES;
+        // Cut on a character boundary when the name is UTF-8.
+        if std::str::from_utf8(&bytes).is_ok() {
+            while cut > 0 && (bytes[cut] & 0xC0) == 0x80 {
+                cut -= 1;
+            }
+        }
+        bytes.truncate(cut);
+        bytes.extend_from_slice(format!("-{}", &hash[..8]).as_bytes());
     }
     OsString::from_vec(bytes)
 }
@@ -187,6 +205,11 @@ mod tests {
         assert_eq!(safe_folder(OsStr::new("..")), OsString::from("_.."));
         assert_eq!(safe_folder(OsStr::new("")), OsString::from("_"));
         assert_eq!(safe_folder(OsStr::new("a b")), OsString::from("a b"));
+        let long = "é".repeat(150);
+        let f = safe_folder(OsStr::new(&long));
+        assert!(f.len() <= MAX_FOLDER_BYTES + 9, "{}", f.len());
+        assert!(f.to_str().is_some(), "cut on a character boundary");
+        assert_ne!(f, safe_folder(OsStr::new(&format!("{long}x"))));
         let found = vec![
             Found {
                 path: "/x/a/talk.mp4".into(),

@@ -57,6 +57,20 @@ pub fn write_atomic(dest: &Path, bytes: &[u8]) -> io::Result<()> {
     result
 }
 
+/// Makes `dest` (new) a copy of `src` that shares nothing with it afterwards: a reflink
+/// where the filesystem has them (instant, no space), else a byte copy. Never a hard
+/// link, so neither file can change the other.
+pub fn clone_or_copy(src: &Path, dest: &Path) -> io::Result<()> {
+    let from = File::open(src)?;
+    let to = File::options().write(true).create_new(true).open(dest)?;
+    if rustix::fs::ioctl_ficlone(&to, &from).is_ok() {
+        return Ok(());
+    }
+    drop(to);
+    fs::remove_file(dest)?;
+    fs::copy(src, dest).map(|_| ())
+}
+
 /// Best-effort fsync of a directory so a rename in it survives a crash.
 pub fn sync_dir(dir: &Path) {
     if let Ok(d) = File::open(dir) {

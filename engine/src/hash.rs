@@ -60,6 +60,22 @@ pub struct FileHasher {
     dirty: Mutex<bool>,
 }
 
+const CHECK_SEP: &[u8] = b"\n#blake3:";
+
+/// The stat cache's records, when its checksum holds.
+fn read_checked(file: &Path) -> Option<HashMap<String, Remembered>> {
+    let bytes = fs::read(file).ok()?;
+    let at = bytes
+        .windows(CHECK_SEP.len())
+        .rposition(|w| w == CHECK_SEP)?;
+    let (body, rest) = bytes.split_at(at);
+    let sum = std::str::from_utf8(&rest[CHECK_SEP.len()..]).ok()?.trim();
+    if blake3::hash(body).to_hex().as_str() != sum {
+        return None;
+    }
+    serde_json::from_slice(body).ok()
+}
+
 fn path_id(path: &Path) -> String {
     blake3::hash(path.as_os_str().as_bytes()).to_hex()[..32].to_string()
 }
@@ -74,12 +90,10 @@ impl FileHasher {
         }
     }
 
-    /// A hasher backed by a stat-cache file (a missing or unreadable file starts empty).
+    /// A hasher backed by a stat-cache file (a missing, unreadable or tampered file
+    /// starts empty: every video is hashed again, never served another's hash).
     pub fn open(file: &Path) -> Self {
-        let map = fs::read(file)
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_default();
+        let map = read_checked(file).unwrap_or_default();
         FileHasher {
             file: Some(file.to_path_buf()),
             map: Mutex::new(map),
@@ -125,10 +139,7 @@ impl FileHasher {
         if !*self.dirty.lock().expect("statcache") {
             return Ok(());
         }
-        let mut merged: HashMap<String, Remembered> = fs::read(file)
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_default();
+        let mut merged: HashMap<String, Remembered> = read_checked(file).unwrap_or_default();
         merged.extend(
             self.map
                 .lock()
@@ -136,7 +147,12 @@ impl FileHasher {
                 .iter()
                 .map(|(k, v)| (k.clone(), v.clone())),
         );
-        write_atomic(file, &serde_json::to_vec(&merged)?)?;
+        let mut bytes = serde_json::to_vec(&merged)?;
+        let sum = blake3::hash(&bytes).to_hex();
+        bytes.extend_from_slice(CHECK_SEP);
+        bytes.extend_from_slice(sum.as_bytes());
+        bytes.push(b'\n');
+        write_atomic(file, &bytes)?;
         *self.dirty.lock().expect("statcache") = false;
         Ok(())
     }
@@ -161,5 +177,24 @@ mod tests {
         assert_eq!(h2.hash(&f).unwrap(), first);
         fs::write(&f, b"bbbbb").unwrap();
         assert_eq!(h2.hash(&f).unwrap(), hash_bytes(b"bbbbb"));
+    }
+
+    #[test]
+    fn a_tampered_stat_cache_is_not_trusted() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("v.mp4");
+        fs::write(&f, b"aaaa").unwrap();
+        let cache = dir.path().join("statcache.json");
+        let h = FileHasher::open(&cache);
+        h.hash(&f).unwrap();
+        h.save().unwrap();
+        // Another video's hash written over this one's: the checksum no longer holds.
+        let text = fs::read_to_string(&cache).unwrap();
+        let forged = text.replace(&hash_bytes(b"aaaa"), &hash_bytes(b"other video"));
+        fs::write(&cache, forged).unwrap();
+        assert_eq!(
+            FileHasher::open(&cache).hash(&f).unwrap(),
+            hash_bytes(b"aaaa")
+        );
     }
 }

@@ -15,6 +15,7 @@ pub mod hash;
 pub mod manifest;
 pub mod monitor;
 pub mod run;
+pub mod safety;
 pub mod stage;
 pub mod store;
 pub mod template;

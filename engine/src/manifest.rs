@@ -49,6 +49,10 @@ const STAGE_KEYS: [&str; 14] = [
 /// Stage keys that are the params of a command stage.
 const COMMAND_KEYS: [&str; 6] = ["run", "stdout", "outputs", "deps", "env", "timeout"];
 
+/// Longest stage id: it names output folders and cache records, which must stay well
+/// within the system's file name limit (NAME_MAX, 255 bytes).
+pub const MAX_STAGE_ID: usize = 100;
+
 /// The kind a `run:` stage uses.
 pub const COMMAND_KIND: &str = "command";
 
@@ -173,14 +177,12 @@ impl<'a> Validator<'a> {
         let (root, dups) = match yaml::parse(src) {
             Ok(r) => r,
             Err(e) => {
-                self.err(
-                    e.pos,
-                    format!("YAML syntax error: {}", e.message),
-                    Some(
-                        "check indentation, quoting and unclosed brackets at or before this point"
-                            .into(),
-                    ),
-                );
+                let hint = if e.limit {
+                    "vsum bounds what a YAML file may hold, so a hostile file cannot exhaust the machine"
+                } else {
+                    "check indentation, quoting and unclosed brackets at or before this point"
+                };
+                self.err(e.pos, e.headline(), Some(hint.into()));
                 return None;
             }
         };
@@ -260,6 +262,16 @@ impl<'a> Validator<'a> {
             None => PathBuf::from("output"),
             Some((_, _, n)) => PathBuf::from(self.string(n, "output").unwrap_or_default()),
         };
+        let output_pos = get("output").map_or(root.pos, |(_, p, _)| *p);
+        if let Some(why) =
+            crate::safety::output_problem(&base_dir.join(&output), base_dir, &inputs, None)
+        {
+            self.err(
+                output_pos,
+                format!("unsafe `output:`: {why}"),
+                Some(crate::safety::OUTPUT_HINT.into()),
+            );
+        }
         let config = get("config").map(|(_, _, n)| {
             if n.as_map().is_none() && !n.is_null() {
                 self.err(
@@ -379,6 +391,16 @@ impl<'a> Validator<'a> {
                 pos,
                 format!("stage id '{id}' is not allowed"),
                 Some("use letters, digits, '_', '-' and '.' (it names an output folder)".into()),
+            );
+        } else if id.len() > MAX_STAGE_ID {
+            self.err(
+                pos,
+                format!(
+                    "stage id '{}...' is {} characters long; at most {MAX_STAGE_ID} are allowed",
+                    &id[..24],
+                    id.len()
+                ),
+                Some("it names an output folder and cache records: shorten it".into()),
             );
         }
         if matches!(id, "video" | "stem" | "out" | "videos") {

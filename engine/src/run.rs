@@ -29,6 +29,7 @@ use crate::fsutil::write_atomic;
 use crate::graph::{self, JobGraph, JobNode};
 use crate::hash::FileHasher;
 use crate::manifest::{Manifest, StageSpec};
+use crate::safety;
 use crate::stage::{
     BatchItem, JobCtx, KeyEnv, Lane, Provenance, Registry, Resources, Scope, StageError, Video,
 };
@@ -66,6 +67,11 @@ pub struct JobRecord {
     pub error: Option<String>,
     pub hint: Option<String>,
     pub attempts: u32,
+    /// The video itself was the problem (unreadable, empty, corrupt, unsupported): the
+    /// failure is that video's only and does not count toward the error-rate stop or a
+    /// circuit breaker.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub bad_input: bool,
     /// Things worth knowing about how it ran (e.g. a fallback to the CPU).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
@@ -242,6 +248,7 @@ impl Shared<'_> {
             error: None,
             hint: None,
             attempts: 0,
+            bad_input: false,
             notes: Vec::new(),
             start_ms,
             end_ms: self.ms(),
@@ -452,6 +459,40 @@ impl Shared<'_> {
                 digest: None,
             };
         }
+        // One process at a time works on a key: another run sharing the cache that is
+        // already on it is waited for, and its result reused.
+        let claim = match self.store.claim(&p.key, self.cancel) {
+            Ok(c) => c,
+            Err(_) if self.cancel.load(Ordering::Relaxed) => {
+                let mut r = self.record(p.label, Outcome::Cancelled, start);
+                r.key = Some(p.key);
+                return Finished {
+                    held_slot: false,
+                    tools: BTreeMap::new(),
+                    node: p.node,
+                    record: r,
+                    digest: None,
+                };
+            }
+            Err(_) => None, // no claim (e.g. a read-only cache): run unclaimed, as before
+        };
+        if claim.as_ref().is_some_and(|c| c.waited)
+            && let Lookup::Hit(entry) = self.store.lookup(&p.key)
+        {
+            let mut r = self.record(p.label.clone(), Outcome::Cached, start);
+            r.key = Some(p.key.clone());
+            r.notes
+                .push("made meanwhile by another run sharing the cache".into());
+            let digest = self.publish(p.job, &entry, &mut r);
+            r.end_ms = self.ms();
+            return Finished {
+                held_slot: false,
+                tools: entry.fingerprint.tools.clone(),
+                node: p.node,
+                record: r,
+                digest,
+            };
+        }
         let threads = if st.lane == Lane::Gpu {
             self.config.threads()
         } else {
@@ -563,15 +604,20 @@ impl Shared<'_> {
                 }
             }
         };
+        drop(claim);
         let mut record = self.record(p.label.clone(), Outcome::Ran, start);
         record.key = Some(p.key.clone());
         record.attempts = attempt;
         record.reason = None;
         record.notes = notes;
-        self.breaker_count(
-            st,
-            outcome.is_ok() || outcome.as_ref().is_err_and(|e| e.cancelled),
-        );
+        // A bad video says nothing about the stage or the machine: it neither opens nor
+        // resets a breaker.
+        if !outcome.as_ref().is_err_and(|e| e.bad_input) {
+            self.breaker_count(
+                st,
+                outcome.is_ok() || outcome.as_ref().is_err_and(|e| e.cancelled),
+            );
+        }
         let digest = match outcome {
             Ok(entry) => self.publish(p.job, &entry, &mut record),
             Err(e) if e.cancelled => {
@@ -582,6 +628,7 @@ impl Shared<'_> {
                 record.outcome = Outcome::Failed;
                 record.error = Some(e.message);
                 record.hint = e.hint;
+                record.bad_input = e.bad_input;
                 None
             }
         };
@@ -595,8 +642,11 @@ impl Shared<'_> {
         }
     }
 
-    /// Links a batch stage's `publish:` files to the top of the output folder.
-    fn publish_files(&self, job: JobNode, dest: &std::path::Path) -> std::io::Result<()> {
+    /// Copies a batch stage's `publish:` files to the top of the output folder. A file
+    /// already there is replaced only when vsum wrote it (its content is what vsum last
+    /// published, or a link to a cache object): the user's own INDEX.md stays.
+    fn publish_files(&self, job: JobNode, dest: &std::path::Path) -> Result<(), String> {
+        use std::fs;
         for name in &self.stage(job).publish {
             let src = dest.join(name);
             if !src.is_file() {
@@ -609,11 +659,46 @@ impl Shared<'_> {
                 continue;
             }
             let target = self.output_dir.join(name);
-            let tmp = crate::fsutil::temp_beside(&target);
-            if std::fs::hard_link(&src, &tmp).is_err() {
-                std::fs::copy(&src, &tmp)?;
+            let shown = target.display();
+            let fail = |e: std::io::Error| format!("cannot publish {shown}: {e}");
+            safety::no_symlink_below(&self.output_dir, &target).map_err(fail)?;
+            let new_hash = crate::hash::hash_file(&src).map_err(fail)?;
+            match fs::symlink_metadata(&target) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(fail(e)),
+                Ok(md) if !md.is_file() => {
+                    return Err(format!(
+                        "cannot publish {shown}: something that is not a regular file is there, and vsum did not put it there; move it away"
+                    ));
+                }
+                Ok(_) => {
+                    let cur = crate::hash::hash_file(&target).map_err(fail)?;
+                    let ours = cur == new_hash
+                        || self.store.published_hash(&self.output_dir, name).as_deref()
+                            == Some(cur.as_str())
+                        || self.store.is_object_link(&target, &cur);
+                    if !ours {
+                        return Err(format!(
+                            "not publishing {shown}: a file vsum did not write is there, and vsum never overwrites one; move it away, or give `output:` a folder of its own"
+                        ));
+                    }
+                    if cur == new_hash && !self.store.is_object_link(&target, &cur) {
+                        self.store
+                            .set_published(&self.output_dir, name, &new_hash)
+                            .map_err(fail)?;
+                        continue;
+                    }
+                }
             }
-            std::fs::rename(&tmp, &target)?;
+            // A copy, not a link: an edit of the published file never reaches the cache.
+            let tmp = crate::fsutil::temp_beside(&target);
+            let placed = fs::copy(&src, &tmp)
+                .and_then(|_| self.store.set_published(&self.output_dir, name, &new_hash))
+                .and_then(|()| fs::rename(&tmp, &target));
+            if let Err(e) = placed {
+                let _ = fs::remove_file(&tmp);
+                return Err(fail(e));
+            }
         }
         Ok(())
     }
@@ -672,21 +757,75 @@ impl Shared<'_> {
         }
     }
 
+    /// Places a finished (or cached) entry's outputs in the job's output folder,
+    /// replacing only the files vsum placed there before, and publishes batch files.
     fn publish(&self, job: JobNode, entry: &Entry, record: &mut JobRecord) -> Option<String> {
         let dest = self.out_folder(job);
-        if let Err(e) = self
-            .store
-            .materialize(entry, &dest)
-            .and_then(|()| self.publish_files(job, &dest))
-        {
+        let ref_id = self.ref_id(job);
+        let stage = &self.stage(job).id;
+        let old = self.store.read_ref(&ref_id, stage);
+        let folder = crate::store::Ref::folder_id(&dest);
+        let previous: Vec<String> = match &old {
+            Some(r) if r.dest.as_deref() == Some(folder.as_str()) => r.files.clone(),
+            // A ref of an older vsum: what that entry placed (its outputs).
+            Some(r) if r.dest.is_none() => self
+                .store
+                .read_entry(&r.key)
+                .map(|e| e.outputs.keys().cloned().collect())
+                .unwrap_or_default(),
+            _ => Vec::new(),
+        };
+        // Stamps of the files as vsum placed them here: unchanged ones are not copied again.
+        let stamps = match &old {
+            Some(r) if r.dest.as_deref() == Some(folder.as_str()) => r.stamps.clone(),
+            _ => BTreeMap::new(),
+        };
+        let files: Vec<String> = entry.outputs.keys().cloned().collect();
+        let mut placed = crate::store::Ref {
+            key: entry.key.clone(),
+            dest: Some(folder),
+            files: previous.clone(),
+            stamps: BTreeMap::new(),
+        };
+        // On record before anything is placed: a crash midway leaves every file vsum
+        // may have placed known, so a later cleanup can still remove it.
+        placed
+            .files
+            .extend(files.iter().filter(|f| !previous.contains(f)).cloned());
+        let result = (if placed.files == previous {
+            Ok(())
+        } else {
+            self.store.set_ref(&ref_id, stage, &placed)
+        })
+        .and_then(|()| {
+            self.store.materialize(
+                entry,
+                &self.output_dir,
+                &dest,
+                &previous,
+                &stamps,
+                self.config.link,
+            )
+        });
+        match result {
+            Ok(stamps) => placed.stamps = stamps,
+            Err(e) => {
+                record.outcome = Outcome::Failed;
+                record.error = Some(format!("cannot write outputs into {}: {e}", dest.display()));
+                record.hint = Some("check that the output folder is writable and has space; the result is cached, so a rerun only restores it".into());
+                return None;
+            }
+        }
+        placed.files = files;
+        let _ = self.store.set_ref(&ref_id, stage, &placed);
+        if let Err(e) = self.publish_files(job, &dest) {
             record.outcome = Outcome::Failed;
-            record.error = Some(format!("cannot write outputs into {}: {e}", dest.display()));
-            record.hint = Some("check that the output folder is writable and has space; the result is cached, so a rerun only restores it".into());
+            record.error = Some(e);
+            record.hint = Some(
+                "the stage's own outputs are in place and cached; a rerun only publishes".into(),
+            );
             return None;
         }
-        let _ = self
-            .store
-            .set_ref(&self.ref_id(job), &self.stage(job).id, &entry.key);
         Some(entry.digest())
     }
 }
@@ -705,6 +844,10 @@ fn breaker_message(threshold: u32, kind: &str) -> String {
     format!(
         "circuit breaker open: {threshold} '{kind}' jobs failed in a row, so no more start in this run; fix the cause and rerun"
     )
+}
+
+fn first_line(s: &str) -> &str {
+    s.lines().next().unwrap_or(s)
 }
 
 fn sleep_unless_cancelled(d: Duration, cancel: &AtomicBool) -> bool {
@@ -726,6 +869,14 @@ pub enum RunError {
     UnknownStage(String, String),
     #[error("cannot start the CPU pool: {0}")]
     Pool(String),
+    #[error("unsafe output folder: {0}; {hint}", hint = safety::OUTPUT_HINT)]
+    UnsafeOutput(String),
+    #[error(
+        "another vsum run is writing into {0}; wait for it to finish, or give this manifest another `output:`"
+    )]
+    OutputBusy(PathBuf),
+    #[error("cannot use the output folder {0}: {1}")]
+    Output(PathBuf, std::io::Error),
 }
 
 /// Runs (or, with `dry_run`, plans) the batch.
@@ -740,6 +891,20 @@ pub fn run(
 ) -> Result<RunSummary, RunError> {
     let t0 = Instant::now();
     let started = now_secs();
+    if let Some(why) = safety::output_problem(
+        &manifest.output_dir(),
+        &manifest.base_dir,
+        &manifest.inputs,
+        Some(store.root()),
+    ) {
+        return Err(RunError::UnsafeOutput(why));
+    }
+    // One run at a time writes into an output folder (a lock on the folder itself).
+    let _output_lock = if opts.dry_run {
+        None
+    } else {
+        Some(lock_output(&manifest.output_dir())?)
+    };
     let ids: Vec<&str> = manifest.stages.iter().map(|s| s.id.as_str()).collect();
     for s in opts.only.iter().chain(&opts.force) {
         if !ids.contains(&s.as_str()) {
@@ -918,6 +1083,18 @@ pub fn run(
     Ok(summary)
 }
 
+/// Locks the output folder for this run (released when the returned file is dropped).
+fn lock_output(dir: &std::path::Path) -> Result<std::fs::File, RunError> {
+    let fail = |e| RunError::Output(dir.to_path_buf(), e);
+    std::fs::create_dir_all(dir).map_err(fail)?;
+    let f = std::fs::File::open(dir).map_err(fail)?;
+    match f.try_lock() {
+        Ok(()) => Ok(f),
+        Err(std::fs::TryLockError::WouldBlock) => Err(RunError::OutputBusy(dir.to_path_buf())),
+        Err(std::fs::TryLockError::Error(e)) => Err(fail(e)),
+    }
+}
+
 fn threads_available() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
@@ -977,7 +1154,13 @@ fn schedule(
             let mut paused_since: Option<Instant> = None;
             let mut cpu_busy = 0usize;
             let cpu_slots = pool.current_num_threads() * 2;
-            let (mut succeeded, mut failed, mut in_a_row) = (0usize, 0usize, 0u32);
+            // The error rate counts videos: those with a finished job, and those with a
+            // failure that is not the video's own fault (bad input never counts).
+            let mut judged: BTreeSet<usize> = BTreeSet::new();
+            let mut failed_videos: BTreeSet<usize> = BTreeSet::new();
+            let mut failure_kinds: BTreeMap<String, usize> = BTreeMap::new();
+            let mut in_a_row = 0u32;
+            let mut last_failure = String::new();
             while finished < n {
                 let stop = shared.stopped();
                 let pause = match (&shared.watch, &stop) {
@@ -1009,7 +1192,9 @@ fn schedule(
                     }
                     (None, None) => {}
                 }
-                let hold = pause.is_some() && stop.is_none();
+                // Cancelling ends a pause: waiting jobs are released, as cancelled.
+                let hold =
+                    pause.is_some() && stop.is_none() && !shared.cancel.load(Ordering::Relaxed);
                 // Release ready jobs, a few more than the pool can run at once: the rest
                 // wait here, where pauses, stops and breakers still apply to them.
                 while let Some(node) = (!hold && cpu_busy < cpu_slots)
@@ -1087,15 +1272,19 @@ fn schedule(
                     in_flight += 1;
                     cpu_busy += 1;
                     s.spawn(move |_| {
-                        let fin = match shared.plan(node, job, ups) {
-                            Plan::Done(fin) => *fin,
-                            Plan::Run(planned) if shared.stage(job).lane == Lane::Gpu => {
-                                let _ = tx.send(Msg::LeftPool);
-                                let _ = gpu_tx.send(*planned);
-                                return;
+                        let label = shared.label(node, job);
+                        let fin = guarded(shared, node, label, || {
+                            match shared.plan(node, job, ups) {
+                                Plan::Done(fin) => Some(*fin),
+                                Plan::Run(planned) if shared.stage(job).lane == Lane::Gpu => {
+                                    let _ = tx.send(Msg::LeftPool);
+                                    let _ = gpu_tx.send(*planned);
+                                    None
+                                }
+                                Plan::Run(planned) => Some(shared.execute(*planned, None)),
                             }
-                            Plan::Run(planned) => shared.execute(*planned, None),
-                        };
+                        });
+                        let Some(fin) = fin else { return };
                         let _ = tx.send(Msg::Finished(Box::new(Finished {
                             held_slot: true,
                             ..fin
@@ -1121,24 +1310,44 @@ fn schedule(
                 };
                 in_flight -= 1;
                 finished += 1;
-                match fin.record.outcome {
+                let video = g[fin.node].video;
+                let counted = match fin.record.outcome {
                     Outcome::Ran | Outcome::Cached => {
-                        succeeded += 1;
                         in_a_row = 0;
+                        video.is_some_and(|v| judged.insert(v))
                     }
+                    Outcome::Failed if fin.record.bad_input => false,
                     Outcome::Failed => {
-                        failed += 1;
                         in_a_row += 1;
+                        let st = shared.stage(g[fin.node]);
+                        *failure_kinds
+                            .entry(format!("'{}' ({})", st.id, st.kind))
+                            .or_default() += 1;
+                        last_failure =
+                            first_line(fin.record.error.as_deref().unwrap_or("?")).to_string();
+                        video.is_some_and(|v| judged.insert(v) | failed_videos.insert(v))
                     }
-                    _ => {}
-                }
+                    _ => false,
+                };
                 if let Some(w) = &shared.watch {
-                    if let Some(a) = w.alerts.consecutive(in_a_row) {
+                    if fin.record.outcome == Outcome::Failed
+                        && !fin.record.bad_input
+                        && let Some(a) = w.alerts.consecutive(in_a_row)
+                    {
                         w.note(a);
                     }
-                    if let Some(a) = w.alerts.error_rate(failed, succeeded + failed) {
+                    let rate = counted
+                        .then(|| w.alerts.error_rate(failed_videos.len(), judged.len()))
+                        .flatten();
+                    if let Some(a) = rate {
                         let critical = a.level == Level::Critical;
-                        let message = a.message.clone();
+                        let message = match failure_kinds.iter().max_by_key(|(_, n)| **n) {
+                            Some((stage, n)) if critical => format!(
+                                "{}; most failures ({n}) are in stage {stage}, the last: {last_failure}",
+                                a.message,
+                            ),
+                            _ => a.message.clone(),
+                        };
                         w.note(a);
                         if critical {
                             shared.stop_batch(message);
@@ -1211,9 +1420,46 @@ fn gpu_lane(shared: &Shared, rx: Receiver<Planned>, done: Sender<Msg>) {
                 digest: None,
             }
         } else {
-            shared.execute(job, Some(&mut resources))
+            let (node, label) = (job.node, job.label.clone());
+            guarded(shared, node, label, || {
+                Some(shared.execute(job, Some(&mut resources)))
+            })
+            .expect("a GPU job always finishes")
         };
         let _ = done.send(Msg::Finished(Box::new(fin)));
+    }
+}
+
+/// Runs one job's work; a panic (a bug in vsum or a stage) becomes that job's failure
+/// instead of a lost job that the coordinator would wait for forever.
+fn guarded(
+    shared: &Shared,
+    node: NodeIndex,
+    label: JobLabel,
+    work: impl FnOnce() -> Option<Finished>,
+) -> Option<Finished> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)) {
+        Ok(fin) => fin,
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| panic.downcast_ref::<&str>().copied())
+                .unwrap_or("unknown panic");
+            let mut r = shared.record(label, Outcome::Failed, shared.ms());
+            r.error = Some(format!("internal error in vsum: {what}"));
+            r.hint = Some(
+                "this is a bug: please report it with the run log; the rest of the batch went on"
+                    .into(),
+            );
+            Some(Finished {
+                held_slot: false,
+                tools: BTreeMap::new(),
+                node,
+                record: r,
+                digest: None,
+            })
+        }
     }
 }
 

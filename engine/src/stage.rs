@@ -287,6 +287,10 @@ pub struct StageError {
     /// The GPU ran out of memory: the engine retries the job once on the CPU
     /// (`JobCtx::force_cpu`). The stage should drop its model from `Resources` first.
     pub out_of_memory: bool,
+    /// The video itself is the problem (unreadable, empty, corrupt, unsupported): it
+    /// fails that video only, and never counts toward the error-rate stop or a circuit
+    /// breaker, which are there to catch a broken machine or setup.
+    pub bad_input: bool,
 }
 
 impl StageError {
@@ -298,6 +302,7 @@ impl StageError {
             retryable: true,
             cancelled: false,
             out_of_memory: false,
+            bad_input: false,
         }
     }
 
@@ -313,6 +318,14 @@ impl StageError {
         StageError {
             cancelled: true,
             ..Self::fatal("cancelled")
+        }
+    }
+
+    /// The video cannot be used (see `bad_input`); never retried.
+    pub fn bad_input(message: impl Into<String>) -> Self {
+        StageError {
+            bad_input: true,
+            ..Self::fatal(message)
         }
     }
 

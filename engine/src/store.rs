@@ -16,13 +16,16 @@ use std::fs::{self, File, TryLockError};
 use std::io;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+use crate::config::LinkMode;
 use crate::fingerprint::{Fingerprint, SCHEMA, outputs_digest};
 use crate::fsutil::{self, sync_dir, temp_beside, write_atomic};
 use crate::hash::{FileHasher, hash_file};
+use crate::safety;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -36,6 +39,106 @@ pub enum StoreError {
         "the cache {path} is locked by another vsum ({what}); wait for it to finish or use another --cache-dir"
     )]
     Busy { path: PathBuf, what: &'static str },
+    #[error(
+        "{path} is not a vsum cache: the folder is not empty and has no {MARKER} (found {found}); vsum removes files in its cache folder, so it will not use this one. Give --cache-dir (or `cache_dir:`) an empty or new folder"
+    )]
+    NotACache { path: PathBuf, found: String },
+    #[error(
+        "the cache {path} has format {found}, newer than this vsum understands ({FORMAT}); use the newer vsum, or another --cache-dir"
+    )]
+    NewerFormat { path: PathBuf, found: u32 },
+}
+
+/// The marker of a vsum cache folder: a standard cache directory tag (backup tools
+/// skip the folder), which also records the cache format.
+pub const MARKER: &str = "CACHEDIR.TAG";
+/// The cache layout this vsum writes and reads.
+pub const FORMAT: u32 = 1;
+const TAG_SIGNATURE: &str = "Signature: 8a477f597d28d172789f06886806bc55";
+/// What a cache made by vsum before it had a marker holds at its top level.
+const OLD_LAYOUT: [&str; 9] = [
+    "claims",
+    "objects",
+    "entries",
+    "refs",
+    "runs",
+    "logs",
+    "tmp",
+    "lock",
+    "statcache.json",
+];
+
+fn tag_text() -> String {
+    format!(
+        "{TAG_SIGNATURE}\n# This file is a cache directory tag created by vsum.\n# vsum-cache-format: {FORMAT}\n# Backup and sync tools that honour cache directory tags skip this folder.\n"
+    )
+}
+
+/// The format a marker records (`None`: not a vsum marker).
+fn marker_format(text: &str) -> Option<u32> {
+    if !text.starts_with(TAG_SIGNATURE) {
+        return None;
+    }
+    text.lines()
+        .find_map(|l| l.strip_prefix("# vsum-cache-format:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Makes sure `root` is a vsum cache before anything in it is touched: a missing or
+/// empty folder becomes one, a folder with the marker is one, a cache made by an older
+/// vsum (its layout, nothing else) is adopted, and any other folder is refused.
+fn claim_cache_folder(root: &Path) -> Result<(), StoreError> {
+    let io_err = |source| StoreError::Io {
+        path: root.to_path_buf(),
+        source,
+    };
+    let marker = root.join(MARKER);
+    match fs::read_to_string(&marker) {
+        Ok(text) => {
+            return match marker_format(&text) {
+                Some(f) if f <= FORMAT => Ok(()),
+                Some(f) => Err(StoreError::NewerFormat {
+                    path: root.to_path_buf(),
+                    found: f,
+                }),
+                None => Err(StoreError::NotACache {
+                    path: root.to_path_buf(),
+                    found: format!("a {MARKER} that another program wrote"),
+                }),
+            };
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io_err(e)),
+    }
+    let names: Vec<String> = match fs::read_dir(root) {
+        Ok(rd) => rd
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            // Another vsum creating this cache right now: its marker is being written.
+            .filter(|n| !fsutil::is_temp(Path::new(n)))
+            .collect(),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(io_err(e)),
+    };
+    let old_layout = names.iter().any(|n| n == "objects" || n == "entries")
+        && names.iter().all(|n| OLD_LAYOUT.contains(&n.as_str()));
+    if !names.is_empty() && !old_layout {
+        let mut shown: Vec<&str> = names.iter().map(String::as_str).take(5).collect();
+        shown.sort();
+        let more = if names.len() > 5 { ", ..." } else { "" };
+        return Err(StoreError::NotACache {
+            path: root.to_path_buf(),
+            found: format!("{}{more}", shown.join(", ")),
+        });
+    }
+    write_atomic(&marker, tag_text().as_bytes()).map_err(io_err)
+}
+
+/// A held claim on a job key (released when dropped).
+#[derive(Debug)]
+pub struct Claim {
+    _file: File,
+    pub waited: bool,
 }
 
 /// How a process holds the cache.
@@ -79,6 +182,49 @@ impl Entry {
     }
 }
 
+/// What vsum last did for a video (or `_batch`) and stage: the key, and the files it
+/// placed in which output folder. Cleanup removes those files and nothing else.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ref {
+    pub key: String,
+    /// Which output folder the files are in ([`Ref::folder_id`]: paths need not be UTF-8).
+    #[serde(default)]
+    pub dest: Option<String>,
+    #[serde(default)]
+    pub files: Vec<String>,
+    /// Each file as placed: its object and stat stamp (an unchanged file holding the
+    /// same object is not placed again).
+    #[serde(default)]
+    pub stamps: BTreeMap<String, Placed>,
+}
+
+/// A file vsum placed: the object it is a copy of, and its stamp right after.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Placed(pub String, pub Stamp);
+
+/// What a placed output looked like: size, modification time and inode. An edit or a
+/// replacement changes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stamp(pub u64, pub i64, pub u64);
+
+impl Stamp {
+    pub fn of(md: &fs::Metadata) -> Stamp {
+        Stamp(
+            md.len(),
+            md.mtime() * 1_000_000_000 + md.mtime_nsec(),
+            md.ino(),
+        )
+    }
+}
+
+impl Ref {
+    /// A folder's id in a ref: a hash of its path's bytes.
+    pub fn folder_id(dest: &Path) -> String {
+        use std::os::unix::ffi::OsStrExt;
+        blake3::hash(dest.as_os_str().as_bytes()).to_hex()[..32].to_string()
+    }
+}
+
 /// Why a lookup did not give a trusted entry.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Lookup {
@@ -108,6 +254,7 @@ impl Store {
             path: root.to_path_buf(),
             source,
         };
+        claim_cache_folder(root)?;
         for sub in ["objects", "entries", "refs", "runs", "logs", "tmp"] {
             fs::create_dir_all(root.join(sub)).map_err(io_err)?;
         }
@@ -189,6 +336,39 @@ impl Store {
             .join(format!("{key}.json"))
     }
 
+    /// Claims `key` for this process: waits while another process holds it (checking
+    /// `cancel`), so two runs sharing the cache never compute the same job twice.
+    /// `waited` says whether someone else had it (then look the key up again).
+    pub fn claim(&self, key: &str, cancel: &AtomicBool) -> io::Result<Option<Claim>> {
+        let dir = self.root.join("claims").join(&key[..2]);
+        fs::create_dir_all(&dir)?;
+        // Claim files are never removed while runs may hold them (only `gc`, alone).
+        let file = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join(key))?;
+        let mut waited = false;
+        loop {
+            match file.try_lock() {
+                Ok(()) => {
+                    return Ok(Some(Claim {
+                        _file: file,
+                        waited,
+                    }));
+                }
+                Err(TryLockError::WouldBlock) => {
+                    waited = true;
+                    if cancel.load(std::sync::atomic::Ordering::Relaxed) {
+                        return Err(io::Error::other("cancelled"));
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                Err(TryLockError::Error(e)) => return Err(e),
+            }
+        }
+    }
+
     /// A new, empty private folder for one job's outputs (same filesystem as objects/).
     pub fn job_dir(&self) -> io::Result<PathBuf> {
         let d = self.root.join("tmp").join(fsutil::unique_suffix());
@@ -203,7 +383,12 @@ impl Store {
         let bytes = match fs::read(&path) {
             Ok(b) => b,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Lookup::Missing,
-            Err(e) => return Lookup::Untrusted(format!("cannot read entry {key}: {e}")),
+            Err(e) => {
+                // Whatever is in an entry's place (a folder, say) is removed, so the
+                // job's commit can put the entry there.
+                remove_any(&path);
+                return Lookup::Untrusted(format!("cannot read entry {}: {e}", &key[..12]));
+            }
         };
         let verdict = match decode_entry(&bytes) {
             Ok(entry) if entry.key != key => Err("entry names another key".to_string()),
@@ -230,7 +415,10 @@ impl Store {
 
     fn check_objects(&self, entry: &Entry) -> Result<(), String> {
         for (name, o) in &entry.outputs {
-            match fs::metadata(self.object_path(&o.hash)) {
+            match fs::symlink_metadata(self.object_path(&o.hash)) {
+                Ok(m) if !m.is_file() => {
+                    return Err(format!("object for '{name}' is not a regular file"));
+                }
                 Ok(m) if m.len() == o.size => {}
                 Ok(m) => {
                     return Err(format!(
@@ -279,23 +467,35 @@ impl Store {
                     "output '{rel}' is not a regular file (symlinks and devices are not cached)"
                 )));
             }
-            let src = item.path();
-            File::open(src)?.sync_all()?;
-            let hash = hash_file(src)?;
-            let size = fs::metadata(src)?.len();
-            let dest = self.object_path(&hash);
-            if fs::metadata(&dest)
-                .map(|m| m.len() == size)
-                .unwrap_or(false)
-            {
-                fs::remove_file(src)?;
-            } else {
-                let parent = dest.parent().expect("object folder");
-                fs::create_dir_all(parent)?;
-                fs::set_permissions(src, fs::Permissions::from_mode(0o444))?;
-                fs::rename(src, &dest)?;
-                touched.insert(parent.to_path_buf());
+            // The store gets a private copy (a reflink where it can), never the job's
+            // file itself: a process that still holds that file open cannot reach it.
+            let snap = self
+                .root
+                .join("tmp")
+                .join(format!(".object-{}", fsutil::unique_suffix()));
+            let stored = (|| {
+                fsutil::clone_or_copy(item.path(), &snap)?;
+                File::open(&snap)?.sync_all()?;
+                let hash = hash_file(&snap)?;
+                let size = fs::metadata(&snap)?.len();
+                let dest = self.object_path(&hash);
+                if fs::symlink_metadata(&dest).is_ok_and(|m| m.is_file() && m.len() == size) {
+                    fs::remove_file(&snap)?;
+                } else {
+                    // A damaged object, or something else in its place, is replaced.
+                    remove_any(&dest);
+                    let parent = dest.parent().expect("object folder");
+                    fs::create_dir_all(parent)?;
+                    fs::set_permissions(&snap, fs::Permissions::from_mode(0o444))?;
+                    fs::rename(&snap, &dest)?;
+                    touched.insert(parent.to_path_buf());
+                }
+                Ok::<_, io::Error>((hash, size))
+            })();
+            if stored.is_err() {
+                let _ = fs::remove_file(&snap);
             }
+            let (hash, size) = stored?;
             outputs.insert(rel, OutFile { hash, size });
         }
         for dir in touched {
@@ -319,50 +519,104 @@ impl Store {
         Ok(entry)
     }
 
-    /// Makes `dest` hold exactly the entry's outputs, as hardlinks to the objects
-    /// (copies across filesystems). Files already linked are left alone.
-    pub fn materialize(&self, entry: &Entry, dest: &Path) -> io::Result<()> {
+    /// Makes `dest` hold the entry's outputs: copies of the objects (reflinks where the
+    /// filesystem has them), or hard links with [`LinkMode::Hardlink`]. A file whose stat
+    /// stamp is still the one recorded when vsum placed it (`placed`) is left alone, so
+    /// a cached rerun reads nothing; an edited one is restored. Of what was there
+    /// before, only `previous` (the files vsum placed there last time, from the ref) may
+    /// be removed: anything else in the folder is not vsum's and stays. Nothing is
+    /// written or removed through a symlink between `root` (the output folder) and a
+    /// file. Returns the stamps of the placed files, for the ref.
+    pub fn materialize(
+        &self,
+        entry: &Entry,
+        root: &Path,
+        dest: &Path,
+        previous: &[String],
+        placed: &BTreeMap<String, Placed>,
+        link: LinkMode,
+    ) -> io::Result<BTreeMap<String, Placed>> {
+        safety::no_symlink_below(root, dest)?;
+        // Remove what an earlier version of the stage placed and this one does not make.
+        let mut emptied = BTreeSet::new();
+        for rel in previous {
+            if entry.outputs.contains_key(rel) || !safety::plain_relative(rel) {
+                continue;
+            }
+            let path = dest.join(rel);
+            if safety::no_symlink_below(dest, &path).is_err() {
+                continue;
+            }
+            // Only a regular file: a folder or a link in its place is someone else's.
+            if fs::symlink_metadata(&path).is_ok_and(|m| m.is_file())
+                && fs::remove_file(&path).is_ok()
+                && let Some(parent) = path.parent()
+            {
+                emptied.insert(parent.to_path_buf());
+            }
+        }
+        for d in emptied.into_iter().rev() {
+            // Folders vsum made for nested outputs; removing succeeds only when empty.
+            let mut d = d.as_path();
+            while d != dest && d.starts_with(dest) && fs::remove_dir(d).is_ok() {
+                d = d.parent().unwrap_or(dest);
+            }
+        }
         fs::create_dir_all(dest)?;
+        let mut stamps = BTreeMap::new();
         for (rel, o) in &entry.outputs {
+            if !safety::plain_relative(rel) {
+                return Err(io::Error::other(format!(
+                    "cache entry names an unsafe output path '{rel}'"
+                )));
+            }
             let obj = self.object_path(&o.hash);
             let target = dest.join(rel);
+            safety::no_symlink_below(dest, &target)?;
             let obj_md = fs::metadata(&obj)?;
             if let Ok(md) = fs::symlink_metadata(&target) {
-                if md.ino() == obj_md.ino() && md.dev() == obj_md.dev() {
+                let unchanged = match link {
+                    LinkMode::Hardlink => md.ino() == obj_md.ino() && md.dev() == obj_md.dev(),
+                    LinkMode::Copy => {
+                        md.is_file()
+                            && md.len() == o.size
+                            && placed.get(rel) == Some(&Placed(o.hash.clone(), Stamp::of(&md)))
+                            // A hard link from an older vsum becomes a copy.
+                            && !(md.ino() == obj_md.ino() && md.dev() == obj_md.dev())
+                    }
+                };
+                if unchanged {
+                    stamps.insert(rel.clone(), Placed(o.hash.clone(), Stamp::of(&md)));
                     continue;
                 }
                 if md.is_dir() {
-                    fs::remove_dir_all(&target)?;
+                    return Err(io::Error::other(format!(
+                        "{} is a folder vsum did not make, where the output '{rel}' goes; move it away",
+                        target.display()
+                    )));
                 }
             }
             if let Some(p) = target.parent() {
                 fs::create_dir_all(p)?;
             }
             let tmp = temp_beside(&target);
-            if fs::hard_link(&obj, &tmp).is_err() {
-                fs::copy(&obj, &tmp)?;
+            let made = match link {
+                LinkMode::Hardlink => {
+                    fs::hard_link(&obj, &tmp).or_else(|_| fs::copy(&obj, &tmp).map(|_| ()))
+                }
+                LinkMode::Copy => fsutil::clone_or_copy(&obj, &tmp).and_then(|()| {
+                    // The object is read-only; the user's copy is theirs to edit.
+                    fs::set_permissions(&tmp, fs::Permissions::from_mode(0o644))
+                }),
+            };
+            if let Err(e) = made.and_then(|()| fs::rename(&tmp, &target)) {
+                let _ = fs::remove_file(&tmp);
+                return Err(e);
             }
-            fs::rename(&tmp, &target)?;
+            let md = fs::symlink_metadata(&target)?;
+            stamps.insert(rel.clone(), Placed(o.hash.clone(), Stamp::of(&md)));
         }
-        // Remove what an earlier version of the stage left behind.
-        let wanted: BTreeSet<PathBuf> = entry.outputs.keys().map(|k| dest.join(k)).collect();
-        let mut dirs = Vec::new();
-        for item in walkdir::WalkDir::new(dest)
-            .min_depth(1)
-            .into_iter()
-            .flatten()
-        {
-            if item.file_type().is_dir() {
-                dirs.push(item.path().to_path_buf());
-            } else if !wanted.contains(item.path()) && !fsutil::is_temp(item.path()) {
-                // Another process materializing the same entry may own a temp file here.
-                let _ = fs::remove_file(item.path());
-            }
-        }
-        for d in dirs.into_iter().rev() {
-            let _ = fs::remove_dir(d); // only succeeds when empty
-        }
-        Ok(())
+        Ok(stamps)
     }
 
     /// Does `dest` already hold exactly these outputs as links to the objects?
@@ -378,23 +632,73 @@ impl Store {
         })
     }
 
+    /// Is `path` one of this cache's objects (a hardlink vsum placed)?
+    pub fn is_object_link(&self, path: &Path, hash: &str) -> bool {
+        match (
+            fs::symlink_metadata(path),
+            fs::metadata(self.object_path(hash)),
+        ) {
+            (Ok(a), Ok(b)) => a.ino() == b.ino() && a.dev() == b.dev(),
+            _ => false,
+        }
+    }
+
     fn ref_path(&self, video_id: &str, stage: &str) -> PathBuf {
         self.root.join("refs").join(video_id).join(stage)
     }
 
-    /// Remembers the key last used for a video (or `_batch`) and stage.
-    pub fn set_ref(&self, video_id: &str, stage: &str, key: &str) -> io::Result<()> {
+    /// Remembers the key last used for a video (or `_batch`) and stage, and the files
+    /// placed in which output folder.
+    pub fn set_ref(&self, video_id: &str, stage: &str, r: &Ref) -> io::Result<()> {
         let p = self.ref_path(video_id, stage);
-        if fs::read_to_string(&p).ok().as_deref() == Some(key) {
+        let bytes = serde_json::to_vec(r).map_err(io::Error::other)?;
+        if fs::read(&p).ok().as_deref() == Some(bytes.as_slice()) {
             return Ok(());
         }
-        write_atomic(&p, key.as_bytes())
+        write_atomic(&p, &bytes)
+    }
+
+    /// The ref of a video and stage. Refs of older vsum versions hold a bare key.
+    pub fn read_ref(&self, video_id: &str, stage: &str) -> Option<Ref> {
+        let text = fs::read_to_string(self.ref_path(video_id, stage)).ok()?;
+        let text = text.trim();
+        if text.starts_with('{') {
+            serde_json::from_str(text).ok()
+        } else {
+            Some(Ref {
+                key: text.to_string(),
+                ..Ref::default()
+            })
+        }
     }
 
     pub fn get_ref(&self, video_id: &str, stage: &str) -> Option<String> {
-        fs::read_to_string(self.ref_path(video_id, stage))
+        self.read_ref(video_id, stage).map(|r| r.key)
+    }
+
+    fn published_path(&self, output_dir: &Path, name: &str) -> PathBuf {
+        use std::os::unix::ffi::OsStrExt;
+        let id = blake3::hash(output_dir.as_os_str().as_bytes()).to_hex();
+        self.root
+            .join("refs")
+            .join("_published")
+            .join(&id[..16])
+            .join(name)
+    }
+
+    /// The content hash of the file vsum last published as `output_dir/name`.
+    pub fn published_hash(&self, output_dir: &Path, name: &str) -> Option<String> {
+        fs::read_to_string(self.published_path(output_dir, name))
             .ok()
             .map(|s| s.trim().to_string())
+    }
+
+    pub fn set_published(&self, output_dir: &Path, name: &str, hash: &str) -> io::Result<()> {
+        let p = self.published_path(output_dir, name);
+        if fs::read_to_string(&p).ok().as_deref() == Some(hash) {
+            return Ok(());
+        }
+        write_atomic(&p, hash.as_bytes())
     }
 
     /// Reads an entry without trusting checks (for inspection commands).
@@ -407,6 +711,7 @@ impl Store {
     pub fn keys(&self, prefix: &str) -> Vec<String> {
         let mut keys: Vec<String> = walkdir::WalkDir::new(self.root.join("entries"))
             .min_depth(2)
+            .max_depth(2)
             .into_iter()
             .flatten()
             .filter_map(|e| {
@@ -440,6 +745,18 @@ impl Store {
                 let size = e.metadata().ok()?.len();
                 Some((name, e.path().to_path_buf(), size))
             })
+            .collect()
+    }
+
+    /// Anything under objects/ where a file should be that is not one (a folder, a link).
+    fn misplaced_objects(&self) -> Vec<PathBuf> {
+        walkdir::WalkDir::new(self.root.join("objects"))
+            .min_depth(2)
+            .max_depth(2)
+            .into_iter()
+            .flatten()
+            .filter(|e| !e.file_type().is_file())
+            .map(|e| e.path().to_path_buf())
             .collect()
     }
 
@@ -488,6 +805,14 @@ impl Store {
                     .push(format!("object {name} unreadable: {e}")),
             }
         }
+        for path in self.misplaced_objects() {
+            report
+                .problems
+                .push(format!("{} is not a regular file", path.display()));
+            if evict {
+                remove_any(&path);
+            }
+        }
         for key in self.keys("") {
             report.entries_checked += 1;
             let path = self.entry_path(&key);
@@ -498,7 +823,8 @@ impl Store {
                     .iter()
                     .find(|(_, o)| {
                         report.corrupt_objects.contains(&o.hash)
-                            || !self.object_path(&o.hash).exists()
+                            || !fs::symlink_metadata(self.object_path(&o.hash))
+                                .is_ok_and(|m| m.is_file())
                     })
                     .map(|(n, _)| {
                         format!(
@@ -513,7 +839,7 @@ impl Store {
                 report.problems.push(why);
                 report.bad_entries += 1;
                 if evict {
-                    let _ = fs::remove_file(&path);
+                    remove_any(&path);
                 }
             }
         }
@@ -532,7 +858,7 @@ impl Store {
             match self.read_entry(&key) {
                 Ok(e) => live.push((self.last_used(&key), key, e)),
                 Err(_) => {
-                    let _ = fs::remove_file(self.entry_path(&key));
+                    remove_any(&self.entry_path(&key));
                     report.entries_removed += 1;
                 }
             }
@@ -563,6 +889,10 @@ impl Store {
                 keep.insert(o.hash.clone());
             }
         }
+        for path in self.misplaced_objects() {
+            remove_any(&path);
+            report.objects_removed += 1;
+        }
         for (name, path, size) in self.object_files() {
             if !keep.contains(&name) {
                 let _ = fs::remove_file(&path);
@@ -573,12 +903,27 @@ impl Store {
         if let Ok(rd) = fs::read_dir(self.root.join("tmp")) {
             for d in rd.flatten() {
                 report.bytes_freed += fsutil::dir_size(&d.path());
-                let _ = fs::remove_dir_all(d.path());
+                remove_any(&d.path());
             }
         }
+        // No run holds a claim while gc has the cache to itself.
+        remove_any(&self.root.join("claims"));
         report.entries_kept = kept;
         report.bytes_kept = kept_bytes;
         report
+    }
+}
+
+/// Removes what is at `path` inside the cache, file or folder (never following a link).
+fn remove_any(path: &Path) {
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => {
+            let _ = fs::remove_dir_all(path);
+        }
+        Ok(_) => {
+            let _ = fs::remove_file(path);
+        }
+        Err(_) => {}
     }
 }
 
@@ -693,9 +1038,38 @@ mod tests {
         let out = dir.path().join("out");
         fs::create_dir_all(&out).unwrap();
         fs::write(out.join("stale.txt"), b"old").unwrap();
-        store.materialize(&hit, &out).unwrap();
+        fs::write(out.join("mine.txt"), b"user's").unwrap();
+        let stamps = store
+            .materialize(
+                &hit,
+                dir.path(),
+                &out,
+                &["stale.txt".into()],
+                &BTreeMap::new(),
+                LinkMode::Copy,
+            )
+            .unwrap();
         assert_eq!(fs::read(out.join("a.txt")).unwrap(), b"hello");
-        assert!(!out.join("stale.txt").exists());
+        assert!(!out.join("stale.txt").exists(), "vsum's old file goes");
+        assert!(
+            out.join("mine.txt").exists(),
+            "a file vsum did not place stays"
+        );
+        assert!(!store.is_materialized(&hit, &out), "a copy, not a link");
+        // Unchanged since placed: left alone. Edited: restored.
+        let ino = fs::metadata(out.join("a.txt")).unwrap().ino();
+        let again = store
+            .materialize(&hit, dir.path(), &out, &[], &stamps, LinkMode::Copy)
+            .unwrap();
+        assert_eq!(fs::metadata(out.join("a.txt")).unwrap().ino(), ino);
+        fs::write(out.join("a.txt"), b"edited").unwrap();
+        store
+            .materialize(&hit, dir.path(), &out, &[], &again, LinkMode::Copy)
+            .unwrap();
+        assert_eq!(fs::read(out.join("a.txt")).unwrap(), b"hello");
+        store
+            .materialize(&hit, dir.path(), &out, &[], &again, LinkMode::Hardlink)
+            .unwrap();
         assert!(store.is_materialized(&hit, &out));
     }
 

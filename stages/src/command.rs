@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::ffi::OsString;
 use std::fs::File;
 use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt;
 use std::path::{Component, Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -337,6 +338,9 @@ impl StageKind for CommandStage {
                 cmd.stdout(Stdio::null());
             }
         }
+        // Its own process group: a timeout, a cancel and the end of the job kill the
+        // command and everything it started, not only the direct child.
+        cmd.process_group(0);
         let mut child = cmd.spawn().map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => {
                 StageError::fatal(format!("command '{shown}' not found")).hint(format!(
@@ -348,8 +352,15 @@ impl StageKind for CommandStage {
                 StageError::fatal(format!("command '{shown}' is not executable"))
                     .hint("check its permissions (chmod +x) or run it through its interpreter")
             }
+            std::io::ErrorKind::ArgumentListTooLong => StageError::fatal(format!(
+                "cannot start '{shown}': its argument list is too long for the system ({} arguments, {} bytes)",
+                argv.len(),
+                argv.iter().map(|a| a.len() + 1).sum::<usize>()
+            ))
+            .hint("{videos} and {<stage>} give one argument per video: for a batch this large, pass a folder instead and let the program list it"),
             _ => StageError::retryable(format!("cannot start '{shown}': {e}")),
         })?;
+        let mut group = ProcessGroup::of(&child);
         let stderr = child.stderr.take().expect("piped");
         let tail = std::thread::spawn(move || {
             let mut lines: VecDeque<String> = VecDeque::new();
@@ -372,14 +383,14 @@ impl StageKind for CommandStage {
                 break status;
             }
             if ctx.cancelled() {
-                let _ = child.kill();
+                group.kill();
                 let _ = child.wait();
                 return Err(StageError::cancelled());
             }
             if let Some(t) = p.timeout
                 && started.elapsed() > Duration::from_secs_f64(t)
             {
-                let _ = child.kill();
+                group.kill();
                 let _ = child.wait();
                 return Err(StageError::retryable(format!(
                     "command '{shown}' timed out after {t} s"
@@ -388,6 +399,9 @@ impl StageKind for CommandStage {
             }
             std::thread::sleep(Duration::from_millis(15));
         };
+        // What the command left running in the background ends with the job (it could
+        // otherwise write into outputs after they are stored, or hold stderr open).
+        group.kill();
         let stderr_tail = tail.join().unwrap_or_default();
         if !status.success() {
             use std::os::unix::process::ExitStatusExt;
@@ -421,6 +435,31 @@ impl StageKind for CommandStage {
             .hint("write outputs into {out} (e.g. \"{out}/result.txt\"), or fix `outputs:`"));
         }
         Ok(())
+    }
+}
+
+/// A command's process group (the command is its leader). Killing it kills the
+/// command and every process it started that stayed in the group.
+struct ProcessGroup(Option<rustix::process::Pid>);
+
+impl ProcessGroup {
+    fn of(child: &std::process::Child) -> Self {
+        ProcessGroup(Some(rustix::process::Pid::from_child(child)))
+    }
+
+    /// Kills the group, once (later calls do nothing: its id may be reused).
+    fn kill(&mut self) {
+        if let Some(pid) = self.0.take() {
+            // ESRCH (all gone already) is the usual answer after a clean exit.
+            let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+        }
+    }
+}
+
+impl Drop for ProcessGroup {
+    /// A job that ends early (an error while it waits) still takes its processes along.
+    fn drop(&mut self) {
+        self.kill();
     }
 }
 

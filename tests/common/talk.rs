@@ -44,51 +44,51 @@ impl Talk {
 pub const PARAGRAPHS: [(&str, &str); 12] = [
     (
         "Welcome and goals",
-        "Good morning everyone and welcome to the quarterly engineering review. Today we will walk through how our team ships software, from the first line of code to the moment a customer sees a new feature. I will talk about planning, testing, releases, and what we learned from the problems we had this year. Please write down your questions, and we will answer them at the end.",
+        "Good morning everyone and welcome to the quarterly engineering review. Today we will walk through the way our team builds software, from the first idea to the moment a customer sees a new feature. I will talk about planning, testing, releases, and what we learned from the problems we had this year. Please write down your questions, and we will answer them at the end.",
     ),
     (
         "Planning the work",
-        "Every piece of work starts as a short written proposal. The proposal explains the problem, who is affected, and how we will know that the problem is solved. We keep proposals small on purpose. A change that takes more than two weeks is split into smaller steps, because small steps are easier to review, easier to test, and much easier to undo when something goes wrong.",
+        "Every piece of work starts with a short document. The document explains the problem, who is affected, and how we will know that the problem is solved. We keep these documents small on purpose. A change that takes more than two weeks is split into smaller steps, because small steps are easier to review, easier to test, and much easier to undo when something goes wrong.",
     ),
     (
         "Code review",
-        "Before any change is merged, another engineer reads it carefully. A good review looks for mistakes, but it also asks whether the change is easy to understand for the next person. We try to answer every review request within one working day. When a review turns into a long discussion, we stop writing comments and talk in person instead, which usually saves a lot of time.",
+        "Before any change is merged, another engineer reads it carefully. A good review looks for mistakes, but it also asks if the change is easy to understand for the next person. We try to answer every review request within one working day. When a review turns into a long discussion, we stop writing comments and sit together in one room instead, which usually saves a lot of time.",
     ),
     (
         "Automated testing",
-        "Our test suite runs on every change. Unit tests check small pieces of logic, and integration tests start the whole service with a real database. A test that fails only sometimes is treated as a bug, not as bad luck. We keep a list of these unreliable tests and fix the worst ones every week, because a test that nobody trusts is worse than no test at all.",
+        "Our automated tests run on every change. Small tests check the logic of a single function, and larger tests start the entire service with a real database. When a test breaks only some of the time, we treat it like a real problem, and we never call it bad luck. Every week we fix the worst of these tests, since a test that nobody believes is worse than having no test at all.",
     ),
     (
         "Database backups",
-        "Let me talk about the database. We take a full backup every night and keep the copies for thirty days in a separate building. A backup that has never been restored is only a hope, so once a month we restore the latest copy into a clean machine and check that the numbers match. Last spring this practice saved us when a disk failed during a storm.",
+        "Let me talk about the database. We save a full copy of the data every night and keep the copies for thirty days in a separate building. A copy which has never been restored is only a promise, so once a month we restore the latest copy into a clean machine and make sure all the data is there. Last spring this practice saved us when a disk failed during a storm.",
     ),
     (
         "The release process",
-        "Releases happen every Tuesday morning. First we build a release candidate and deploy it to a small group of internal users. If the error rate stays flat for two hours, the release goes out to everyone in small waves. Each wave is watched on a dashboard, and any engineer can stop the release with one button if something looks wrong.",
+        "Releases happen every Tuesday morning. First we prepare a release candidate and give it to a small group of internal users. If the number of errors stays low for two hours, the release goes out to everyone in small steps. Each step is watched on a dashboard, and every engineer can pause the release with one button if something looks wrong.",
     ),
     (
         "Rolling back a release",
-        "Sometimes a release does go wrong, and then speed matters more than pride. Rolling back means putting the previous version back in place while we look for the cause. We practice rollbacks regularly, so nobody has to read a manual in the middle of the night. The rule is simple: if in doubt, roll back first and investigate later, when customers are safe again.",
+        "Sometimes a release does go wrong, and in that moment a quick reaction matters more than pride. Rolling back means putting the older release back in place while we search for the cause. We practice this regularly, so nobody needs to search for instructions in the middle of the night. The rule is simple: if in doubt, roll back first and investigate later, when customers are safe again.",
     ),
     (
         "Monitoring and alerts",
-        "Monitoring tells us how the system behaves for real users. We measure response time, error rate, and how full the queues are. Alerts wake someone up only when a customer is affected right now. Everything else goes into a daily report. Too many alerts teach people to ignore them, so we delete any alert that nobody acted on during the last three months.",
+        "Monitoring tells us how the system behaves for real users. We measure response time, error rate, and how full the queues are. Alerts wake someone up only when a customer is affected right now. Everything else goes into a daily report. Too many alarms teach people to ignore them, so we delete any alert that nobody acted on during the last three months.",
     ),
     (
         "Incident response",
-        "When something breaks, one person takes the role of incident leader. The leader does not fix the problem alone. Instead, the leader keeps a written timeline, decides who works on what, and sends a short update to the support team every thirty minutes. After the incident we write a review that focuses on the system and the process, never on blaming a person.",
+        "When something breaks, one person takes the role of incident leader. The leader does not fix the problem alone. Instead, the leader keeps a written timeline, decides which person does each task, and sends a short update to the support team every thirty minutes. After the incident we write a review that focuses on the system and the process, never on blaming a person.",
     ),
     (
         "Security practices",
-        "Security is part of everyday work, not a separate project. Every service gets its secrets from a central vault, and no password is ever stored in the source code. We update our libraries every week, and a scanner warns us about known problems. Twice a year an outside team tries to break into our systems, and we fix what they find before the next release.",
+        "Security is part of our daily work, not a separate project. Every service receives its passwords from one central place, and no password is ever stored in the source code. We install new versions of our software packages every week, and an automatic tool warns us about known problems. Twice a year an outside company tries to break into our systems, and we fix what they find before the next release.",
     ),
     (
         "Onboarding new engineers",
-        "New engineers ship a small change during their first week. To make that possible, the laptop setup is a single script, and every project has a short guide that explains how to build it and run the tests. Each new person gets a buddy for the first month. The buddy answers questions, reviews the first changes, and introduces the new colleague to the rest of the company.",
+        "New engineers ship a small change during their first week. To make that possible, one script prepares the new laptop, and every project comes with a short guide that explains how to build it and run the tests. Each new person gets a mentor for the first month. The mentor answers questions, reviews the first changes, and introduces the new colleague to the rest of the company.",
     ),
     (
         "Summary and questions",
-        "To sum up, we keep changes small, we review everything, we trust our tests, and we practice the hard parts such as restores and rollbacks before we need them. Next quarter we will focus on faster builds and better documentation. Thank you all for listening. Now I would like to hear your questions, so please raise your hand and wait for the microphone.",
+        "To sum up, we keep every change small, we check everything, we trust our tests, and we practice the hard parts before we really need them. In the coming months we will focus on faster builds and better documentation. Thank you all for listening. Now I would like to hear your questions, so please raise your hand and wait for the microphone.",
     ),
 ];
 

@@ -31,6 +31,14 @@ const KIND: &str = "media.audio";
 /// A hole in the audio timestamps longer than this is filled with silence, so the WAV
 /// stays aligned with the video's clock.
 const GAP_FILL_SECS: f64 = 0.1;
+/// Filled silence is bounded, so a tiny file with a hostile timestamp cannot become a
+/// huge WAV: in all at most as long as the audio decoded so far (plus this slack) ...
+const FILL_SLACK_SECS: f64 = 60.0;
+/// ... and never more than this. A hole past the bounds is left out and listed in
+/// `audio.json` (`unfilled_gaps`): the WAV's clock runs behind the video's after it.
+const FILL_MAX_SECS: f64 = 3600.0;
+/// Unfilled holes listed in `audio.json` (the total counts all).
+const UNFILLED_LISTED: usize = 100;
 
 fn default_rate() -> u32 {
     16_000
@@ -69,7 +77,25 @@ struct AudioOut {
     source: Option<SourceOut>,
     /// Seconds of silence written where the source's timestamps had holes.
     gaps_filled: f64,
+    /// Holes too long to fill (see `FILL_MAX_SECS`): from here on the WAV runs behind
+    /// the video's clock by the hole. Absent when every hole was filled.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    unfilled_gaps: Vec<Gap>,
+    #[serde(skip_serializing_if = "is_zero")]
+    unfilled_gap_seconds: f64,
     decode_errors: u64,
+}
+
+/// A hole in the source's audio timestamps that was not filled with silence.
+#[derive(Debug, Serialize)]
+struct Gap {
+    /// Where the hole starts, seconds on the source's clock.
+    at: f64,
+    seconds: f64,
+}
+
+fn is_zero(x: &f64) -> bool {
+    *x == 0.0
 }
 
 #[derive(Debug, Serialize)]
@@ -89,7 +115,8 @@ impl StageKind for AudioStage {
     }
 
     fn version(&self) -> u32 {
-        1
+        // 2: filled silence is bounded (holes past the bound are listed, not filled).
+        2
     }
 
     fn summary(&self) -> &'static str {
@@ -168,6 +195,17 @@ impl StageKind for AudioStage {
                 ),
             );
         }
+        if out.unfilled_gap_seconds > 0.0 {
+            warn(
+                ctx,
+                format!(
+                    "{}: {:.0} s of holes in the audio timestamps were not filled with silence (more than the {:.1} s of audio it has, or over {FILL_MAX_SECS:.0} s); audio.json lists them, and the WAV runs behind the video's clock after each",
+                    video.path.display(),
+                    out.unfilled_gap_seconds,
+                    (out.samples as f64 / f64::from(out.sample_rate)) - out.gaps_filled,
+                ),
+            );
+        }
         write_json(ctx.out_dir, "audio.json", &out)
     }
 }
@@ -183,6 +221,8 @@ fn no_audio(p: &Params, reason: &str) -> AudioOut {
         duration: 0.0,
         source: None,
         gaps_filled: 0.0,
+        unfilled_gaps: Vec::new(),
+        unfilled_gap_seconds: 0.0,
         decode_errors: 0,
     }
 }
@@ -325,12 +365,12 @@ fn extract(ctx: &JobCtx, path: &Path, p: &Params) -> Result<AudioOut, StageError
     let codec = codec_name(par.id());
     let mut dec = codec::Context::from_parameters(par)
         .map_err(|e| {
-            StageError::fatal(format!("cannot set up decoding of {}: {e}", path.display()))
+            StageError::bad_input(format!("cannot set up decoding of {}: {e}", path.display()))
         })?
         .decoder();
     dec.set_packet_time_base(tb);
     let mut dec = dec.audio().map_err(|e| {
-        StageError::fatal(format!(
+        StageError::bad_input(format!(
             "cannot decode the {codec} audio of {}: {e}",
             path.display()
         ))
@@ -352,6 +392,8 @@ fn extract(ctx: &JobCtx, path: &Path, p: &Params) -> Result<AudioOut, StageError
     let mut samples = 0u64;
     let mut errors = 0u64;
     let mut gaps = 0u64;
+    let mut unfilled: Vec<Gap> = Vec::new();
+    let mut unfilled_secs = 0.0f64;
     // Where the next frame should start, in seconds of the source's clock.
     let mut expected: Option<f64> = None;
     let mut frame = frame::Audio::empty();
@@ -416,14 +458,26 @@ fn extract(ctx: &JobCtx, path: &Path, p: &Params) -> Result<AudioOut, StageError
                 .map(|ts| ts_secs(ts - start.unwrap_or(0), tb));
             if let (Some(t), Some(e)) = (t, expected) {
                 let hole = t - e;
-                if hole > GAP_FILL_SECS && hole < 6.0 * 3600.0 {
+                let rate = f64::from(p.sample_rate);
+                let decoded = (samples - gaps) as f64 / rate;
+                let filled = gaps as f64 / rate;
+                let allowed = (decoded + FILL_SLACK_SECS).min(FILL_MAX_SECS) - filled;
+                if hole > GAP_FILL_SECS && hole <= allowed {
                     if let Some(c) = conv.as_mut() {
                         samples += c.drain(&mut wav, p.channels)?;
                     }
-                    let fill = (hole * f64::from(p.sample_rate)).round() as u64;
+                    let fill = (hole * rate).round() as u64;
                     write_silence(&mut wav, fill, p.channels)?;
                     samples += fill;
                     gaps += fill;
+                } else if hole > GAP_FILL_SECS {
+                    unfilled_secs += hole;
+                    if unfilled.len() < UNFILLED_LISTED {
+                        unfilled.push(Gap {
+                            at: e,
+                            seconds: hole,
+                        });
+                    }
                 }
             }
             let dur = frame.samples() as f64 / f64::from(frame.rate());
@@ -467,6 +521,8 @@ fn extract(ctx: &JobCtx, path: &Path, p: &Params) -> Result<AudioOut, StageError
         duration: samples as f64 / f64::from(p.sample_rate),
         source: Some(source),
         gaps_filled: gaps as f64 / f64::from(p.sample_rate),
+        unfilled_gaps: unfilled,
+        unfilled_gap_seconds: unfilled_secs,
         decode_errors: errors,
     })
 }

@@ -208,23 +208,23 @@ pub(crate) fn open_input(path: &Path) -> Result<Input, StageError> {
     init();
     let shown = path.display();
     let meta = fs::metadata(path).map_err(|e| {
-        StageError::fatal(format!("cannot read {shown}: {e}"))
+        StageError::bad_input(format!("cannot read {shown}: {e}"))
             .hint("check that the file exists and is readable")
     })?;
     if !meta.is_file() {
         return Err(
-            StageError::fatal(format!("cannot read {shown}: not a regular file"))
+            StageError::bad_input(format!("cannot read {shown}: not a regular file"))
                 .hint("point the input at video files, not folders or devices"),
         );
     }
     if meta.len() == 0 {
-        return Err(
-            StageError::fatal(format!("cannot read {shown}: the file is empty (0 bytes)"))
-                .hint("the copy or download did not finish: re-copy it from the source"),
-        );
+        return Err(StageError::bad_input(format!(
+            "cannot read {shown}: the file is empty (0 bytes)"
+        ))
+        .hint("the copy or download did not finish: re-copy it from the source"));
     }
     let Some(utf8) = path.to_str() else {
-        return Err(StageError::fatal(format!(
+        return Err(StageError::bad_input(format!(
             "cannot open {shown}: its path is not valid UTF-8, which FFmpeg cannot take"
         ))
         .hint("rename the file or its folder"));
@@ -253,19 +253,19 @@ fn open_error(path: &Path, size: u64, err: ffmpeg::Error) -> StageError {
     let iso_bmff = head.len() >= 8 && &head[4..8] == b"ftyp";
     let cause = err.to_string();
     match err {
-        ffmpeg::Error::InvalidData | ffmpeg::Error::Eof if looks_text => StageError::fatal(format!(
+        ffmpeg::Error::InvalidData | ffmpeg::Error::Eof if looks_text => StageError::bad_input(format!(
             "cannot open {shown}: it is a text file, not media ({size} bytes of text)"
         ))
         .hint("the file was probably saved from an error page or is mislabelled: replace it with the real video"),
-        ffmpeg::Error::InvalidData | ffmpeg::Error::Eof if iso_bmff => StageError::fatal(format!(
+        ffmpeg::Error::InvalidData | ffmpeg::Error::Eof if iso_bmff => StageError::bad_input(format!(
             "cannot open {shown}: the MP4/MOV container has no readable index (moov atom); the file is truncated or damaged ({size} bytes; FFmpeg: {cause})"
         ))
         .hint("the recording, download or copy was cut short: re-copy it from the source (or repair it with a tool such as untrunc)"),
-        ffmpeg::Error::InvalidData | ffmpeg::Error::Eof => StageError::fatal(format!(
+        ffmpeg::Error::InvalidData | ffmpeg::Error::Eof => StageError::bad_input(format!(
             "cannot open {shown}: FFmpeg does not recognise it as media, or it is truncated or damaged ({size} bytes; FFmpeg: {cause})"
         ))
         .hint("check that it plays in a media player; re-copy it from the source if it was cut short"),
-        e => StageError::fatal(format!("cannot open {shown}: {e}"))
+        e => StageError::bad_input(format!("cannot open {shown}: {e}"))
             .hint("check that the file is a readable video"),
     }
 }
@@ -303,7 +303,7 @@ pub(crate) fn require_video_stream(
         } else {
             format!("only {}", kinds.join(", "))
         };
-        StageError::fatal(format!(
+        StageError::bad_input(format!(
             "{kind}: {} has no video stream ({has})",
             path.display()
         ))
@@ -393,7 +393,7 @@ pub(crate) fn open_video_decoder(
 ) -> Result<decoder::Video, StageError> {
     let stream = input.stream(index).expect("stream index from this input");
     let mut cctx = codec::Context::from_parameters(stream.parameters()).map_err(|e| {
-        StageError::fatal(format!("cannot set up decoding of {}: {e}", path.display()))
+        StageError::bad_input(format!("cannot set up decoding of {}: {e}", path.display()))
     })?;
     // Like FFmpeg's automatic choice, one frame thread more than the cores we may use:
     // frame threads wait on each other's reference pictures.
@@ -410,7 +410,7 @@ pub(crate) fn open_video_decoder(
     let id = stream.parameters().id();
     let codec_name = codec_name(id);
     let fail = |e: ffmpeg::Error| {
-        StageError::fatal(format!(
+        StageError::bad_input(format!(
             "cannot decode the {codec_name} video of {}: {e}",
             path.display()
         ))

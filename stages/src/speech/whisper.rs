@@ -291,7 +291,7 @@ struct RawSeg {
 struct Attempt {
     temperature: f32,
     segs: Vec<RawSeg>,
-    /// The text tokens, for the next window's prompt.
+    /// The text and timestamp tokens, for the next window's prompt.
     tokens: Vec<std::ffi::c_int>,
     avg_logprob: f32,
     compression_ratio: f32,
@@ -358,10 +358,12 @@ fn attempt(
             }
             sum_lp += data.plog;
             n_tok += 1;
+            // The prompt keeps timestamps, as openai-whisper's does: without them the
+            // model drifts into untimed text and whole windows become one segment.
+            tokens.push(id);
             if id > eot {
                 continue; // a timestamp
             }
-            tokens.push(id);
             lp += data.plog;
             n += 1;
             if d.p.word_timestamps {
