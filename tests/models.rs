@@ -63,7 +63,9 @@ fn list_on_an_empty_folder_shows_what_can_be_installed() {
             "whisper-base",
             "silero-vad",
             "onnxruntime",
-            "yolov12n"
+            "yolov12n",
+            "ppocr-det",
+            "ppocr-rec"
         ]
     );
     for m in v["models"].as_array().unwrap() {
@@ -76,6 +78,14 @@ fn list_on_an_empty_folder_shows_what_can_be_installed() {
             );
             assert!(m["notice"].as_str().unwrap().contains("AGPL"), "{m}");
             assert_eq!(m["sources"], serde_json::json!(["easy-yolo==0.1.3"]));
+            continue;
+        }
+        if m["name"].as_str().unwrap().starts_with("ppocr-") {
+            assert_eq!(m["license"], "Apache-2.0");
+            assert_eq!(
+                m["sources"],
+                serde_json::json!(["rapidocr_onnxruntime==1.4.4"])
+            );
             continue;
         }
         assert_eq!(m["license"], "MIT");

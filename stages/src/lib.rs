@@ -18,6 +18,7 @@ pub fn registry() -> Registry {
     r.register(speech::vad::VadStage);
     r.register(speech::whisper::WhisperStage);
     r.register(vision::yolo::YoloStage::default());
+    r.register(vision::ocr::OcrStage::default());
     knowledge::register_knowledge(&mut r);
     r
 }

@@ -49,6 +49,7 @@ fn meeting() -> Inputs {
             {"scene": 0, "objects": [{"name": "person", "count": 2, "max_confidence": 0.9}]},
             {"scene": 1, "objects": [{"name": "laptop", "count": 1, "max_confidence": 0.7}]},
             {"scene": 2, "objects": []}]})),
+        ocr: None,
     }
 }
 

@@ -1024,7 +1024,8 @@ fn params_are_checked_defaulted_and_keyed_with_ffmpeg_versions() {
     );
     assert_eq!(
         SceneStage.check(&json!({}), &env).unwrap(),
-        json!({"threshold": 27.0, "min_scene_len": 15, "downscale": "auto", "max_scene_len": null, "fast_decode": true, "stats": false})
+        json!({"threshold": 27.0, "min_scene_len": 15, "downscale": "auto", "max_scene_len": null, "fast_decode": true, "stats": false,
+            "detector": "content", "pixel_delta": 24, "min_change": 0.2, "dwell": 0.5})
     );
     assert_eq!(
         KeyframesStage.check(&json!({}), &env).unwrap(),

@@ -16,6 +16,7 @@ use super::keyphrase::Keyphrases;
 use super::model::*;
 use super::render;
 use super::segment;
+use super::slides;
 use super::summarize::{self, SummaryOptions};
 use super::text::{self, Sentence, Timed};
 
@@ -97,6 +98,8 @@ pub struct Inputs {
     pub transcript: Option<Value>,
     pub audio: Option<Value>,
     pub objects: Option<Value>,
+    /// ocr.json (`ocr.text`): slide titles and screen text.
+    pub ocr: Option<Value>,
 }
 
 impl Inputs {
@@ -128,6 +131,7 @@ impl Inputs {
             transcript: find("transcript.json")?.map(|x| x.0),
             audio: find("audio.json")?.map(|x| x.0),
             objects: find("objects.json")?.map(|x| x.0),
+            ocr: find("ocr.json")?.map(|x| x.0),
         })
     }
 }
@@ -250,7 +254,19 @@ pub fn compose(inputs: &Inputs, meta: &Meta, p: &Params) -> Summary {
         (Some(_), 0 | 1) => notes.push("No scene cuts: the video is one continuous shot.".into()),
         _ => {}
     }
-    let spans = chapter_bounds(&sentences, &scenes, duration.unwrap_or(0.0), p);
+    // Static content: a chapter per slide, named after it (see `slides.rs`).
+    let slide_spans = slides::slide_chapters(inputs.scenes.as_ref(), &scenes, inputs.ocr.as_ref());
+    if slide_spans.is_some() {
+        notes.push("Slides or screens: a chapter per slide, named after its title.".into());
+    }
+    let spans = chapter_bounds(
+        &sentences,
+        &scenes,
+        slide_spans.as_deref(),
+        duration.unwrap_or(0.0),
+        p,
+    );
+    let screen = slides::screen_lines(inputs.ocr.as_ref());
 
     // Keyframes by scene, as links relative to this stage's folder.
     let mut keyframe_of: BTreeMap<usize, String> = BTreeMap::new();
@@ -358,6 +374,7 @@ pub fn compose(inputs: &Inputs, meta: &Meta, p: &Params) -> Summary {
             .filter(|(_, s, e)| *s < end && *e > start || (*s == start && *e == end))
             .map(|(i, _, _)| *i)
             .collect();
+        let screen_text = slides::chapter_text(&screen, &scene_ids);
         let mut objects: BTreeMap<String, ObjectCount> = BTreeMap::new();
         for sid in &scene_ids {
             for o in objects_of.get(sid).into_iter().flatten() {
@@ -393,6 +410,7 @@ pub fn compose(inputs: &Inputs, meta: &Meta, p: &Params) -> Summary {
             keywords: chapter_keywords,
             cues: span.cues.iter().map(|c| c.as_str().to_string()).collect(),
             objects,
+            screen_text,
         });
     }
 
@@ -461,16 +479,31 @@ const SNAP_SECS: f64 = 6.0;
 pub fn chapter_bounds(
     sentences: &[Sentence],
     scenes: &[(usize, f64, f64)],
+    slide_spans: Option<&[slides::SlideChapter]>,
     duration: f64,
     p: &Params,
 ) -> Vec<Span> {
+    // Static content: a chapter per slide, named after its title (`slides.rs`). These
+    // could also enter the fusion below as `Cue::Slide` candidates (with topic shifts
+    // splitting a long slide); for now the slides decide alone.
+    if let Some(list) = slide_spans {
+        return list
+            .iter()
+            .enumerate()
+            .map(|(i, (start, end, _, title))| Span {
+                start: *start,
+                end: *end,
+                cues: if i > 0 { vec![Cue::Slide] } else { vec![] },
+                title: title.as_deref().map(|t| shorten(t, 70)),
+            })
+            .collect();
+    }
     let limits = Limits {
         min_secs: p.min_chapter_secs,
         max_secs: p.max_chapter_secs,
         snap_secs: SNAP_SECS,
     };
-    // Candidates from the content: topic shifts in the transcript (slide changes, with
-    // their titles, join here).
+    // Candidates from the content: topic shifts in the transcript.
     let mut cands: Vec<Candidate> = segment::topic_shifts(sentences)
         .into_iter()
         .map(|sh| Candidate {

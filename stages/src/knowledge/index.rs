@@ -170,7 +170,10 @@ impl StageKind for IndexStage {
                 "folder": folder,
                 "title": s.title,
                 "page": page,
-                "lines": s.transcript.iter().map(|l| json!({"start": l.start, "text": l.text})).collect::<Vec<_>>(),
+                "lines": s.transcript.iter().map(|l| json!({"start": l.start, "text": l.text}))
+                    // What the slides and screens say is searchable too, at its chapter.
+                    .chain(s.chapters.iter().flat_map(|c| c.screen_text.iter().map(|t| json!({"start": c.start, "text": t}))))
+                    .collect::<Vec<_>>(),
             }));
         }
         let ctx_j = context! {

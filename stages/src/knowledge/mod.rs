@@ -8,6 +8,7 @@ pub mod keyphrase;
 pub mod model;
 pub mod render;
 pub mod segment;
+pub mod slides;
 pub mod summarize;
 pub mod text;
 

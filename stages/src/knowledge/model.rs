@@ -69,6 +69,9 @@ pub struct Chapter {
     pub cues: Vec<String>,
     /// Objects seen in the chapter, most salient first.
     pub objects: Vec<ObjectCount>,
+    /// Text read on the chapter's slides or screens (`ocr.text`), each line once.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub screen_text: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]

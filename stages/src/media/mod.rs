@@ -11,6 +11,7 @@ mod audio;
 mod keyframes;
 mod probe;
 mod scenes;
+mod slides;
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -31,7 +32,8 @@ use vsum_engine::stage::{JobCtx, KeyExtras, ParamError, Registry, StageError, Vi
 pub use audio::AudioStage;
 pub use keyframes::KeyframesStage;
 pub use probe::ProbeStage;
-pub use scenes::{ContentDetector, Downscale, Scene, SceneStage, ScenesOut, bgr_to_hsv};
+pub use scenes::{ContentDetector, Detector, Downscale, Scene, SceneStage, ScenesOut, bgr_to_hsv};
+pub use slides::{AutoChoice, SlideDetector, SlideScore, SlideSettings};
 
 /// Registers every media stage kind.
 pub fn register_media(reg: &mut Registry) {

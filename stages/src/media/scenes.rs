@@ -27,6 +27,9 @@ use vsum_engine::stage::{
     CheckEnv, JobCtx, KeyEnv, KeyExtras, ParamDoc, ParamError, StageError, StageKind, typed_params,
 };
 
+use super::slides::{
+    AutoChoice, GreyShrinker, SlideDetector, SlideScore, SlideSettings, choose, slides_size,
+};
 use super::{
     DecodeOpts, FrameReader, check_cancel, ffmpeg_key_extras, io_error, job_video, open_input,
     open_video_decoder, params_object, rational, require_video_stream, stream_dims, to_value, warn,
@@ -101,6 +104,32 @@ fn default_downscale() -> Downscale {
 fn yes() -> bool {
     true
 }
+fn default_pixel_delta() -> u8 {
+    24
+}
+fn default_min_change() -> f64 {
+    0.2
+}
+fn default_dwell() -> f64 {
+    0.5
+}
+
+/// Seconds over which two separate motions of a block make it busy (slides detector).
+const BUSY_WINDOW_SECS: f64 = 4.0;
+
+/// Which detector cuts the video.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Detector {
+    /// PySceneDetect's ContentDetector: camera footage, films.
+    #[default]
+    Content,
+    /// Steps in static content: slides, build-ups, scrolls (see `slides.rs`).
+    Slides,
+    /// Both run in one pass; the video's motion and flatness decide which one's cuts
+    /// are kept, and the choice is recorded.
+    Auto,
+}
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -117,6 +146,14 @@ struct Params {
     fast_decode: bool,
     #[serde(default)]
     stats: bool,
+    #[serde(default)]
+    detector: Detector,
+    #[serde(default = "default_pixel_delta")]
+    pixel_delta: u8,
+    #[serde(default = "default_min_change")]
+    min_change: f64,
+    #[serde(default = "default_dwell")]
+    dwell: f64,
 }
 
 /// The `video.scenes` kind.
@@ -164,6 +201,13 @@ pub struct ScenesOut {
     pub decoded_size: [u32; 2],
     #[serde(default)]
     pub decode_errors: u64,
+    /// `static` (slides, screens: cut by the slides detector) or `footage` (camera);
+    /// absent when only the content detector ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_type: Option<String>,
+    /// What `detector: auto` measured and chose.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto: Option<AutoChoice>,
 }
 
 impl StageKind for SceneStage {
@@ -172,11 +216,11 @@ impl StageKind for SceneStage {
     }
 
     fn version(&self) -> u32 {
-        1
+        2
     }
 
     fn summary(&self) -> &'static str {
-        "Finds shot cuts (PySceneDetect ContentDetector: HSV frame deltas) -> scenes.json"
+        "Finds shot cuts (PySceneDetect ContentDetector: HSV frame deltas) or slide changes (detector: slides|auto) -> scenes.json"
     }
 
     fn params_doc(&self) -> Vec<ParamDoc> {
@@ -217,6 +261,30 @@ impl StageKind for SceneStage {
                 default: Some("false"),
                 doc: "also write stats.csv: every frame's score and its H/S/V parts (like PySceneDetect's stats file), to tune `threshold`",
             },
+            ParamDoc {
+                name: "detector",
+                ty: "content | slides | auto",
+                default: Some("content"),
+                doc: "content: PySceneDetect's ContentDetector (camera footage); slides: steps in static content (new slides on one template, build-ups, scrolls; ignores cursors and regions in motion); auto: decides per video from how much moves and how flat the pictures are, and records its choice",
+            },
+            ParamDoc {
+                name: "pixel_delta",
+                ty: "grey levels",
+                default: Some("24"),
+                doc: "slides: a pixel changed when it differs from the slide by more than this (0-255)",
+            },
+            ParamDoc {
+                name: "min_change",
+                ty: "percent",
+                default: Some("0.2"),
+                doc: "slides: percent of the picture that must change (a bullet line is about 0.5)",
+            },
+            ParamDoc {
+                name: "dwell",
+                ty: "seconds",
+                default: Some("0.5"),
+                doc: "slides: a change counts once it has held still this long (the shortest slide seen)",
+            },
         ]
     }
 
@@ -241,6 +309,24 @@ impl StageKind for SceneStage {
                     "max_scene_len must be a positive number of seconds",
                 )
                 .hint("e.g. `max_scene_len: 60`, or leave it out to keep long scenes whole"),
+            );
+        }
+        if !(p.min_change > 0.0 && p.min_change <= 100.0) {
+            errs.push(
+                ParamError::new(&["min_change"], "min_change must be a percent in (0, 100]")
+                    .hint("0.2 finds a bullet appearing; raise it to ignore smaller changes"),
+            );
+        }
+        if !(p.dwell > 0.0 && p.dwell <= 60.0) {
+            errs.push(
+                ParamError::new(&["dwell"], "dwell must be in (0, 60] seconds")
+                    .hint("0.5 catches slides shown for half a second or more"),
+            );
+        }
+        if p.pixel_delta == 0 {
+            errs.push(
+                ParamError::new(&["pixel_delta"], "pixel_delta must be 1..=255")
+                    .hint("24 ignores compression noise and background shade shifts"),
             );
         }
         if errs.is_empty() {
@@ -286,22 +372,46 @@ fn detect(ctx: &JobCtx, path: &Path, p: &Params) -> Result<ScenesOut, StageError
     let index = require_video_stream(&input, path, KIND)?;
     let stream = input.stream(index).expect("index from this input");
     let stream_fps = rational(stream.avg_frame_rate()).or_else(|| rational(stream.rate()));
+    let use_content = p.detector != Detector::Slides;
+    let use_slides = p.detector != Detector::Content;
     // Compare at the size PySceneDetect would, whatever size the decoder hands out.
-    let target = stream_dims(&input, index).map(|(w, h)| p.downscale.target(w, h));
+    let dims = stream_dims(&input, index);
+    let target = dims.map(|(w, h)| p.downscale.target(w, h));
+    let need = dims.map(|(w, h)| {
+        let (cw, ch) = p.downscale.target(w, h);
+        if use_slides {
+            let (sw, sh) = slides_size(w, h);
+            (cw.max(sw), ch.max(sh))
+        } else {
+            (cw, ch)
+        }
+    });
     let opts = DecodeOpts {
         skip_loop_filter: p.fast_decode,
-        min_size: target.filter(|_| p.fast_decode),
+        min_size: need.filter(|_| p.fast_decode),
     };
     let decoder = open_video_decoder(&input, index, ctx.threads, opts, path)?;
     let mut reader = FrameReader::new(&mut input, index, decoder);
     let step = 1.0 / stream_fps.unwrap_or(25.0);
+    let frames_per_sec = stream_fps.unwrap_or(25.0);
+    let settings = SlideSettings {
+        pixel_delta: p.pixel_delta,
+        min_change: p.min_change / 100.0,
+        dwell: ((p.dwell * frames_per_sec).round() as u64).max(1),
+        window: ((BUSY_WINDOW_SECS * frames_per_sec).round() as u64).max(2),
+    };
 
     let mut detector = ContentDetector::new(p.threshold, p.min_scene_len);
     let mut shrink = Shrinker::default();
+    let mut grey = GreyShrinker::default();
+    let mut slides: Option<SlideDetector> = None;
+    let mut slide_size = [0u32, 0];
     let mut analysis = target.map_or([0, 0], |(w, h)| [w, h]);
     let mut times: Vec<f64> = Vec::new();
     let mut scores: Vec<FrameScore> = Vec::new();
+    let mut slide_scores: Vec<SlideScore> = Vec::new();
     let mut cuts: Vec<u64> = Vec::new();
+    let mut slide_cuts: Vec<u64> = Vec::new();
     let mut idx = 0u64;
     let mut scale_errors = 0u64;
     let mut decoded = [0u32; 2];
@@ -320,33 +430,66 @@ fn detect(ctx: &JobCtx, path: &Path, p: &Params) -> Result<ScenesOut, StageError
             let (aw, ah) = p.downscale.target(f.width(), f.height());
             analysis = [aw, ah];
         }
-        let bgr = match shrink.run(f, analysis[0], analysis[1]) {
-            Ok(bgr) => bgr,
-            Err(e) => {
-                if idx == 0 && scores.is_empty() {
-                    return Err(StageError::fatal(format!(
-                        "cannot convert the {}x{} {:?} frames of {}: {e}",
-                        f.width(),
-                        f.height(),
-                        f.format(),
-                        path.display()
-                    )));
-                }
-                scale_errors += 1;
-                continue;
-            }
+        if use_slides && slide_size[0] == 0 {
+            let (sw, sh) = match dims {
+                Some((w, h)) => slides_size(w, h),
+                None => slides_size(f.width(), f.height()),
+            };
+            slide_size = [sw, sh];
+            slides = Some(SlideDetector::new(settings, sw as usize, sh as usize));
+        }
+        let fail = |e: ffmpeg::Error| {
+            StageError::fatal(format!(
+                "cannot convert the {}x{} {:?} frames of {}: {e}",
+                f.width(),
+                f.height(),
+                f.format(),
+                path.display()
+            ))
         };
+        let first = idx == 0 && times.is_empty();
+        let mut score = FrameScore::default();
+        let mut cut = None;
+        if use_content {
+            match shrink.run(f, analysis[0], analysis[1]) {
+                Ok(bgr) => {
+                    let (aw, ah) = (analysis[0] as usize, analysis[1] as usize);
+                    (score, cut) = detector.push(idx, bgr, aw, ah, aw * 3);
+                }
+                Err(e) if first => return Err(fail(e)),
+                Err(_) => {
+                    scale_errors += 1;
+                    continue;
+                }
+            }
+        }
+        let mut slide_score = SlideScore::default();
+        let mut slide_cut = None;
+        if let Some(d) = slides.as_mut() {
+            match grey.run(f, slide_size[0], slide_size[1]) {
+                Ok(g) => (slide_score, slide_cut) = d.push(g),
+                Err(e) if first => return Err(fail(e)),
+                Err(_) => {
+                    // The content detector already took this frame: keep them aligned.
+                    scale_errors += 1;
+                    let last = d.last_grey().to_vec();
+                    (slide_score, slide_cut) = d.push(&last);
+                }
+            }
+        }
         let prev = times.last().copied();
         let t = reader
             .time()
             .map(|t| prev.map_or(t, |p| t.max(p)))
             .unwrap_or_else(|| prev.map_or(0.0, |p| p + step));
         times.push(t);
-        let (aw, ah) = (analysis[0] as usize, analysis[1] as usize);
-        let (score, cut) = detector.push(idx, bgr, aw, ah, aw * 3);
         scores.push(score);
+        slide_scores.push(slide_score);
         if let Some(c) = cut {
             cuts.push(c);
+        }
+        if let Some(c) = slide_cut {
+            slide_cuts.push(c);
         }
         idx += 1;
     }
@@ -362,7 +505,12 @@ fn detect(ctx: &JobCtx, path: &Path, p: &Params) -> Result<ScenesOut, StageError
     let first = times[0];
     let times: Vec<f64> = times.iter().map(|t| t - first).collect();
     if p.stats {
-        write_stats(&ctx.out_dir.join("stats.csv"), &times, &scores)?;
+        write_stats(
+            &ctx.out_dir.join("stats.csv"),
+            &times,
+            &scores,
+            use_slides.then_some(slide_scores.as_slice()),
+        )?;
     }
     let last_step = if frames >= 2 {
         let d = times[frames as usize - 1] - times[frames as usize - 2];
@@ -373,8 +521,32 @@ fn detect(ctx: &JobCtx, path: &Path, p: &Params) -> Result<ScenesOut, StageError
     let end_time = times[frames as usize - 1] + last_step;
     let fps = stream_fps.unwrap_or_else(|| frames as f64 / end_time.max(1e-9));
 
+    let content_name = "content: mean |dH|+|dS|+|dV| / 3 (PySceneDetect ContentDetector)";
+    let slides_name = "slides: settled change of the grey picture against the last slide";
+    let (auto, chosen_slides) = match p.detector {
+        Detector::Content => (None, false),
+        Detector::Slides => (None, true),
+        Detector::Auto => {
+            let (moving, flat) = slides
+                .as_ref()
+                .map(SlideDetector::content_stats)
+                .unwrap_or((1.0, 0.0));
+            let c = choose(moving, flat);
+            let s = c.chose == "slides";
+            (Some(c), s)
+        }
+    };
     let mut bounds: Vec<(u64, f64)> = vec![(0, 0.0)];
-    bounds.extend(cuts.iter().map(|&c| (c, scores[c as usize].content)));
+    if chosen_slides {
+        bounds.extend(
+            slide_cuts
+                .iter()
+                .filter(|&&c| c > 0)
+                .map(|&c| (c, slide_score_at(&slide_scores, c))),
+        );
+    } else {
+        bounds.extend(cuts.iter().map(|&c| (c, scores[c as usize].content)));
+    }
     let mut scenes = Vec::new();
     for (i, &(start, score)) in bounds.iter().enumerate() {
         let end = bounds.get(i + 1).map_or(frames, |b| b.0);
@@ -396,32 +568,73 @@ fn detect(ctx: &JobCtx, path: &Path, p: &Params) -> Result<ScenesOut, StageError
             score: round3(score),
         })
         .collect();
+    let content_type = match (p.detector, &auto) {
+        (Detector::Content, _) => None,
+        (Detector::Slides, _) => Some("static".to_string()),
+        (Detector::Auto, Some(a)) => Some(a.content_type.clone()),
+        (Detector::Auto, None) => None,
+    };
     Ok(ScenesOut {
         scenes,
         fps: round3(fps),
-        detector: "content: mean |dH|+|dS|+|dV| / 3 (PySceneDetect ContentDetector)".to_string(),
+        detector: if chosen_slides {
+            slides_name
+        } else {
+            content_name
+        }
+        .to_string(),
         params: serde_json::to_value(p).unwrap_or(Value::Null),
         frames,
         duration: round6(end_time),
-        analysis_size: analysis,
+        analysis_size: if chosen_slides { slide_size } else { analysis },
         decoded_size: decoded,
         decode_errors: errors,
+        content_type,
+        auto,
     })
 }
 
+/// A slide change's score: the largest percentage of the picture seen changed in the
+/// 150 frames from its start (the change is confirmed within them).
+fn slide_score_at(scores: &[SlideScore], cut: u64) -> f64 {
+    scores
+        .iter()
+        .skip(cut as usize)
+        .take(150)
+        .map(|s| s.changed * 100.0)
+        .fold(0.0, f64::max)
+}
+
 /// Per-frame scores as CSV, with PySceneDetect's stats-file column names.
-fn write_stats(path: &Path, times: &[f64], scores: &[FrameScore]) -> Result<(), StageError> {
+fn write_stats(
+    path: &Path,
+    times: &[f64],
+    scores: &[FrameScore],
+    slides: Option<&[SlideScore]>,
+) -> Result<(), StageError> {
     use std::io::Write;
     let f = std::fs::File::create(path).map_err(|e| io_error(path, "create", e))?;
     let mut w = std::io::BufWriter::new(f);
     let mut put = || -> std::io::Result<()> {
-        writeln!(w, "frame,time,content_val,delta_hue,delta_sat,delta_lum")?;
+        let extra = if slides.is_some() {
+            ",slide_changed_pct,moving_blocks_pct"
+        } else {
+            ""
+        };
+        writeln!(
+            w,
+            "frame,time,content_val,delta_hue,delta_sat,delta_lum{extra}"
+        )?;
         for (i, (t, s)) in times.iter().zip(scores).enumerate() {
-            writeln!(
+            write!(
                 w,
                 "{i},{t:.6},{:.4},{:.4},{:.4},{:.4}",
                 s.content, s.hue, s.sat, s.lum
             )?;
+            match slides.and_then(|v| v.get(i)) {
+                Some(x) => writeln!(w, ",{:.4},{:.2}", x.changed * 100.0, x.moving * 100.0)?,
+                None => writeln!(w)?,
+            }
         }
         w.flush()
     };
@@ -465,6 +678,11 @@ fn linear_map(src: u32, dst: u32) -> Vec<(usize, i32)> {
             (i as usize, (w * f64::from(COEF)).round() as i32)
         })
         .collect()
+}
+
+/// Is `fmt` an 8-bit planar YUV format (whose first plane is the luma)?
+pub(super) fn is_planar_yuv8(fmt: Pixel) -> bool {
+    planar_yuv(fmt).is_some()
 }
 
 /// Chroma subsampling (log2 x, log2 y) and full range of the formats sampled directly.

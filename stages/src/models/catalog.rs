@@ -21,6 +21,13 @@ pub const FORMAT_WHISPER: &str = "whisper-ggml";
 pub const FORMAT_ONNX: &str = "onnx";
 pub const FORMAT_LIBRARY: &str = "shared-library";
 
+const RAPIDOCR: Package = Package {
+    name: "rapidocr_onnxruntime",
+    version: "1.4.4",
+    dist: Dist::Wheel,
+    license: "Apache-2.0",
+};
+
 const OPENAI_WHISPER: Package = Package {
     name: "openai-whisper",
     version: "20250625",
@@ -183,7 +190,49 @@ pub const CATALOG: &[ModelSpec] = &[
             member: "yolov12n.onnx",
         },
     },
+    ModelSpec {
+        name: "ppocr-det",
+        file: "ch_PP-OCRv4_det_infer.onnx",
+        format: FORMAT_ONNX,
+        summary: "PP-OCRv4 text detector (DB, ONNX; `vsum models install ppocr` installs it with ppocr-rec)",
+        license: "Apache-2.0",
+        version: "PP-OCRv4",
+        packages: &[RAPIDOCR],
+        notice: "",
+        recipe: Recipe::Member(0, "rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx"),
+    },
+    ModelSpec {
+        name: "ppocr-rec",
+        file: "ch_PP-OCRv4_rec_infer.onnx",
+        format: FORMAT_ONNX,
+        summary: "PP-OCRv4 text recognizer (CTC, Chinese and Latin characters, ONNX; character list in its metadata)",
+        license: "Apache-2.0",
+        version: "PP-OCRv4",
+        packages: &[RAPIDOCR],
+        notice: "",
+        recipe: Recipe::Member(0, "rapidocr_onnxruntime/models/ch_PP-OCRv4_rec_infer.onnx"),
+    },
 ];
+
+/// Names that install several models at once.
+pub const BUNDLES: &[(&str, &[&str])] = &[("ppocr", &["ppocr-det", "ppocr-rec"])];
+
+/// `names` with bundles replaced by their models (order kept, duplicates dropped).
+pub fn expand(names: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for n in names {
+        let parts: Vec<String> = match BUNDLES.iter().find(|b| b.0 == n) {
+            Some((_, members)) => members.iter().map(|m| m.to_string()).collect(),
+            None => vec![n.clone()],
+        };
+        for p in parts {
+            if !out.contains(&p) {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
 
 /// The catalog entry for `name`.
 pub fn spec(name: &str) -> Option<&'static ModelSpec> {
@@ -209,7 +258,11 @@ pub struct InstallOutcome {
 }
 
 fn unknown(name: &str) -> ModelError {
-    let names: Vec<&str> = CATALOG.iter().map(|s| s.name).collect();
+    let names: Vec<&str> = CATALOG
+        .iter()
+        .map(|s| s.name)
+        .chain(BUNDLES.iter().map(|b| b.0))
+        .collect();
     let close = names
         .iter()
         .find(|n| n.contains(name) || name.contains(**n))
@@ -486,6 +539,18 @@ mod tests {
         .unwrap_err();
         assert!(e.message.contains("easy-yolo==0.1.3"), "{e}");
         assert!(e.hint.unwrap().contains("cargo fetch"));
+    }
+
+    #[test]
+    fn bundles_expand_to_their_models() {
+        let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            expand(&names(&["onnxruntime", "ppocr", "ppocr-det"])),
+            names(&["onnxruntime", "ppocr-det", "ppocr-rec"])
+        );
+        for (_, members) in BUNDLES {
+            assert!(members.iter().all(|m| spec(m).is_some()));
+        }
     }
 
     #[test]

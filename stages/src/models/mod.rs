@@ -23,7 +23,9 @@ pub mod onnxruntime;
 pub mod resolve;
 pub mod tiktoken;
 
-pub use catalog::{CATALOG, InstallOptions, InstallOutcome, ModelSpec, install, spec};
+pub use catalog::{
+    BUNDLES, CATALOG, InstallOptions, InstallOutcome, ModelSpec, expand, install, spec,
+};
 pub use folder::ModelsDir;
 pub use manifest::{ModelEntry, ModelsManifest};
 pub use resolve::{Resolved, resolve};

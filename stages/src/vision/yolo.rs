@@ -140,10 +140,10 @@ struct KeyframesIn {
 }
 
 #[derive(Debug, Deserialize)]
-struct KeyframeIn {
-    scene: usize,
-    time: f64,
-    file: String,
+pub(crate) struct KeyframeIn {
+    pub(crate) scene: usize,
+    pub(crate) time: f64,
+    pub(crate) file: String,
 }
 
 /// A loaded detector, kept in the GPU lane's resource cache.
@@ -430,7 +430,7 @@ fn prepare(index: usize, path: &Path, w: u32, h: u32) -> Result<Prepared, StageE
 }
 
 /// Finds `keyframes.json` in the upstream folders.
-fn find_keyframes(upstream: &BTreeMap<String, PathBuf>) -> Result<PathBuf, StageError> {
+pub(crate) fn find_keyframes(upstream: &BTreeMap<String, PathBuf>) -> Result<PathBuf, StageError> {
     if let Some(p) = upstream
         .values()
         .map(|d| d.join("keyframes.json"))
@@ -451,7 +451,7 @@ fn find_keyframes(upstream: &BTreeMap<String, PathBuf>) -> Result<PathBuf, Stage
 }
 
 /// Reads `keyframes.json`: (scene, time, file name, path) per picture.
-fn read_keyframes(path: &Path) -> Result<Vec<(KeyframeIn, PathBuf)>, StageError> {
+pub(crate) fn read_keyframes(path: &Path) -> Result<Vec<(KeyframeIn, PathBuf)>, StageError> {
     let bytes = std::fs::read(path)
         .map_err(|e| StageError::fatal(format!("cannot read {}: {e}", path.display())))?;
     let k: KeyframesIn = serde_json::from_slice(&bytes).map_err(|e| {
