@@ -150,3 +150,128 @@ fn a_long_multi_voice_talk_is_transcribed_whole_with_timestamps_that_follow_the_
         first_word += talk::norm_words(p.text).len();
     }
 }
+
+/// Speech, then two minutes of quiet pink noise: over the noise, tiny.en keeps saying
+/// "Thank you." when nothing stops it (no VAD, no fallback, no silence rule). That is
+/// the loop the last guard exists for.
+fn speech_then_noise(dir: &std::path::Path) {
+    let wav = dir.join("speech.wav");
+    let ok = std::process::Command::new("espeak-ng")
+        .args(["-v", "en-us", "-s", "150", "-w"])
+        .arg(&wav)
+        .arg("Next slide please. This is the summary of the project. Thank you for listening to this talk.")
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    let out = dir.join("input/noise.wav");
+    let ok = std::process::Command::new("ffmpeg")
+        .args(["-v", "error", "-y", "-i"])
+        .arg(&wav)
+        .args([
+            "-f",
+            "lavfi",
+            "-i",
+            "anoisesrc=color=pink:amplitude=0.02:duration=120:seed=7",
+            "-filter_complex",
+            "[0:a]aresample=16000,apad=whole_dur=130[a];[1:a]aresample=16000,adelay=8000|8000[n];[a][n]amix=inputs=2:duration=first:normalize=0[o]",
+            "-map",
+            "[o]",
+            "-ac",
+            "1",
+            "-ar",
+            "16000",
+        ])
+        .arg(&out)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+}
+
+#[test]
+fn a_decoder_loop_is_dropped_by_the_last_guard_and_noted() {
+    if std::process::Command::new("sh")
+        .args(["-c", "command -v espeak-ng && command -v ffmpeg"])
+        .output()
+        .map_or(true, |o| !o.status.success())
+    {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "espeak-ng/ffmpeg missing in CI"
+        );
+        eprintln!("SKIP transcript_long: espeak-ng or ffmpeg is missing (run ./scripts/setup.sh)");
+        return;
+    }
+    let manifest = r#"
+inputs: [input/]
+config: {retries: 0}
+extensions: [wav]
+stages:
+  audio: {uses: media.audio}
+  vad: {uses: audio.vad, needs: [audio]}
+  bare:
+    uses: whisper.transcribe
+    needs: [audio]
+    with: {chunk_seconds: 120, temperature_inc: 0, compression_ratio_threshold: 100, no_speech_threshold: 1.0, logprob_threshold: -100}
+  guarded:
+    uses: whisper.transcribe
+    needs: [audio, vad]
+"#;
+    let p = Project::new(manifest, &[]);
+    speech_then_noise(p.path());
+    let (code, s) = p.run(&[]);
+    if code != 0 && s.to_string().contains("not installed") && std::env::var_os("CI").is_none() {
+        eprintln!(
+            "SKIP transcript_long: whisper-tiny.en is not installed (run ./scripts/setup.sh)"
+        );
+        return;
+    }
+    assert_eq!(code, 0, "{s:#}");
+
+    // Without VAD and the reference rules the decoder loops; the guard drops the repeats
+    // and says so in `notes`, never in the text.
+    let bare: Value = serde_json::from_str(&p.read("output/noise/bare/transcript.json")).unwrap();
+    let notes = bare["notes"].as_array().cloned().unwrap_or_default();
+    let dropped: Vec<&Value> = notes
+        .iter()
+        .filter(|n| n["kind"] == "repeat_dropped")
+        .collect();
+    assert!(!dropped.is_empty(), "no loop was caught: {bare:#}");
+    assert!(
+        dropped
+            .iter()
+            .all(|n| n["detail"].as_str().unwrap().contains("Thank you")),
+        "{notes:?}"
+    );
+    let segs = segments(&bare);
+    for w in segs.windows(2) {
+        assert_ne!(
+            talk::norm_words(w[0]["text"].as_str().unwrap()),
+            talk::norm_words(w[1]["text"].as_str().unwrap()),
+            "a repeat survived: {bare:#}"
+        );
+    }
+    assert!(
+        !all_text(&bare).contains("[Thank you"),
+        "notes leaked into the text"
+    );
+
+    // With VAD and the reference rules the noise is never transcribed at all.
+    let guarded: Value =
+        serde_json::from_str(&p.read("output/noise/guarded/transcript.json")).unwrap();
+    let text = all_text(&guarded);
+    assert!(
+        talk::wer(
+            "Next slide please. This is the summary of the project. Thank you for listening to this talk.",
+            &text
+        ) <= 0.15,
+        "{text}"
+    );
+    assert!(
+        segments(&guarded)
+            .iter()
+            .all(|s| s["end"].as_f64().unwrap() < 12.0),
+        "text invented over the noise: {guarded:#}"
+    );
+}

@@ -65,6 +65,8 @@ impl Packing {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Window {
     pub pieces: Vec<Span>,
+    /// The speech inside each piece (the piece without the pause kept around it).
+    pub speech: Vec<Span>,
 }
 
 impl Window {
@@ -89,12 +91,36 @@ impl Window {
 
     /// Track position (samples) of an end time `at` samples into the window: a time
     /// exactly at the end of a piece stays there (it ends speech, it does not start the
-    /// next piece).
+    /// next piece), and an end inside the pause kept before a piece's speech ends the
+    /// speech before it (the pause stands for a longer silence on the track).
     pub fn to_track_end(&self, at: u64) -> u64 {
         let mut left = at;
-        for p in &self.pieces {
+        for (k, p) in self.pieces.iter().enumerate() {
             if left <= p.len() {
-                return p.start + left;
+                let t = p.start + left;
+                return match self.speech.get(k) {
+                    Some(s) if k > 0 && t < s.start => self.speech[k - 1].end,
+                    _ => t,
+                };
+            }
+            left -= p.len();
+        }
+        self.end()
+    }
+
+    /// Track position (samples) of a start time `at` samples into the window: a start
+    /// inside the pause kept after a piece's speech is the start of the next piece's
+    /// speech (Whisper starts a segment early, and the pause stands for a longer
+    /// silence on the track).
+    pub fn to_track_start(&self, at: u64) -> u64 {
+        let mut left = at;
+        for (k, p) in self.pieces.iter().enumerate() {
+            if left < p.len() {
+                let t = p.start + left;
+                return match self.speech.get(k) {
+                    Some(s) if k + 1 < self.pieces.len() && t >= s.end => self.speech[k + 1].start,
+                    _ => t,
+                };
             }
             left -= p.len();
         }
@@ -119,7 +145,10 @@ impl Window {
 pub fn contiguous(cuts: &[Span]) -> Vec<Window> {
     cuts.iter()
         .filter(|s| !s.is_empty())
-        .map(|s| Window { pieces: vec![*s] })
+        .map(|s| Window {
+            pieces: vec![*s],
+            speech: vec![*s],
+        })
         .collect()
 }
 
@@ -214,6 +243,7 @@ pub fn pack(
             windows[w + 1][0].start
         };
         let mut pieces = pieces_of(regions, pk);
+        let speech = speech_of(regions, pk);
         let room = pk
             .max_len
             .saturating_sub(pieces.iter().map(Span::len).sum());
@@ -229,7 +259,7 @@ pub fn pack(
             .min(room / 2)
             .min(hi.saturating_sub(last.end) / 2);
         last.end += pad_hi;
-        out.push(Window { pieces });
+        out.push(Window { pieces, speech });
     }
     out
 }
@@ -251,6 +281,19 @@ fn pieces_of(regions: &[Span], pk: &Packing) -> Vec<Span> {
         }
     }
     pieces
+}
+
+/// The speech of each piece [`pieces_of`] makes: from its first region's start to its
+/// last region's end.
+fn speech_of(regions: &[Span], pk: &Packing) -> Vec<Span> {
+    let mut speech: Vec<Span> = Vec::new();
+    for r in regions {
+        match speech.last_mut() {
+            Some(p) if r.start - p.end <= pk.keep_gap => p.end = r.end,
+            _ => speech.push(*r),
+        }
+    }
+    speech
 }
 
 fn packed_len(regions: &[Span], pk: &Packing) -> u64 {
@@ -326,6 +369,13 @@ mod tests {
         assert_eq!(w[0].to_track(22), 59);
         assert_eq!(w[0].to_track(1000), 71);
         assert_eq!(w[0].to_track_end(22), 31);
+        assert_eq!(w[0].speech, vec![sp(10, 30), sp(60, 70)]);
+        // A start in the pause after the first speech is the next speech's start; an
+        // end in the pause before the second speech ends the first.
+        assert_eq!(w[0].to_track_start(21), 60);
+        assert_eq!(w[0].to_track_start(5), 14);
+        assert_eq!(w[0].to_track_end(23), 60);
+        assert_eq!(w[0].to_track_end(27), 64);
     }
 
     #[test]

@@ -444,7 +444,7 @@ fn track_secs(w: &Window, cs: i64, end: bool) -> f64 {
     secs(if end {
         w.to_track_end(at)
     } else {
-        w.to_track(at)
+        w.to_track_start(at)
     })
 }
 
