@@ -65,8 +65,9 @@ fn build(inputs: &Inputs, chapter_secs: f64) -> Summary {
     };
     let params = Params {
         chapter_secs,
-        summary_sentences: 3,
+        summary_sentences: Some(3),
         keywords: 5,
+        ..Params::default()
     };
     compose(inputs, &meta, &params)
 }
@@ -103,7 +104,7 @@ fn chapters_follow_cuts_and_hold_their_sentences_and_objects() {
         s.summary
     );
     assert!(
-        s.keywords.contains(&"release".to_string()),
+        s.keywords.contains(&"release candidate".to_string()),
         "{:?}",
         s.keywords
     );
@@ -134,6 +135,22 @@ fn missing_audio_cuts_and_detections_are_stated() {
     );
     assert!(notes.contains("No scene cuts"), "{notes}");
     assert!(notes.contains("No objects were detected"), "{notes}");
+
+    // What decoding had to do reaches the reader, counted.
+    let mut inputs = meeting();
+    inputs.transcript.as_mut().unwrap()["notes"] = json!([
+        {"kind": "repeat_dropped", "at": 3.0, "detail": "x"},
+        {"kind": "repeat_dropped", "at": 9.0, "detail": "y"},
+        {"kind": "fallback", "at": 12.0, "detail": "z"}]);
+    let decoded = build(&inputs, 30.0);
+    assert!(
+        decoded
+            .notes
+            .iter()
+            .any(|n| n.contains("fallback ×1, repeat dropped ×2")),
+        "{:?}",
+        decoded.notes
+    );
     let md = render::summary_md(&s).unwrap();
     assert!(md.contains("_No speech to summarise._"), "{md}");
 
@@ -192,4 +209,105 @@ fn the_search_data_in_the_report_is_json_that_cannot_break_out_of_its_script() {
     let v: serde_json::Value = serde_json::from_str(body).expect("valid JSON, not HTML-escaped");
     assert_eq!(v[0]["lines"][0]["text"], "</script><b>x</b> & y");
     assert!(!html.contains("</script><b>"));
+}
+
+/// A talking head (one shot) on three subjects: the chapters follow the words.
+#[test]
+fn a_talk_without_cuts_gets_chapters_by_topic_with_paragraphs_and_one_bullet_each() {
+    let topics: [&[&str]; 3] = [
+        &[
+            "The database backup starts at midnight.",
+            "Each database backup is copied to cold storage.",
+            "Storage for the database backup costs little.",
+            "A restore drill proves the database backup works.",
+            "The restore drill reads the snapshot from storage.",
+            "Backup alerts go to the storage team.",
+            "Old snapshots leave cold storage after ninety days.",
+        ],
+        &[
+            "The release process begins with a release branch.",
+            "The release branch gets a candidate build.",
+            "Testers sign off the candidate build.",
+            "The release manager tags the release branch.",
+            "Release notes list each change in the candidate build.",
+            "The release process ends on Thursday.",
+            "A rollback plan waits beside every release.",
+        ],
+        &[
+            "Onboarding gives every new hire a mentor.",
+            "The mentor meets the new hire each morning.",
+            "A new hire gets a laptop and accounts on day one.",
+            "The onboarding checklist covers accounts and laptop setup.",
+            "A mentor reviews the first pull request of the new hire.",
+            "Onboarding ends with a short survey for the new hire.",
+            "Mentors share onboarding tips in a monthly meeting.",
+        ],
+    ];
+    let mut segments = Vec::new();
+    let mut truth = Vec::new();
+    let mut t = 0.0;
+    for topic in topics {
+        truth.push(t);
+        for s in topic {
+            segments.push(json!({"start": t, "end": t + 4.5, "text": s}));
+            t += 5.0;
+        }
+    }
+    let inputs = Inputs {
+        probe: Some(json!({"duration": t})),
+        scenes: Some(json!({"scenes": [{"index": 0, "start": 0.0, "end": t}]})),
+        transcript: Some(json!({"language": "en", "has_audio": true, "segments": segments})),
+        ..Inputs::default()
+    };
+    let meta = Meta {
+        title_fallback: "talk".into(),
+        source: "talk.mp4".into(),
+        processed: "2026-11-30T00:00:00Z".into(),
+        provenance: Provenance::default(),
+    };
+    let s = compose(&inputs, &meta, &Params::default());
+    let starts: Vec<f64> = s.chapters.iter().map(|c| c.start).collect();
+    assert_eq!(starts.len(), 3, "{starts:?}");
+    for (got, want) in starts.iter().zip(&truth) {
+        assert!((got - want).abs() <= 5.0, "{starts:?} vs {truth:?}");
+    }
+    assert_eq!(s.chapters[1].cues, vec!["topic"]);
+    assert!(
+        s.chapters[0].title.starts_with("Database backup"),
+        "{}",
+        s.chapters[0].title
+    );
+    assert!(
+        s.chapters[1].title.to_lowercase().contains("release"),
+        "{}",
+        s.chapters[1].title
+    );
+    assert!(s.chapters[2].keywords.contains(&"new hire".to_string()));
+    // Paragraphs of at most 30 s, timed, covering the chapter's text.
+    for c in &s.chapters {
+        assert!(c.paragraphs.len() >= 2, "{c:?}");
+        for p in &c.paragraphs {
+            assert!(
+                p.start >= c.start - 1.0 && p.end - p.start <= 30.0 + 5.0,
+                "{p:?}"
+            );
+        }
+        let joined: Vec<&str> = c.paragraphs.iter().map(|p| p.text.as_str()).collect();
+        assert_eq!(joined.join(" "), c.text);
+    }
+    // One bullet per chapter, each from its own chapter.
+    assert_eq!(s.summary.len(), 3, "{:?}", s.summary);
+    for (b, c) in s.summary.iter().zip(&s.chapters) {
+        assert!(
+            b.start >= c.start - 1.0 && b.start < c.end,
+            "{b:?} in {c:?}"
+        );
+    }
+    assert!(
+        s.keywords.iter().take(4).any(|k| k == "database backup"),
+        "{:?}",
+        s.keywords
+    );
+    let md = render::summary_md(&s).unwrap();
+    assert!(md.contains("[0:35] The release process begins"), "{md}");
 }

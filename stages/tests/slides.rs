@@ -270,8 +270,9 @@ fn ocr_reads_the_slide_titles_and_chapters_carry_them() {
     };
     let params = Params {
         chapter_secs: 120.0,
-        summary_sentences: 3,
+        summary_sentences: Some(3),
         keywords: 5,
+        ..Params::default()
     };
     let summary = compose(&inputs, &meta, &params);
     let norm = |s: &str| deck::words(s).join(" ");

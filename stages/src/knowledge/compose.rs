@@ -11,22 +11,50 @@ use vsum_engine::stage::{
     CheckEnv, JobCtx, KeyEnv, KeyExtras, ParamDoc, ParamError, StageError, StageKind, typed_params,
 };
 
+use super::chapters::{self, Candidate, Cue, Limits, Span};
+use super::keyphrase::Keyphrases;
 use super::model::*;
 use super::render;
+use super::segment;
 use super::slides;
+use super::summarize::{self, SummaryOptions};
 use super::text::{self, Sentence, Timed};
 
 /// `knowledge.compose` params.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Params {
-    /// Target chapter length in seconds: consecutive scenes merge up to about this long.
+    /// Without enough speech to find topics: consecutive scenes merge into chapters of
+    /// about this many seconds.
     #[serde(default = "default_chapter_secs")]
     pub chapter_secs: f64,
-    #[serde(default = "default_summary_sentences")]
-    pub summary_sentences: usize,
+    /// Shortest chapter when chapters follow topics and cuts.
+    #[serde(default = "default_min_chapter_secs")]
+    pub min_chapter_secs: f64,
+    /// Longest chapter: longer ones are split at their strongest remaining cue.
+    #[serde(default = "default_max_chapter_secs")]
+    pub max_chapter_secs: f64,
+    /// Most summary bullets from one chapter (each chapter with speech gets one).
+    #[serde(default = "default_summary_per_chapter")]
+    pub summary_per_chapter: usize,
+    /// Most summary bullets in all (none: as many as the chapters give).
+    #[serde(default)]
+    pub summary_sentences: Option<usize>,
     #[serde(default = "default_keywords")]
     pub keywords: usize,
+}
+
+impl Default for Params {
+    fn default() -> Self {
+        Params {
+            chapter_secs: default_chapter_secs(),
+            min_chapter_secs: default_min_chapter_secs(),
+            max_chapter_secs: default_max_chapter_secs(),
+            summary_per_chapter: default_summary_per_chapter(),
+            summary_sentences: None,
+            keywords: default_keywords(),
+        }
+    }
 }
 
 /// What compose knows about the video apart from the upstream files.
@@ -44,8 +72,14 @@ pub struct Meta {
 fn default_chapter_secs() -> f64 {
     120.0
 }
-fn default_summary_sentences() -> usize {
-    5
+fn default_min_chapter_secs() -> f64 {
+    20.0
+}
+fn default_max_chapter_secs() -> f64 {
+    240.0
+}
+fn default_summary_per_chapter() -> usize {
+    3
 }
 fn default_keywords() -> usize {
     10
@@ -108,8 +142,7 @@ fn f(v: &Value) -> Option<f64> {
 
 /// Builds the knowledge of one video. Pure: everything it needs is passed in.
 pub fn compose(inputs: &Inputs, meta: &Meta, p: &Params) -> Summary {
-    let (chapter_secs, summary_sentences, n_keywords) =
-        (p.chapter_secs, p.summary_sentences, p.keywords);
+    let n_keywords = p.keywords;
     let title_fallback = meta.title_fallback.as_str();
     let mut notes = Vec::new();
     let probe = inputs.probe.as_ref();
@@ -151,6 +184,20 @@ pub fn compose(inputs: &Inputs, meta: &Meta, p: &Params) -> Summary {
                         text: x.to_string(),
                     });
                 }
+            }
+            // What decoding had to do (the transcript's notes), counted by kind.
+            let mut kinds: BTreeMap<String, usize> = BTreeMap::new();
+            for n in t["notes"].as_array().into_iter().flatten() {
+                if let Some(k) = n["kind"].as_str() {
+                    *kinds.entry(k.replace('_', " ")).or_insert(0) += 1;
+                }
+            }
+            if !kinds.is_empty() {
+                let list: Vec<String> = kinds.iter().map(|(k, n)| format!("{k} ×{n}")).collect();
+                notes.push(format!(
+                    "Transcription notes: {} (details in transcript.json).",
+                    list.join(", ")
+                ));
             }
             if t["has_audio"] == Value::Bool(false) {
                 notes.push(format!(
@@ -201,21 +248,24 @@ pub fn compose(inputs: &Inputs, meta: &Meta, p: &Params) -> Summary {
         })
         .collect();
     match (&inputs.scenes, scenes.len()) {
-        (None, _) => {
-            notes.push("No scene detection in this pipeline: chapters follow time only.".into())
-        }
+        (None, _) => notes.push(
+            "No scene detection in this pipeline: chapters follow what is said, else time.".into(),
+        ),
         (Some(_), 0 | 1) => notes.push("No scene cuts: the video is one continuous shot.".into()),
         _ => {}
     }
     // Static content: a chapter per slide, named after it (see `slides.rs`).
     let slide_spans = slides::slide_chapters(inputs.scenes.as_ref(), &scenes, inputs.ocr.as_ref());
-    let spans = match &slide_spans {
-        Some(c) => {
-            notes.push("Slides or screens: a chapter per slide, named after its title.".into());
-            c.iter().map(|x| (x.0, x.1, x.2.clone())).collect()
-        }
-        None => chapter_spans(&scenes, duration.unwrap_or(0.0), chapter_secs),
-    };
+    if slide_spans.is_some() {
+        notes.push("Slides or screens: a chapter per slide, named after its title.".into());
+    }
+    let spans = chapter_bounds(
+        &sentences,
+        &scenes,
+        slide_spans.as_deref(),
+        duration.unwrap_or(0.0),
+        p,
+    );
     let screen = slides::screen_lines(inputs.ocr.as_ref());
 
     // Keyframes by scene, as links relative to this stage's folder.
@@ -254,35 +304,79 @@ pub fn compose(inputs: &Inputs, meta: &Meta, p: &Params) -> Summary {
         }
     }
 
-    let mut chapters = Vec::new();
-    for (ci, (start, end, scene_ids)) in spans.iter().enumerate() {
-        // Whole sentences only: each belongs to the chapter holding its midpoint.
+    // Each sentence belongs to the chapter holding its midpoint (whole sentences only).
+    let mut ranges: Vec<std::ops::Range<usize>> = Vec::new();
+    let mut next = 0;
+    for (ci, span) in spans.iter().enumerate() {
         let last = ci + 1 == spans.len();
-        let inside: Vec<&Sentence> = sentences
+        let from = next;
+        while next < sentences.len() {
+            let mid = (sentences[next].start + sentences[next].end) / 2.0;
+            if mid < span.end || last {
+                next += 1;
+            } else {
+                break;
+            }
+        }
+        ranges.push(from..next);
+    }
+    let phrases = Keyphrases::new(
+        &ranges
             .iter()
-            .filter(|s| {
-                let mid = (s.start + s.end) / 2.0;
-                mid >= *start && (mid < *end || last)
+            .map(|r| {
+                sentences[r.clone()]
+                    .iter()
+                    .map(|s| s.text.as_str())
+                    .collect()
             })
-            .collect();
+            .collect::<Vec<Vec<&str>>>(),
+    );
+
+    let mut chapters = Vec::new();
+    for (ci, span) in spans.iter().enumerate() {
+        let (start, end) = (span.start, span.end);
+        let inside = &sentences[ranges[ci].clone()];
         let text = inside
             .iter()
             .map(|s| s.text.as_str())
             .collect::<Vec<_>>()
             .join(" ");
-        let owned: Vec<Sentence> = inside.iter().map(|s| (*s).clone()).collect();
-        let slide_title = slide_spans
-            .as_ref()
-            .and_then(|c| c.get(ci)?.3.clone())
-            .map(|t| shorten(&t, 70));
-        let title = slide_title.unwrap_or_else(|| {
-            text::textrank(&owned, 1)
-                .first()
-                .map(|&i| shorten(&owned[i].text, 70))
-                .unwrap_or_else(|| format!("Chapter {}", ci + 1))
-        });
+        let paragraphs = segment::paragraphs(inside, PARAGRAPH_PAUSE, PARAGRAPH_MIN, PARAGRAPH_MAX)
+            .into_iter()
+            .map(|r| {
+                let part = &inside[r];
+                Line {
+                    start: round3(part[0].start),
+                    end: round3(part[part.len() - 1].end),
+                    text: part
+                        .iter()
+                        .map(|s| s.text.as_str())
+                        .collect::<Vec<_>>()
+                        .join(" "),
+                }
+            })
+            .collect();
+        let counted = phrases.top_counted(5, Some(ci));
+        let chapter_keywords: Vec<String> = counted.iter().map(|x| x.0.clone()).collect();
+        let title = span
+            .title
+            .clone()
+            .or_else(|| chapter_title(&counted))
+            .or_else(|| {
+                text::textrank(inside, 1)
+                    .first()
+                    .map(|&i| shorten(&inside[i].text, 70))
+            })
+            .unwrap_or_else(|| format!("Chapter {}", ci + 1));
+        // Scenes the chapter overlaps.
+        let scene_ids: Vec<usize> = scenes
+            .iter()
+            .filter(|(_, s, e)| *s < end && *e > start || (*s == start && *e == end))
+            .map(|(i, _, _)| *i)
+            .collect();
+        let screen_text = slides::chapter_text(&screen, &scene_ids);
         let mut objects: BTreeMap<String, ObjectCount> = BTreeMap::new();
-        for sid in scene_ids {
+        for sid in &scene_ids {
             for o in objects_of.get(sid).into_iter().flatten() {
                 let e = objects.entry(o.name.clone()).or_insert(ObjectCount {
                     name: o.name.clone(),
@@ -306,28 +400,30 @@ pub fn compose(inputs: &Inputs, meta: &Meta, p: &Params) -> Summary {
             .or_else(|| scene_ids.iter().find_map(|s| keyframe_of.get(s).cloned()));
         chapters.push(Chapter {
             index: ci,
-            start: *start,
-            end: *end,
+            start,
+            end,
             title,
             keyframe,
-            scenes: scene_ids.clone(),
+            scenes: scene_ids,
             text,
+            paragraphs,
+            keywords: chapter_keywords,
+            cues: span.cues.iter().map(|c| c.as_str().to_string()).collect(),
             objects,
-            screen_text: slides::chapter_text(&screen, scene_ids),
+            screen_text,
         });
     }
 
-    let summary: Vec<Line> = text::textrank(&sentences, summary_sentences)
+    let options = SummaryOptions {
+        max_per_chapter: p.summary_per_chapter.max(1),
+        cap: p.summary_sentences,
+        ..SummaryOptions::default()
+    };
+    let summary: Vec<Line> = summarize::summarize(&sentences, &ranges, &options)
         .into_iter()
         .map(|i| line(&sentences[i]))
         .collect();
-    let all_text = sentences
-        .iter()
-        .map(|s| s.text.as_str())
-        .collect::<Vec<_>>()
-        .join(" ");
-    let counts = text::term_counts(&all_text);
-    let keywords = text::keywords(&counts, &BTreeMap::new(), 1, n_keywords);
+    let keywords = phrases.top(n_keywords, None);
 
     Summary {
         schema_version: SCHEMA_VERSION,
@@ -365,6 +461,121 @@ fn shorten(s: &str, max: usize) -> String {
     let cut: String = s.chars().take(max).collect();
     let cut = cut.rsplit_once(' ').map(|(a, _)| a).unwrap_or(&cut);
     format!("{cut}…")
+}
+
+/// A paragraph closes at a pause this long (seconds) once it is [`PARAGRAPH_MIN`] long,
+/// and always at [`PARAGRAPH_MAX`].
+const PARAGRAPH_PAUSE: f64 = 1.0;
+const PARAGRAPH_MIN: f64 = 12.0;
+const PARAGRAPH_MAX: f64 = 30.0;
+/// Boundary candidates closer than this are one event (a topic shift is known to about
+/// a sentence; a cut to a frame).
+const SNAP_SECS: f64 = 6.0;
+
+/// The chapters of a video. With enough speech to find topics, boundary candidates from
+/// every source (scene cuts, topic shifts in the transcript; slide changes plug in here)
+/// go to [`chapters::fuse`]. Without it, scenes merge into chapters of about
+/// `chapter_secs` ([`chapter_spans`]).
+pub fn chapter_bounds(
+    sentences: &[Sentence],
+    scenes: &[(usize, f64, f64)],
+    slide_spans: Option<&[slides::SlideChapter]>,
+    duration: f64,
+    p: &Params,
+) -> Vec<Span> {
+    // Static content: a chapter per slide, named after its title (`slides.rs`). These
+    // could also enter the fusion below as `Cue::Slide` candidates (with topic shifts
+    // splitting a long slide); for now the slides decide alone.
+    if let Some(list) = slide_spans {
+        return list
+            .iter()
+            .enumerate()
+            .map(|(i, (start, end, _, title))| Span {
+                start: *start,
+                end: *end,
+                cues: if i > 0 { vec![Cue::Slide] } else { vec![] },
+                title: title.as_deref().map(|t| shorten(t, 70)),
+            })
+            .collect();
+    }
+    let limits = Limits {
+        min_secs: p.min_chapter_secs,
+        max_secs: p.max_chapter_secs,
+        snap_secs: SNAP_SECS,
+    };
+    // Candidates from the content: topic shifts in the transcript.
+    let mut cands: Vec<Candidate> = segment::topic_shifts(sentences)
+        .into_iter()
+        .map(|sh| Candidate {
+            time: sh.time,
+            cue: Cue::Topic,
+            vote: sh.vote,
+            title: None,
+        })
+        .collect();
+    if cands.is_empty() || duration < 2.0 * limits.min_secs {
+        // Nothing but cuts to go by: scenes merge up to the target length.
+        let cue = if scenes.is_empty() {
+            Cue::Length
+        } else {
+            Cue::Scene
+        };
+        return chapter_spans(scenes, duration, p.chapter_secs)
+            .into_iter()
+            .map(|(start, end, _)| Span {
+                start,
+                end,
+                cues: if start > 0.0 { vec![cue] } else { vec![] },
+                title: None,
+            })
+            .collect();
+    }
+    // A cut is a boundary on its own when scenes are long (slides, a few shots); where
+    // cuts are frequent (a vlog) it needs another cue beside it.
+    let mut lens: Vec<f64> = scenes.iter().map(|(_, s, e)| e - s).collect();
+    lens.sort_by(f64::total_cmp);
+    let median = lens.get(lens.len() / 2).copied().unwrap_or(0.0);
+    let scene_vote = if median >= limits.min_secs { 1.0 } else { 0.5 };
+    for &(_, start, _) in scenes.iter().skip(1) {
+        cands.push(Candidate {
+            time: start,
+            cue: Cue::Scene,
+            vote: scene_vote,
+            title: None,
+        });
+    }
+    let pauses: Vec<f64> = sentences
+        .windows(2)
+        .map(|w| segment::gap_time(&w[0], &w[1]))
+        .collect();
+    chapters::fuse(&cands, duration, &limits, &pauses)
+        .into_iter()
+        .map(|s| Span {
+            start: round3(s.start),
+            end: round3(s.end),
+            ..s
+        })
+        .collect()
+}
+
+/// A title from a chapter's keyphrases ("Database backup, restore drill"), when its
+/// best one has several words and is said at least twice; else none (the caller falls
+/// back to the chapter's most central sentence).
+fn chapter_title(counted: &[(String, usize)]) -> Option<String> {
+    let good = |(p, n): &&(String, usize)| *n >= 2 && p.contains(' ');
+    let first = counted.first().filter(good)?;
+    let mut t: String = first
+        .0
+        .chars()
+        .take(1)
+        .flat_map(char::to_uppercase)
+        .chain(first.0.chars().skip(1))
+        .collect();
+    if let Some(second) = counted.get(1).filter(good) {
+        t.push_str(", ");
+        t.push_str(&second.0);
+    }
+    Some(t)
 }
 
 /// Merges scenes into chapters of about `target` seconds (a chapter closes once it is at
@@ -420,7 +631,7 @@ impl StageKind for ComposeStage {
     }
 
     fn version(&self) -> u32 {
-        1
+        2
     }
 
     fn summary(&self) -> &'static str {
@@ -433,19 +644,37 @@ impl StageKind for ComposeStage {
                 name: "chapter_secs",
                 ty: "seconds",
                 default: Some("120"),
-                doc: "target chapter length; scenes merge up to about this long",
+                doc: "without enough speech to find topics: scenes merge into chapters of about this long",
+            },
+            ParamDoc {
+                name: "min_chapter_secs",
+                ty: "seconds",
+                default: Some("20"),
+                doc: "shortest chapter when chapters follow topic shifts and cuts",
+            },
+            ParamDoc {
+                name: "max_chapter_secs",
+                ty: "seconds",
+                default: Some("240"),
+                doc: "longest chapter; longer ones split at their strongest remaining cue",
+            },
+            ParamDoc {
+                name: "summary_per_chapter",
+                ty: "integer",
+                default: Some("3"),
+                doc: "most summary bullets per chapter (MMR: relevant, never repeated)",
             },
             ParamDoc {
                 name: "summary_sentences",
                 ty: "integer",
-                default: Some("5"),
-                doc: "sentences in the extractive summary (TextRank)",
+                default: None,
+                doc: "most summary bullets in all (default: one to summary_per_chapter per chapter)",
             },
             ParamDoc {
                 name: "keywords",
                 ty: "integer",
                 default: Some("10"),
-                doc: "keywords per video",
+                doc: "keyphrases per video",
             },
         ]
     }
@@ -464,6 +693,21 @@ impl StageKind for ComposeStage {
                 &["chapter_secs"],
                 "must be a positive number of seconds",
             ));
+        }
+        let (min, max) = (p.min_chapter_secs, p.max_chapter_secs);
+        if !min.is_finite() || min < 0.0 {
+            errs.push(ParamError::new(
+                &["min_chapter_secs"],
+                "must be zero or a positive number of seconds",
+            ));
+        } else if !max.is_finite() || max <= 0.0 || max < 2.0 * min {
+            errs.push(
+                ParamError::new(
+                    &["max_chapter_secs"],
+                    "must be positive and at least twice min_chapter_secs",
+                )
+                .hint("a long chapter is split in two, and each half must still be long enough"),
+            );
         }
         if errs.is_empty() {
             Ok(serde_json::to_value(&p).expect("params serialize"))

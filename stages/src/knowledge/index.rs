@@ -1,8 +1,8 @@
 //! `knowledge.index` (`scope: batch`): the batch's front page. `INDEX.md` (a row per
 //! video), `index.html` (cards with keyframes, summaries, chapter links, and search over
-//! every transcript, all in one static file) and `index.json`. Keywords here are TF-IDF
-//! against the whole batch. Links are relative to the top of the output folder: list
-//! `publish: [INDEX.md, index.html]` so they are placed there.
+//! every transcript, all in one static file) and `index.json`. Keyphrases shared by
+//! many videos of the batch rank last on each card. Links are relative to the top of
+//! the output folder: list `publish: [INDEX.md, index.html]` so they are placed there.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -17,7 +17,6 @@ use vsum_engine::stage::{
 
 use super::model::Summary;
 use super::render;
-use super::text;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -52,7 +51,7 @@ impl StageKind for IndexStage {
     }
 
     fn version(&self) -> u32 {
-        1
+        2
     }
 
     fn summary(&self) -> &'static str {
@@ -71,7 +70,7 @@ impl StageKind for IndexStage {
                 name: "keywords",
                 ty: "integer",
                 default: Some("6"),
-                doc: "keywords per video (TF-IDF against the batch)",
+                doc: "keyphrases per video (those common in the batch last)",
             },
         ]
     }
@@ -127,30 +126,21 @@ impl StageKind for IndexStage {
             return Err(StageError::fatal("no summary.json in any upstream folder")
                 .hint("knowledge.index needs the knowledge.compose stage in `needs:`"));
         }
-        // TF-IDF keywords against the batch.
-        let counts: Vec<BTreeMap<String, usize>> = docs
-            .iter()
-            .map(|(s, _, _)| {
-                text::term_counts(
-                    &s.transcript
-                        .iter()
-                        .map(|l| l.text.as_str())
-                        .collect::<Vec<_>>()
-                        .join(" "),
-                )
-            })
-            .collect();
+        // Each video's keyphrases, those shared by many videos of the batch last.
         let mut df: BTreeMap<String, usize> = BTreeMap::new();
-        for c in &counts {
-            for t in c.keys() {
-                *df.entry(t.clone()).or_insert(0) += 1;
+        for (d, _, _) in &docs {
+            for k in d.keywords.iter().collect::<std::collections::BTreeSet<_>>() {
+                *df.entry(k.clone()).or_insert(0) += 1;
             }
         }
         let mut videos = Vec::new();
         let mut search = Vec::new();
         let mut total = 0.0;
-        for ((s, folder, dir), c) in docs.iter().zip(&counts) {
-            let kws = text::keywords(c, &df, docs.len(), p.keywords);
+        for (s, folder, dir) in &docs {
+            let mut kws: Vec<&String> = s.keywords.iter().collect();
+            // Stable: within the same spread, the video's own order.
+            kws.sort_by_key(|k| df.get(*k).copied().unwrap_or(0));
+            kws.truncate(p.keywords);
             total += s.duration.unwrap_or(0.0);
             let page = format!("{dir}/summary.html");
             let thumbs: Vec<Value> = s

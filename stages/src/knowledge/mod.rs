@@ -1,11 +1,15 @@
 //! Knowledge output: what people (and LLMs) read. `knowledge.compose` writes one
 //! knowledge file per video; `knowledge.index` writes the batch's front page.
 
+pub mod chapters;
 pub mod compose;
 pub mod index;
+pub mod keyphrase;
 pub mod model;
 pub mod render;
+pub mod segment;
 pub mod slides;
+pub mod summarize;
 pub mod text;
 
 use vsum_engine::stage::Registry;

@@ -27,8 +27,10 @@ pub struct Summary {
     pub provenance: Provenance,
     /// What is missing and why (no audio, no speech, no cuts, no detections).
     pub notes: Vec<String>,
-    /// The most representative sentences, in spoken order.
+    /// The most representative sentences, one to three per chapter, no two alike, in
+    /// spoken order.
     pub summary: Vec<Line>,
+    /// Keyphrases (mostly several words), most telling first.
     pub keywords: Vec<String>,
     pub chapters: Vec<Chapter>,
     /// The whole transcript, sentence by sentence.
@@ -55,6 +57,16 @@ pub struct Chapter {
     pub scenes: Vec<usize>,
     /// What is said in the chapter (whole sentences).
     pub text: String,
+    /// The same text as timed paragraphs.
+    #[serde(default)]
+    pub paragraphs: Vec<Line>,
+    /// The chapter's own keyphrases.
+    #[serde(default)]
+    pub keywords: Vec<String>,
+    /// What marks the chapter's start: `topic` (the words change subject), `scene` (a
+    /// visual cut), `slide`, or `length` (a long stretch split); empty for the first.
+    #[serde(default)]
+    pub cues: Vec<String>,
     /// Objects seen in the chapter, most salient first.
     pub objects: Vec<ObjectCount>,
     /// Text read on the chapter's slides or screens (`ocr.text`), each line once.

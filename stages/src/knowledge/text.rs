@@ -1,5 +1,6 @@
 //! Deterministic text analytics for knowledge files: sentences with timestamps from a
-//! transcript, an extractive summary by TextRank, and keywords.
+//! transcript, stop words and stems, TF-IDF vectors and their similarity, TextRank, and
+//! the older single-word keywords.
 //!
 //! No model and no randomness: the same transcript always gives the same summary, so
 //! knowledge files are stable across reruns and machines.
@@ -22,25 +23,32 @@ pub struct Timed {
     pub text: String,
 }
 
-/// English function words: never keywords, ignored when comparing sentences.
-pub const STOPWORDS: &[&str] = &[
-    "a", "about", "above", "after", "again", "all", "also", "am", "an", "and", "any", "are", "as",
-    "at", "be", "because", "been", "before", "being", "below", "between", "both", "but", "by",
-    "can", "could", "did", "do", "does", "doing", "down", "during", "each", "even", "every", "few",
-    "for", "from", "further", "get", "go", "going", "got", "had", "has", "have", "having", "he",
-    "her", "here", "hers", "him", "his", "how", "i", "if", "in", "into", "is", "it", "its", "just",
-    "know", "let", "like", "me", "more", "most", "my", "no", "nor", "not", "now", "of", "off",
-    "ok", "okay", "on", "once", "one", "only", "or", "other", "our", "ours", "out", "over", "own",
-    "please", "really", "right", "said", "same", "say", "see", "she", "should", "so", "some",
-    "such", "than", "that", "the", "their", "them", "then", "there", "these", "they", "thing",
-    "things", "think", "this", "those", "through", "to", "today", "too", "uh", "um", "under",
-    "until", "up", "us", "very", "want", "was", "we", "well", "were", "what", "when", "where",
-    "which", "while", "who", "whom", "why", "will", "with", "would", "yeah", "yes", "you", "your",
-    "yours",
-];
+/// English function words, spoken fillers and number words: never keyphrases, ignored
+/// when comparing sentences.
+pub const STOPWORDS: &str = "\
+    a about above actually after again ago all almost already also always am an and another \
+    any anyone anything anyway are around as at basically be because been before being \
+    below between billion both but by can can't come comes coming could couldn't did didn't \
+    do does doesn't doing don't done down during each eight eighteen eighty eleven else \
+    enough even every everyone everything few fifteen fifty finally first five for forty four \
+    fourteen from further get go goes going gonna good got great guess guys had has have \
+    having he her here hers hey him his how hundred i i'd i'll i'm i've if in into is isn't \
+    it it's its just kind know last let let's like look looks lot lots made make makes \
+    making many may maybe me mean might million more most much must my need needs next nine \
+    nineteen ninety no nor not nothing now of off oh ok okay on once one only or other our \
+    ours out over own please quite rather really right said same say see seven seventeen \
+    seventy she should six sixteen sixty so some something still such sure take takes talk \
+    ten than thank thanks that that's the their them then there there's these they they're \
+    thing things think thirteen thirty this those though thousand three through to today \
+    together told too took twelve twenty two uh um under until up us use used uses using \
+    very want was way we we'd we'll we're we've well were what whatever when where which \
+    while who whom why will with won't would yeah yes yet you you'd you'll you're you've \
+    your yours";
 
 pub fn is_stopword(w: &str) -> bool {
-    STOPWORDS.binary_search(&w).is_ok()
+    static SET: std::sync::LazyLock<BTreeSet<&'static str>> =
+        std::sync::LazyLock::new(|| STOPWORDS.split_whitespace().collect());
+    SET.contains(w)
 }
 
 /// Lower-case word tokens (letters, digits and inner apostrophes).
@@ -57,6 +65,150 @@ pub fn content_words(text: &str) -> Vec<String> {
         .into_iter()
         .filter(|w| w.chars().count() >= 3 && !is_stopword(w) && !w.chars().all(|c| c.is_numeric()))
         .collect()
+}
+
+/// The English (Porter 2) stem of a lower-case word: "backups" and "backup" match.
+pub fn stem(word: &str) -> String {
+    static STEMMER: std::sync::LazyLock<rust_stemmers::Stemmer> = std::sync::LazyLock::new(|| {
+        rust_stemmers::Stemmer::create(rust_stemmers::Algorithm::English)
+    });
+    STEMMER.stem(word).into_owned()
+}
+
+/// Stems of the content words of a text, in order.
+pub fn content_stems(text: &str) -> Vec<String> {
+    content_words(text).iter().map(|w| stem(w)).collect()
+}
+
+/// A sparse term vector: (term id, weight), sorted by term id.
+pub type SparseVec = Vec<(u32, f64)>;
+
+/// Bag-of-stems vectors with inverse document frequency weights, where the "documents"
+/// are the texts given to [`TfIdf::new`] (sentences, usually). Deterministic: term ids
+/// follow first appearance, sums run in id order.
+#[derive(Debug, Clone, Default)]
+pub struct TfIdf {
+    ids: BTreeMap<String, u32>,
+    idf: Vec<f64>,
+    /// Each input text as an L2-normalised TF-IDF vector.
+    pub vectors: Vec<SparseVec>,
+}
+
+impl TfIdf {
+    pub fn new<S: AsRef<str>>(texts: &[S]) -> TfIdf {
+        let mut ids: BTreeMap<String, u32> = BTreeMap::new();
+        let mut df: Vec<usize> = Vec::new();
+        let docs: Vec<Vec<u32>> = texts
+            .iter()
+            .map(|t| {
+                let mut seen = BTreeSet::new();
+                let doc: Vec<u32> = content_stems(t.as_ref())
+                    .into_iter()
+                    .map(|s| {
+                        let next = ids.len() as u32;
+                        let id = *ids.entry(s).or_insert(next);
+                        if id as usize == df.len() {
+                            df.push(0);
+                        }
+                        if seen.insert(id) {
+                            df[id as usize] += 1;
+                        }
+                        id
+                    })
+                    .collect();
+                doc
+            })
+            .collect();
+        let n = texts.len() as f64;
+        let idf: Vec<f64> = df
+            .iter()
+            .map(|&d| ((1.0 + n) / (1.0 + d as f64)).ln() + 1.0)
+            .collect();
+        let mut me = TfIdf {
+            ids,
+            idf,
+            vectors: Vec::new(),
+        };
+        me.vectors = docs.iter().map(|d| me.weigh(d)).collect();
+        me
+    }
+
+    fn weigh(&self, terms: &[u32]) -> SparseVec {
+        let mut tf: BTreeMap<u32, f64> = BTreeMap::new();
+        for &t in terms {
+            *tf.entry(t).or_insert(0.0) += 1.0;
+        }
+        let v: SparseVec = tf
+            .into_iter()
+            .map(|(t, c)| (t, c * self.idf[t as usize]))
+            .collect();
+        normalized(v)
+    }
+
+    /// Inverse document frequency of a stem (0 when never seen).
+    pub fn idf_of(&self, stem: &str) -> f64 {
+        self.ids.get(stem).map_or(0.0, |&i| self.idf[i as usize])
+    }
+}
+
+/// Scales a vector to unit length (a zero vector stays zero).
+pub fn normalized(mut v: SparseVec) -> SparseVec {
+    let norm = v.iter().map(|(_, w)| w * w).sum::<f64>().sqrt();
+    if norm > 0.0 {
+        for (_, w) in &mut v {
+            *w /= norm;
+        }
+    }
+    v
+}
+
+/// The sum of several vectors, normalised (the centroid's direction).
+pub fn centroid<'a>(vs: impl IntoIterator<Item = &'a SparseVec>) -> SparseVec {
+    let mut acc: BTreeMap<u32, f64> = BTreeMap::new();
+    for v in vs {
+        for &(t, w) in v {
+            *acc.entry(t).or_insert(0.0) += w;
+        }
+    }
+    normalized(acc.into_iter().collect())
+}
+
+/// Cosine similarity of two vectors (dot product when both are normalised).
+pub fn cosine(a: &SparseVec, b: &SparseVec) -> f64 {
+    let (mut i, mut j, mut dot) = (0, 0, 0.0);
+    while i < a.len() && j < b.len() {
+        match a[i].0.cmp(&b[j].0) {
+            std::cmp::Ordering::Less => i += 1,
+            std::cmp::Ordering::Greater => j += 1,
+            std::cmp::Ordering::Equal => {
+                dot += a[i].1 * b[j].1;
+                i += 1;
+                j += 1;
+            }
+        }
+    }
+    let na = a.iter().map(|(_, w)| w * w).sum::<f64>().sqrt();
+    let nb = b.iter().map(|(_, w)| w * w).sum::<f64>().sqrt();
+    if na > 0.0 && nb > 0.0 {
+        dot / (na * nb)
+    } else {
+        0.0
+    }
+}
+
+/// Jaccard overlap of two texts' content stems: 1 for the same words in any order.
+pub fn word_overlap(a: &str, b: &str) -> f64 {
+    let a: BTreeSet<String> = content_stems(a).into_iter().collect();
+    let b: BTreeSet<String> = content_stems(b).into_iter().collect();
+    let union = a.union(&b).count();
+    if union == 0 {
+        return if a.is_empty() && b.is_empty() {
+            1.0
+        } else {
+            0.0
+        };
+    }
+    a.intersection(&b).count() as f64 / union as f64
 }
 
 /// Splits timed segments into sentences at `.`, `!`, `?`; a sentence's time spans the
@@ -214,10 +366,13 @@ mod tests {
     }
 
     #[test]
-    fn stopwords_are_sorted_for_binary_search() {
-        let mut s = STOPWORDS.to_vec();
-        s.sort_unstable();
-        assert_eq!(s, STOPWORDS);
+    fn stopwords_are_sorted_and_found() {
+        let s: Vec<&str> = STOPWORDS.split_whitespace().collect();
+        let mut sorted = s.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(s, sorted, "sorted, each once");
+        assert!(is_stopword("the") && is_stopword("we're") && !is_stopword("backup"));
     }
 
     #[test]

@@ -1,0 +1,230 @@
+//! The extractive summary: a few sentences per chapter, chosen by Maximal Marginal
+//! Relevance (Carbonell & Goldstein 1998) so that no two bullets say the same thing.
+//!
+//! TextRank alone rewards repetition: a sentence Whisper (or the speaker) repeats five
+//! times is the most "central" one and wins five times. Here each chapter's relevance is
+//! its similarity to the chapter's centroid built from distinct sentences only, and a
+//! candidate loses what it shares with the bullets already chosen, anywhere in the video.
+//! Near-duplicates (by TF-IDF cosine or by shared words) are never chosen twice.
+
+use std::ops::Range;
+
+use super::text::{self, Sentence, TfIdf};
+
+/// How the summary is chosen.
+#[derive(Debug, Clone)]
+pub struct SummaryOptions {
+    /// Most bullets from one chapter (at least one per chapter with speech).
+    pub max_per_chapter: usize,
+    /// Most bullets in all (`None`: one to `max_per_chapter` per chapter).
+    pub cap: Option<usize>,
+    /// MMR's trade-off: 1 is pure relevance, 0 pure novelty.
+    pub lambda: f64,
+    /// A candidate this similar (cosine of TF-IDF vectors) to a chosen bullet is a
+    /// near-duplicate and never chosen.
+    pub max_similarity: f64,
+    /// The same for the share of content words two sentences have in common.
+    pub max_overlap: f64,
+}
+
+impl Default for SummaryOptions {
+    fn default() -> Self {
+        SummaryOptions {
+            max_per_chapter: 3,
+            cap: None,
+            lambda: 0.7,
+            max_similarity: 0.6,
+            max_overlap: 0.6,
+        }
+    }
+}
+
+/// Sentences with fewer content words make poor bullets ("Thank you.", "Okay, so.").
+const MIN_CONTENT_WORDS: usize = 3;
+/// One bullet per this many distinct sentences in a chapter (rounded up), within
+/// `1..=max_per_chapter`.
+const SENTENCES_PER_BULLET: usize = 8;
+
+/// Indices of the summary sentences, in spoken order. `chapters` are ranges of sentence
+/// indices (in order, not overlapping).
+pub fn summarize(sents: &[Sentence], chapters: &[Range<usize>], o: &SummaryOptions) -> Vec<usize> {
+    if sents.is_empty() {
+        return Vec::new();
+    }
+    let texts: Vec<&str> = sents.iter().map(|s| s.text.as_str()).collect();
+    let tfidf = TfIdf::new(&texts);
+    let v = &tfidf.vectors;
+    let n_content: Vec<usize> = texts.iter().map(|t| text::content_words(t).len()).collect();
+    let is_dup = |a: usize, b: usize| {
+        text::cosine(&v[a], &v[b]) >= o.max_similarity
+            || text::word_overlap(texts[a], texts[b]) >= o.max_overlap
+    };
+
+    // (sentence, chapter, relevance, rank within its chapter)
+    let mut chosen: Vec<(usize, usize, f64, usize)> = Vec::new();
+    for (ci, range) in chapters.iter().enumerate() {
+        let range = range.start.min(sents.len())..range.end.min(sents.len());
+        // Distinct sentences: a repeat of an earlier one in the chapter is dropped.
+        let mut distinct: Vec<usize> = Vec::new();
+        for i in range.clone() {
+            if !distinct.iter().any(|&j| is_dup(i, j)) {
+                distinct.push(i);
+            }
+        }
+        if distinct.is_empty() {
+            continue;
+        }
+        let centre = text::centroid(distinct.iter().map(|&i| &v[i]));
+        let long_enough: Vec<usize> = distinct
+            .iter()
+            .copied()
+            .filter(|&i| n_content[i] >= MIN_CONTENT_WORDS)
+            .collect();
+        let pool = if long_enough.is_empty() {
+            distinct.clone()
+        } else {
+            long_enough
+        };
+        let want = distinct
+            .len()
+            .div_ceil(SENTENCES_PER_BULLET)
+            .clamp(1, o.max_per_chapter.max(1));
+        let relevance: Vec<(usize, f64)> = pool
+            .iter()
+            .map(|&i| (i, text::cosine(&v[i], &centre)))
+            .collect();
+        for rank in 0..want {
+            let mut best: Option<(f64, f64, usize)> = None; // (mmr, relevance, sentence)
+            for &(i, rel) in &relevance {
+                if chosen.iter().any(|c| c.0 == i || is_dup(i, c.0)) {
+                    continue;
+                }
+                let redundancy = chosen
+                    .iter()
+                    .map(|c| text::cosine(&v[i], &v[c.0]))
+                    .fold(0.0, f64::max);
+                let mmr = o.lambda * rel - (1.0 - o.lambda) * redundancy;
+                // Strictly greater: ties keep the earlier sentence.
+                if best.is_none_or(|b| mmr > b.0) {
+                    best = Some((mmr, rel, i));
+                }
+            }
+            let Some((mmr, rel, i)) = best else { break };
+            // Extra bullets only when they add something relevant.
+            if rank > 0 && mmr <= 0.0 {
+                break;
+            }
+            chosen.push((i, ci, rel, rank));
+        }
+    }
+    if let Some(cap) = o.cap
+        && chosen.len() > cap
+    {
+        // Keep each chapter's first bullet before any second one, the most relevant first.
+        chosen.sort_by(|a, b| a.3.cmp(&b.3).then(b.2.total_cmp(&a.2)).then(a.0.cmp(&b.0)));
+        chosen.truncate(cap);
+    }
+    let mut out: Vec<usize> = chosen.into_iter().map(|c| c.0).collect();
+    out.sort_unstable();
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sents(texts: &[&str]) -> Vec<Sentence> {
+        texts
+            .iter()
+            .enumerate()
+            .map(|(i, t)| Sentence {
+                start: i as f64 * 5.0,
+                end: i as f64 * 5.0 + 4.0,
+                text: t.to_string(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_repeated_sentence_is_chosen_once_and_chapters_each_get_a_bullet() {
+        let s = sents(&[
+            // Chapter 0: the same sentence five times (a Whisper loop), and others.
+            "The database backup runs every night at two.",
+            "The database backup runs every night at two.",
+            "The database backup runs every night at two.",
+            "the database backup runs every night at two",
+            "The database backup runs every night at two!",
+            "The database backup is copied to a second region.",
+            "A restore test reads the database backup every week.",
+            "The database backup is encrypted before it leaves the server.",
+            "Old copies of the database backup are deleted after ninety days.",
+            "The database backup takes forty minutes on the largest server.",
+            "Alerts fire when the database backup fails.",
+            "The storage team owns the database backup scripts.",
+            "Nobody touches the database backup during a release.",
+            "Okay.",
+            // Chapter 1.
+            "The release process starts with a release branch.",
+            "Every release branch gets a release candidate build.",
+            "The release manager signs the release candidate.",
+        ]);
+        let chapters = [0..14, 14..17];
+        let picked = summarize(&s, &chapters, &SummaryOptions::default());
+        let texts: Vec<&str> = picked.iter().map(|&i| s[i].text.as_str()).collect();
+        assert_eq!(picked.iter().filter(|&&i| i < 14).count(), 2, "{texts:?}");
+        assert_eq!(picked.iter().filter(|&&i| i >= 14).count(), 1, "{texts:?}");
+        assert!(
+            picked.iter().filter(|&&i| i < 5).count() <= 1,
+            "the repeated sentence appears once at most: {texts:?}"
+        );
+        assert!(!picked.contains(&13), "too short for a bullet: {texts:?}");
+        for (a, x) in texts.iter().enumerate() {
+            for y in &texts[a + 1..] {
+                assert!(
+                    text::word_overlap(x, y) < 0.6,
+                    "near-duplicates {x:?} {y:?}"
+                );
+            }
+        }
+        assert!(picked.windows(2).all(|w| w[0] < w[1]), "spoken order");
+        assert_eq!(summarize(&s, &chapters, &SummaryOptions::default()), picked);
+    }
+
+    #[test]
+    fn long_chapters_get_up_to_three_bullets_and_the_cap_keeps_one_per_chapter_first() {
+        let topics = [
+            ["database", "backup", "restore", "snapshot", "replica"],
+            ["release", "branch", "candidate", "changelog", "tag"],
+        ];
+        let mut texts = Vec::new();
+        for t in topics {
+            for i in 0..20 {
+                texts.push(format!(
+                    "The {} {} needs a {} and a {} check number {i}.",
+                    t[i % 5],
+                    t[(i + 1) % 5],
+                    t[(i + 2) % 5],
+                    t[(i * 3 + 1) % 5]
+                ));
+            }
+        }
+        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+        let s = sents(&refs);
+        let all = summarize(&s, &[0..20, 20..40], &SummaryOptions::default());
+        let per = |lo: usize, hi: usize| all.iter().filter(|&&i| i >= lo && i < hi).count();
+        assert!(
+            (1..=3).contains(&per(0, 20)) && (1..=3).contains(&per(20, 40)),
+            "{all:?}"
+        );
+        let capped = summarize(
+            &s,
+            &[0..20, 20..40],
+            &SummaryOptions {
+                cap: Some(2),
+                ..SummaryOptions::default()
+            },
+        );
+        assert_eq!(capped.len(), 2);
+        assert!(capped[0] < 20 && capped[1] >= 20, "{capped:?}");
+    }
+}
