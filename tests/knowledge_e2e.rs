@@ -19,13 +19,6 @@ const A_SENTENCES: &str =
     "The release candidate is ready for testing. Please back up the database before Friday.";
 const B_SENTENCES: &str = "Welcome to the onboarding session. Today we learn the build system.";
 
-fn tool(name: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {name}")])
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
 fn ffmpeg(args: &[&str]) {
     let st = Command::new("ffmpeg")
         .args(["-v", "error", "-y"])
@@ -122,17 +115,11 @@ fn summary(p: &Project, folder: &str) -> Value {
     serde_json::from_str(&p.read(&format!("output/{folder}/summary/summary.json"))).unwrap()
 }
 
-fn required(what: &str) -> bool {
-    if std::env::var_os("CI").is_some() {
-        panic!("{what} is missing in CI: scripts/setup.sh must install it");
-    }
-    eprintln!("SKIP knowledge_e2e: {what} is missing (run ./scripts/setup.sh)");
-    false
-}
-
 #[test]
 fn talking_videos_become_knowledge_and_a_searchable_report() {
-    if !tool("ffmpeg") && !required("ffmpeg") || !tool("espeak-ng") && !required("espeak-ng") {
+    if !tool("ffmpeg") && !required("knowledge_e2e", "ffmpeg")
+        || !tool("espeak-ng") && !required("knowledge_e2e", "espeak-ng")
+    {
         return;
     }
     let p = Project::new(PIPELINE, &[]);
@@ -203,7 +190,7 @@ fn talking_videos_become_knowledge_and_a_searchable_report() {
                 .as_str()
                 .is_some_and(|e| e.contains("vsum models install"))
         });
-        if missing_model && !required("a model (vsum models install ...)") {
+        if missing_model && !required("knowledge_e2e", "a model (vsum models install ...)") {
             return;
         }
         panic!("pipeline failed: {s}");
@@ -335,7 +322,7 @@ fn talking_videos_become_knowledge_and_a_searchable_report() {
         .into_iter()
         .find(|b| tool(b));
     let Some(browser) = browser else {
-        required("chromium");
+        required("knowledge_e2e", "chromium");
         return;
     };
     let html = p.path().join("output/index.html");

@@ -145,30 +145,6 @@ const RATE: u32 = 16_000;
 /// Silence between two spoken parts (also between subjects: no pause gives a change away).
 const PAUSE_SECS: f64 = 0.6;
 
-fn tool(name: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {name}")])
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
-fn required(what: &str) -> bool {
-    if std::env::var_os("CI").is_some() {
-        panic!("{what} is missing in CI: scripts/setup.sh must install it");
-    }
-    eprintln!("SKIP knowledge_topics: {what} is missing (run ./scripts/setup.sh)");
-    false
-}
-
-fn check(cmd: &mut Command) {
-    let out = cmd.output().expect("run tool");
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// The talk video and the true subject start times, made once per generator version.
 fn talk() -> (PathBuf, Vec<f64>) {
     let script: String = TALK
@@ -203,13 +179,13 @@ fn talk() -> (PathBuf, Vec<f64>) {
             for chunk in [&sentences[..half], &sentences[half..]] {
                 let wav = tmp.path().join(format!("{part}.wav"));
                 let raw = tmp.path().join(format!("{part}.raw"));
-                check(
+                run_ok(
                     Command::new("espeak-ng")
                         .args(["-v", VOICES[part % VOICES.len()], "-s", "150", "-w"])
                         .arg(&wav)
                         .arg(chunk.join(" ")),
                 );
-                check(
+                run_ok(
                     Command::new("ffmpeg")
                         .args(["-v", "error", "-y", "-i"])
                         .arg(&wav)
@@ -227,7 +203,7 @@ fn talk() -> (PathBuf, Vec<f64>) {
         std::fs::write(&raw, &pcm).unwrap();
         let secs = pcm.len() as f64 / 2.0 / RATE as f64;
         // A still picture: a talking head without a single cut.
-        check(
+        run_ok(
             Command::new("ffmpeg")
                 .args(["-v", "error", "-y", "-f", "lavfi", "-i"])
                 .arg(format!(
@@ -294,7 +270,9 @@ fn word_set(s: &str) -> std::collections::BTreeSet<String> {
 
 #[test]
 fn a_multi_topic_talk_gets_topic_chapters_a_summary_without_repeats_and_keyphrases() {
-    if !tool("ffmpeg") && !required("ffmpeg") || !tool("espeak-ng") && !required("espeak-ng") {
+    if !tool("ffmpeg") && !required("knowledge_topics", "ffmpeg")
+        || !tool("espeak-ng") && !required("knowledge_topics", "espeak-ng")
+    {
         return;
     }
     let (video, truth) = talk();
@@ -307,7 +285,7 @@ fn a_multi_topic_talk_gets_topic_chapters_a_summary_without_repeats_and_keyphras
                 .as_str()
                 .is_some_and(|e| e.contains("vsum models install"))
         });
-        if missing_model && !required("a model (vsum models install ...)") {
+        if missing_model && !required("knowledge_topics", "a model (vsum models install ...)") {
             return;
         }
         panic!("pipeline failed: {s}");

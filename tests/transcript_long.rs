@@ -31,16 +31,10 @@ stages:
 /// Runs the transcript pipeline on the long talk; `None` when the model is missing
 /// outside CI.
 fn transcribe(with: &str) -> Option<(Talk, Value)> {
-    for tool in ["ffmpeg", "espeak-ng"] {
-        let found = std::process::Command::new("sh")
-            .args(["-c", &format!("command -v {tool}")])
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if !found {
-            assert!(std::env::var_os("CI").is_none(), "{tool} missing in CI");
-            eprintln!("SKIP transcript_long: {tool} is missing (run ./scripts/setup.sh)");
-            return None;
-        }
+    if !tool("ffmpeg") && !required("transcript_long", "ffmpeg")
+        || !tool("espeak-ng") && !required("transcript_long", "espeak-ng")
+    {
+        return None;
     }
     let t = talk::long_talk();
     let p = Project::new(&manifest(with), &[]);
@@ -151,21 +145,23 @@ fn a_long_multi_voice_talk_is_transcribed_whole_with_timestamps_that_follow_the_
     }
 }
 
+/// What the speaker says before the noise.
+const SPOKEN: &str =
+    "Next slide please. This is the summary of the project. Thank you for listening to this talk.";
+
 /// Speech, then two minutes of quiet pink noise: over the noise, tiny.en keeps saying
 /// "Thank you." when nothing stops it (no VAD, no fallback, no silence rule). That is
 /// the loop the last guard exists for.
 fn speech_then_noise(dir: &std::path::Path) {
     let wav = dir.join("speech.wav");
-    let ok = std::process::Command::new("espeak-ng")
-        .args(["-v", "en-us", "-s", "150", "-w"])
-        .arg(&wav)
-        .arg("Next slide please. This is the summary of the project. Thank you for listening to this talk.")
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok);
+    run_ok(
+        std::process::Command::new("espeak-ng")
+            .args(["-v", "en-us", "-s", "150", "-w"])
+            .arg(&wav)
+            .arg(SPOKEN),
+    );
     let out = dir.join("input/noise.wav");
-    let ok = std::process::Command::new("ffmpeg")
+    run_ok(std::process::Command::new("ffmpeg")
         .args(["-v", "error", "-y", "-i"])
         .arg(&wav)
         .args([
@@ -182,25 +178,14 @@ fn speech_then_noise(dir: &std::path::Path) {
             "-ar",
             "16000",
         ])
-        .arg(&out)
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok);
+        .arg(&out));
 }
 
 #[test]
 fn a_decoder_loop_is_dropped_by_the_last_guard_and_noted() {
-    if std::process::Command::new("sh")
-        .args(["-c", "command -v espeak-ng && command -v ffmpeg"])
-        .output()
-        .map_or(true, |o| !o.status.success())
+    if !tool("ffmpeg") && !required("transcript_long", "ffmpeg")
+        || !tool("espeak-ng") && !required("transcript_long", "espeak-ng")
     {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "espeak-ng/ffmpeg missing in CI"
-        );
-        eprintln!("SKIP transcript_long: espeak-ng or ffmpeg is missing (run ./scripts/setup.sh)");
         return;
     }
     let manifest = r#"
@@ -261,13 +246,7 @@ stages:
     let guarded: Value =
         serde_json::from_str(&p.read("output/noise/guarded/transcript.json")).unwrap();
     let text = all_text(&guarded);
-    assert!(
-        talk::wer(
-            "Next slide please. This is the summary of the project. Thank you for listening to this talk.",
-            &text
-        ) <= 0.15,
-        "{text}"
-    );
+    assert!(talk::wer(SPOKEN, &text) <= 0.15, "{text}");
     assert!(
         segments(&guarded)
             .iter()

@@ -93,6 +93,34 @@ impl Project {
     }
 }
 
+/// Is a program on the `PATH`?
+pub fn tool(name: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {name}")])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// A missing prerequisite of `test`: in CI (env `CI`) that is a failure, since
+/// `scripts/setup.sh` must install it; elsewhere a loud SKIP. Returns false.
+pub fn required(test: &str, what: &str) -> bool {
+    if std::env::var_os("CI").is_some() {
+        panic!("{what} is missing in CI: scripts/setup.sh must install it");
+    }
+    eprintln!("SKIP {test}: {what} is missing (run ./scripts/setup.sh)");
+    false
+}
+
+/// Runs a command that must succeed (media generation); fails the test with its stderr.
+pub fn run_ok(cmd: &mut Command) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 pub fn counts(summary: &Value) -> (u64, u64, u64, u64) {
     let c = &summary["counts"];
     (

@@ -106,15 +106,6 @@ fn media_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("media")
 }
 
-fn run(cmd: &mut Command) {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// Samples (mono i16) and rate of a WAV file.
 fn read_wav(path: &Path) -> (Vec<i16>, u32) {
     let mut r = hound::WavReader::open(path).unwrap();
@@ -152,10 +143,12 @@ pub fn long_talk() -> Talk {
     for (i, (title, text)) in PARAGRAPHS.iter().enumerate() {
         let voice = VOICES[i % VOICES.len()];
         let wav = work.path().join(format!("p{i}.wav"));
-        run(Command::new("espeak-ng")
-            .args(["-v", voice, "-s", &RATE.to_string(), "-w"])
-            .arg(&wav)
-            .arg(text));
+        super::run_ok(
+            Command::new("espeak-ng")
+                .args(["-v", voice, "-s", &RATE.to_string(), "-w"])
+                .arg(&wav)
+                .arg(text),
+        );
         let (s, r) = read_wav(&wav);
         rate = r;
         let gap = if i == 0 { LEAD_IN } else { PAUSE };
@@ -222,22 +215,24 @@ pub fn long_talk() -> Talk {
     }
     vf.push("drawbox=x=40:y=100:w=560:h=4:color=white@1:t=fill".into());
     let tmp_video = work.path().join("talk.mp4");
-    run(Command::new("ffmpeg")
-        .args(["-v", "error", "-y", "-f", "lavfi", "-i"])
-        .arg(format!("color=c=0x303060:s=640x360:r=5:d={duration:.3}"))
-        .arg("-i")
-        .arg(&wav)
-        .args(["-vf", &vf.join(",")])
-        .args([
-            "-c:v",
-            "libx264",
-            "-preset",
-            "ultrafast",
-            "-pix_fmt",
-            "yuv420p",
-        ])
-        .args(["-c:a", "aac", "-b:a", "96k", "-shortest"])
-        .arg(&tmp_video));
+    super::run_ok(
+        Command::new("ffmpeg")
+            .args(["-v", "error", "-y", "-f", "lavfi", "-i"])
+            .arg(format!("color=c=0x303060:s=640x360:r=5:d={duration:.3}"))
+            .arg("-i")
+            .arg(&wav)
+            .args(["-vf", &vf.join(",")])
+            .args([
+                "-c:v",
+                "libx264",
+                "-preset",
+                "ultrafast",
+                "-pix_fmt",
+                "yuv420p",
+            ])
+            .args(["-c:a", "aac", "-b:a", "96k", "-shortest"])
+            .arg(&tmp_video),
+    );
     std::fs::create_dir_all(&dir).unwrap();
     // Atomic: a concurrent test sees the whole file or none.
     let staged = dir.join(format!(".talk.{}.mp4", std::process::id()));

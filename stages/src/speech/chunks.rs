@@ -126,19 +126,6 @@ impl Window {
         }
         self.end()
     }
-
-    /// Track position (samples) of a position `at` samples into the window. A position
-    /// past the end maps to the window's end.
-    pub fn to_track(&self, at: u64) -> u64 {
-        let mut left = at;
-        for p in &self.pieces {
-            if left < p.len() {
-                return p.start + left;
-            }
-            left -= p.len();
-        }
-        self.end()
-    }
 }
 
 /// A whole-track window list, for a track without VAD, built from cut positions.
@@ -242,8 +229,8 @@ pub fn pack(
         } else {
             windows[w + 1][0].start
         };
-        let mut pieces = pieces_of(regions, pk);
         let speech = speech_of(regions, pk);
+        let mut pieces = pieces_of(&speech, pk);
         let room = pk
             .max_len
             .saturating_sub(pieces.iter().map(Span::len).sum());
@@ -264,27 +251,8 @@ pub fn pack(
     out
 }
 
-/// The pieces a window of these regions plays: short pauses whole, long ones shortened.
-fn pieces_of(regions: &[Span], pk: &Packing) -> Vec<Span> {
-    let mut pieces: Vec<Span> = Vec::new();
-    for r in regions {
-        match pieces.last_mut() {
-            Some(p) if r.start - p.end <= pk.keep_gap => p.end = r.end,
-            Some(p) => {
-                p.end += pk.gap_pad;
-                pieces.push(Span {
-                    start: r.start - pk.gap_pad,
-                    end: r.end,
-                });
-            }
-            None => pieces.push(*r),
-        }
-    }
-    pieces
-}
-
-/// The speech of each piece [`pieces_of`] makes: from its first region's start to its
-/// last region's end.
+/// The speech a window of these regions plays, as runs: regions whose pause is at most
+/// `keep_gap` form one run, pause included.
 fn speech_of(regions: &[Span], pk: &Packing) -> Vec<Span> {
     let mut speech: Vec<Span> = Vec::new();
     for r in regions {
@@ -296,8 +264,25 @@ fn speech_of(regions: &[Span], pk: &Packing) -> Vec<Span> {
     speech
 }
 
+/// The pieces of track those runs become: each keeps `gap_pad` of the longer pause on
+/// both sides of it, so a long pause plays shortened.
+fn pieces_of(speech: &[Span], pk: &Packing) -> Vec<Span> {
+    let last = speech.len().saturating_sub(1);
+    speech
+        .iter()
+        .enumerate()
+        .map(|(i, s)| Span {
+            start: if i > 0 { s.start - pk.gap_pad } else { s.start },
+            end: if i < last { s.end + pk.gap_pad } else { s.end },
+        })
+        .collect()
+}
+
 fn packed_len(regions: &[Span], pk: &Packing) -> u64 {
-    pieces_of(regions, pk).iter().map(Span::len).sum()
+    pieces_of(&speech_of(regions, pk), pk)
+        .iter()
+        .map(Span::len)
+        .sum()
 }
 
 /// Where to cut `samples` (a window that starts a chunk): the start of the quietest
@@ -365,9 +350,9 @@ mod tests {
         assert_eq!(w[0].pieces, vec![sp(9, 31), sp(59, 71)]);
         assert!(w[0].len() <= 40);
         // Time maps back to the track across the removed silence.
-        assert_eq!(w[0].to_track(0), 9);
-        assert_eq!(w[0].to_track(22), 59);
-        assert_eq!(w[0].to_track(1000), 71);
+        assert_eq!(w[0].to_track_start(0), 9);
+        assert_eq!(w[0].to_track_start(22), 59);
+        assert_eq!(w[0].to_track_start(1000), 71);
         assert_eq!(w[0].to_track_end(22), 31);
         assert_eq!(w[0].speech, vec![sp(10, 30), sp(60, 70)]);
         // A start in the pause after the first speech is the next speech's start; an
