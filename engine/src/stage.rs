@@ -20,23 +20,8 @@ use serde_json::Value;
 use crate::cores::Cores;
 use crate::events::{Event, EventSink};
 use crate::hash::FileHasher;
-
-/// Where a job runs: the shared CPU pool, or the single GPU-lane thread.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Lane {
-    Cpu,
-    Gpu,
-}
-
-impl fmt::Display for Lane {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Lane::Cpu => "cpu",
-            Lane::Gpu => "gpu",
-        })
-    }
-}
+pub use crate::lane::Lane;
+pub use crate::params::{ParamError, typed_params};
 
 /// One job per video, or one job for the whole batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -53,51 +38,6 @@ pub struct ParamDoc {
     pub ty: &'static str,
     pub default: Option<&'static str>,
     pub doc: &'static str,
-}
-
-/// A problem with a stage's parameters. `path` is relative to the params object
-/// (`["run", "2"]`) so the manifest loader can point at the right line.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ParamError {
-    pub path: Vec<String>,
-    pub message: String,
-    pub hint: Option<String>,
-}
-
-impl ParamError {
-    pub fn new(path: &[&str], message: impl Into<String>) -> Self {
-        ParamError {
-            path: path.iter().map(|s| s.to_string()).collect(),
-            message: message.into(),
-            hint: None,
-        }
-    }
-
-    pub fn hint(mut self, hint: impl Into<String>) -> Self {
-        self.hint = Some(hint.into());
-        self
-    }
-}
-
-/// Deserializes params into a kind's typed struct (which should `deny_unknown_fields`),
-/// turning serde's complaint into a [`ParamError`] at the offending path.
-pub fn typed_params<T: serde::de::DeserializeOwned>(params: &Value) -> Result<T, Vec<ParamError>> {
-    serde_path_to_error::deserialize(params).map_err(|e| {
-        let path: Vec<String> = e
-            .path()
-            .iter()
-            .filter_map(|seg| match seg {
-                serde_path_to_error::Segment::Map { key } => Some(key.clone()),
-                serde_path_to_error::Segment::Seq { index } => Some(index.to_string()),
-                _ => None,
-            })
-            .collect();
-        vec![ParamError {
-            path,
-            message: e.inner().to_string(),
-            hint: None,
-        }]
-    })
 }
 
 /// What a kind's parameter check can see of the manifest.
