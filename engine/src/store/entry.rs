@@ -124,4 +124,3 @@ pub(super) fn decode_entry(bytes: &[u8]) -> Result<Entry, String> {
     }
     Ok(e)
 }
-

@@ -192,7 +192,6 @@ impl Store {
     }
 }
 
-
 #[derive(Debug, Clone, Serialize)]
 pub struct Stats {
     pub root: PathBuf,
@@ -228,4 +227,3 @@ pub struct GcReport {
     pub bytes_freed: u64,
     pub bytes_kept: u64,
 }
-

@@ -11,7 +11,6 @@
 //! on `.vsum/lock`; `gc` and `verify` take it exclusively, so they never pull an object
 //! from under a running batch.
 
-
 mod entry;
 mod maintain;
 mod marker;
@@ -35,10 +34,9 @@ use crate::hash::{FileHasher, hash_file};
 pub use entry::{Entry, Lookup, OutFile, Placed, Ref, Stamp};
 use entry::{decode_entry, encode_entry};
 pub use maintain::{GcReport, Stats, VerifyReport};
-pub use marker::{FORMAT, MARKER};
 use marker::claim_cache_folder;
+pub use marker::{FORMAT, MARKER};
 pub use place::place_file;
-
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -62,7 +60,6 @@ pub enum StoreError {
     NewerFormat { path: PathBuf, found: u32 },
 }
 
-
 /// A held claim on a job key (released when dropped).
 #[derive(Debug)]
 pub struct Claim {
@@ -78,7 +75,6 @@ pub enum LockMode {
     /// gc and verify: alone.
     Exclusive,
 }
-
 
 pub fn now_secs() -> u64 {
     SystemTime::now()
@@ -369,7 +365,6 @@ impl Store {
         let _ = fs::remove_dir_all(job_dir);
         Ok(entry)
     }
-
 }
 
 /// Removes what is at `path` inside the cache, file or folder (never following a link).
@@ -393,4 +388,3 @@ fn fault_point(name: &str) {
         std::process::abort();
     }
 }
-

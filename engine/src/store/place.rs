@@ -124,7 +124,6 @@ impl Store {
             _ => false,
         }
     }
-
 }
 
 /// Puts a copy of `src` at `target` (a reflink where the filesystem has one; the copy
@@ -160,5 +159,32 @@ pub(crate) fn same_file(a: &Path, b: &Path) -> bool {
     match (fs::symlink_metadata(a), fs::symlink_metadata(b)) {
         (Ok(a), Ok(b)) => a.ino() == b.ino() && a.dev() == b.dev(),
         _ => false,
+    }
+}
+
+impl Store {
+    /// Puts a read-only view of the entry `key`'s outputs in `dest`, a new folder: hard
+    /// links to the immutable objects (copies where linking fails). What a job reads
+    /// its upstream from, so another run rewriting the output folder cannot reach it.
+    pub fn stage_entry(&self, key: &str, dest: &Path) -> io::Result<()> {
+        let entry = self.read_entry(key).map_err(io::Error::other)?;
+        fs::create_dir_all(dest)?;
+        for (rel, o) in &entry.outputs {
+            if !safety::plain_relative(rel) {
+                return Err(io::Error::other(format!(
+                    "cache entry names an unsafe output path '{rel}'"
+                )));
+            }
+            let target = dest.join(rel);
+            if let Some(p) = target.parent() {
+                fs::create_dir_all(p)?;
+            }
+            let obj = self.object_path(&o.hash);
+            fs::hard_link(&obj, &target).or_else(|_| {
+                fsutil::clone_or_copy(&obj, &target)?;
+                fs::set_permissions(&target, fs::Permissions::from_mode(0o444))
+            })?;
+        }
+        Ok(())
     }
 }

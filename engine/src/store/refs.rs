@@ -100,5 +100,4 @@ impl Store {
             .map(|d| d.as_secs())
             .unwrap_or(0)
     }
-
 }

@@ -102,7 +102,7 @@ impl StageKind for IndexStage {
         // One summary per video, from whichever upstream folder has summary.json.
         let mut docs: Vec<(Summary, String, String)> = Vec::new(); // (summary, folder, summary dir link)
         for item in ctx.batch {
-            for dir in item.upstream.values() {
+            for (up_stage, dir) in &item.upstream {
                 let f = dir.join("summary.json");
                 if !f.is_file() {
                     continue;
@@ -117,7 +117,9 @@ impl StageKind for IndexStage {
                 docs.push((
                     s,
                     item.video.folder.to_string_lossy().into_owned(),
-                    link(root, dir),
+                    // Where the summary is in the output folder (the job reads a
+                    // private staged copy of it).
+                    link(root, &root.join(&item.video.folder).join(up_stage)),
                 ));
                 break;
             }
