@@ -102,7 +102,8 @@ pub struct Provenance {
 #[derive(Debug, Clone)]
 pub struct BatchItem {
     pub video: Video,
-    /// Upstream stage id -> its materialized output folder for this video.
+    /// Upstream stage id -> its outputs for this video (a private staged copy, as in
+    /// [`JobCtx::upstream`]).
     pub upstream: BTreeMap<String, PathBuf>,
 }
 
@@ -187,7 +188,8 @@ pub struct JobCtx<'a> {
     /// An empty private folder: the job writes its outputs here, and only here.
     pub out_dir: &'a Path,
     pub video: Option<&'a Video>,
-    /// Upstream stage id -> materialized output folder (per-video jobs).
+    /// Upstream stage id -> its outputs (per-video jobs): a private, read-only staged
+    /// copy of the upstream's cache entry, not the shared output folder.
     pub upstream: &'a BTreeMap<String, PathBuf>,
     /// Upstream stage id -> how its output was made (same video, or batch to batch).
     pub provenance: &'a BTreeMap<String, Provenance>,
@@ -198,7 +200,8 @@ pub struct JobCtx<'a> {
     pub cancel: &'a AtomicBool,
     /// Present on the GPU lane only.
     pub resources: Option<&'a mut Resources>,
-    /// Run on the CPU even on the GPU lane (after a GPU out-of-memory error).
+    /// Compute on the CPU: set for a GPU kind the manifest put on `lane: cpu`, and for
+    /// the one retry after a GPU out-of-memory error. A GPU kind must honour it.
     pub force_cpu: bool,
     pub events: &'a EventSink,
     /// The machine's core budget (see `cores`), when the engine runs the job. A

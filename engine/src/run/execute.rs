@@ -77,6 +77,9 @@ impl Shared<'_> {
         // CPU: it is told so from the first attempt.
         let mut force_cpu = !gpu_lane && kind.default_lane() == Lane::Gpu;
         let mut notes = Vec::new();
+        if force_cpu {
+            notes.push("a GPU kind on `lane: cpu`: computed on the CPU".to_string());
+        }
         let mut attempt = 0;
         let outcome = loop {
             attempt += 1;
