@@ -1,10 +1,12 @@
 //! One plan: planning (`vsum plan`, `vsum run --dry-run`) writes nothing into the cache,
-//! and the plan the launch screen shows is the plan that runs.
+//! the plan the launch screen shows is the plan that runs, and executors other than
+//! the local one run it without touching planning or caching.
 
 mod common;
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Mutex;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, SystemTime};
 
@@ -12,7 +14,8 @@ use common::*;
 use vsum_engine::config::Config;
 use vsum_engine::events::{EventSink, Outcome};
 use vsum_engine::manifest;
-use vsum_engine::run::{self, LocalExecutor, RunOptions};
+use vsum_engine::run::{self, Completions, Executor, Job, LocalExecutor, Receiver, RunOptions};
+use vsum_engine::stage::StageError;
 use vsum_engine::store::{LockMode, Store};
 
 const TWO_STAGES: &str = r#"
@@ -201,5 +204,96 @@ fn the_plan_on_the_launch_screen_is_the_plan_that_runs() {
             c["jobs"], c["cached"], c["ran"]
         ),
         "{s}"
+    );
+}
+
+/// Runs every job one at a time, on the thread `serve` is called on.
+struct Serial;
+
+impl Executor for Serial {
+    fn capacity(&self) -> usize {
+        1
+    }
+    fn serve<'r>(&self, jobs: Receiver<Job<'r>>, done: Completions) {
+        for job in jobs.iter() {
+            done.send(job.run_here(None));
+        }
+    }
+}
+
+/// Stands for remote workers sharing the store: it takes each job's result from the
+/// store (where "a worker" committed it), or fails the job when told to.
+struct Remote {
+    fail: bool,
+    seen: Mutex<Vec<String>>,
+}
+
+impl Executor for Remote {
+    fn capacity(&self) -> usize {
+        4
+    }
+    fn serve<'r>(&self, jobs: Receiver<Job<'r>>, done: Completions) {
+        for job in jobs.iter() {
+            self.seen.lock().unwrap().push(job.key().to_string());
+            if self.fail {
+                done.send(job.fail(StageError::retryable("no worker took the job")));
+            } else {
+                done.send(job.collect());
+            }
+        }
+    }
+}
+
+#[test]
+fn another_executor_plugs_in_without_touching_planning_or_caching() {
+    let p = Project::new(TWO_STAGES, &[("v1.mp4", b"one"), ("v2.mp4", b"two")]);
+    let registry = vsum_stages::registry();
+    let m = manifest::load(&p.manifest(), &registry).unwrap();
+    let cfg = Config::default();
+    let store = Store::open(&cfg.cache_path(&m.base_dir), LockMode::Shared).unwrap();
+    let execute = |opts: &RunOptions, executor: &dyn Executor| {
+        let plan = run::plan(&m, &registry, &cfg, &store, opts).unwrap();
+        run::execute(plan, executor, EventSink::new(), &AtomicBool::new(false)).unwrap()
+    };
+
+    // A serial executor runs the batch like the local one.
+    let s = execute(&RunOptions::default(), &Serial);
+    assert_eq!((s.counts.ran, s.counts.failed), (5, 0), "{:?}", s.jobs);
+    assert_eq!(p.read("output/v1/second/b.txt"), "ONE");
+    assert_eq!(p.read("output/INDEX.txt"), "index\n");
+
+    // Jobs that ran elsewhere are collected from the store: `first` is forced (a miss),
+    // its entry is there; what is downstream stays cached and never reaches the executor.
+    std::fs::remove_file(p.path().join("output/v1/first/a.txt")).unwrap();
+    let remote = Remote {
+        fail: false,
+        seen: Mutex::new(Vec::new()),
+    };
+    let forced = RunOptions {
+        force: vec!["first".into()],
+        ..Default::default()
+    };
+    let s = execute(&forced, &remote);
+    assert_eq!((s.counts.ran, s.counts.cached), (2, 3), "{:?}", s.jobs);
+    let ran_keys: Vec<String> = s
+        .jobs
+        .iter()
+        .filter(|j| j.outcome == Outcome::Ran)
+        .map(|j| j.key.clone().unwrap())
+        .collect();
+    assert_eq!(*remote.seen.lock().unwrap(), ran_keys);
+    assert_eq!(p.read("output/v1/first/a.txt"), "one");
+
+    // An executor that cannot run a job fails it; its dependents are skipped.
+    let remote = Remote {
+        fail: true,
+        seen: Mutex::new(Vec::new()),
+    };
+    let s = execute(&forced, &remote);
+    assert_eq!((s.counts.failed, s.counts.skipped), (2, 3), "{:?}", s.jobs);
+    assert!(
+        s.jobs
+            .iter()
+            .any(|j| j.error.as_deref() == Some("no worker took the job"))
     );
 }

@@ -220,6 +220,54 @@ impl Shared<'_> {
         }
     }
 
+    /// A job another executor ran and committed into the store: its outputs placed.
+    pub(super) fn collect(&self, p: Keyed) -> Finished {
+        let start = self.ms();
+        let st = self.stage(p.job);
+        let mut r = self.record(p.label.clone(), Outcome::Ran, start);
+        r.key = Some(p.key.clone());
+        r.attempts = 1;
+        let entry = match self.store.lookup(&p.key) {
+            Lookup::Hit(entry) => entry,
+            Lookup::Missing => {
+                return self.fail(
+                    p,
+                    StageError::retryable(
+                        "the executor reported the job done, but the cache has no entry for it",
+                    ),
+                );
+            }
+            Lookup::Untrusted(why) => {
+                return self.fail(
+                    p,
+                    StageError::retryable(format!("the executor reported the job done, but {why}")),
+                );
+            }
+        };
+        self.breakers.count(st, true, &self.events);
+        let digest = self.publish(p.job, &entry, &mut r);
+        r.end_ms = self.ms();
+        Finished {
+            tools: entry.fingerprint.tools.clone(),
+            digest,
+            ..Finished::bare(p.node, r)
+        }
+    }
+
+    /// A job that could not run: failed with `e`, counted toward its breaker.
+    pub(super) fn fail(&self, p: Keyed, e: StageError) -> Finished {
+        let st = self.stage(p.job);
+        let mut r = self.record(p.label.clone(), Outcome::Failed, self.ms());
+        r.key = Some(p.key.clone());
+        r.error = Some(e.message);
+        r.hint = e.hint;
+        r.bad_input = e.bad_input;
+        if !r.bad_input {
+            self.breakers.count(st, false, &self.events);
+        }
+        Finished::bare(p.node, r)
+    }
+
     /// Runs one job's work; a panic (a bug in vsum or a stage) becomes that job's
     /// failure instead of a lost job that the coordinator would wait for forever.
     pub(super) fn guarded(

@@ -6,9 +6,10 @@
 //! upstream entries) and knows how to run itself in this process
 //! ([`Job::run_here`]: claim the key, stage the upstream, run with retries, commit,
 //! place the outputs). [`LocalExecutor`] runs CPU-lane jobs on a rayon pool and
-//! GPU-lane jobs on one GPU-lane thread. Another executor (remote workers) would read
-//! [`Job::key`], [`Job::lane`] and friends to send the work elsewhere, and still report
-//! every job exactly once.
+//! GPU-lane jobs on one GPU-lane thread. Another executor (remote workers sharing the
+//! store) sends [`Job::fingerprint`], [`Job::key`] and [`Job::upstream_keys`] to a
+//! worker, and reports the job with [`Job::collect`] once the worker committed its
+//! entry, or [`Job::fail`]; every job is reported exactly once.
 
 use crossbeam_channel::{Receiver, Sender, unbounded};
 
@@ -16,7 +17,8 @@ use super::plan::Keyed;
 use super::{Finished, JobRecord, Msg, RunError, Shared};
 use crate::config::Config;
 use crate::events::{EventSink, JobLabel};
-use crate::stage::{Lane, Resources};
+use crate::fingerprint::Fingerprint;
+use crate::stage::{Lane, Resources, StageError};
 
 /// Runs the jobs that missed the cache.
 ///
@@ -81,6 +83,37 @@ impl<'r> Job<'r> {
         let fin = shared
             .guarded(node, label, || Some(shared.run_job(*self.keyed, resources)))
             .expect("a job always finishes");
+        JobDone(Box::new(Finished { held_slot, ..fin }))
+    }
+}
+
+impl Job<'_> {
+    /// The job's fingerprint: kind, version, params, inputs, upstream digests and tool
+    /// versions (what a remote worker needs to know what to compute).
+    pub fn fingerprint(&self) -> &Fingerprint {
+        &self.keyed.fingerprint
+    }
+
+    /// The cache entries of the job's upstreams (a worker sharing the store stages them
+    /// with [`Store::stage_entry`](crate::store::Store::stage_entry)).
+    pub fn upstream_keys(&self) -> impl Iterator<Item = &str> {
+        self.keyed.sources.iter().map(|(_, key)| key.as_str())
+    }
+
+    /// The job ran elsewhere and committed its entry under [`Job::key`] into this
+    /// store: its outputs are placed here as if it had run here. No entry means a
+    /// failed job.
+    pub fn collect(self) -> JobDone {
+        let held_slot = self.held_slot;
+        let fin = self.shared.collect(*self.keyed);
+        JobDone(Box::new(Finished { held_slot, ..fin }))
+    }
+
+    /// The job could not run (e.g. no worker took it): it fails with `error`, which
+    /// counts toward its circuit breaker like any failure.
+    pub fn fail(self, error: StageError) -> JobDone {
+        let held_slot = self.held_slot;
+        let fin = self.shared.fail(*self.keyed, error);
         JobDone(Box::new(Finished { held_slot, ..fin }))
     }
 }

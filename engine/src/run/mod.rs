@@ -34,6 +34,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+pub use crossbeam_channel::Receiver;
 pub use executor::{Completions, Executor, Job, JobDone, LocalExecutor};
 pub use plan::{Plan, plan};
 pub use summary::{Counts, JobRecord, RunSummary};
