@@ -90,8 +90,13 @@ impl Shared<'_> {
             });
             let began = Instant::now();
             let dirs = self.store.job_dir().and_then(|job_dir| {
-                let staged = Staged::new(self.store, &p.sources)?;
-                Ok((job_dir, staged))
+                match Staged::new(self.store, &p.sources) {
+                    Ok(staged) => Ok((job_dir, staged)),
+                    Err(e) => {
+                        let _ = std::fs::remove_dir_all(&job_dir);
+                        Err(e)
+                    }
+                }
             });
             let (job_dir, staged) = match dirs {
                 Ok(d) => d,
@@ -297,7 +302,8 @@ impl Shared<'_> {
 }
 
 /// A job's private, read-only view of its upstream outputs: each upstream cache entry
-/// linked from the store's immutable objects into a folder under the cache's `tmp/`.
+/// staged from the store's immutable objects ([`Store::stage_entry`]) into a folder
+/// under the cache's `tmp/`.
 /// Removed when dropped (gc removes what a crash leaves).
 struct Staged {
     root: Option<PathBuf>,

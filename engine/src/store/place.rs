@@ -163,8 +163,8 @@ pub(crate) fn same_file(a: &Path, b: &Path) -> bool {
 }
 
 impl Store {
-    /// Puts a read-only view of the entry `key`'s outputs in `dest`, a new folder: hard
-    /// links to the immutable objects (copies where linking fails). What a job reads
+    /// Puts a read-only view of the entry `key`'s outputs in `dest`, a new folder (see
+    /// [`stage_file`] for how each file gets there). What a job reads
     /// its upstream from, so another run rewriting the output folder cannot reach it.
     pub fn stage_entry(&self, key: &str, dest: &Path) -> io::Result<()> {
         let entry = self.read_entry(key).map_err(io::Error::other)?;
@@ -179,12 +179,25 @@ impl Store {
             if let Some(p) = target.parent() {
                 fs::create_dir_all(p)?;
             }
-            let obj = self.object_path(&o.hash);
-            fs::hard_link(&obj, &target).or_else(|_| {
-                fsutil::clone_or_copy(&obj, &target)?;
-                fs::set_permissions(&target, fs::Permissions::from_mode(0o444))
-            })?;
+            stage_file(&self.object_path(&o.hash), &target)?;
         }
         Ok(())
     }
+}
+
+/// A read-only view of the object `obj` at `target`: a reflink where the filesystem has
+/// them, else a hard link to the (read-only) object, else a copy. A process that may
+/// write to read-only files (root) gets a copy instead of a link, so it can never write
+/// through the view into the object.
+fn stage_file(obj: &Path, target: &Path) -> io::Result<()> {
+    if fsutil::reflink(obj, target).is_err() {
+        if fs::hard_link(obj, target).is_ok() {
+            if rustix::fs::access(target, rustix::fs::Access::WRITE_OK).is_err() {
+                return Ok(());
+            }
+            fs::remove_file(target)?;
+        }
+        fs::copy(obj, target)?;
+    }
+    fs::set_permissions(target, fs::Permissions::from_mode(0o444))
 }

@@ -1,6 +1,6 @@
 //! The store's own tests: commit, lookup, materialize, verify, gc, locking.
 
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
 use super::*;
 use crate::config::LinkMode;
@@ -185,4 +185,24 @@ fn peek_writes_nothing_where_lookup_marks_use_and_removes_untrusted() {
     assert!(entry.exists(), "peek removed an untrusted entry");
     assert!(matches!(store.lookup(&key), Lookup::Untrusted(_)));
     assert!(!entry.exists());
+}
+
+#[test]
+fn a_staged_entry_is_a_read_only_view_that_cannot_reach_the_object() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join(".vsum"), LockMode::Shared).unwrap();
+    let key = "d".repeat(64);
+    commit_one(&store, &key, b"upstream");
+    let view = store.job_dir().unwrap().join("up");
+    store.stage_entry(&key, &view).unwrap();
+    let staged = view.join("a.txt");
+    assert_eq!(fs::read(&staged).unwrap(), b"upstream");
+    assert_eq!(
+        fs::metadata(&staged).unwrap().permissions().mode() & 0o777,
+        0o444
+    );
+    // Whoever may write to it anyway (root) writes into a copy, never into the object.
+    let _ = fs::write(&staged, b"scribbled");
+    assert!(matches!(store.lookup(&key), Lookup::Hit(_)));
+    assert!(store.verify(false).clean());
 }
