@@ -89,21 +89,22 @@ impl Shared<'_> {
                 at_ms: self.ms(),
             });
             let began = Instant::now();
-            let dirs = self.store.job_dir().and_then(|job_dir| {
-                match Staged::new(self.store, &p.sources) {
-                    Ok(staged) => Ok((job_dir, staged)),
-                    Err(e) => {
-                        let _ = std::fs::remove_dir_all(&job_dir);
-                        Err(e)
-                    }
-                }
-            });
-            let (job_dir, staged) = match dirs {
+            let job_dir = match self.store.job_dir() {
                 Ok(d) => d,
                 Err(e) => {
                     break Err(StageError::retryable(format!(
                         "cannot create a work folder in the cache: {e}"
                     )));
+                }
+            };
+            let staged = match Staged::new(self.store, &p.sources) {
+                Ok(s) => s,
+                Err(e) => {
+                    let _ = std::fs::remove_dir_all(&job_dir);
+                    break Err(StageError::retryable(format!(
+                        "cannot stage the upstream outputs from the cache: {e}"
+                    ))
+                    .hint("`vsum cache verify` finds and drops damaged entries; a rerun then recomputes them"));
                 }
             };
             // The job reads its upstream from its private staged copy of the cache
