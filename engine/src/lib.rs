@@ -4,6 +4,7 @@
 
 pub mod alerts;
 pub mod config;
+pub mod contract;
 pub mod cores;
 pub mod diag;
 pub mod discover;

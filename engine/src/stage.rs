@@ -49,10 +49,11 @@ pub enum Scope {
 /// One documented parameter, shown by `vsum stages`.
 #[derive(Debug, Clone, Serialize)]
 pub struct ParamDoc {
-    pub name: &'static str,
-    pub ty: &'static str,
-    pub default: Option<&'static str>,
-    pub doc: &'static str,
+    pub name: String,
+    /// The type in words ("whole number", "one of: a, b"), never a Rust type name.
+    pub ty: String,
+    pub default: Option<String>,
+    pub doc: String,
 }
 
 /// A problem with a stage's parameters. `path` is relative to the params object

@@ -25,22 +25,21 @@ use ffmpeg::media::Type as MediaType;
 use ffmpeg::{Rational, codec, decoder, frame};
 use ffmpeg_next as ffmpeg;
 use serde::Serialize;
-use serde_json::Value;
 use vsum_engine::events::Event;
-use vsum_engine::stage::{JobCtx, KeyExtras, ParamError, Registry, StageError, Video};
+use vsum_engine::stage::{JobCtx, KeyExtras, Registry, StageError, Video};
 
-pub use audio::AudioStage;
-pub use keyframes::KeyframesStage;
-pub use probe::ProbeStage;
+pub use audio::{AudioOut, AudioStage};
+pub use keyframes::{KeyframeOut, KeyframesOut, KeyframesStage};
+pub use probe::{ProbeOut, ProbeStage, StreamOut};
 pub use scenes::{ContentDetector, Detector, Downscale, Scene, SceneStage, ScenesOut, bgr_to_hsv};
 pub use slides::{AutoChoice, SlideDetector, SlideScore, SlideSettings};
 
 /// Registers every media stage kind.
 pub fn register_media(reg: &mut Registry) {
-    reg.register(ProbeStage);
-    reg.register(AudioStage);
-    reg.register(SceneStage);
-    reg.register(KeyframesStage);
+    reg.add(ProbeStage);
+    reg.add(AudioStage);
+    reg.add(SceneStage);
+    reg.add(KeyframesStage);
 }
 
 /// Initialises FFmpeg once and silences its own logging: the engine never prints, and
@@ -104,19 +103,6 @@ pub(crate) fn ffmpeg_key_extras() -> KeyExtras {
     }
 }
 
-/// Params as an object (`{}` when the manifest gave none).
-pub(crate) fn params_object(params: &Value) -> Value {
-    match params {
-        Value::Null => Value::Object(Default::default()),
-        v => v.clone(),
-    }
-}
-
-/// Serializes checked params back to JSON (what gets keyed).
-pub(crate) fn to_value<T: Serialize>(p: &T) -> Result<Value, Vec<ParamError>> {
-    serde_json::to_value(p).map_err(|e| vec![ParamError::new(&[], e.to_string())])
-}
-
 /// The job's video, or an error when a media stage was put in batch scope.
 pub(crate) fn job_video<'a>(ctx: &JobCtx<'a>, kind: &str) -> Result<&'a Video, StageError> {
     ctx.video.ok_or_else(|| {
@@ -158,35 +144,6 @@ pub(crate) fn io_error(path: &Path, what: &str, e: std::io::Error) -> StageError
 pub(crate) fn warn(ctx: &JobCtx, message: String) {
     tracing::warn!("{message}");
     ctx.events.emit(Event::Warning { message });
-}
-
-/// Finds the upstream output folder holding `file` (the first, in stage id order).
-pub(crate) fn find_upstream(
-    ctx: &JobCtx,
-    file: &str,
-    producer: &str,
-) -> Result<PathBuf, StageError> {
-    for dir in ctx.upstream.values() {
-        let p = dir.join(file);
-        if p.is_file() {
-            return Ok(p);
-        }
-    }
-    let listed = if ctx.upstream.is_empty() {
-        "it has no upstream stages".to_string()
-    } else {
-        format!(
-            "none of its upstream stages ({}) produced one",
-            ctx.upstream.keys().cloned().collect::<Vec<_>>().join(", ")
-        )
-    };
-    Err(StageError::fatal(format!(
-        "stage '{}' needs {file} from a `{producer}` stage, but {listed}",
-        ctx.stage_id
-    ))
-    .hint(format!(
-        "add a stage with `uses: {producer}` and list it in this stage's `needs`"
-    )))
 }
 
 /// Seconds of a timestamp in `tb`.

@@ -47,6 +47,10 @@ pub struct Transcript {
     pub notes: Vec<Note>,
 }
 
+impl vsum_engine::contract::Output for Transcript {
+    const FILE: &'static str = "transcript.json";
+}
+
 /// One thing decoding did that a reader of the transcript should know about.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Note {
