@@ -2,7 +2,8 @@
 //! and the engine does the parsing, the defaults, the docs and the upstream look-ups.
 //!
 //! - [`TypedStage`] is what a built-in kind implements. Its `Params` type is parsed from
-//!   the manifest once per call in one place (the [`Typed`] adapter), never by the kind;
+//!   the manifest once per call in one place (the blanket [`StageKind`] adapter), never
+//!   by the kind;
 //!   the checked, defaulted value is what joins the cache key. `vsum stages` documents the
 //!   params from the same type's JSON Schema (doc comments, defaults, allowed values), so
 //!   defaults are written once, in the type.
@@ -22,11 +23,12 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::stage::{
-    BatchItem, Check, CheckEnv, JobCtx, KeyEnv, KeyExtras, Lane, ParamDoc, ParamError, Registry,
-    StageError, StageKind, typed_params,
+    BatchItem, Check, CheckEnv, JobCtx, KeyEnv, KeyExtras, Lane, ParamDoc, ParamError, StageError,
+    StageKind, typed_params,
 };
 
-/// A stage kind with typed parameters. Register it with [`Registry::add`].
+/// A stage kind with typed parameters. Register it with [`Registry::register`]: every
+/// `TypedStage` is a [`StageKind`] through the adapter below.
 pub trait TypedStage: Send + Sync + 'static {
     /// The parameters. Use `#[serde(deny_unknown_fields)]` and `#[serde(default)]` (the
     /// defaults are documented from the schema), and a doc comment on every field: it
@@ -42,6 +44,11 @@ pub trait TypedStage: Send + Sync + 'static {
     /// The lane a stage of this kind runs on unless the manifest says otherwise.
     fn default_lane(&self) -> Lane {
         Lane::Cpu
+    }
+    /// A look at the raw params before they are parsed, for mistakes that deserve a
+    /// better message than the type's (e.g. a string where a list belongs).
+    fn check_raw(&self, _raw: &Value) -> Vec<ParamError> {
+        Vec::new()
     }
     /// Checks beyond the types (ranges, needs, files) and normalizes; what it returns
     /// is keyed.
@@ -63,10 +70,6 @@ pub trait TypedStage: Send + Sync + 'static {
     fn run(&self, p: &Self::Params, ctx: &mut JobCtx) -> Result<(), StageError>;
 }
 
-/// Adapts a [`TypedStage`] to the engine's object-safe [`StageKind`].
-#[derive(Debug, Default, Clone)]
-pub struct Typed<K>(pub K);
-
 /// Absent params are an empty mapping.
 fn object(params: &Value) -> Value {
     match params {
@@ -75,22 +78,21 @@ fn object(params: &Value) -> Value {
     }
 }
 
-impl<K: TypedStage> Typed<K> {
-    /// The checked params, parsed once per call here (a kind never parses them itself).
-    fn parse(&self, params: &Value) -> Result<K::Params, StageError> {
-        typed_params(&object(params)).map_err(|e| {
-            StageError::fatal(format!(
-                "{}: bad params at '{}': {}",
-                K::NAME,
-                e[0].path.join("."),
-                e[0].message
-            ))
-            .hint("run `vsum validate` on the manifest")
-        })
-    }
+/// The checked params, parsed once per call here (a kind never parses them itself).
+fn parse<K: TypedStage>(params: &Value) -> Result<K::Params, StageError> {
+    typed_params(&object(params)).map_err(|e| {
+        StageError::fatal(format!(
+            "{}: bad params at '{}': {}",
+            K::NAME,
+            e[0].path.join("."),
+            e[0].message
+        ))
+        .hint("run `vsum validate` on the manifest")
+    })
 }
 
-impl<K: TypedStage> StageKind for Typed<K> {
+/// The adapter to the engine's object-safe [`StageKind`]: every typed kind is one.
+impl<K: TypedStage> StageKind for K {
     fn name(&self) -> &'static str {
         K::NAME
     }
@@ -101,38 +103,35 @@ impl<K: TypedStage> StageKind for Typed<K> {
         K::SUMMARY
     }
     fn default_lane(&self) -> Lane {
-        self.0.default_lane()
+        self.default_lane()
     }
     fn params_doc(&self) -> Vec<ParamDoc> {
         params_doc::<K::Params>()
     }
     fn check(&self, params: &Value, env: &CheckEnv) -> Result<Value, Vec<ParamError>> {
+        let early = self.check_raw(params);
+        if !early.is_empty() {
+            return Err(early);
+        }
         let p: K::Params = typed_params(&object(params))?;
-        let p = self.0.validate(p, env)?;
+        let p = self.validate(p, env)?;
         serde_json::to_value(&p).map_err(|e| vec![ParamError::new(&[], e.to_string())])
     }
     fn key_extras(&self, params: &Value, env: &KeyEnv) -> Result<KeyExtras, StageError> {
-        self.0.key_extras(&self.parse(params)?, env)
+        self.key_extras(&parse::<K>(params)?, env)
     }
     fn resource_group(&self, params: &Value) -> Option<String> {
-        self.0.resource_group(&self.parse(params).ok()?)
+        self.resource_group(&parse::<K>(params).ok()?)
     }
     fn run(&self, ctx: &mut JobCtx) -> Result<(), StageError> {
-        let p = self.parse(ctx.params)?;
-        self.0.run(&p, ctx)
+        let p = parse::<K>(ctx.params)?;
+        self.run(&p, ctx)
     }
     fn doctor(&self, params: &Value, base_dir: &Path) -> Vec<Check> {
-        match self.parse(params) {
-            Ok(p) => self.0.doctor(&p, base_dir),
+        match parse::<K>(params) {
+            Ok(p) => self.doctor(&p, base_dir),
             Err(e) => vec![Check::fail(K::NAME, e.message, "fix the stage's params")],
         }
-    }
-}
-
-impl Registry {
-    /// Registers a typed kind (see [`TypedStage`]).
-    pub fn add<K: TypedStage>(&mut self, kind: K) -> &mut Self {
-        self.register(Typed(kind))
     }
 }
 
@@ -145,7 +144,10 @@ pub trait Output: Serialize + DeserializeOwned {
 
 /// Finds `file` in the upstream folders: the first stage (by id) that has it.
 pub fn find_upstream_file(upstream: &BTreeMap<String, PathBuf>, file: &str) -> Option<PathBuf> {
-    upstream.values().map(|d| d.join(file)).find(|p| p.is_file())
+    upstream
+        .values()
+        .map(|d| d.join(file))
+        .find(|p| p.is_file())
 }
 
 /// Like [`find_upstream_file`], with the id of the stage that made it.
@@ -189,7 +191,8 @@ impl JobCtx<'_> {
 
     /// Like [`JobCtx::upstream`], but its absence is an error that says which kind makes it.
     pub fn require_upstream<T: Output>(&self, made_by: &str) -> Result<T, StageError> {
-        self.upstream()?.ok_or_else(|| missing_upstream(self, T::FILE, made_by))
+        self.upstream()?
+            .ok_or_else(|| missing_upstream(self, T::FILE, made_by))
     }
 
     /// Where the upstream file `file` is; its absence is an error that says which kind
@@ -428,6 +431,9 @@ mod tests {
         assert_eq!(by["cap"].ty, "number");
         assert_eq!(by["cap"].default, None);
         assert_eq!(by["names"].ty, "list of texts");
-        assert!(d.iter().all(|p| !p.ty.contains("u32") && !p.ty.contains("f64")));
+        assert!(
+            d.iter()
+                .all(|p| !p.ty.contains("u32") && !p.ty.contains("f64"))
+        );
     }
 }

@@ -15,8 +15,8 @@ pub fn registry() -> Registry {
     let mut r = Registry::new();
     r.register(command::CommandStage);
     media::register_media(&mut r);
-    r.add(speech::vad::VadStage);
-    r.add(speech::whisper::WhisperStage);
+    r.register(speech::vad::VadStage);
+    r.register(speech::whisper::WhisperStage);
     r.register(vision::yolo::YoloStage::default());
     r.register(vision::ocr::OcrStage::default());
     knowledge::register_knowledge(&mut r);

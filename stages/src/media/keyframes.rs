@@ -65,29 +65,39 @@ impl Default for Params {
 #[derive(Debug, Default, Clone, Copy)]
 pub struct KeyframesStage;
 
-/// `keyframes.json`: one picture per scene.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// `keyframes.json`: one picture per scene. Readers need only `keyframes` (scene, time,
+/// file): the rest default when absent, so other tools can feed the vision stages.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+#[serde(default)]
 pub struct KeyframesOut {
     pub keyframes: Vec<KeyframeOut>,
     /// Degrees (counterclockwise) the pictures were turned, from the rotation metadata.
+    #[serde(default)]
     pub rotation: i32,
     /// Scenes for which no frame could be decoded (damaged files).
+    #[serde(default)]
     pub missing: Vec<usize>,
+    #[serde(default)]
     pub decode_errors: u64,
 }
 
 /// One picture of [`KeyframesOut`].
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+#[serde(default)]
 pub struct KeyframeOut {
     pub scene: usize,
     /// Seconds from the video stream's start (as in scenes.json).
     pub time: f64,
     pub file: String,
+    #[serde(default)]
     pub width: u32,
+    #[serde(default)]
     pub height: u32,
     /// Variance of the Laplacian of the grey picture (higher is sharper).
+    #[serde(default)]
     pub sharpness: f64,
     /// True when every candidate was black or blank and this is the best of them.
+    #[serde(default)]
     pub blank: bool,
 }
 

@@ -24,7 +24,6 @@ use ffmpeg::format::context::Input;
 use ffmpeg::media::Type as MediaType;
 use ffmpeg::{Rational, codec, decoder, frame};
 use ffmpeg_next as ffmpeg;
-use serde::Serialize;
 use vsum_engine::events::Event;
 use vsum_engine::stage::{JobCtx, KeyExtras, Registry, StageError, Video};
 
@@ -36,10 +35,10 @@ pub use slides::{AutoChoice, SlideDetector, SlideScore, SlideSettings};
 
 /// Registers every media stage kind.
 pub fn register_media(reg: &mut Registry) {
-    reg.add(ProbeStage);
-    reg.add(AudioStage);
-    reg.add(SceneStage);
-    reg.add(KeyframesStage);
+    reg.register(ProbeStage);
+    reg.register(AudioStage);
+    reg.register(SceneStage);
+    reg.register(KeyframesStage);
 }
 
 /// Initialises FFmpeg once and silences its own logging: the engine never prints, and
@@ -120,19 +119,6 @@ pub(crate) fn check_cancel(ctx: &JobCtx) -> Result<(), StageError> {
     } else {
         Ok(())
     }
-}
-
-/// Writes `value` as pretty JSON to `dir/name`.
-pub(crate) fn write_json<T: Serialize>(
-    dir: &Path,
-    name: &str,
-    value: &T,
-) -> Result<(), StageError> {
-    let path = dir.join(name);
-    let mut bytes = serde_json::to_vec_pretty(value)
-        .map_err(|e| StageError::fatal(format!("cannot serialize {name}: {e}")))?;
-    bytes.push(b'\n');
-    fs::write(&path, bytes).map_err(|e| io_error(&path, "write", e))
 }
 
 pub(crate) fn io_error(path: &Path, what: &str, e: std::io::Error) -> StageError {

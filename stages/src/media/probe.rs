@@ -38,7 +38,8 @@ pub struct Params {
 pub struct ProbeStage;
 
 /// `probe.json`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+#[serde(default)]
 pub struct ProbeOut {
     /// File name only: outputs never hold absolute paths.
     pub file: String,
@@ -61,7 +62,8 @@ pub struct ProbeOut {
 }
 
 /// One stream of [`ProbeOut`].
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+#[serde(default)]
 pub struct StreamOut {
     pub index: usize,
     pub kind: String,

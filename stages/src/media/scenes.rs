@@ -174,7 +174,8 @@ impl Default for Params {
 pub struct SceneStage;
 
 /// One scene of `scenes.json`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Default, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
 pub struct Scene {
     pub index: usize,
     /// Seconds from the video stream's start.
@@ -191,7 +192,8 @@ pub struct Scene {
 
 /// `scenes.json`. Readers need only `scenes` and `fps`: the rest default when absent,
 /// so other tools (or a hand-written list) can feed `video.keyframes`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+#[serde(default)]
 pub struct ScenesOut {
     pub scenes: Vec<Scene>,
     pub fps: f64,

@@ -14,7 +14,8 @@ pub struct Word {
     pub probability: f32,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Segment {
     pub start: f64,
     pub end: f64,
@@ -25,7 +26,8 @@ pub struct Segment {
     pub words: Option<Vec<Word>>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Transcript {
     /// Language code (`en`), detected or given; `null` when nothing was decoded.
     pub language: Option<String>,

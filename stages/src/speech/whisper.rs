@@ -17,7 +17,9 @@ use std::sync::Once;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use vsum_engine::contract::TypedStage;
-use vsum_engine::stage::{Check, CheckEnv, JobCtx, KeyEnv, KeyExtras, Lane, ParamError, StageError};
+use vsum_engine::stage::{
+    Check, CheckEnv, JobCtx, KeyEnv, KeyExtras, Lane, ParamError, StageError,
+};
 use whisper_rs::{
     FullParams, SamplingStrategy, WhisperContext, WhisperContextParameters, WhisperState,
 };
@@ -645,7 +647,11 @@ impl TypedStage for WhisperStage {
     }
 
     fn doctor(&self, p: &Params, base_dir: &std::path::Path) -> Vec<Check> {
-        vec![crate::models::doctor_model(&p.model, base_dir, FORMAT_WHISPER)]
+        vec![crate::models::doctor_model(
+            &p.model,
+            base_dir,
+            FORMAT_WHISPER,
+        )]
     }
 
     fn run(&self, p: &Params, ctx: &mut JobCtx) -> Result<(), StageError> {
