@@ -56,7 +56,7 @@ impl vsum_engine::contract::Output for Transcript {
 /// One thing decoding did that a reader of the transcript should know about.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Note {
-    /// `fallback`, `repeat_dropped`, `cpu_fallback`, ...
+    /// `fallback` (decoded again hotter), `repeat_dropped`, ...
     pub kind: String,
     /// Seconds from the start of the video where it happened.
     pub at: f64,

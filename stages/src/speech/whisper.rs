@@ -746,16 +746,24 @@ impl TypedStage for WhisperStage {
         // reused for every window and every video; per job elsewhere.
         let model = resolve(&models_dir(), &p.model, ctx.base_dir, FORMAT_WHISPER)?;
         let blake3 = model.blake3(None)?;
-        let key = format!("whisper:{blake3}");
+        // The engine decides the device: the GPU unless this job runs on the CPU (a
+        // `lane: cpu` stage, or the retry after a GPU out-of-memory error).
+        let want_gpu = !ctx.force_cpu;
+        let key = format!("whisper:{blake3}:{}", if want_gpu { "gpu" } else { "cpu" });
+        if want_gpu && let Some(e) = crate::injected_gpu_oom("whisper.transcribe") {
+            return Err(e);
+        }
         let (cores, held_cores, on_lane) = (ctx.cores, ctx.held_cores, ctx.resources.is_some());
         let mut own: Option<Loaded> = None;
         let loaded: &mut Loaded = match ctx.resources.as_deref_mut() {
-            Some(r) => r.get_or_load(&key, || load(&model, true))?,
+            Some(r) => r.get_or_load(&key, || load(&model, want_gpu))?,
             None => {
-                tracing::warn!(
-                    "whisper.transcribe runs outside the GPU lane: its model is loaded for every job (use `lane: gpu`)"
-                );
-                own.insert(load(&model, true)?)
+                if want_gpu {
+                    tracing::warn!(
+                        "whisper.transcribe runs outside the GPU lane: its model is loaded for every job (use `lane: gpu`)"
+                    );
+                }
+                own.insert(load(&model, want_gpu)?)
             }
         };
         t.model = loaded.name.clone();
@@ -805,25 +813,18 @@ impl TypedStage for WhisperStage {
             ctx.cancel,
         );
         let gpu = loaded.gpu;
-        let result = match result {
+        let (segments, detected, notes) = match result {
             Err(e) if e == "cancelled" => return Err(StageError::cancelled()),
             Err(e) if gpu => {
-                // A GPU failure (often out of memory): once more on the CPU, noted.
-                tracing::warn!("whisper.transcribe: {e}; retrying this job on the CPU");
+                // A GPU failure (often out of memory): the model goes, and the engine
+                // runs the job once more on the CPU and notes it in the run summary.
                 if let Some(r) = ctx.resources.as_deref_mut() {
                     r.drop_resource(&key);
                 }
-                let mut cpu = load(&model, false)?;
-                t.notes.push(Note {
-                    kind: "cpu_fallback".into(),
-                    at: 0.0,
-                    detail: format!("decoded on the CPU after a GPU failure: {e}"),
-                });
-                transcribe(&mut cpu.state, &cpu.ctx, &d, &mut wav, &windows, ctx.cancel)
+                return Err(StageError::gpu_out_of_memory(format!(
+                    "whisper.cpp failed on the GPU: {e}"
+                )));
             }
-            other => other,
-        };
-        let (segments, detected, notes) = match result {
             Ok(r) => r,
             Err(e) if e == "cancelled" => return Err(StageError::cancelled()),
             Err(e) => return Err(StageError::retryable(e)),

@@ -199,7 +199,12 @@ fn layout_error(label: &str, what: String) -> StageError {
 
 impl Detector {
     /// Loads `model` into an ONNX Runtime session and checks its layout.
-    fn load(dir: &ModelsDir, model: &Resolved, threads: usize) -> Result<Detector, StageError> {
+    fn load(
+        dir: &ModelsDir,
+        model: &Resolved,
+        threads: usize,
+        gpu: bool,
+    ) -> Result<Detector, StageError> {
         model.verify()?;
         // Says what to install even when another models folder already loaded a library.
         onnxruntime::library(dir)?;
@@ -223,9 +228,13 @@ impl Detector {
             .with_inter_threads(1)
             .map_err(|e| fail(e.to_string()))?;
         #[cfg(feature = "onnx-cuda")]
-        let builder = builder
-            .with_execution_providers([ort::ep::CUDA::default().build()])
-            .map_err(|e| fail(e.to_string()))?;
+        let builder = if gpu {
+            builder
+                .with_execution_providers([ort::ep::CUDA::default().build()])
+                .map_err(|e| fail(e.to_string()))?
+        } else {
+            builder
+        };
         let mut builder = builder;
         let session = builder
             .commit_from_file(&model.path)
@@ -326,7 +335,7 @@ impl Detector {
         };
         let input_name = input.name().to_string();
         let output_name = output.name().to_string();
-        let provider = if cfg!(feature = "onnx-cuda") {
+        let provider = if gpu && cfg!(feature = "onnx-cuda") {
             "CUDA if available, else CPU"
         } else {
             "CPU"
@@ -667,20 +676,43 @@ impl TypedStage for YoloStage {
             // The model: once per run on the GPU lane; per job elsewhere.
             let dir = self.models_dir();
             let model = resolve(&dir, &p.model, ctx.base_dir, FORMAT_ONNX)?;
-            let key = format!("yolo:{}", model.blake3(None)?);
+            // The engine decides the device: the GPU unless this job runs on the CPU (a
+            // `lane: cpu` stage, or the retry after a GPU out-of-memory error).
+            let gpu = !ctx.force_cpu;
+            if gpu && let Some(e) = crate::injected_gpu_oom(KIND) {
+                return Err(e);
+            }
+            let device = if gpu { "gpu" } else { "cpu" };
+            let key = format!("yolo:{}:{device}", model.blake3(None)?);
             let mut owned = None;
             let det: &mut Detector = match ctx.resources.as_deref_mut() {
-                Some(r) => r.get_or_load(&key, || Detector::load(&dir, &model, threads))?,
+                Some(r) => r.get_or_load(&key, || Detector::load(&dir, &model, threads, gpu))?,
                 None => {
-                    tracing::warn!(
-                        "{KIND} runs outside the GPU lane: its model is loaded for every job (use `lane: gpu`)"
-                    );
-                    owned.insert(Detector::load(&dir, &model, threads)?)
+                    if gpu {
+                        tracing::warn!(
+                            "{KIND} runs outside the GPU lane: its model is loaded for every job (use `lane: gpu`)"
+                        );
+                    }
+                    owned.insert(Detector::load(&dir, &model, threads, gpu)?)
                 }
             };
             let paths: Vec<PathBuf> = keyframes.iter().map(|(_, p)| p.clone()).collect();
             let started = std::time::Instant::now();
-            let found = detect_all(det, &paths, p.batch as usize, &t, cancel)?;
+            let found = match detect_all(det, &paths, p.batch as usize, &t, cancel) {
+                Ok(f) => f,
+                Err(e) if gpu && cfg!(feature = "onnx-cuda") && !e.cancelled => {
+                    // A failure on the GPU (often out of memory): the session goes, and
+                    // the engine runs the job once more on the CPU, noted in the run summary.
+                    if let Some(r) = ctx.resources.as_deref_mut() {
+                        r.drop_resource(&key);
+                    }
+                    return Err(StageError::gpu_out_of_memory(format!(
+                        "{KIND} failed on the GPU: {}",
+                        e.message
+                    )));
+                }
+                Err(e) => return Err(e),
+            };
             tracing::info!(
                 pictures = paths.len(),
                 ms = started.elapsed().as_millis() as u64,
