@@ -103,33 +103,33 @@ impl<K: TypedStage> StageKind for K {
         K::SUMMARY
     }
     fn default_lane(&self) -> Lane {
-        self.default_lane()
+        TypedStage::default_lane(self)
     }
     fn params_doc(&self) -> Vec<ParamDoc> {
         params_doc::<K::Params>()
     }
     fn check(&self, params: &Value, env: &CheckEnv) -> Result<Value, Vec<ParamError>> {
-        let early = self.check_raw(params);
+        let early = TypedStage::check_raw(self, params);
         if !early.is_empty() {
             return Err(early);
         }
         let p: K::Params = typed_params(&object(params))?;
-        let p = self.validate(p, env)?;
+        let p = TypedStage::validate(self, p, env)?;
         serde_json::to_value(&p).map_err(|e| vec![ParamError::new(&[], e.to_string())])
     }
     fn key_extras(&self, params: &Value, env: &KeyEnv) -> Result<KeyExtras, StageError> {
-        self.key_extras(&parse::<K>(params)?, env)
+        TypedStage::key_extras(self, &parse::<K>(params)?, env)
     }
     fn resource_group(&self, params: &Value) -> Option<String> {
-        self.resource_group(&parse::<K>(params).ok()?)
+        TypedStage::resource_group(self, &parse::<K>(params).ok()?)
     }
     fn run(&self, ctx: &mut JobCtx) -> Result<(), StageError> {
         let p = parse::<K>(ctx.params)?;
-        self.run(&p, ctx)
+        TypedStage::run(self, &p, ctx)
     }
     fn doctor(&self, params: &Value, base_dir: &Path) -> Vec<Check> {
         match parse::<K>(params) {
-            Ok(p) => self.doctor(&p, base_dir),
+            Ok(p) => TypedStage::doctor(self, &p, base_dir),
             Err(e) => vec![Check::fail(K::NAME, e.message, "fix the stage's params")],
         }
     }

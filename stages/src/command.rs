@@ -231,7 +231,7 @@ impl TypedStage for CommandStage {
             }
             if p.uses("video") {
                 x.inputs
-                    .insert("video".into(), v.rel.to_string_lossy().into_owned());
+                    .insert("video_path".into(), v.rel.to_string_lossy().into_owned());
             }
         }
         Ok(x)

@@ -123,8 +123,12 @@ fn chapters_follow_cuts_and_hold_their_sentences_and_objects() {
 fn missing_audio_cuts_and_detections_are_stated() {
     let inputs = Inputs {
         probe: Some(v(json!({"duration": 12.0}))),
-        scenes: Some(v(json!({"scenes": [{"index": 0, "start": 0.0, "end": 12.0}]}))),
-        transcript: Some(v(json!({"has_audio": false, "reason": "no audio stream", "segments": []}))),
+        scenes: Some(v(
+            json!({"scenes": [{"index": 0, "start": 0.0, "end": 12.0}]}),
+        )),
+        transcript: Some(v(
+            json!({"has_audio": false, "reason": "no audio stream", "segments": []}),
+        )),
         objects: Some(v(json!({"scenes": [{"scene": 0, "objects": []}]}))),
         ..Inputs::default()
     };
@@ -259,7 +263,9 @@ fn a_talk_without_cuts_gets_chapters_by_topic_with_paragraphs_and_one_bullet_eac
     let inputs = Inputs {
         probe: Some(v(json!({"duration": t}))),
         scenes: Some(v(json!({"scenes": [{"index": 0, "start": 0.0, "end": t}]}))),
-        transcript: Some(v(json!({"language": "en", "has_audio": true, "segments": segments}))),
+        transcript: Some(v(
+            json!({"language": "en", "has_audio": true, "segments": segments}),
+        )),
         ..Inputs::default()
     };
     let meta = Meta {

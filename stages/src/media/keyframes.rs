@@ -67,6 +67,23 @@ pub struct KeyframesStage;
 
 /// `keyframes.json`: one picture per scene. Readers need only `keyframes` (scene, time,
 /// file): the rest default when absent, so other tools can feed the vision stages.
+///
+/// Consumers read this type, not loose JSON, and name the fields they use, so renaming
+/// one is a compile error in every consumer rather than data silently missing:
+///
+/// ```compile_fail
+/// # use vsum_stages::media::KeyframesOut;
+/// fn pictures(k: &KeyframesOut) -> usize {
+///     k.frames.len() // the field is `keyframes`: this does not compile
+/// }
+/// ```
+///
+/// ```
+/// # use vsum_stages::media::KeyframesOut;
+/// fn pictures(k: &KeyframesOut) -> usize {
+///     k.keyframes.len()
+/// }
+/// ```
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct KeyframesOut {
