@@ -15,6 +15,7 @@ pub mod graph;
 pub mod hash;
 pub mod manifest;
 pub mod monitor;
+pub mod resources;
 pub mod run;
 pub mod safety;
 pub mod stage;

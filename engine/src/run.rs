@@ -1389,6 +1389,10 @@ fn schedule(
 /// The GPU lane: one thread, one job at a time, models kept loaded across jobs.
 fn gpu_lane(shared: &Shared, rx: Receiver<Planned>, done: Sender<Msg>) {
     let mut resources = Resources::new(shared.config.gpu_models, shared.events.clone());
+    // With a GPU, models are also bounded by its memory (measured per load).
+    if let Some(probe) = crate::monitor::Gpu::open().vram_probe() {
+        resources = resources.with_vram(probe);
+    }
     let mut queue: VecDeque<Planned> = VecDeque::new();
     let mut last_group: Option<String> = None;
     loop {
