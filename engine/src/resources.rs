@@ -192,7 +192,7 @@ mod tests {
         let loaded = loads(&events);
         let mut r = Resources::new(8, events)
             .with_vram(Box::new(move || Some((g.load(Ordering::SeqCst), 10 * GIB))));
-        let mut load = |r: &mut Resources, key: &str, size: u64| {
+        let load = |r: &mut Resources, key: &str, size: u64| {
             let gpu = gpu.clone();
             r.get_or_load(key, move || {
                 gpu.fetch_add(size, Ordering::SeqCst);
