@@ -3,7 +3,6 @@
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, IsTerminal, Write};
-use std::path::Path;
 
 use vsum_engine::events::Outcome;
 use vsum_engine::fsutil::human_bytes;
@@ -31,31 +30,6 @@ fn past_durations(store: &Store) -> BTreeMap<String, f64> {
         .collect()
 }
 
-/// Seconds of media, from probe.json files already in the output folder.
-fn known_duration(output: &Path) -> (f64, usize) {
-    let mut total = 0.0;
-    let mut n = 0;
-    for video in std::fs::read_dir(output).into_iter().flatten().flatten() {
-        for stage in std::fs::read_dir(video.path())
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            let f = stage.path().join("probe.json");
-            if let Some(d) = std::fs::read_to_string(&f)
-                .ok()
-                .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-                .and_then(|v| v["duration"].as_f64())
-            {
-                total += d;
-                n += 1;
-                break;
-            }
-        }
-    }
-    (total, n)
-}
-
 fn human_secs(s: f64) -> String {
     let s = s.round() as u64;
     match s {
@@ -74,13 +48,6 @@ pub fn screen(plan: &RunSummary, store: &Store, threads: usize) -> String {
         plan.videos,
         human_bytes(plan.video_bytes)
     ));
-    let (secs, n) = known_duration(&plan.output_dir);
-    if n > 0 {
-        s.push_str(&format!(
-            ", {} of media known for {n} of them",
-            human_secs(secs)
-        ));
-    }
     s.push('\n');
     s.push_str(&format!(
         "jobs: {} in all, {} cached, {} to run\n",
