@@ -91,6 +91,7 @@ pub fn run(cmd: ModelsCmd) -> anyhow::Result<u8> {
             let dir = dir.models_dir();
             let opts = InstallOptions { from, force };
             let mut failed = 0;
+            let mut unknown = 0;
             for name in &models::expand(&names) {
                 let t0 = Instant::now();
                 match models::install(&dir, name, &opts) {
@@ -115,10 +116,12 @@ pub fn run(cmd: ModelsCmd) -> anyhow::Result<u8> {
                         eprint!("{name}: ");
                         print_error(&e);
                         failed += 1;
+                        unknown += usize::from(models::spec(name).is_none());
                     }
                 }
             }
-            Ok(u8::from(failed > 0))
+            // A name not in the catalog is a usage error (2), like any bad argument.
+            Ok(if unknown > 0 { 2 } else { u8::from(failed > 0) })
         }
         ModelsCmd::List { json, dir } => {
             let dir = dir.models_dir();
@@ -253,7 +256,7 @@ pub fn run(cmd: ModelsCmd) -> anyhow::Result<u8> {
                             .hint("`vsum models list` shows the models"),
                     };
                     print_error(&e);
-                    Ok(1)
+                    Ok(if models::spec(&name).is_some() { 1 } else { 2 })
                 }
             }
         }
