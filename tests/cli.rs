@@ -368,7 +368,20 @@ fn usage_errors_exit_2_and_stages_shows_no_rust_type_names() {
         &[("VSUM_MODELS_DIR", tmp.path().to_str().unwrap())],
     );
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    assert!(stderr(&out).contains("cannot be installed"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("cannot be installed"),
+        "{}",
+        stderr(&out)
+    );
+    let out = vsum_in(
+        tmp.path(),
+        &["models", "install", "no-such-model", "--json"],
+        &[("VSUM_MODELS_DIR", tmp.path().to_str().unwrap())],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let rows = json_of(&out, "models install --json");
+    assert_eq!(rows[0]["ok"], false);
+    assert!(rows[0]["error"].as_str().unwrap().contains("unknown model"));
     let out = vsum_in(tmp.path(), &["stages"], &[]);
     assert!(out.status.success());
     for word in stdout(&out).split_whitespace() {
