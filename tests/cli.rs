@@ -403,3 +403,42 @@ fn usage_errors_exit_2_and_stages_shows_no_rust_type_names() {
         );
     }
 }
+
+/// On a terminal, a gc that removes more than half of the cache asks first: "n" keeps
+/// everything, "y" goes ahead. `script` gives vsum a terminal.
+#[test]
+fn a_big_gc_asks_on_a_terminal() {
+    if !tool("script") && !required("a_big_gc_asks_on_a_terminal", "script (util-linux)") {
+        return;
+    }
+    let p = Project::new(DEMO, &[("a.mp4", b"aaaa")]);
+    assert_eq!(p.run(&[]).0, 0);
+    let on_terminal = |answer: &str| {
+        let mut child = Command::new("script")
+            .args(["-qec", &format!("{BIN} cache gc --max-size 0"), "/dev/null"])
+            .current_dir(p.path())
+            .env_remove("VSUM_CACHE_DIR")
+            .env_remove("VSUM_MANIFEST")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("script");
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(answer.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", stdout(&out));
+        stdout(&out)
+    };
+    let screen = on_terminal("n\n");
+    assert!(screen.contains("Go ahead? [y/N]"), "{screen}");
+    assert!(screen.contains("nothing removed"), "{screen}");
+    assert_eq!(entry_count(&p), 3);
+    let screen = on_terminal("y\n");
+    assert!(screen.contains("removed 3 entries"), "{screen}");
+    assert_eq!(entry_count(&p), 0);
+}

@@ -222,7 +222,9 @@ pub fn open_cache(
     mode: LockMode,
     need_manifest: bool,
 ) -> Result<Target, Fail> {
-    let explicit = pos.is_some() || flag.is_some() || std::env::var_os("VSUM_MANIFEST").is_some();
+    let explicit = pos.is_some()
+        || flag.is_some()
+        || std::env::var_os("VSUM_MANIFEST").is_some_and(|v| !v.is_empty());
     let path = if common.cache_dir.is_none() || explicit || need_manifest {
         manifest(pos, flag)?
     } else {

@@ -9,14 +9,13 @@ use vsum_engine::fsutil::human_bytes;
 use vsum_engine::run::{self, RunSummary};
 use vsum_engine::store::Store;
 
+use super::common::read_summary;
+
 /// Mean duration (ms) of jobs that ran, per stage, over the last few runs.
 fn past_durations(store: &Store) -> BTreeMap<String, f64> {
     let mut sums: BTreeMap<String, (f64, usize)> = BTreeMap::new();
     for p in run::past_runs(store).iter().rev().take(5) {
-        let Ok(text) = std::fs::read_to_string(p) else {
-            continue;
-        };
-        let Ok(s) = serde_json::from_str::<RunSummary>(&text) else {
+        let Ok(s) = read_summary(p) else {
             continue;
         };
         for j in s.jobs.iter().filter(|j| j.outcome == Outcome::Ran) {
