@@ -100,8 +100,9 @@ fn the_manifest_is_found_in_pipelines_and_from_a_subfolder() {
         .replace("output: output/", "output: ../output/");
     std::fs::write(p.path().join("pipelines/demo.yaml"), text).unwrap();
     std::fs::remove_file(p.manifest()).unwrap();
-    // Not a manifest: no top-level `stages:`.
+    // Not manifests: no top-level `stages:`, or a hidden file (a CI config).
     std::fs::write(p.path().join("pipelines/notes.yaml"), "title: x\n").unwrap();
+    std::fs::write(p.path().join(".gitlab-ci.yml"), "stages: [build]\n").unwrap();
 
     let out = p.vsum(&["run", "--progress", "none"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
@@ -142,6 +143,14 @@ fn no_manifest_anywhere_is_a_usage_error_and_a_typo_gets_a_suggestion() {
     let out = vsum_in(empty.path(), &["plan"], &[]);
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("which manifest?"), "{}", stderr(&out));
+    // doctor still checks the machine, and says that it checked no pipeline.
+    let out = vsum_in(empty.path(), &["doctor"], &[]);
+    assert!(
+        stdout(&out).contains("manifest: none given or found"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(stdout(&out).contains("1 warning"), "{}", stdout(&out));
 
     let p = Project::new(DEMO, &[("a.mp4", b"aaaa")]);
     std::fs::create_dir_all(p.path().join("pipelines")).unwrap();

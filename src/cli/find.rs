@@ -134,7 +134,8 @@ fn shown(p: &Path, cwd: &Path) -> PathBuf {
     }
 }
 
-/// The `*.yaml`/`*.yml` files in `dir` with a top-level `stages:` key, sorted.
+/// The `*.yaml`/`*.yml` files in `dir` with a top-level `stages:` key, sorted. Hidden
+/// files (`.gitlab-ci.yml` also has `stages:`) are not manifests.
 fn manifests_in(dir: &Path) -> Vec<PathBuf> {
     let mut out: Vec<PathBuf> = std::fs::read_dir(dir)
         .into_iter()
@@ -142,7 +143,9 @@ fn manifests_in(dir: &Path) -> Vec<PathBuf> {
         .flatten()
         .map(|e| e.path())
         .filter(|p| {
-            p.extension().is_some_and(|e| e == "yaml" || e == "yml")
+            !p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+                && p.extension().is_some_and(|e| e == "yaml" || e == "yml")
                 && p.is_file()
                 && is_manifest(p)
         })
