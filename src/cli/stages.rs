@@ -29,7 +29,7 @@ pub fn friendly_type(ty: &str) -> String {
 fn params_json(params: &[ParamDoc]) -> Vec<serde_json::Value> {
     params
         .iter()
-        .map(|p| json!({"name": p.name, "ty": friendly_type(&p.ty), "default": p.default, "doc": p.doc}))
+        .map(|p| json!({"name": p.name, "ty": friendly_type(p.ty.trim()), "default": &p.default, "doc": p.doc}))
         .collect()
 }
 
@@ -57,7 +57,7 @@ pub fn cmd(registry: &Registry, json: bool) {
             k.summary()
         );
         let params = k.params_doc();
-        let types: Vec<String> = params.iter().map(|p| friendly_type(&p.ty)).collect();
+        let types: Vec<String> = params.iter().map(|p| friendly_type(p.ty.trim())).collect();
         let nw = params
             .iter()
             .map(|p| p.name.chars().count())
@@ -67,6 +67,7 @@ pub fn cmd(registry: &Registry, json: bool) {
         for (p, ty) in params.iter().zip(&types) {
             let d = p
                 .default
+                .as_ref()
                 .map(|d| format!(" [default: {d}]"))
                 .unwrap_or_default();
             println!("    {:<nw$}  {:<tw$}  {}{d}", p.name, ty, p.doc);
