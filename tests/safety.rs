@@ -309,8 +309,16 @@ fn a_new_cache_is_marked_and_an_older_unmarked_cache_is_adopted() {
     // An empty folder is fine too.
     let empty = p.path().join("empty");
     std::fs::create_dir_all(&empty).unwrap();
-    let out = p.vsum(&["cache", "--cache-dir", empty.to_str().unwrap(), "ls"]);
+    let out = p.vsum(&[
+        "run",
+        "pipeline.yaml",
+        "--progress",
+        "none",
+        "--cache-dir",
+        empty.to_str().unwrap(),
+    ]);
     assert!(out.status.success(), "{}", stderr(&out));
+    assert!(empty.join("CACHEDIR.TAG").is_file());
     // A marker from a newer vsum is not guessed at.
     std::fs::write(
         p.path().join(".vsum/CACHEDIR.TAG"),

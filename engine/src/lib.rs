@@ -4,6 +4,7 @@
 
 pub mod alerts;
 pub mod config;
+pub mod contract;
 pub mod cores;
 pub mod diag;
 pub mod discover;
@@ -16,6 +17,7 @@ pub mod lane;
 pub mod manifest;
 pub mod monitor;
 pub mod params;
+pub mod resources;
 pub mod run;
 pub mod safety;
 pub mod stage;

@@ -151,6 +151,15 @@ impl Gpu {
         }
     }
 
+    /// A reader of the GPU's used and total memory for the model cache
+    /// ([`crate::resources::Resources::with_vram`]), or `None` in CPU mode.
+    pub fn vram_probe(self) -> Option<crate::resources::VramProbe> {
+        self.nvml.as_ref()?;
+        Some(Box::new(move || {
+            self.sample().map(|s| (s.memory_used, s.memory_total))
+        }))
+    }
+
     pub fn sample(&self) -> Option<GpuSample> {
         let d = self.nvml.as_ref()?.device_by_index(0).ok()?;
         let m = d.memory_info().ok()?;

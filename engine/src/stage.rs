@@ -6,8 +6,7 @@
 //! engine knows nothing else about a kind, so adding one touches one file in `stages/`
 //! and one registry line.
 
-use std::any::Any;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -18,10 +17,11 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::cores::Cores;
-use crate::events::{Event, EventSink};
+use crate::events::EventSink;
 use crate::hash::FileHasher;
 pub use crate::lane::Lane;
 pub use crate::params::{ParamError, typed_params};
+pub use crate::resources::Resources;
 
 /// One job per video, or one job for the whole batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -34,10 +34,11 @@ pub enum Scope {
 /// One documented parameter, shown by `vsum stages`.
 #[derive(Debug, Clone, Serialize)]
 pub struct ParamDoc {
-    pub name: &'static str,
-    pub ty: &'static str,
-    pub default: Option<&'static str>,
-    pub doc: &'static str,
+    pub name: String,
+    /// The type in words ("whole number", "one of: a, b"), never a Rust type name.
+    pub ty: String,
+    pub default: Option<String>,
+    pub doc: String,
 }
 
 /// What a kind's parameter check can see of the manifest.
@@ -105,74 +106,6 @@ pub struct BatchItem {
     /// Upstream stage id -> its outputs for this video (a private staged copy, as in
     /// [`JobCtx::upstream`]).
     pub upstream: BTreeMap<String, PathBuf>,
-}
-
-/// Models and other expensive state kept alive on the GPU lane across jobs,
-/// keyed by something stable such as a model's hash. Bounded: least recently used goes.
-pub struct Resources {
-    items: HashMap<String, (u64, Box<dyn Any>)>,
-    clock: u64,
-    capacity: usize,
-    events: EventSink,
-}
-
-impl Resources {
-    pub fn new(capacity: usize, events: EventSink) -> Self {
-        Resources {
-            items: HashMap::new(),
-            clock: 0,
-            capacity: capacity.max(1),
-            events,
-        }
-    }
-
-    /// Returns the resource under `key`, loading it with `load` the first time.
-    pub fn get_or_load<T: 'static, E>(
-        &mut self,
-        key: &str,
-        load: impl FnOnce() -> Result<T, E>,
-    ) -> Result<&mut T, E> {
-        self.clock += 1;
-        let now = self.clock;
-        if !self.items.contains_key(key) {
-            while self.items.len() >= self.capacity {
-                let oldest = self
-                    .items
-                    .iter()
-                    .min_by_key(|(_, (used, _))| *used)
-                    .map(|(k, _)| k.clone());
-                match oldest {
-                    Some(k) => {
-                        self.items.remove(&k);
-                        self.events.emit(Event::ResourceDropped { key: k });
-                    }
-                    None => break,
-                }
-            }
-            let started = std::time::Instant::now();
-            let value = load()?;
-            self.events.emit(Event::ResourceLoaded {
-                key: key.to_string(),
-                ms: started.elapsed().as_millis() as u64,
-            });
-            self.items.insert(key.to_string(), (now, Box::new(value)));
-        }
-        let slot = self.items.get_mut(key).expect("inserted above");
-        slot.0 = now;
-        Ok(slot
-            .1
-            .downcast_mut::<T>()
-            .expect("a resource key is used with one type only"))
-    }
-
-    /// Frees one resource (e.g. after an out-of-memory error).
-    pub fn drop_resource(&mut self, key: &str) {
-        if self.items.remove(key).is_some() {
-            self.events.emit(Event::ResourceDropped {
-                key: key.to_string(),
-            });
-        }
-    }
 }
 
 /// Everything one job may use while it runs.
@@ -402,31 +335,5 @@ impl Registry {
 impl fmt::Debug for Registry {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_list().entries(self.kinds.keys()).finish()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn resources_load_once_and_evict_least_recently_used() {
-        let events = EventSink::new();
-        let loads = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let l = loads.clone();
-        events.subscribe(move |e| {
-            if let Event::ResourceLoaded { key, .. } = e {
-                l.lock().unwrap().push(key.clone());
-            }
-        });
-        let mut r = Resources::new(2, events);
-        for key in ["a", "a", "b", "a", "c", "a", "b"] {
-            let v: &mut String = r
-                .get_or_load(key, || Ok::<_, ()>(key.to_uppercase()))
-                .unwrap();
-            assert_eq!(v, &key.to_uppercase());
-        }
-        // a, b loaded; c evicts b (a was used more recently); b comes back evicting c.
-        assert_eq!(*loads.lock().unwrap(), vec!["a", "b", "c", "b"]);
     }
 }

@@ -15,31 +15,39 @@ use std::path::{Component, Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use vsum_engine::contract::TypedStage;
 use vsum_engine::stage::{
-    Check, CheckEnv, JobCtx, KeyEnv, KeyExtras, Lane, ParamDoc, ParamError, Scope, StageError,
-    StageKind, typed_params,
+    Check, CheckEnv, JobCtx, KeyEnv, KeyExtras, ParamError, Scope, StageError,
 };
 use vsum_engine::template::{self, Piece};
 
 /// Lines of stderr kept for error messages.
 const STDERR_TAIL: usize = 20;
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct Params {
-    run: Vec<String>,
+pub struct Params {
+    /// The argv, executed without a shell from the manifest's folder; placeholders
+    /// {video} {stem} {out} {<stage>} ({videos} in batch scope).
+    pub run: Vec<String>,
+    /// Capture stdout into this output file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    stdout: Option<String>,
+    pub stdout: Option<String>,
+    /// Files the command must create in {out}; a missing one fails the job.
     #[serde(default)]
-    outputs: Vec<String>,
+    pub outputs: Vec<String>,
+    /// Extra files whose content joins the cache key (scripts, configs).
     #[serde(default)]
-    deps: Vec<String>,
+    pub deps: Vec<String>,
+    /// Extra environment variables (values are templated).
     #[serde(default)]
-    env: BTreeMap<String, String>,
+    pub env: BTreeMap<String, String>,
+    /// Seconds: kill the command after this long (a retryable failure).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    timeout: Option<f64>,
+    pub timeout: Option<f64>,
 }
 
 #[derive(Debug, Default)]
@@ -51,75 +59,25 @@ fn bad_out_name(name: &str) -> bool {
 }
 
 impl Params {
-    fn uses_stem(&self) -> bool {
+    /// Does the argv or the environment use the placeholder `name`?
+    fn uses(&self, name: &str) -> bool {
         self.run
             .iter()
             .chain(self.env.values())
-            .any(|s| template::vars(s).iter().any(|v| v == "stem"))
+            .any(|s| template::vars(s).iter().any(|v| v == name))
     }
 }
 
-impl StageKind for CommandStage {
-    fn name(&self) -> &'static str {
-        vsum_engine::manifest::COMMAND_KIND
-    }
+impl TypedStage for CommandStage {
+    type Params = Params;
+    const NAME: &'static str = vsum_engine::manifest::COMMAND_KIND;
+    const VERSION: u32 = 1;
+    const SUMMARY: &'static str =
+        "Runs a program (argv, no shell) on each video; its files in {out} are the outputs";
 
-    fn version(&self) -> u32 {
-        1
-    }
-
-    fn summary(&self) -> &'static str {
-        "Runs a program (argv, no shell) on each video; its files in {out} are the outputs"
-    }
-
-    fn default_lane(&self) -> Lane {
-        Lane::Cpu
-    }
-
-    fn params_doc(&self) -> Vec<ParamDoc> {
-        vec![
-            ParamDoc {
-                name: "run",
-                ty: "list of strings",
-                default: None,
-                doc: "argv, executed without a shell from the manifest's folder; placeholders {video} {stem} {out} {<stage>} ({videos} in batch scope)",
-            },
-            ParamDoc {
-                name: "stdout",
-                ty: "file name",
-                default: None,
-                doc: "capture stdout into this output file",
-            },
-            ParamDoc {
-                name: "outputs",
-                ty: "list of file names",
-                default: Some("[]"),
-                doc: "files the command must create in {out}; a missing one fails the job",
-            },
-            ParamDoc {
-                name: "deps",
-                ty: "list of paths",
-                default: Some("[]"),
-                doc: "extra files whose content joins the cache key (scripts, configs)",
-            },
-            ParamDoc {
-                name: "env",
-                ty: "map",
-                default: Some("{}"),
-                doc: "extra environment variables (values are templated)",
-            },
-            ParamDoc {
-                name: "timeout",
-                ty: "seconds",
-                default: Some("none"),
-                doc: "kill the command after this long (a retryable failure)",
-            },
-        ]
-    }
-
-    fn check(&self, params: &Value, env: &CheckEnv) -> Result<Value, Vec<ParamError>> {
+    fn check_raw(&self, params: &Value) -> Vec<ParamError> {
         if let Some(Value::String(s)) = params.get("run") {
-            return Err(vec![
+            return vec![
                 ParamError::new(&["run"], "`run` must be a list (argv), not a string").hint(format!(
                     "commands run without a shell: write `run: [{}]`, or `run: [sh, -c, \"...\"]` for shell syntax",
                     s.split_whitespace()
@@ -127,9 +85,12 @@ impl StageKind for CommandStage {
                         .collect::<Vec<_>>()
                         .join(", ")
                 )),
-            ]);
+            ];
         }
-        let p: Params = typed_params(params)?;
+        Vec::new()
+    }
+
+    fn validate(&self, p: Params, env: &CheckEnv) -> Result<Params, Vec<ParamError>> {
         let mut errs = Vec::new();
         if p.run.is_empty() {
             errs.push(
@@ -246,16 +207,10 @@ impl StageKind for CommandStage {
                 "`timeout` must be a positive number of seconds",
             ));
         }
-        if errs.is_empty() {
-            Ok(serde_json::to_value(&p).expect("params serialize"))
-        } else {
-            Err(errs)
-        }
+        if errs.is_empty() { Ok(p) } else { Err(errs) }
     }
 
-    fn key_extras(&self, params: &Value, env: &KeyEnv) -> Result<KeyExtras, StageError> {
-        let p: Params =
-            serde_json::from_value(params.clone()).map_err(|e| StageError::fatal(e.to_string()))?;
+    fn key_extras(&self, p: &Params, env: &KeyEnv) -> Result<KeyExtras, StageError> {
         let mut x = KeyExtras::default();
         for dep in &p.deps {
             let path = env.base_dir.join(dep);
@@ -265,19 +220,24 @@ impl StageKind for CommandStage {
             })?;
             x.inputs.insert(format!("dep:{dep}"), hash);
         }
-        if p.uses_stem()
-            && let Some(v) = env.video
-        {
-            x.inputs
-                .insert("stem".into(), v.stem.to_string_lossy().into_owned());
+        // A name the command can write into its outputs joins the key, so two videos
+        // with the same bytes under different names never share a result that shows
+        // one's name: `{stem}` by the stem, `{video}` by the path (relative to the
+        // manifest's folder, so moving the whole project keeps the cache).
+        if let Some(v) = env.video {
+            if p.uses("stem") {
+                x.inputs
+                    .insert("stem".into(), v.stem.to_string_lossy().into_owned());
+            }
+            if p.uses("video") {
+                x.inputs
+                    .insert("video_path".into(), v.rel.to_string_lossy().into_owned());
+            }
         }
         Ok(x)
     }
 
-    fn doctor(&self, params: &Value, base_dir: &Path) -> Vec<Check> {
-        let Ok(p) = serde_json::from_value::<Params>(params.clone()) else {
-            return Vec::new();
-        };
+    fn doctor(&self, p: &Params, base_dir: &Path) -> Vec<Check> {
         let Some(program) = p.run.first().filter(|a| template::vars(a).is_empty()) else {
             return Vec::new();
         };
@@ -294,9 +254,7 @@ impl StageKind for CommandStage {
         }
     }
 
-    fn run(&self, ctx: &mut JobCtx) -> Result<(), StageError> {
-        let p: Params = serde_json::from_value(ctx.params.clone())
-            .map_err(|e| StageError::fatal(e.to_string()))?;
+    fn run(&self, p: &Params, ctx: &mut JobCtx) -> Result<(), StageError> {
         let argv: Vec<OsString> = p
             .run
             .iter()

@@ -8,7 +8,17 @@ pub mod models;
 pub mod speech;
 pub mod vision;
 
-use vsum_engine::stage::Registry;
+use vsum_engine::stage::{Registry, StageError};
+
+/// Fault injection for the GPU tests: `VSUM_FAULT=gpu_oom` (or `gpu_oom:<kind>`) makes
+/// a GPU stage report out-of-memory whenever it would run on the GPU, so the engine's
+/// retry on the CPU can be tested on a machine without one.
+pub(crate) fn injected_gpu_oom(kind: &str) -> Option<StageError> {
+    let v = std::env::var("VSUM_FAULT").ok()?;
+    (v == "gpu_oom" || v.strip_prefix("gpu_oom:") == Some(kind)).then(|| {
+        StageError::gpu_out_of_memory(format!("{kind}: injected GPU out-of-memory (VSUM_FAULT)"))
+    })
+}
 
 /// Every built-in stage kind.
 pub fn registry() -> Registry {

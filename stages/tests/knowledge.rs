@@ -9,6 +9,10 @@ use vsum_stages::knowledge::compose::{Inputs, Meta, Params, compose};
 use vsum_stages::knowledge::model::{Provenance, Summary};
 use vsum_stages::knowledge::render;
 
+fn v<T: serde::de::DeserializeOwned>(j: serde_json::Value) -> T {
+    serde_json::from_value(j).unwrap()
+}
+
 fn check_snapshot(name: &str, got: &str) {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/snapshots")
@@ -25,30 +29,30 @@ fn check_snapshot(name: &str, got: &str) {
 
 fn meeting() -> Inputs {
     Inputs {
-        probe: Some(json!({"duration": 90.0, "video_stream": 0,
-            "streams": [{"index": 0, "kind": "video", "width": 1280, "height": 720, "rotation": 0}]})),
-        scenes: Some(json!({"scenes": [
+        probe: Some(v(json!({"duration": 90.0, "video_stream": 0,
+            "streams": [{"index": 0, "kind": "video", "width": 1280, "height": 720, "rotation": 0}]}))),
+        scenes: Some(v(json!({"scenes": [
             {"index": 0, "start": 0.0, "end": 30.0},
             {"index": 1, "start": 30.0, "end": 60.0},
-            {"index": 2, "start": 60.0, "end": 90.0}]})),
+            {"index": 2, "start": 60.0, "end": 90.0}]}))),
         keyframes: Some((
-            json!({"keyframes": [
+            v(json!({"keyframes": [
             {"scene": 0, "time": 15.0, "file": "scene-000.jpg"},
             {"scene": 1, "time": 45.0, "file": "scene-001.jpg"},
-            {"scene": 2, "time": 75.0, "file": "scene-002.jpg"}]}),
+            {"scene": 2, "time": 75.0, "file": "scene-002.jpg"}]})),
             "keyframes".into(),
         )),
-        transcript: Some(json!({"language": "en", "has_audio": true, "segments": [
+        transcript: Some(v(json!({"language": "en", "has_audio": true, "segments": [
             {"start": 1.0, "end": 9.0, "text": "Good morning everyone. The release candidate is ready for testing."},
             {"start": 10.0, "end": 20.0, "text": "Please test the release candidate on every platform."},
             {"start": 31.0, "end": 40.0, "text": "The database backup runs tonight."},
             {"start": 41.0, "end": 58.0, "text": "Check the backup logs tomorrow morning."},
-            {"start": 61.0, "end": 80.0, "text": "Finally, the release notes need a review before Friday."}]})),
+            {"start": 61.0, "end": 80.0, "text": "Finally, the release notes need a review before Friday."}]}))),
         audio: None,
-        objects: Some(json!({"scenes": [
+        objects: Some(v(json!({"scenes": [
             {"scene": 0, "objects": [{"name": "person", "count": 2, "max_confidence": 0.9}]},
             {"scene": 1, "objects": [{"name": "laptop", "count": 1, "max_confidence": 0.7}]},
-            {"scene": 2, "objects": []}]})),
+            {"scene": 2, "objects": []}]}))),
         ocr: None,
     }
 }
@@ -57,7 +61,6 @@ fn build(inputs: &Inputs, chapter_secs: f64) -> Summary {
     let meta = Meta {
         title_fallback: "weekly-sync".into(),
         source: "videos/weekly-sync.mp4".into(),
-        processed: "2026-11-27T21:00:00Z".into(),
         provenance: Provenance {
             vsum_version: "0.1.0".into(),
             ..Provenance::default()
@@ -119,10 +122,14 @@ fn chapters_follow_cuts_and_hold_their_sentences_and_objects() {
 #[test]
 fn missing_audio_cuts_and_detections_are_stated() {
     let inputs = Inputs {
-        probe: Some(json!({"duration": 12.0})),
-        scenes: Some(json!({"scenes": [{"index": 0, "start": 0.0, "end": 12.0}]})),
-        transcript: Some(json!({"has_audio": false, "reason": "no audio stream", "segments": []})),
-        objects: Some(json!({"scenes": [{"scene": 0, "objects": []}]})),
+        probe: Some(v(json!({"duration": 12.0}))),
+        scenes: Some(v(
+            json!({"scenes": [{"index": 0, "start": 0.0, "end": 12.0}]}),
+        )),
+        transcript: Some(v(
+            json!({"has_audio": false, "reason": "no audio stream", "segments": []}),
+        )),
+        objects: Some(v(json!({"scenes": [{"scene": 0, "objects": []}]}))),
         ..Inputs::default()
     };
     let s = build(&inputs, 120.0);
@@ -138,10 +145,10 @@ fn missing_audio_cuts_and_detections_are_stated() {
 
     // What decoding had to do reaches the reader, counted.
     let mut inputs = meeting();
-    inputs.transcript.as_mut().unwrap()["notes"] = json!([
+    inputs.transcript.as_mut().unwrap().notes = v(json!([
         {"kind": "repeat_dropped", "at": 3.0, "detail": "x"},
         {"kind": "repeat_dropped", "at": 9.0, "detail": "y"},
-        {"kind": "fallback", "at": 12.0, "detail": "z"}]);
+        {"kind": "fallback", "at": 12.0, "detail": "z"}]));
     let decoded = build(&inputs, 30.0);
     assert!(
         decoded
@@ -164,8 +171,8 @@ fn missing_audio_cuts_and_detections_are_stated() {
 #[test]
 fn html_escapes_transcript_text() {
     let mut inputs = meeting();
-    inputs.transcript = Some(json!({"language": "en", "has_audio": true,
-        "segments": [{"start": 0.0, "end": 2.0, "text": "<script>alert(1)</script> & more."}]}));
+    inputs.transcript = Some(v(json!({"language": "en", "has_audio": true,
+        "segments": [{"start": 0.0, "end": 2.0, "text": "<script>alert(1)</script> & more."}]})));
     let html = render::summary_html(&build(&inputs, 30.0), None).unwrap();
     assert!(!html.contains("<script>alert(1)"), "unescaped text in HTML");
     assert!(
@@ -254,15 +261,16 @@ fn a_talk_without_cuts_gets_chapters_by_topic_with_paragraphs_and_one_bullet_eac
         }
     }
     let inputs = Inputs {
-        probe: Some(json!({"duration": t})),
-        scenes: Some(json!({"scenes": [{"index": 0, "start": 0.0, "end": t}]})),
-        transcript: Some(json!({"language": "en", "has_audio": true, "segments": segments})),
+        probe: Some(v(json!({"duration": t}))),
+        scenes: Some(v(json!({"scenes": [{"index": 0, "start": 0.0, "end": t}]}))),
+        transcript: Some(v(
+            json!({"language": "en", "has_audio": true, "segments": segments}),
+        )),
         ..Inputs::default()
     };
     let meta = Meta {
         title_fallback: "talk".into(),
         source: "talk.mp4".into(),
-        processed: "2026-11-30T00:00:00Z".into(),
         provenance: Provenance::default(),
     };
     let s = compose(&inputs, &meta, &Params::default());

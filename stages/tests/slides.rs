@@ -253,9 +253,9 @@ fn ocr_reads_the_slide_titles_and_chapters_carry_them() {
     );
 
     // Knowledge: a chapter per slide, named after it, with the screen text.
-    let read = |dir: &Path, name: &str| -> Value {
+    fn read<T: serde::de::DeserializeOwned>(dir: &Path, name: &str) -> T {
         serde_json::from_slice(&std::fs::read(dir.join(name)).unwrap()).unwrap()
-    };
+    }
     let inputs = Inputs {
         scenes: Some(read(scenes.ok(), "scenes.json")),
         keyframes: Some((read(keyframes.ok(), "keyframes.json"), "keyframes".into())),
@@ -265,7 +265,6 @@ fn ocr_reads_the_slide_titles_and_chapters_carry_them() {
     let meta = Meta {
         title_fallback: "deck".into(),
         source: "deck.mp4".into(),
-        processed: "2026-11-30T00:00:00Z".into(),
         provenance: Provenance::default(),
     };
     let params = Params {

@@ -31,7 +31,14 @@ pub(super) fn run(rx: Receiver<Job<'_>>, done: Completions, gpu_models: usize) {
         let job = queue.remove(pick).expect("non-empty queue");
         last_group = job.group().map(str::to_string);
         job.wait_while_paused();
-        let res = resources.get_or_insert_with(|| Resources::new(gpu_models, job.events().clone()));
+        let res = resources.get_or_insert_with(|| {
+            let r = Resources::new(gpu_models, job.events().clone());
+            // With a GPU, models are also bounded by its memory (measured per load).
+            match crate::monitor::Gpu::open().vram_probe() {
+                Some(probe) => r.with_vram(probe),
+                None => r,
+            }
+        });
         done.send(job.run_here(Some(res)));
     }
 }

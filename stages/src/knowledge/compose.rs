@@ -5,11 +5,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
-use vsum_engine::stage::{
-    CheckEnv, JobCtx, KeyEnv, KeyExtras, ParamDoc, ParamError, StageError, StageKind, typed_params,
-};
+use vsum_engine::contract::{Output, TypedStage, find_upstream_with_stage, read_output};
+use vsum_engine::stage::{CheckEnv, JobCtx, KeyEnv, KeyExtras, ParamError, StageError};
 
 use super::chapters::{self, Candidate, Cue, Limits, Span};
 use super::keyphrase::Keyphrases;
@@ -19,40 +18,40 @@ use super::segment;
 use super::slides;
 use super::summarize::{self, SummaryOptions};
 use super::text::{self, Sentence, Timed};
+use crate::media::{AudioOut, KeyframesOut, ProbeOut, ScenesOut};
+use crate::speech::transcript::Transcript;
+use crate::vision::ocr::OcrFile;
+use crate::vision::yolo::ObjectsFile;
 
 /// `knowledge.compose` params.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
 pub struct Params {
-    /// Without enough speech to find topics: consecutive scenes merge into chapters of
-    /// about this many seconds.
-    #[serde(default = "default_chapter_secs")]
+    /// Seconds: without enough speech to find topics, consecutive scenes merge into
+    /// chapters of about this long.
     pub chapter_secs: f64,
-    /// Shortest chapter when chapters follow topics and cuts.
-    #[serde(default = "default_min_chapter_secs")]
+    /// Seconds: the shortest chapter when chapters follow topic shifts and cuts.
     pub min_chapter_secs: f64,
-    /// Longest chapter: longer ones are split at their strongest remaining cue.
-    #[serde(default = "default_max_chapter_secs")]
+    /// Seconds: the longest chapter; longer ones split at their strongest remaining cue.
     pub max_chapter_secs: f64,
-    /// Most summary bullets from one chapter (each chapter with speech gets one).
-    #[serde(default = "default_summary_per_chapter")]
+    /// Most summary bullets per chapter (MMR: relevant, never repeated); each chapter
+    /// with speech gets one.
     pub summary_per_chapter: usize,
-    /// Most summary bullets in all (none: as many as the chapters give).
-    #[serde(default)]
+    /// Most summary bullets in all (default: one to summary_per_chapter per chapter).
     pub summary_sentences: Option<usize>,
-    #[serde(default = "default_keywords")]
+    /// Keyphrases per video.
     pub keywords: usize,
 }
 
 impl Default for Params {
     fn default() -> Self {
         Params {
-            chapter_secs: default_chapter_secs(),
-            min_chapter_secs: default_min_chapter_secs(),
-            max_chapter_secs: default_max_chapter_secs(),
-            summary_per_chapter: default_summary_per_chapter(),
+            chapter_secs: 120.0,
+            min_chapter_secs: 20.0,
+            max_chapter_secs: 240.0,
+            summary_per_chapter: 3,
             summary_sentences: None,
-            keywords: default_keywords(),
+            keywords: 10,
         }
     }
 }
@@ -64,80 +63,51 @@ pub struct Meta {
     pub title_fallback: String,
     /// The source, relative to the manifest's folder.
     pub source: String,
-    /// RFC 3339 time of processing.
-    pub processed: String,
     pub provenance: Provenance,
-}
-
-fn default_chapter_secs() -> f64 {
-    120.0
-}
-fn default_min_chapter_secs() -> f64 {
-    20.0
-}
-fn default_max_chapter_secs() -> f64 {
-    240.0
-}
-fn default_summary_per_chapter() -> usize {
-    3
-}
-fn default_keywords() -> usize {
-    10
 }
 
 #[derive(Debug, Default)]
 pub struct ComposeStage;
 
-/// The upstream files compose reads, each found in whichever upstream folder has it.
+/// The upstream outputs compose reads, each as its producer's own type, found in
+/// whichever upstream folder has it. Every one is optional.
 #[derive(Debug, Default)]
 pub struct Inputs {
-    pub probe: Option<Value>,
-    pub scenes: Option<Value>,
+    pub probe: Option<ProbeOut>,
+    pub scenes: Option<ScenesOut>,
     /// keyframes.json and the id of the stage that made it (for relative links).
-    pub keyframes: Option<(Value, String)>,
-    pub transcript: Option<Value>,
-    pub audio: Option<Value>,
-    pub objects: Option<Value>,
+    pub keyframes: Option<(KeyframesOut, String)>,
+    pub transcript: Option<Transcript>,
+    pub audio: Option<AudioOut>,
+    pub objects: Option<ObjectsFile>,
     /// ocr.json (`ocr.text`): slide titles and screen text.
-    pub ocr: Option<Value>,
+    pub ocr: Option<OcrFile>,
 }
 
 impl Inputs {
-    /// Reads the known files from upstream folders. A file that exists but does not
-    /// parse is an error naming it.
+    /// Reads the known outputs from upstream folders. A file that exists but does not
+    /// parse as its type is an error naming it.
     pub fn read(upstream: &BTreeMap<String, PathBuf>) -> Result<Inputs, StageError> {
-        let find = |name: &str| -> Result<Option<(Value, String)>, StageError> {
-            for (stage, dir) in upstream {
-                let p = dir.join(name);
-                if p.is_file() {
-                    let text = std::fs::read_to_string(&p).map_err(|e| {
-                        StageError::retryable(format!("cannot read {}: {e}", p.display()))
-                    })?;
-                    let v = serde_json::from_str(&text).map_err(|e| {
-                        StageError::fatal(format!(
-                            "{name} from stage '{stage}' is not valid JSON: {e}"
-                        ))
-                        .hint("rerun that stage with --force; if it persists, report a bug")
-                    })?;
-                    return Ok(Some((v, stage.clone())));
-                }
+        fn get<T: Output>(up: &BTreeMap<String, PathBuf>) -> Result<Option<T>, StageError> {
+            match find_upstream_with_stage(up, T::FILE) {
+                Some((stage, path)) => read_output(&path, stage).map(Some),
+                None => Ok(None),
             }
-            Ok(None)
+        }
+        let keyframes = match find_upstream_with_stage(upstream, KeyframesOut::FILE) {
+            Some((stage, path)) => Some((read_output(&path, stage)?, stage.to_string())),
+            None => None,
         };
         Ok(Inputs {
-            probe: find("probe.json")?.map(|x| x.0),
-            scenes: find("scenes.json")?.map(|x| x.0),
-            keyframes: find("keyframes.json")?,
-            transcript: find("transcript.json")?.map(|x| x.0),
-            audio: find("audio.json")?.map(|x| x.0),
-            objects: find("objects.json")?.map(|x| x.0),
-            ocr: find("ocr.json")?.map(|x| x.0),
+            probe: get(upstream)?,
+            scenes: get(upstream)?,
+            keyframes,
+            transcript: get(upstream)?,
+            audio: get(upstream)?,
+            objects: get(upstream)?,
+            ocr: get(upstream)?,
         })
     }
-}
-
-fn f(v: &Value) -> Option<f64> {
-    v.as_f64()
 }
 
 /// Builds the knowledge of one video. Pure: everything it needs is passed in.
@@ -147,20 +117,18 @@ pub fn compose(inputs: &Inputs, meta: &Meta, p: &Params) -> Summary {
     let mut notes = Vec::new();
     let probe = inputs.probe.as_ref();
     let video_stream = probe.and_then(|p| {
-        let i = p["video_stream"].as_u64()?;
-        p["streams"]
-            .as_array()?
-            .iter()
-            .find(|s| s["index"].as_u64() == Some(i))
+        let i = p.video_stream?;
+        p.streams.iter().find(|s| s.index == i)
     });
     let title = probe
-        .and_then(|p| p["title"].as_str().or_else(|| p["tags"]["title"].as_str()))
-        .filter(|t| !t.trim().is_empty())
+        .and_then(|p| p.tags.get("title"))
+        .map(|t| t.trim())
+        .filter(|t| !t.is_empty())
         .unwrap_or(title_fallback)
         .to_string();
     let resolution = video_stream.and_then(|s| {
-        let (w, h) = (s["width"].as_u64()?, s["height"].as_u64()?);
-        let rotated = matches!(s["rotation"].as_i64(), Some(90 | 270 | -90));
+        let (w, h) = (s.width?, s.height?);
+        let rotated = matches!(s.rotation, Some(90 | 270 | -90));
         Some(if rotated {
             format!("{h}x{w}")
         } else {
@@ -173,24 +141,18 @@ pub fn compose(inputs: &Inputs, meta: &Meta, p: &Params) -> Summary {
     let mut language = None;
     match (&inputs.transcript, &inputs.audio) {
         (Some(t), _) => {
-            language = t["language"].as_str().map(str::to_string);
-            for s in t["segments"].as_array().into_iter().flatten() {
-                if let (Some(a), Some(b), Some(x)) =
-                    (f(&s["start"]), f(&s["end"]), s["text"].as_str())
-                {
-                    segments.push(Timed {
-                        start: a,
-                        end: b,
-                        text: x.to_string(),
-                    });
-                }
+            language = t.language.clone();
+            for s in &t.segments {
+                segments.push(Timed {
+                    start: s.start,
+                    end: s.end,
+                    text: s.text.clone(),
+                });
             }
             // What decoding had to do (the transcript's notes), counted by kind.
             let mut kinds: BTreeMap<String, usize> = BTreeMap::new();
-            for n in t["notes"].as_array().into_iter().flatten() {
-                if let Some(k) = n["kind"].as_str() {
-                    *kinds.entry(k.replace('_', " ")).or_insert(0) += 1;
-                }
+            for n in &t.notes {
+                *kinds.entry(n.kind.replace('_', " ")).or_insert(0) += 1;
             }
             if !kinds.is_empty() {
                 let list: Vec<String> = kinds.iter().map(|(k, n)| format!("{k} ×{n}")).collect();
@@ -199,11 +161,11 @@ pub fn compose(inputs: &Inputs, meta: &Meta, p: &Params) -> Summary {
                     list.join(", ")
                 ));
             }
-            if t["has_audio"] == Value::Bool(false) {
+            if !t.has_audio {
                 notes.push(format!(
                     "No audio track{}.",
-                    t["reason"]
-                        .as_str()
+                    t.reason
+                        .as_deref()
                         .map(|r| format!(" ({r})"))
                         .unwrap_or_default()
                 ));
@@ -211,10 +173,10 @@ pub fn compose(inputs: &Inputs, meta: &Meta, p: &Params) -> Summary {
                 notes.push("No speech was detected.".into());
             }
         }
-        (None, Some(a)) if a["has_audio"] == Value::Bool(false) => notes.push(format!(
+        (None, Some(a)) if !a.has_audio => notes.push(format!(
             "No audio track{}.",
-            a["reason"]
-                .as_str()
+            a.reason
+                .as_deref()
                 .map(|r| format!(" ({r})"))
                 .unwrap_or_default()
         )),
@@ -223,29 +185,21 @@ pub fn compose(inputs: &Inputs, meta: &Meta, p: &Params) -> Summary {
     let sentences: Vec<Sentence> = text::sentences(&segments);
 
     let duration = probe
-        .and_then(|p| f(&p["duration"]))
+        .and_then(|p| p.duration)
         .or_else(|| {
             inputs
                 .scenes
                 .as_ref()
-                .and_then(|s| s["scenes"].as_array()?.last().and_then(|x| f(&x["end"])))
+                .and_then(|s| s.scenes.last().map(|x| x.end))
         })
         .or_else(|| sentences.last().map(|s| s.end));
 
     // Scenes -> chapters.
     let scenes: Vec<(usize, f64, f64)> = inputs
         .scenes
-        .as_ref()
-        .and_then(|s| s["scenes"].as_array())
-        .into_iter()
-        .flatten()
-        .filter_map(|s| {
-            Some((
-                s["index"].as_u64()? as usize,
-                f(&s["start"])?,
-                f(&s["end"])?,
-            ))
-        })
+        .iter()
+        .flat_map(|s| &s.scenes)
+        .map(|s| (s.index, s.start, s.end))
         .collect();
     match (&inputs.scenes, scenes.len()) {
         (None, _) => notes.push(
@@ -271,33 +225,25 @@ pub fn compose(inputs: &Inputs, meta: &Meta, p: &Params) -> Summary {
     // Keyframes by scene, as links relative to this stage's folder.
     let mut keyframe_of: BTreeMap<usize, String> = BTreeMap::new();
     if let Some((k, stage)) = &inputs.keyframes {
-        for kf in k["keyframes"].as_array().into_iter().flatten() {
-            if let (Some(scene), Some(file)) = (kf["scene"].as_u64(), kf["file"].as_str()) {
-                keyframe_of.insert(scene as usize, format!("../{stage}/{file}"));
-            }
+        for kf in &k.keyframes {
+            keyframe_of.insert(kf.scene, format!("../{stage}/{}", kf.file));
         }
     }
 
     // Objects by scene.
     let mut objects_of: BTreeMap<usize, Vec<ObjectCount>> = BTreeMap::new();
     if let Some(o) = &inputs.objects {
-        for sc in o["scenes"].as_array().into_iter().flatten() {
-            let Some(i) = sc["scene"].as_u64() else {
-                continue;
-            };
-            let list = sc["objects"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|x| {
-                    Some(ObjectCount {
-                        name: x["name"].as_str()?.to_string(),
-                        count: x["count"].as_u64().unwrap_or(1) as usize,
-                        max_confidence: f(&x["max_confidence"]).unwrap_or(0.0),
-                    })
+        for sc in &o.scenes {
+            let list = sc
+                .objects
+                .iter()
+                .map(|x| ObjectCount {
+                    name: x.name.clone(),
+                    count: x.count,
+                    max_confidence: x.max_confidence,
                 })
                 .collect();
-            objects_of.insert(i as usize, list);
+            objects_of.insert(sc.scene, list);
         }
         if objects_of.values().all(Vec::is_empty) {
             notes.push("No objects were detected.".into());
@@ -432,7 +378,6 @@ pub fn compose(inputs: &Inputs, meta: &Meta, p: &Params) -> Summary {
         duration,
         resolution,
         language,
-        processed: meta.processed.clone(),
         provenance: meta.provenance.clone(),
         notes,
         summary,
@@ -625,62 +570,14 @@ pub fn chapter_spans(
     out
 }
 
-impl StageKind for ComposeStage {
-    fn name(&self) -> &'static str {
-        "knowledge.compose"
-    }
+impl TypedStage for ComposeStage {
+    type Params = Params;
+    const NAME: &'static str = "knowledge.compose";
+    // 3: typed inputs (the container's title tag is read), no processing time.
+    const VERSION: u32 = 3;
+    const SUMMARY: &'static str = "One knowledge file per video: summary, chapters with keyframes, keywords, objects, transcript";
 
-    fn version(&self) -> u32 {
-        2
-    }
-
-    fn summary(&self) -> &'static str {
-        "One knowledge file per video: summary, chapters with keyframes, keywords, objects, transcript"
-    }
-
-    fn params_doc(&self) -> Vec<ParamDoc> {
-        vec![
-            ParamDoc {
-                name: "chapter_secs",
-                ty: "seconds",
-                default: Some("120"),
-                doc: "without enough speech to find topics: scenes merge into chapters of about this long",
-            },
-            ParamDoc {
-                name: "min_chapter_secs",
-                ty: "seconds",
-                default: Some("20"),
-                doc: "shortest chapter when chapters follow topic shifts and cuts",
-            },
-            ParamDoc {
-                name: "max_chapter_secs",
-                ty: "seconds",
-                default: Some("240"),
-                doc: "longest chapter; longer ones split at their strongest remaining cue",
-            },
-            ParamDoc {
-                name: "summary_per_chapter",
-                ty: "integer",
-                default: Some("3"),
-                doc: "most summary bullets per chapter (MMR: relevant, never repeated)",
-            },
-            ParamDoc {
-                name: "summary_sentences",
-                ty: "integer",
-                default: None,
-                doc: "most summary bullets in all (default: one to summary_per_chapter per chapter)",
-            },
-            ParamDoc {
-                name: "keywords",
-                ty: "integer",
-                default: Some("10"),
-                doc: "keyphrases per video",
-            },
-        ]
-    }
-
-    fn check(&self, params: &Value, env: &CheckEnv) -> Result<Value, Vec<ParamError>> {
-        let p: Params = typed_params(params)?;
+    fn validate(&self, p: Params, env: &CheckEnv) -> Result<Params, Vec<ParamError>> {
         let mut errs = Vec::new();
         if env.needs.is_empty() {
             errs.push(
@@ -709,14 +606,10 @@ impl StageKind for ComposeStage {
                 .hint("a long chapter is split in two, and each half must still be long enough"),
             );
         }
-        if errs.is_empty() {
-            Ok(serde_json::to_value(&p).expect("params serialize"))
-        } else {
-            Err(errs)
-        }
+        if errs.is_empty() { Ok(p) } else { Err(errs) }
     }
 
-    fn key_extras(&self, _params: &Value, env: &KeyEnv) -> Result<KeyExtras, StageError> {
+    fn key_extras(&self, _p: &Params, env: &KeyEnv) -> Result<KeyExtras, StageError> {
         let mut x = KeyExtras::default();
         if let Some(v) = env.video {
             // The title falls back to the file name, and the page links to the source.
@@ -732,9 +625,7 @@ impl StageKind for ComposeStage {
         Ok(x)
     }
 
-    fn run(&self, ctx: &mut JobCtx) -> Result<(), StageError> {
-        let p: Params = serde_json::from_value(ctx.params.clone())
-            .map_err(|e| StageError::fatal(e.to_string()))?;
+    fn run(&self, p: &Params, ctx: &mut JobCtx) -> Result<(), StageError> {
         let video = ctx
             .video
             .ok_or_else(|| StageError::fatal("knowledge.compose is a per-video stage"))?;
@@ -743,17 +634,10 @@ impl StageKind for ComposeStage {
         let meta = Meta {
             title_fallback: video.stem.to_string_lossy().into_owned(),
             source: video.rel.to_string_lossy().into_owned(),
-            processed: now_rfc3339(),
             provenance,
         };
-        let summary = compose(&inputs, &meta, &p);
-        write(
-            ctx.out_dir,
-            "summary.json",
-            serde_json::to_string_pretty(&summary)
-                .expect("json")
-                .as_bytes(),
-        )?;
+        let summary = compose(&inputs, &meta, p);
+        ctx.write_output(&summary)?;
         write(
             ctx.out_dir,
             "summary.md",
@@ -795,8 +679,10 @@ fn provenance(ctx: &JobCtx) -> Provenance {
             key: p.key.clone(),
             tools: p.tools.clone(),
         });
+        // A tool entry whose value is a content hash is a file the stage used: a model
+        // (versions of programs and libraries are version strings).
         for (tool, hash) in &p.tools {
-            if tool.contains("model") && seen.insert(hash.clone()) {
+            if is_content_hash(hash) && seen.insert(hash.clone()) {
                 let (name, license) =
                     super::model_name(hash).unwrap_or_else(|| (tool.clone(), None));
                 models.push(ModelRecord {
@@ -813,6 +699,11 @@ fn provenance(ctx: &JobCtx) -> Provenance {
         stages,
         models,
     }
+}
+
+/// A blake3 hex digest, as model files are keyed.
+fn is_content_hash(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 /// The current time as RFC 3339 UTC (`2026-11-27T21:15:00Z`).

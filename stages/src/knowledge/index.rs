@@ -8,30 +8,32 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use minijinja::context;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use vsum_engine::contract::{Output, TypedStage, find_upstream_with_stage, read_output};
 use vsum_engine::fsutil::normalize;
-use vsum_engine::stage::{
-    CheckEnv, JobCtx, ParamDoc, ParamError, Scope, StageError, StageKind, typed_params,
-};
+use vsum_engine::stage::{CheckEnv, JobCtx, ParamError, Scope, StageError};
 
 use super::model::Summary;
 use super::render;
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Params {
-    #[serde(default = "default_title")]
-    title: String,
-    #[serde(default = "default_keywords")]
-    keywords: usize,
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct Params {
+    /// Heading of the report.
+    pub title: String,
+    /// Keyphrases per video (those common in the batch last).
+    pub keywords: usize,
 }
 
-fn default_title() -> String {
-    "Video library".into()
-}
-fn default_keywords() -> usize {
-    6
+impl Default for Params {
+    fn default() -> Self {
+        Params {
+            title: "Video library".into(),
+            keywords: 6,
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -45,38 +47,13 @@ fn link(root: &Path, p: &Path) -> String {
         .unwrap_or_else(|_| p.to_string_lossy().into_owned())
 }
 
-impl StageKind for IndexStage {
-    fn name(&self) -> &'static str {
-        "knowledge.index"
-    }
+impl TypedStage for IndexStage {
+    type Params = Params;
+    const NAME: &'static str = "knowledge.index";
+    const VERSION: u32 = 2;
+    const SUMMARY: &'static str = "Batch front page: INDEX.md and a static, searchable index.html over every video's knowledge";
 
-    fn version(&self) -> u32 {
-        2
-    }
-
-    fn summary(&self) -> &'static str {
-        "Batch front page: INDEX.md and a static, searchable index.html over every video's knowledge"
-    }
-
-    fn params_doc(&self) -> Vec<ParamDoc> {
-        vec![
-            ParamDoc {
-                name: "title",
-                ty: "string",
-                default: Some("Video library"),
-                doc: "heading of the report",
-            },
-            ParamDoc {
-                name: "keywords",
-                ty: "integer",
-                default: Some("6"),
-                doc: "keyphrases per video (those common in the batch last)",
-            },
-        ]
-    }
-
-    fn check(&self, params: &Value, env: &CheckEnv) -> Result<Value, Vec<ParamError>> {
-        let p: Params = typed_params(params)?;
+    fn validate(&self, p: Params, env: &CheckEnv) -> Result<Params, Vec<ParamError>> {
         if env.scope != Scope::Batch {
             return Err(vec![
                 ParamError::new(&[], "knowledge.index runs once per batch")
@@ -92,36 +69,23 @@ impl StageKind for IndexStage {
                 .hint("add `needs: [<your knowledge.compose stage>]`"),
             ]);
         }
-        Ok(serde_json::to_value(&p).expect("params serialize"))
+        Ok(p)
     }
 
-    fn run(&self, ctx: &mut JobCtx) -> Result<(), StageError> {
-        let p: Params = serde_json::from_value(ctx.params.clone())
-            .map_err(|e| StageError::fatal(e.to_string()))?;
+    fn run(&self, p: &Params, ctx: &mut JobCtx) -> Result<(), StageError> {
         let root = ctx.output_root;
         // One summary per video, from whichever upstream folder has summary.json.
         let mut docs: Vec<(Summary, String, String)> = Vec::new(); // (summary, folder, summary dir link)
         for item in ctx.batch {
-            for (up_stage, dir) in &item.upstream {
-                let f = dir.join("summary.json");
-                if !f.is_file() {
-                    continue;
-                }
-                let s: Summary =
-                    serde_json::from_str(&std::fs::read_to_string(&f).map_err(|e| {
-                        StageError::retryable(format!("cannot read {}: {e}", f.display()))
-                    })?)
-                    .map_err(|e| {
-                        StageError::fatal(format!("{} is not a knowledge file: {e}", f.display()))
-                    })?;
+            if let Some((stage, f)) = find_upstream_with_stage(&item.upstream, Summary::FILE) {
+                let s: Summary = read_output(&f, stage)?;
                 docs.push((
                     s,
                     item.video.folder.to_string_lossy().into_owned(),
                     // Where the summary is in the output folder (the job reads a
                     // private staged copy of it).
-                    link(root, &root.join(&item.video.folder).join(up_stage)),
+                    link(root, &root.join(&item.video.folder).join(stage)),
                 ));
-                break;
             }
         }
         if docs.is_empty() {

@@ -6,7 +6,12 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// Bump when a field changes meaning or goes away (adding optional fields is fine).
-pub const SCHEMA_VERSION: u32 = 1;
+/// 2: `processed` went (a cached file holds no wall-clock time; the run summary does).
+pub const SCHEMA_VERSION: u32 = 2;
+
+impl vsum_engine::contract::Output for Summary {
+    const FILE: &'static str = "summary.json";
+}
 
 /// Everything vsum knows about one video.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -22,8 +27,6 @@ pub struct Summary {
     pub resolution: Option<String>,
     /// Spoken language (ISO 639-1) when transcribed.
     pub language: Option<String>,
-    /// When this file was made (UTC, RFC 3339).
-    pub processed: String,
     pub provenance: Provenance,
     /// What is missing and why (no audio, no speech, no cuts, no detections).
     pub notes: Vec<String>,

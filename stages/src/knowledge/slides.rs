@@ -7,48 +7,36 @@
 
 use std::collections::BTreeMap;
 
-use serde_json::Value;
+use crate::media::ScenesOut;
+use crate::vision::ocr::OcrFile;
 
 /// A chapter made from slides: (start, end, scene indices, slide title).
 pub type SlideChapter = (f64, f64, Vec<usize>, Option<String>);
 
 /// Is this `scenes.json` of static content (cut by the slides detector)?
-pub fn is_static(scenes: &Value) -> bool {
-    scenes["content_type"].as_str() == Some("static")
+pub fn is_static(scenes: &ScenesOut) -> bool {
+    scenes.content_type.as_deref() == Some("static")
 }
 
 /// The OCR title of each scene, from `ocr.json`.
-pub fn titles(ocr: Option<&Value>) -> BTreeMap<usize, String> {
+pub fn titles(ocr: Option<&OcrFile>) -> BTreeMap<usize, String> {
     let mut out = BTreeMap::new();
-    for p in ocr
-        .and_then(|o| o["pictures"].as_array())
-        .into_iter()
-        .flatten()
-    {
-        if let (Some(s), Some(t)) = (p["scene"].as_u64(), p["title"].as_str()) {
-            let t = t.trim();
-            if !t.is_empty() {
-                out.entry(s as usize).or_insert_with(|| t.to_string());
-            }
+    for p in ocr.into_iter().flat_map(|o| &o.pictures) {
+        if let Some(t) = p.title.as_deref().map(str::trim).filter(|t| !t.is_empty()) {
+            out.entry(p.scene).or_insert_with(|| t.to_string());
         }
     }
     out
 }
 
 /// The lines read on each scene's pictures, in reading order.
-pub fn screen_lines(ocr: Option<&Value>) -> BTreeMap<usize, Vec<String>> {
+pub fn screen_lines(ocr: Option<&OcrFile>) -> BTreeMap<usize, Vec<String>> {
     let mut out: BTreeMap<usize, Vec<String>> = BTreeMap::new();
-    for p in ocr
-        .and_then(|o| o["pictures"].as_array())
-        .into_iter()
-        .flatten()
-    {
-        let Some(s) = p["scene"].as_u64() else {
-            continue;
-        };
-        let lines = out.entry(s as usize).or_default();
-        for l in p["lines"].as_array().into_iter().flatten() {
-            if let Some(t) = l["text"].as_str().map(str::trim).filter(|t| !t.is_empty()) {
+    for p in ocr.into_iter().flat_map(|o| &o.pictures) {
+        let lines = out.entry(p.scene).or_default();
+        for l in &p.lines {
+            let t = l.text.trim();
+            if !t.is_empty() {
                 lines.push(t.to_string());
             }
         }
@@ -59,9 +47,9 @@ pub fn screen_lines(ocr: Option<&Value>) -> BTreeMap<usize, Vec<String>> {
 /// Chapters that follow the slides: `scenes` as (index, start, end). Returns `None`
 /// unless the video is static content with more than one scene.
 pub fn slide_chapters(
-    scenes_json: Option<&Value>,
+    scenes_json: Option<&ScenesOut>,
     scenes: &[(usize, f64, f64)],
-    ocr: Option<&Value>,
+    ocr: Option<&OcrFile>,
 ) -> Option<Vec<SlideChapter>> {
     if !scenes_json.is_some_and(is_static) || scenes.len() < 2 {
         return None;
@@ -114,9 +102,13 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    fn v<T: serde::de::DeserializeOwned>(j: serde_json::Value) -> T {
+        serde_json::from_value(j).unwrap()
+    }
+
     #[test]
     fn chapters_follow_slides_and_take_their_titles() {
-        let scenes_json = json!({"content_type": "static"});
+        let scenes_json: ScenesOut = v(json!({"content_type": "static"}));
         let scenes = vec![
             (0, 0.0, 3.0),
             (1, 3.0, 6.0),
@@ -125,14 +117,14 @@ mod tests {
             (4, 9.0, 12.0),
             (5, 12.0, 14.0),
         ];
-        let ocr = json!({"pictures": [
+        let ocr: OcrFile = v(json!({"pictures": [
             {"scene": 0, "title": "Intro", "lines": [{"text": "Intro"}, {"text": "- a point"}]},
             {"scene": 1, "title": "Why", "lines": []},
             {"scene": 2, "title": "Build", "lines": [{"text": "- one"}]},
             {"scene": 3, "title": "build", "lines": [{"text": "- one"}, {"text": "- two"}]},
             {"scene": 4, "title": null, "lines": [{"text": "let x = 1"}]},
             {"scene": 5, "title": null, "lines": [{"text": "let y = 2"}]}
-        ]});
+        ]}));
         let c = slide_chapters(Some(&scenes_json), &scenes, Some(&ocr)).unwrap();
         let got: Vec<(f64, f64, Vec<usize>, Option<&str>)> = c
             .iter()
@@ -150,7 +142,14 @@ mod tests {
         let lines = screen_lines(Some(&ocr));
         assert_eq!(chapter_text(&lines, &[2, 3]), vec!["- one", "- two"]);
         // Camera footage, or one scene: no slide chapters.
-        assert!(slide_chapters(Some(&json!({"content_type": "footage"})), &scenes, None).is_none());
+        assert!(
+            slide_chapters(
+                Some(&v::<ScenesOut>(json!({"content_type": "footage"}))),
+                &scenes,
+                None
+            )
+            .is_none()
+        );
         assert!(slide_chapters(None, &scenes, None).is_none());
         assert!(slide_chapters(Some(&scenes_json), &scenes[..1], None).is_none());
     }

@@ -15,15 +15,14 @@ use ffmpeg::media::Type as MediaType;
 use ffmpeg::software::resampling;
 use ffmpeg::{ChannelLayout, codec, frame};
 use ffmpeg_next as ffmpeg;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
-use vsum_engine::stage::{
-    CheckEnv, JobCtx, KeyEnv, KeyExtras, ParamDoc, ParamError, StageError, StageKind, typed_params,
-};
+use vsum_engine::contract::{Output, TypedStage};
+use vsum_engine::stage::{Check, CheckEnv, JobCtx, KeyEnv, KeyExtras, ParamError, StageError};
 
 use super::{
     WavWriter, check_cancel, codec_name, ffmpeg_key_extras, job_video, known_ts, open_input,
-    params_object, to_value, ts_secs, warn, write_json,
+    ts_secs, warn,
 };
 
 const KIND: &str = "media.audio";
@@ -40,108 +39,92 @@ const FILL_MAX_SECS: f64 = 3600.0;
 /// Unfilled holes listed in `audio.json` (the total counts all).
 const UNFILLED_LISTED: usize = 100;
 
-fn default_rate() -> u32 {
-    16_000
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct Params {
+    /// Sample rate of audio.wav in Hz (8000 to 192000; 16000 is what speech models want).
+    pub sample_rate: u32,
+    /// Channels of audio.wav (1 = mono downmix, 2 = stereo, up to 8).
+    pub channels: u16,
 }
 
-fn default_channels() -> u16 {
-    1
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Params {
-    #[serde(default = "default_rate")]
-    sample_rate: u32,
-    #[serde(default = "default_channels")]
-    channels: u16,
+impl Default for Params {
+    fn default() -> Self {
+        Params {
+            sample_rate: 16_000,
+            channels: 1,
+        }
+    }
 }
 
 /// The `media.audio` kind.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct AudioStage;
 
-#[derive(Debug, Serialize)]
-struct AudioOut {
-    has_audio: bool,
+/// `audio.json`: what the WAV is, or why there is none. Fields a hand-written file
+/// (from a command stage) leaves out default.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AudioOut {
+    pub has_audio: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
-    reason: Option<String>,
+    pub reason: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    file: Option<&'static str>,
-    sample_rate: u32,
-    channels: u16,
-    samples: u64,
+    pub file: Option<String>,
+    pub sample_rate: u32,
+    pub channels: u16,
+    pub samples: u64,
     /// Seconds of the WAV.
-    duration: f64,
+    pub duration: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
-    source: Option<SourceOut>,
+    pub source: Option<SourceOut>,
     /// Seconds of silence written where the source's timestamps had holes.
-    gaps_filled: f64,
+    pub gaps_filled: f64,
     /// Holes too long to fill (see `FILL_MAX_SECS`): from here on the WAV runs behind
     /// the video's clock by the hole. Absent when every hole was filled.
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    unfilled_gaps: Vec<Gap>,
+    pub unfilled_gaps: Vec<Gap>,
     #[serde(skip_serializing_if = "is_zero")]
-    unfilled_gap_seconds: f64,
-    decode_errors: u64,
+    pub unfilled_gap_seconds: f64,
+    pub decode_errors: u64,
 }
 
 /// A hole in the source's audio timestamps that was not filled with silence.
-#[derive(Debug, Serialize)]
-struct Gap {
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Gap {
     /// Where the hole starts, seconds on the source's clock.
-    at: f64,
-    seconds: f64,
+    pub at: f64,
+    pub seconds: f64,
 }
 
 fn is_zero(x: &f64) -> bool {
     *x == 0.0
 }
 
-#[derive(Debug, Serialize)]
-struct SourceOut {
-    stream: usize,
-    codec: String,
-    sample_rate: u32,
-    channels: u16,
-    language: Option<String>,
+/// The source stream of [`AudioOut`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SourceOut {
+    pub stream: usize,
+    pub codec: String,
+    pub sample_rate: u32,
+    pub channels: u16,
+    pub language: Option<String>,
     /// Where the audio starts on the container's clock (the WAV starts there).
-    start_time: Option<f64>,
+    pub start_time: Option<f64>,
 }
 
-impl StageKind for AudioStage {
-    fn name(&self) -> &'static str {
-        KIND
-    }
+impl Output for AudioOut {
+    const FILE: &'static str = "audio.json";
+}
 
-    fn version(&self) -> u32 {
-        // 2: filled silence is bounded (holes past the bound are listed, not filled).
-        2
-    }
+impl TypedStage for AudioStage {
+    type Params = Params;
+    const NAME: &'static str = KIND;
+    // 2: filled silence is bounded (holes past the bound are listed, not filled).
+    const VERSION: u32 = 2;
+    const SUMMARY: &'static str = "Extracts the soundtrack as audio.wav (16 kHz mono s16 by default) + audio.json; no audio stream is recorded, not failed";
 
-    fn summary(&self) -> &'static str {
-        "Extracts the soundtrack as audio.wav (16 kHz mono s16 by default) + audio.json; no audio stream is recorded, not failed"
-    }
-
-    fn params_doc(&self) -> Vec<ParamDoc> {
-        vec![
-            ParamDoc {
-                name: "sample_rate",
-                ty: "Hz",
-                default: Some("16000"),
-                doc: "sample rate of audio.wav (8000..=192000)",
-            },
-            ParamDoc {
-                name: "channels",
-                ty: "integer",
-                default: Some("1"),
-                doc: "channels of audio.wav (1 = mono downmix, 2 = stereo, up to 8)",
-            },
-        ]
-    }
-
-    fn check(&self, params: &Value, _env: &CheckEnv) -> Result<Value, Vec<ParamError>> {
-        let p: Params = typed_params(&params_object(params))?;
+    fn validate(&self, p: Params, _env: &CheckEnv) -> Result<Params, Vec<ParamError>> {
         let mut errs = Vec::new();
         if !(8_000..=192_000).contains(&p.sample_rate) {
             errs.push(
@@ -161,30 +144,20 @@ impl StageKind for AudioStage {
                 .hint("use 1 (mono) to 8"),
             );
         }
-        if errs.is_empty() {
-            to_value(&p)
-        } else {
-            Err(errs)
-        }
+        if errs.is_empty() { Ok(p) } else { Err(errs) }
     }
 
-    fn key_extras(&self, _params: &Value, _env: &KeyEnv) -> Result<KeyExtras, StageError> {
+    fn key_extras(&self, _p: &Params, _env: &KeyEnv) -> Result<KeyExtras, StageError> {
         Ok(ffmpeg_key_extras())
     }
 
-    fn doctor(
-        &self,
-        _params: &Value,
-        _base_dir: &std::path::Path,
-    ) -> Vec<vsum_engine::stage::Check> {
+    fn doctor(&self, _p: &Params, _base_dir: &std::path::Path) -> Vec<Check> {
         super::doctor_ffmpeg()
     }
 
-    fn run(&self, ctx: &mut JobCtx) -> Result<(), StageError> {
-        let p: Params = typed_params(ctx.params)
-            .map_err(|e| StageError::fatal(format!("{KIND}: bad params: {}", e[0].message)))?;
+    fn run(&self, p: &Params, ctx: &mut JobCtx) -> Result<(), StageError> {
         let video = job_video(ctx, KIND)?;
-        let out = extract(ctx, &video.path, &p)?;
+        let out = extract(ctx, &video.path, p)?;
         if out.decode_errors > 0 {
             warn(
                 ctx,
@@ -206,7 +179,7 @@ impl StageKind for AudioStage {
                 ),
             );
         }
-        write_json(ctx.out_dir, "audio.json", &out)
+        ctx.write_output(&out)
     }
 }
 
@@ -514,7 +487,7 @@ fn extract(ctx: &JobCtx, path: &Path, p: &Params) -> Result<AudioOut, StageError
     Ok(AudioOut {
         has_audio: true,
         reason: None,
-        file: Some("audio.wav"),
+        file: Some("audio.wav".to_string()),
         sample_rate: p.sample_rate,
         channels: p.channels,
         samples,

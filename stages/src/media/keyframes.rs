@@ -16,17 +16,15 @@ use ffmpeg::frame;
 use ffmpeg::software::scaling;
 use ffmpeg_next as ffmpeg;
 use image::RgbImage;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
-use vsum_engine::stage::{
-    CheckEnv, JobCtx, KeyEnv, KeyExtras, ParamDoc, ParamError, StageError, StageKind, typed_params,
-};
+use vsum_engine::contract::{Output, TypedStage};
+use vsum_engine::stage::{Check, CheckEnv, JobCtx, KeyEnv, KeyExtras, ParamError, StageError};
 
 use super::scenes::{Scene, ScenesOut};
 use super::{
-    DecodeOpts, FrameReader, check_cancel, ffmpeg_key_extras, find_upstream, io_error, job_video,
-    open_input, open_video_decoder, params_object, require_video_stream, stream_rotation, to_value,
-    warn, write_json,
+    DecodeOpts, FrameReader, check_cancel, ffmpeg_key_extras, io_error, job_video, open_input,
+    open_video_decoder, require_video_stream, stream_rotation, warn,
 };
 
 const KIND: &str = "video.keyframes";
@@ -40,53 +38,84 @@ const BLACK_MEAN: f64 = 20.0;
 /// Grey standard deviation under which a frame counts as blank (one flat colour).
 const BLANK_STDDEV: f64 = 2.0;
 
-fn default_max_width() -> u32 {
-    1280
-}
-fn default_quality() -> u8 {
-    85
-}
-fn default_candidates() -> u32 {
-    3
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct Params {
+    /// Pixels: shrink pictures wider than this (as displayed: after rotation and pixel
+    /// aspect).
+    pub max_width: u32,
+    /// JPEG quality, 1 to 100.
+    pub quality: u8,
+    /// Frames tried around each scene's middle (35%..65% of it); the sharpest non-black
+    /// one is kept.
+    pub candidates: u32,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Params {
-    #[serde(default = "default_max_width")]
-    max_width: u32,
-    #[serde(default = "default_quality")]
-    quality: u8,
-    #[serde(default = "default_candidates")]
-    candidates: u32,
+impl Default for Params {
+    fn default() -> Self {
+        Params {
+            max_width: 1280,
+            quality: 85,
+            candidates: 3,
+        }
+    }
 }
 
 /// The `video.keyframes` kind.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct KeyframesStage;
 
-#[derive(Debug, Serialize)]
-struct KeyframesOut {
-    keyframes: Vec<KeyframeOut>,
+/// `keyframes.json`: one picture per scene. Readers need only `keyframes` (scene, time,
+/// file): the rest default when absent, so other tools can feed the vision stages.
+///
+/// Consumers read this type, not loose JSON, and name the fields they use, so renaming
+/// one is a compile error in every consumer rather than data silently missing:
+///
+/// ```compile_fail
+/// # use vsum_stages::media::KeyframesOut;
+/// fn pictures(k: &KeyframesOut) -> usize {
+///     k.frames.len() // the field is `keyframes`: this does not compile
+/// }
+/// ```
+///
+/// ```
+/// # use vsum_stages::media::KeyframesOut;
+/// fn pictures(k: &KeyframesOut) -> usize {
+///     k.keyframes.len()
+/// }
+/// ```
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct KeyframesOut {
+    pub keyframes: Vec<KeyframeOut>,
     /// Degrees (counterclockwise) the pictures were turned, from the rotation metadata.
-    rotation: i32,
+    #[serde(default)]
+    pub rotation: i32,
     /// Scenes for which no frame could be decoded (damaged files).
-    missing: Vec<usize>,
-    decode_errors: u64,
+    #[serde(default)]
+    pub missing: Vec<usize>,
+    #[serde(default)]
+    pub decode_errors: u64,
 }
 
-#[derive(Debug, Serialize)]
-struct KeyframeOut {
-    scene: usize,
+/// One picture of [`KeyframesOut`].
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct KeyframeOut {
+    pub scene: usize,
     /// Seconds from the video stream's start (as in scenes.json).
-    time: f64,
-    file: String,
-    width: u32,
-    height: u32,
+    pub time: f64,
+    pub file: String,
+    #[serde(default)]
+    pub width: u32,
+    #[serde(default)]
+    pub height: u32,
     /// Variance of the Laplacian of the grey picture (higher is sharper).
-    sharpness: f64,
+    #[serde(default)]
+    pub sharpness: f64,
     /// True when every candidate was black or blank and this is the best of them.
-    blank: bool,
+    #[serde(default)]
+    pub blank: bool,
 }
 
 struct Candidate {
@@ -96,44 +125,17 @@ struct Candidate {
     image: RgbImage,
 }
 
-impl StageKind for KeyframesStage {
-    fn name(&self) -> &'static str {
-        KIND
-    }
+impl Output for KeyframesOut {
+    const FILE: &'static str = "keyframes.json";
+}
 
-    fn version(&self) -> u32 {
-        1
-    }
+impl TypedStage for KeyframesStage {
+    type Params = Params;
+    const NAME: &'static str = KIND;
+    const VERSION: u32 = 1;
+    const SUMMARY: &'static str = "One sharp, non-black JPEG per scene (needs video.scenes), rotation applied -> scene_NNNN.jpg + keyframes.json";
 
-    fn summary(&self) -> &'static str {
-        "One sharp, non-black JPEG per scene (needs video.scenes), rotation applied -> scene_NNNN.jpg + keyframes.json"
-    }
-
-    fn params_doc(&self) -> Vec<ParamDoc> {
-        vec![
-            ParamDoc {
-                name: "max_width",
-                ty: "pixels",
-                default: Some("1280"),
-                doc: "shrink pictures wider than this (as displayed: after rotation and pixel aspect)",
-            },
-            ParamDoc {
-                name: "quality",
-                ty: "1-100",
-                default: Some("85"),
-                doc: "JPEG quality",
-            },
-            ParamDoc {
-                name: "candidates",
-                ty: "integer",
-                default: Some("3"),
-                doc: "frames tried around each scene's middle (35%..65% of it); the sharpest non-black one is kept",
-            },
-        ]
-    }
-
-    fn check(&self, params: &Value, env: &CheckEnv) -> Result<Value, Vec<ParamError>> {
-        let p: Params = typed_params(&params_object(params))?;
+    fn validate(&self, p: Params, env: &CheckEnv) -> Result<Params, Vec<ParamError>> {
         let mut errs = Vec::new();
         if p.max_width < 16 {
             errs.push(
@@ -166,39 +168,21 @@ impl StageKind for KeyframesStage {
                 ),
             );
         }
-        if errs.is_empty() {
-            to_value(&p)
-        } else {
-            Err(errs)
-        }
+        if errs.is_empty() { Ok(p) } else { Err(errs) }
     }
 
-    fn key_extras(&self, _params: &Value, _env: &KeyEnv) -> Result<KeyExtras, StageError> {
+    fn key_extras(&self, _p: &Params, _env: &KeyEnv) -> Result<KeyExtras, StageError> {
         Ok(ffmpeg_key_extras())
     }
 
-    fn doctor(
-        &self,
-        _params: &Value,
-        _base_dir: &std::path::Path,
-    ) -> Vec<vsum_engine::stage::Check> {
+    fn doctor(&self, _p: &Params, _base_dir: &std::path::Path) -> Vec<Check> {
         super::doctor_ffmpeg()
     }
 
-    fn run(&self, ctx: &mut JobCtx) -> Result<(), StageError> {
-        let p: Params = typed_params(ctx.params)
-            .map_err(|e| StageError::fatal(format!("{KIND}: bad params: {}", e[0].message)))?;
+    fn run(&self, p: &Params, ctx: &mut JobCtx) -> Result<(), StageError> {
         let video = job_video(ctx, KIND)?;
-        let scenes_path = find_upstream(ctx, "scenes.json", "video.scenes")?;
-        let text = std::fs::read(&scenes_path).map_err(|e| io_error(&scenes_path, "read", e))?;
-        let scenes: ScenesOut = serde_json::from_slice(&text).map_err(|e| {
-            StageError::fatal(format!(
-                "{} is not a video.scenes output: {e}",
-                scenes_path.display()
-            ))
-            .hint("rerun the upstream video.scenes stage (`vsum cache` can drop its entry)")
-        })?;
-        let out = extract(ctx, &video.path, &p, &scenes)?;
+        let scenes: ScenesOut = ctx.require_upstream("video.scenes")?;
+        let out = extract(ctx, &video.path, p, &scenes)?;
         if !out.missing.is_empty() {
             warn(
                 ctx,
@@ -210,7 +194,7 @@ impl StageKind for KeyframesStage {
                 ),
             );
         }
-        write_json(ctx.out_dir, "keyframes.json", &out)
+        ctx.write_output(&out)
     }
 }
 

@@ -24,14 +24,12 @@ use ffmpeg::format::context::Input;
 use ffmpeg::media::Type as MediaType;
 use ffmpeg::{Rational, codec, decoder, frame};
 use ffmpeg_next as ffmpeg;
-use serde::Serialize;
-use serde_json::Value;
 use vsum_engine::events::Event;
-use vsum_engine::stage::{JobCtx, KeyExtras, ParamError, Registry, StageError, Video};
+use vsum_engine::stage::{JobCtx, KeyExtras, Registry, StageError, Video};
 
-pub use audio::AudioStage;
-pub use keyframes::KeyframesStage;
-pub use probe::ProbeStage;
+pub use audio::{AudioOut, AudioStage};
+pub use keyframes::{KeyframeOut, KeyframesOut, KeyframesStage};
+pub use probe::{ProbeOut, ProbeStage, StreamOut};
 pub use scenes::{ContentDetector, Detector, Downscale, Scene, SceneStage, ScenesOut, bgr_to_hsv};
 pub use slides::{AutoChoice, SlideDetector, SlideScore, SlideSettings};
 
@@ -104,19 +102,6 @@ pub(crate) fn ffmpeg_key_extras() -> KeyExtras {
     }
 }
 
-/// Params as an object (`{}` when the manifest gave none).
-pub(crate) fn params_object(params: &Value) -> Value {
-    match params {
-        Value::Null => Value::Object(Default::default()),
-        v => v.clone(),
-    }
-}
-
-/// Serializes checked params back to JSON (what gets keyed).
-pub(crate) fn to_value<T: Serialize>(p: &T) -> Result<Value, Vec<ParamError>> {
-    serde_json::to_value(p).map_err(|e| vec![ParamError::new(&[], e.to_string())])
-}
-
 /// The job's video, or an error when a media stage was put in batch scope.
 pub(crate) fn job_video<'a>(ctx: &JobCtx<'a>, kind: &str) -> Result<&'a Video, StageError> {
     ctx.video.ok_or_else(|| {
@@ -136,19 +121,6 @@ pub(crate) fn check_cancel(ctx: &JobCtx) -> Result<(), StageError> {
     }
 }
 
-/// Writes `value` as pretty JSON to `dir/name`.
-pub(crate) fn write_json<T: Serialize>(
-    dir: &Path,
-    name: &str,
-    value: &T,
-) -> Result<(), StageError> {
-    let path = dir.join(name);
-    let mut bytes = serde_json::to_vec_pretty(value)
-        .map_err(|e| StageError::fatal(format!("cannot serialize {name}: {e}")))?;
-    bytes.push(b'\n');
-    fs::write(&path, bytes).map_err(|e| io_error(&path, "write", e))
-}
-
 pub(crate) fn io_error(path: &Path, what: &str, e: std::io::Error) -> StageError {
     StageError::retryable(format!("cannot {what} {}: {e}", path.display()))
         .hint("check free disk space and permissions of the output folder")
@@ -158,35 +130,6 @@ pub(crate) fn io_error(path: &Path, what: &str, e: std::io::Error) -> StageError
 pub(crate) fn warn(ctx: &JobCtx, message: String) {
     tracing::warn!("{message}");
     ctx.events.emit(Event::Warning { message });
-}
-
-/// Finds the upstream output folder holding `file` (the first, in stage id order).
-pub(crate) fn find_upstream(
-    ctx: &JobCtx,
-    file: &str,
-    producer: &str,
-) -> Result<PathBuf, StageError> {
-    for dir in ctx.upstream.values() {
-        let p = dir.join(file);
-        if p.is_file() {
-            return Ok(p);
-        }
-    }
-    let listed = if ctx.upstream.is_empty() {
-        "it has no upstream stages".to_string()
-    } else {
-        format!(
-            "none of its upstream stages ({}) produced one",
-            ctx.upstream.keys().cloned().collect::<Vec<_>>().join(", ")
-        )
-    };
-    Err(StageError::fatal(format!(
-        "stage '{}' needs {file} from a `{producer}` stage, but {listed}",
-        ctx.stage_id
-    ))
-    .hint(format!(
-        "add a stage with `uses: {producer}` and list it in this stage's `needs`"
-    )))
 }
 
 /// Seconds of a timestamp in `tb`.

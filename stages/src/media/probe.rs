@@ -13,90 +13,92 @@ use ffmpeg::format::context::Input;
 use ffmpeg::media::Type as MediaType;
 use ffmpeg::{codec, frame};
 use ffmpeg_next as ffmpeg;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
-use vsum_engine::stage::{
-    CheckEnv, JobCtx, KeyEnv, KeyExtras, ParamDoc, ParamError, StageError, StageKind, typed_params,
-};
+use vsum_engine::contract::{Output, TypedStage};
+use vsum_engine::stage::{Check, JobCtx, KeyEnv, KeyExtras, StageError};
 
 use super::{
-    check_cancel, ffmpeg_key_extras, job_video, known_ts, open_input, params_object, rational,
-    stream_rotation, to_value, ts_secs, video_stream_index, warn, write_json,
+    check_cancel, ffmpeg_key_extras, job_video, known_ts, open_input, rational, stream_rotation,
+    ts_secs, video_stream_index, warn,
 };
 
 const KIND: &str = "media.probe";
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Params {
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct Params {
     /// Also decode every audio and video frame and count decoder errors (slow: a full
     /// decode). Off, only the demuxer's errors are counted.
-    #[serde(default)]
-    decode: bool,
+    pub decode: bool,
 }
 
 /// The `media.probe` kind.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct ProbeStage;
 
-#[derive(Debug, Serialize)]
-struct ProbeOut {
+/// `probe.json`.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ProbeOut {
     /// File name only: outputs never hold absolute paths.
-    file: String,
-    size: u64,
-    container: String,
-    container_long: String,
+    pub file: String,
+    pub size: u64,
+    pub container: String,
+    pub container_long: String,
     /// Seconds; the container's, else the longest stream's.
-    duration: Option<f64>,
-    start_time: Option<f64>,
+    pub duration: Option<f64>,
+    pub start_time: Option<f64>,
     /// Bits per second.
-    bit_rate: Option<i64>,
-    video_stream: Option<usize>,
-    audio_stream: Option<usize>,
-    streams: Vec<StreamOut>,
-    tags: BTreeMap<String, String>,
+    pub bit_rate: Option<i64>,
+    pub video_stream: Option<usize>,
+    pub audio_stream: Option<usize>,
+    pub streams: Vec<StreamOut>,
+    pub tags: BTreeMap<String, String>,
     /// `packets`: every packet was read; `decode`: every frame was also decoded.
-    scan: &'static str,
+    pub scan: String,
     /// Errors met while reading (and with `decode`, decoding): damaged parts of the file.
-    decode_errors: u64,
+    pub decode_errors: u64,
 }
 
-#[derive(Debug, Serialize)]
-struct StreamOut {
-    index: usize,
-    kind: String,
-    codec: String,
-    codec_long: Option<String>,
-    profile: Option<String>,
+/// One stream of [`ProbeOut`].
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct StreamOut {
+    pub index: usize,
+    pub kind: String,
+    pub codec: String,
+    pub codec_long: Option<String>,
+    pub profile: Option<String>,
     /// Seconds: from the header, else from the last packet.
-    duration: Option<f64>,
-    start_time: Option<f64>,
-    bit_rate: Option<i64>,
+    pub duration: Option<f64>,
+    pub start_time: Option<f64>,
+    pub bit_rate: Option<i64>,
     /// Frame count from the header (0 when the container does not say).
-    frames_header: i64,
-    packets: u64,
-    keyframes: u64,
-    width: Option<u32>,
-    height: Option<u32>,
+    pub frames_header: i64,
+    pub packets: u64,
+    pub keyframes: u64,
+    pub width: Option<u32>,
+    pub height: Option<u32>,
     /// Average frame rate (frames / duration).
-    fps_avg: Option<f64>,
+    pub fps_avg: Option<f64>,
     /// The lowest rate that represents all timestamps ("r_frame_rate").
-    fps_real: Option<f64>,
+    pub fps_real: Option<f64>,
     /// True when the average and real rates disagree: variable frame rate.
-    vfr: Option<bool>,
+    pub vfr: Option<bool>,
     /// Degrees counterclockwise a player turns the picture (0, 90, 180, 270): ffprobe's
     /// `rotation` modulo 360 (a phone's portrait video is 270).
-    rotation: Option<i32>,
-    pixel_format: Option<String>,
-    sample_aspect_ratio: Option<String>,
-    sample_rate: Option<u32>,
-    channels: Option<u16>,
-    sample_format: Option<String>,
-    language: Option<String>,
-    title: Option<String>,
-    default: bool,
-    attached_pic: bool,
-    decode_errors: u64,
+    pub rotation: Option<i32>,
+    pub pixel_format: Option<String>,
+    pub sample_aspect_ratio: Option<String>,
+    pub sample_rate: Option<u32>,
+    pub channels: Option<u16>,
+    pub sample_format: Option<String>,
+    pub language: Option<String>,
+    pub title: Option<String>,
+    pub default: bool,
+    pub attached_pic: bool,
+    pub decode_errors: u64,
 }
 
 #[derive(Default, Clone)]
@@ -108,48 +110,25 @@ struct Scan {
     errors: u64,
 }
 
-impl StageKind for ProbeStage {
-    fn name(&self) -> &'static str {
-        KIND
-    }
+impl Output for ProbeOut {
+    const FILE: &'static str = "probe.json";
+}
 
-    fn version(&self) -> u32 {
-        1
-    }
+impl TypedStage for ProbeStage {
+    type Params = Params;
+    const NAME: &'static str = KIND;
+    const VERSION: u32 = 1;
+    const SUMMARY: &'static str = "Describes a media file: container, duration, streams (codec, size, fps, rotation, audio format) -> probe.json";
 
-    fn summary(&self) -> &'static str {
-        "Describes a media file: container, duration, streams (codec, size, fps, rotation, audio format) -> probe.json"
-    }
-
-    fn params_doc(&self) -> Vec<ParamDoc> {
-        vec![ParamDoc {
-            name: "decode",
-            ty: "bool",
-            default: Some("false"),
-            doc: "also decode every frame to count decoder errors (a full decode); otherwise only demuxing errors are counted",
-        }]
-    }
-
-    fn check(&self, params: &Value, _env: &CheckEnv) -> Result<Value, Vec<ParamError>> {
-        let p: Params = typed_params(&params_object(params))?;
-        to_value(&p)
-    }
-
-    fn key_extras(&self, _params: &Value, _env: &KeyEnv) -> Result<KeyExtras, StageError> {
+    fn key_extras(&self, _p: &Params, _env: &KeyEnv) -> Result<KeyExtras, StageError> {
         Ok(ffmpeg_key_extras())
     }
 
-    fn doctor(
-        &self,
-        _params: &Value,
-        _base_dir: &std::path::Path,
-    ) -> Vec<vsum_engine::stage::Check> {
+    fn doctor(&self, _p: &Params, _base_dir: &std::path::Path) -> Vec<Check> {
         super::doctor_ffmpeg()
     }
 
-    fn run(&self, ctx: &mut JobCtx) -> Result<(), StageError> {
-        let p: Params = typed_params(ctx.params)
-            .map_err(|e| StageError::fatal(format!("{KIND}: bad params: {}", e[0].message)))?;
+    fn run(&self, p: &Params, ctx: &mut JobCtx) -> Result<(), StageError> {
         let video = job_video(ctx, KIND)?;
         let mut input = open_input(&video.path)?;
         let size = std::fs::metadata(&video.path).map(|m| m.len()).unwrap_or(0);
@@ -177,7 +156,7 @@ impl StageKind for ProbeStage {
                 ),
             );
         }
-        write_json(ctx.out_dir, "probe.json", &out)
+        ctx.write_output(&out)
     }
 }
 
@@ -434,7 +413,7 @@ fn describe(
         audio_stream: input.streams().best(MediaType::Audio).map(|s| s.index()),
         streams,
         tags,
-        scan: if decoded { "decode" } else { "packets" },
+        scan: if decoded { "decode" } else { "packets" }.to_string(),
         decode_errors: total_errors,
     }
 }

@@ -21,19 +21,18 @@ use ffmpeg::format::Pixel;
 use ffmpeg::frame;
 use ffmpeg::software::scaling;
 use ffmpeg_next as ffmpeg;
+use schemars::JsonSchema;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::Value;
-use vsum_engine::stage::{
-    CheckEnv, JobCtx, KeyEnv, KeyExtras, ParamDoc, ParamError, StageError, StageKind, typed_params,
-};
+use vsum_engine::contract::{Output, TypedStage};
+use vsum_engine::stage::{Check, CheckEnv, JobCtx, KeyEnv, KeyExtras, ParamError, StageError};
 
 use super::slides::{
     AutoChoice, GreyShrinker, SlideDetector, SlideScore, SlideSettings, choose, slides_size,
 };
 use super::{
     DecodeOpts, FrameReader, check_cancel, ffmpeg_key_extras, io_error, job_video, open_input,
-    open_video_decoder, params_object, rational, require_video_stream, stream_dims, to_value, warn,
-    write_json,
+    open_video_decoder, rational, require_video_stream, stream_dims, warn,
 };
 
 const KIND: &str = "video.scenes";
@@ -77,6 +76,17 @@ impl<'de> Deserialize<'de> for Downscale {
     }
 }
 
+impl JsonSchema for Downscale {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Downscale".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "anyOf": [{ "const": "auto" }, { "type": "integer", "minimum": 1 }]
+        })
+    }
+}
+
 impl Downscale {
     /// The analysis size for a `w` x `h` frame.
     pub fn target(self, w: u32, h: u32) -> (u32, u32) {
@@ -92,33 +102,11 @@ impl Downscale {
     }
 }
 
-fn default_threshold() -> f64 {
-    27.0
-}
-fn default_min_len() -> u32 {
-    15
-}
-fn default_downscale() -> Downscale {
-    Downscale::Auto
-}
-fn yes() -> bool {
-    true
-}
-fn default_pixel_delta() -> u8 {
-    24
-}
-fn default_min_change() -> f64 {
-    0.2
-}
-fn default_dwell() -> f64 {
-    0.5
-}
-
 /// Seconds over which two separate motions of a block make it busy (slides detector).
 const BUSY_WINDOW_SECS: f64 = 4.0;
 
 /// Which detector cuts the video.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Detector {
     /// PySceneDetect's ContentDetector: camera footage, films.
@@ -131,29 +119,54 @@ pub enum Detector {
     Auto,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Params {
-    #[serde(default = "default_threshold")]
-    threshold: f64,
-    #[serde(default = "default_min_len")]
-    min_scene_len: u32,
-    #[serde(default = "default_downscale")]
-    downscale: Downscale,
-    #[serde(default)]
-    max_scene_len: Option<f64>,
-    #[serde(default = "yes")]
-    fast_decode: bool,
-    #[serde(default)]
-    stats: bool,
-    #[serde(default)]
-    detector: Detector,
-    #[serde(default = "default_pixel_delta")]
-    pixel_delta: u8,
-    #[serde(default = "default_min_change")]
-    min_change: f64,
-    #[serde(default = "default_dwell")]
-    dwell: f64,
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct Params {
+    /// Mean HSV change (0-255 scale) between frames that counts as a cut; lower finds
+    /// more cuts.
+    pub threshold: f64,
+    /// Frames: cuts closer than this are merged (also ignores camera flashes).
+    pub min_scene_len: u32,
+    /// Shrink frames by this factor before comparing; auto = to about 256 px like
+    /// PySceneDetect.
+    pub downscale: Downscale,
+    /// Seconds: split longer scenes into equal parts no longer than this.
+    pub max_scene_len: Option<f64>,
+    /// Analysis-grade decoding: skip the deblocking filter, and decode MJPEG/MPEG-1/2/4
+    /// at reduced size; the downscaled comparison does not see the difference.
+    pub fast_decode: bool,
+    /// Also write stats.csv: every frame's score and its H/S/V parts (like
+    /// PySceneDetect's stats file), to tune `threshold`.
+    pub stats: bool,
+    /// content: PySceneDetect's ContentDetector (camera footage); slides: steps in static
+    /// content (new slides on one template, build-ups, scrolls; ignores cursors and
+    /// regions in motion); auto: decides per video from how much moves and how flat the
+    /// pictures are, and records its choice.
+    pub detector: Detector,
+    /// Slides: a pixel changed when it differs from the slide by more than this many
+    /// grey levels (0-255).
+    pub pixel_delta: u8,
+    /// Slides: percent of the picture that must change (a bullet line is about 0.5).
+    pub min_change: f64,
+    /// Slides: seconds a change must hold still to count (the shortest slide seen).
+    pub dwell: f64,
+}
+
+impl Default for Params {
+    fn default() -> Self {
+        Params {
+            threshold: 27.0,
+            min_scene_len: 15,
+            downscale: Downscale::Auto,
+            max_scene_len: None,
+            fast_decode: true,
+            stats: false,
+            detector: Detector::Content,
+            pixel_delta: 24,
+            min_change: 0.2,
+            dwell: 0.5,
+        }
+    }
 }
 
 /// The `video.scenes` kind.
@@ -161,7 +174,8 @@ struct Params {
 pub struct SceneStage;
 
 /// One scene of `scenes.json`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Default, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
 pub struct Scene {
     pub index: usize,
     /// Seconds from the video stream's start.
@@ -178,7 +192,8 @@ pub struct Scene {
 
 /// `scenes.json`. Readers need only `scenes` and `fps`: the rest default when absent,
 /// so other tools (or a hand-written list) can feed `video.keyframes`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+#[serde(default)]
 pub struct ScenesOut {
     pub scenes: Vec<Scene>,
     pub fps: f64,
@@ -210,86 +225,17 @@ pub struct ScenesOut {
     pub auto: Option<AutoChoice>,
 }
 
-impl StageKind for SceneStage {
-    fn name(&self) -> &'static str {
-        KIND
-    }
+impl Output for ScenesOut {
+    const FILE: &'static str = "scenes.json";
+}
 
-    fn version(&self) -> u32 {
-        2
-    }
+impl TypedStage for SceneStage {
+    type Params = Params;
+    const NAME: &'static str = KIND;
+    const VERSION: u32 = 2;
+    const SUMMARY: &'static str = "Finds shot cuts (PySceneDetect ContentDetector: HSV frame deltas) or slide changes (detector: slides|auto) -> scenes.json";
 
-    fn summary(&self) -> &'static str {
-        "Finds shot cuts (PySceneDetect ContentDetector: HSV frame deltas) or slide changes (detector: slides|auto) -> scenes.json"
-    }
-
-    fn params_doc(&self) -> Vec<ParamDoc> {
-        vec![
-            ParamDoc {
-                name: "threshold",
-                ty: "number",
-                default: Some("27"),
-                doc: "mean HSV change (0-255 scale) between frames that counts as a cut; lower finds more cuts",
-            },
-            ParamDoc {
-                name: "min_scene_len",
-                ty: "frames",
-                default: Some("15"),
-                doc: "cuts closer than this are merged (also ignores camera flashes)",
-            },
-            ParamDoc {
-                name: "downscale",
-                ty: "\"auto\" or integer",
-                default: Some("auto"),
-                doc: "shrink frames by this factor before comparing; auto = to about 256 px like PySceneDetect",
-            },
-            ParamDoc {
-                name: "max_scene_len",
-                ty: "seconds",
-                default: Some("none"),
-                doc: "split longer scenes into equal parts no longer than this",
-            },
-            ParamDoc {
-                name: "fast_decode",
-                ty: "bool",
-                default: Some("true"),
-                doc: "analysis-grade decoding: skip the deblocking filter, and decode MJPEG/MPEG-1/2/4 at reduced size; the downscaled comparison does not see the difference",
-            },
-            ParamDoc {
-                name: "stats",
-                ty: "bool",
-                default: Some("false"),
-                doc: "also write stats.csv: every frame's score and its H/S/V parts (like PySceneDetect's stats file), to tune `threshold`",
-            },
-            ParamDoc {
-                name: "detector",
-                ty: "content | slides | auto",
-                default: Some("content"),
-                doc: "content: PySceneDetect's ContentDetector (camera footage); slides: steps in static content (new slides on one template, build-ups, scrolls; ignores cursors and regions in motion); auto: decides per video from how much moves and how flat the pictures are, and records its choice",
-            },
-            ParamDoc {
-                name: "pixel_delta",
-                ty: "grey levels",
-                default: Some("24"),
-                doc: "slides: a pixel changed when it differs from the slide by more than this (0-255)",
-            },
-            ParamDoc {
-                name: "min_change",
-                ty: "percent",
-                default: Some("0.2"),
-                doc: "slides: percent of the picture that must change (a bullet line is about 0.5)",
-            },
-            ParamDoc {
-                name: "dwell",
-                ty: "seconds",
-                default: Some("0.5"),
-                doc: "slides: a change counts once it has held still this long (the shortest slide seen)",
-            },
-        ]
-    }
-
-    fn check(&self, params: &Value, _env: &CheckEnv) -> Result<Value, Vec<ParamError>> {
-        let p: Params = typed_params(&params_object(params))?;
+    fn validate(&self, p: Params, _env: &CheckEnv) -> Result<Params, Vec<ParamError>> {
         let mut errs = Vec::new();
         if !(p.threshold > 0.0 && p.threshold <= 255.0) {
             errs.push(
@@ -329,30 +275,20 @@ impl StageKind for SceneStage {
                     .hint("24 ignores compression noise and background shade shifts"),
             );
         }
-        if errs.is_empty() {
-            to_value(&p)
-        } else {
-            Err(errs)
-        }
+        if errs.is_empty() { Ok(p) } else { Err(errs) }
     }
 
-    fn key_extras(&self, _params: &Value, _env: &KeyEnv) -> Result<KeyExtras, StageError> {
+    fn key_extras(&self, _p: &Params, _env: &KeyEnv) -> Result<KeyExtras, StageError> {
         Ok(ffmpeg_key_extras())
     }
 
-    fn doctor(
-        &self,
-        _params: &Value,
-        _base_dir: &std::path::Path,
-    ) -> Vec<vsum_engine::stage::Check> {
+    fn doctor(&self, _p: &Params, _base_dir: &std::path::Path) -> Vec<Check> {
         super::doctor_ffmpeg()
     }
 
-    fn run(&self, ctx: &mut JobCtx) -> Result<(), StageError> {
-        let p: Params = typed_params(ctx.params)
-            .map_err(|e| StageError::fatal(format!("{KIND}: bad params: {}", e[0].message)))?;
+    fn run(&self, p: &Params, ctx: &mut JobCtx) -> Result<(), StageError> {
         let video = job_video(ctx, KIND)?;
-        let out = detect(ctx, &video.path, &p)?;
+        let out = detect(ctx, &video.path, p)?;
         if out.decode_errors > 0 {
             warn(
                 ctx,
@@ -363,7 +299,7 @@ impl StageKind for SceneStage {
                 ),
             );
         }
-        write_json(ctx.out_dir, "scenes.json", &out)
+        ctx.write_output(&out)
     }
 }
 

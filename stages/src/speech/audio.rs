@@ -12,7 +12,10 @@ use std::fs::File;
 use std::io::BufReader;
 use std::path::{Path, PathBuf};
 
+use vsum_engine::contract::{Output, find_upstream_file, find_upstream_with_stage, read_output};
 use vsum_engine::stage::StageError;
+
+use crate::media::AudioOut;
 
 /// Whisper and Silero work at 16 kHz.
 pub const SAMPLE_RATE: u32 = 16_000;
@@ -28,27 +31,18 @@ pub enum AudioSource {
 }
 
 /// Finds `audio.wav` (or `audio.json` saying there is none) in the upstream folders.
+/// The WAV may come from `media.audio` or from a command stage that wrote one.
 pub fn find_audio(upstream: &BTreeMap<String, PathBuf>) -> Result<AudioSource, StageError> {
-    for dir in upstream.values() {
-        let wav = dir.join("audio.wav");
-        if wav.is_file() {
-            return Ok(AudioSource::Wav(wav));
-        }
+    if let Some(wav) = find_upstream_file(upstream, "audio.wav") {
+        return Ok(AudioSource::Wav(wav));
     }
-    for dir in upstream.values() {
-        let json = dir.join("audio.json");
-        if let Ok(bytes) = std::fs::read(&json) {
-            let v: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
-                StageError::fatal(format!("{} is not valid JSON: {e}", json.display()))
-            })?;
-            if v.get("has_audio").and_then(|h| h.as_bool()) == Some(false) {
-                let reason = v
-                    .get("reason")
-                    .and_then(|r| r.as_str())
-                    .unwrap_or("the video has no audio track")
-                    .to_string();
-                return Ok(AudioSource::NoAudio { reason });
-            }
+    if let Some((stage, json)) = find_upstream_with_stage(upstream, AudioOut::FILE) {
+        let a: AudioOut = read_output(&json, stage)?;
+        if !a.has_audio {
+            let reason = a
+                .reason
+                .unwrap_or_else(|| "the video has no audio track".to_string());
+            return Ok(AudioSource::NoAudio { reason });
         }
     }
     let names: Vec<&str> = upstream.keys().map(String::as_str).collect();
@@ -57,14 +51,6 @@ pub fn find_audio(upstream: &BTreeMap<String, PathBuf>) -> Result<AudioSource, S
         if names.is_empty() { "nothing, `needs` is empty".to_string() } else { names.join(", ") }
     ))
     .hint("add the stage that extracts the speech track (media.audio, or a command running `ffmpeg -i {video} -ac 1 -ar 16000 {out}/audio.wav`) to `needs`"))
-}
-
-/// The first upstream folder holding `name`.
-pub fn find_upstream_file(upstream: &BTreeMap<String, PathBuf>, name: &str) -> Option<PathBuf> {
-    upstream
-        .values()
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
 }
 
 /// A 16 kHz WAV opened for reading spans as mono f32 in [-1, 1].

@@ -14,7 +14,8 @@ pub struct Word {
     pub probability: f32,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Segment {
     pub start: f64,
     pub end: f64,
@@ -25,7 +26,8 @@ pub struct Segment {
     pub words: Option<Vec<Word>>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Transcript {
     /// Language code (`en`), detected or given; `null` when nothing was decoded.
     pub language: Option<String>,
@@ -47,10 +49,14 @@ pub struct Transcript {
     pub notes: Vec<Note>,
 }
 
+impl vsum_engine::contract::Output for Transcript {
+    const FILE: &'static str = "transcript.json";
+}
+
 /// One thing decoding did that a reader of the transcript should know about.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Note {
-    /// `fallback`, `repeat_dropped`, `cpu_fallback`, ...
+    /// `fallback` (decoded again hotter), `repeat_dropped`, ...
     pub kind: String,
     /// Seconds from the start of the video where it happened.
     pub at: f64,

@@ -10,12 +10,10 @@
 
 use std::path::PathBuf;
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
-use vsum_engine::stage::{
-    CheckEnv, JobCtx, KeyEnv, KeyExtras, Lane, ParamDoc, ParamError, StageError, StageKind,
-    typed_params,
-};
+use vsum_engine::contract::{Output, TypedStage};
+use vsum_engine::stage::{Check, CheckEnv, JobCtx, KeyEnv, KeyExtras, ParamError, StageError};
 
 use super::audio::{AudioSource, SAMPLE_RATE, Wav, find_audio, secs};
 use crate::models::catalog::FORMAT_ONNX;
@@ -25,35 +23,32 @@ use crate::models::{ModelsDir, onnxruntime, resolve};
 const WINDOW: usize = 512;
 const CONTEXT: usize = 64;
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Params {
-    #[serde(default = "default_model")]
-    model: String,
-    #[serde(default = "default_threshold")]
-    threshold: f32,
-    #[serde(default = "default_min_speech")]
-    min_speech_ms: u32,
-    #[serde(default = "default_min_silence")]
-    min_silence_ms: u32,
-    #[serde(default = "default_pad")]
-    pad_ms: u32,
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct Params {
+    /// Installed model (`vsum models install silero-vad`) or an ONNX file relative to
+    /// the manifest.
+    pub model: String,
+    /// Speech probability (0 to 1) that starts a segment (it ends below threshold - 0.15).
+    pub threshold: f32,
+    /// Milliseconds: shorter speech is dropped.
+    pub min_speech_ms: u32,
+    /// Milliseconds of silence that must pass before a segment ends.
+    pub min_silence_ms: u32,
+    /// Milliseconds of padding added on each side of a segment.
+    pub pad_ms: u32,
 }
 
-fn default_model() -> String {
-    "silero-vad".into()
-}
-fn default_threshold() -> f32 {
-    0.5
-}
-fn default_min_speech() -> u32 {
-    250
-}
-fn default_min_silence() -> u32 {
-    100
-}
-fn default_pad() -> u32 {
-    30
+impl Default for Params {
+    fn default() -> Self {
+        Params {
+            model: "silero-vad".into(),
+            threshold: 0.5,
+            min_speech_ms: 250,
+            min_silence_ms: 100,
+            pad_ms: 30,
+        }
+    }
 }
 
 /// One speech segment in `vad.json` (seconds).
@@ -226,60 +221,18 @@ fn models_dir() -> ModelsDir {
     ModelsDir::from_env()
 }
 
-impl StageKind for VadStage {
-    fn name(&self) -> &'static str {
-        "audio.vad"
-    }
+impl Output for VadFile {
+    const FILE: &'static str = "vad.json";
+}
 
-    fn version(&self) -> u32 {
-        1
-    }
+impl TypedStage for VadStage {
+    type Params = Params;
+    const NAME: &'static str = "audio.vad";
+    const VERSION: u32 = 1;
+    const SUMMARY: &'static str =
+        "Voice activity (Silero VAD via ONNX Runtime) on the upstream audio.wav -> vad.json";
 
-    fn summary(&self) -> &'static str {
-        "Voice activity (Silero VAD via ONNX Runtime) on the upstream audio.wav -> vad.json"
-    }
-
-    fn default_lane(&self) -> Lane {
-        Lane::Cpu
-    }
-
-    fn params_doc(&self) -> Vec<ParamDoc> {
-        vec![
-            ParamDoc {
-                name: "model",
-                ty: "name or path",
-                default: Some("silero-vad"),
-                doc: "installed model (`vsum models install silero-vad`) or an ONNX file relative to the manifest",
-            },
-            ParamDoc {
-                name: "threshold",
-                ty: "0..1",
-                default: Some("0.5"),
-                doc: "speech probability that starts a segment (it ends below threshold - 0.15)",
-            },
-            ParamDoc {
-                name: "min_speech_ms",
-                ty: "milliseconds",
-                default: Some("250"),
-                doc: "shorter speech is dropped",
-            },
-            ParamDoc {
-                name: "min_silence_ms",
-                ty: "milliseconds",
-                default: Some("100"),
-                doc: "silence that must pass before a segment ends",
-            },
-            ParamDoc {
-                name: "pad_ms",
-                ty: "milliseconds",
-                default: Some("30"),
-                doc: "padding added on each side of a segment",
-            },
-        ]
-    }
-
-    fn check(&self, params: &Value, _env: &CheckEnv) -> Result<Value, Vec<ParamError>> {
-        let p: Params = typed_params(params)?;
+    fn validate(&self, p: Params, _env: &CheckEnv) -> Result<Params, Vec<ParamError>> {
         let mut errs = Vec::new();
         if !(p.threshold > 0.0 && p.threshold < 1.0) {
             errs.push(
@@ -293,16 +246,10 @@ impl StageKind for VadStage {
         if p.model.trim().is_empty() {
             errs.push(ParamError::new(&["model"], "`model` is empty").hint("use silero-vad"));
         }
-        if errs.is_empty() {
-            Ok(serde_json::to_value(&p).expect("params serialize"))
-        } else {
-            Err(errs)
-        }
+        if errs.is_empty() { Ok(p) } else { Err(errs) }
     }
 
-    fn key_extras(&self, params: &Value, env: &KeyEnv) -> Result<KeyExtras, StageError> {
-        let p: Params =
-            serde_json::from_value(params.clone()).map_err(|e| StageError::fatal(e.to_string()))?;
+    fn key_extras(&self, p: &Params, env: &KeyEnv) -> Result<KeyExtras, StageError> {
         let dir = models_dir();
         let model = resolve(&dir, &p.model, env.base_dir, FORMAT_ONNX)?;
         let (_, ort_version) = onnxruntime::library(&dir)?;
@@ -313,17 +260,14 @@ impl StageKind for VadStage {
         Ok(x)
     }
 
-    fn doctor(&self, params: &Value, base_dir: &std::path::Path) -> Vec<vsum_engine::stage::Check> {
-        let model = params["model"].as_str().unwrap_or("silero-vad");
+    fn doctor(&self, p: &Params, base_dir: &std::path::Path) -> Vec<Check> {
         vec![
             crate::models::doctor_onnxruntime(),
-            crate::models::doctor_model(model, base_dir, crate::models::catalog::FORMAT_ONNX),
+            crate::models::doctor_model(&p.model, base_dir, crate::models::catalog::FORMAT_ONNX),
         ]
     }
 
-    fn run(&self, ctx: &mut JobCtx) -> Result<(), StageError> {
-        let p: Params = serde_json::from_value(ctx.params.clone())
-            .map_err(|e| StageError::fatal(e.to_string()))?;
+    fn run(&self, p: &Params, ctx: &mut JobCtx) -> Result<(), StageError> {
         let mut out = VadFile {
             model: p.model.clone(),
             has_audio: true,
@@ -342,7 +286,7 @@ impl StageKind for VadStage {
             AudioSource::NoAudio { reason } => {
                 out.has_audio = false;
                 out.reason = Some(reason);
-                return write_json(ctx, &out);
+                return ctx.write_output(&out);
             }
             AudioSource::Wav(p) => p,
         };
@@ -375,27 +319,8 @@ impl StageKind for VadStage {
                 probability: (prob * 1000.0).round() / 1000.0,
             })
             .collect();
-        write_json(ctx, &out)
+        ctx.write_output(&out)
     }
-}
-
-fn write_json(ctx: &JobCtx, v: &VadFile) -> Result<(), StageError> {
-    let mut json = serde_json::to_vec_pretty(v).expect("vad.json serializes");
-    json.push(b'\n');
-    std::fs::write(ctx.out_dir.join("vad.json"), json)
-        .map_err(|e| StageError::retryable(format!("cannot write vad.json: {e}")))
-}
-
-/// Reads `vad.json` (written by this stage) from a folder's file.
-pub fn read_vad(path: &std::path::Path) -> Result<VadFile, StageError> {
-    let bytes = std::fs::read(path)
-        .map_err(|e| StageError::fatal(format!("cannot read {}: {e}", path.display())))?;
-    serde_json::from_slice(&bytes).map_err(|e| {
-        StageError::fatal(format!(
-            "{} is not a vad.json from audio.vad: {e}",
-            path.display()
-        ))
-    })
 }
 
 #[cfg(test)]

@@ -14,21 +14,21 @@
 
 use std::sync::Once;
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use vsum_engine::contract::TypedStage;
 use vsum_engine::stage::{
-    CheckEnv, JobCtx, KeyEnv, KeyExtras, Lane, ParamDoc, ParamError, StageError, StageKind,
-    typed_params,
+    Check, CheckEnv, JobCtx, KeyEnv, KeyExtras, Lane, ParamError, StageError,
 };
 use whisper_rs::{
     FullParams, SamplingStrategy, WhisperContext, WhisperContextParameters, WhisperState,
 };
 
 use super::audio::SAMPLE_RATE;
-use super::audio::{AudioSource, Wav, find_audio, find_upstream_file, samples, secs};
+use super::audio::{AudioSource, Wav, find_audio, samples, secs};
 use super::chunks::{self, Packing, Span, Window};
 use super::transcript::{Note, Segment, Transcript, Word, drop_repeats};
-use super::vad::read_vad;
+use super::vad::VadFile;
 use crate::models::catalog::FORMAT_WHISPER;
 use crate::models::{ModelsDir, Resolved, ggml, resolve};
 
@@ -40,65 +40,66 @@ const SILENCE_DB: f32 = -60.0;
 /// Without VAD, a chunk is cut at the quietest moment of its last seconds.
 const CUT_SEARCH_SECS: f64 = 5.0;
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Params {
-    #[serde(default = "default_model")]
-    model: String,
-    #[serde(default = "default_language")]
-    language: String,
-    #[serde(default)]
-    threads: u32,
-    #[serde(default)]
-    beam_size: u32,
-    #[serde(default)]
-    temperature: f32,
-    #[serde(default = "default_temperature_inc")]
-    temperature_inc: f32,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    initial_prompt: Option<String>,
-    #[serde(default)]
-    word_timestamps: bool,
-    #[serde(default = "default_chunk")]
-    chunk_seconds: f64,
-    #[serde(default = "default_gap")]
-    max_gap_seconds: f64,
-    #[serde(default = "default_true")]
-    condition_on_previous_text: bool,
-    #[serde(default = "default_compression_ratio")]
-    compression_ratio_threshold: f32,
-    #[serde(default = "default_logprob")]
-    logprob_threshold: f32,
-    #[serde(default = "default_no_speech")]
-    no_speech_threshold: f32,
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct Params {
+    /// Installed model (`vsum models list`) or a ggml Whisper file relative to the
+    /// manifest.
+    pub model: String,
+    /// Spoken language (en, de, ...); auto detects it (English-only models: en).
+    pub language: String,
+    /// Decoder threads; 0 = the lane's share (a non-zero value joins the cache key).
+    pub threads: u32,
+    /// Beam search width; 0 or 1 = greedy decoding.
+    pub beam_size: u32,
+    /// Sampling temperature of the first attempt.
+    pub temperature: f32,
+    /// Temperature fallback step when a decode looks wrong; 0 disables fallback.
+    pub temperature_inc: f32,
+    /// Text that primes the decoder (names, spelling, style).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub initial_prompt: Option<String>,
+    /// Add words with start/end/probability to transcript.json.
+    pub word_timestamps: bool,
+    /// Seconds: the longest window decoded at once; Whisper sees 30 s, and longer
+    /// windows let it drift into loops.
+    pub chunk_seconds: f64,
+    /// Seconds: with audio.vad, pauses up to this long stay whole inside a window;
+    /// longer ones shrink to 0.8 s.
+    pub max_gap_seconds: f64,
+    /// Prompt each window with the text before it (reset after a window needed a
+    /// fallback).
+    pub condition_on_previous_text: bool,
+    /// A window whose text compresses better than this (a loop) is decoded again at the
+    /// next temperature.
+    pub compression_ratio_threshold: f32,
+    /// A window whose average token log-probability is below this is decoded again at
+    /// the next temperature.
+    pub logprob_threshold: f32,
+    /// No-speech probability above this, with a log-probability below
+    /// logprob_threshold, means silence.
+    pub no_speech_threshold: f32,
 }
 
-fn default_model() -> String {
-    "whisper-tiny.en".into()
-}
-fn default_language() -> String {
-    "auto".into()
-}
-fn default_temperature_inc() -> f32 {
-    0.2
-}
-fn default_chunk() -> f64 {
-    30.0
-}
-fn default_gap() -> f64 {
-    1.0
-}
-fn default_true() -> bool {
-    true
-}
-fn default_compression_ratio() -> f32 {
-    2.4
-}
-fn default_logprob() -> f32 {
-    -1.0
-}
-fn default_no_speech() -> f32 {
-    0.6
+impl Default for Params {
+    fn default() -> Self {
+        Params {
+            model: "whisper-tiny.en".into(),
+            language: "auto".into(),
+            threads: 0,
+            beam_size: 0,
+            temperature: 0.0,
+            temperature_inc: 0.2,
+            initial_prompt: None,
+            word_timestamps: false,
+            chunk_seconds: 30.0,
+            max_gap_seconds: 1.0,
+            condition_on_previous_text: true,
+            compression_ratio_threshold: 2.4,
+            logprob_threshold: -1.0,
+            no_speech_threshold: 0.6,
+        }
+    }
 }
 
 /// A loaded model, kept in the GPU lane's resource cache.
@@ -557,9 +558,7 @@ fn write_outputs(ctx: &JobCtx, t: &mut Transcript) -> Result<(), StageError> {
         std::fs::write(ctx.out_dir.join(name), bytes)
             .map_err(|e| StageError::retryable(format!("cannot write {name}: {e}")))
     };
-    let mut json = serde_json::to_vec_pretty(t).expect("transcript serializes");
-    json.push(b'\n');
-    w("transcript.json", &json)?;
+    ctx.write_output(&*t)?;
     w("transcript.srt", t.srt().as_bytes())?;
     w("transcript.vtt", t.vtt().as_bytes())?;
     let mut txt = t.txt();
@@ -571,114 +570,17 @@ fn write_outputs(ctx: &JobCtx, t: &mut Transcript) -> Result<(), StageError> {
     w("transcript.txt", txt.as_bytes())
 }
 
-impl StageKind for WhisperStage {
-    fn name(&self) -> &'static str {
-        "whisper.transcribe"
-    }
-
-    fn version(&self) -> u32 {
-        2
-    }
-
-    fn summary(&self) -> &'static str {
-        "Speech to text with Whisper (whisper.cpp) on the upstream audio.wav, speech regions only when audio.vad is needed -> transcript.json/.srt/.vtt/.txt"
-    }
+impl TypedStage for WhisperStage {
+    type Params = Params;
+    const NAME: &'static str = "whisper.transcribe";
+    const VERSION: u32 = 2;
+    const SUMMARY: &'static str = "Speech to text with Whisper (whisper.cpp) on the upstream audio.wav, speech regions only when audio.vad is needed -> transcript.json/.srt/.vtt/.txt";
 
     fn default_lane(&self) -> Lane {
         Lane::Gpu
     }
 
-    fn params_doc(&self) -> Vec<ParamDoc> {
-        vec![
-            ParamDoc {
-                name: "model",
-                ty: "name or path",
-                default: Some("whisper-tiny.en"),
-                doc: "installed model (`vsum models list`) or a ggml Whisper file relative to the manifest",
-            },
-            ParamDoc {
-                name: "language",
-                ty: "auto or code",
-                default: Some("auto"),
-                doc: "spoken language (en, de, ...); auto detects it (English-only models: en)",
-            },
-            ParamDoc {
-                name: "threads",
-                ty: "integer",
-                default: Some("0"),
-                doc: "decoder threads; 0 = the lane's share (note: a non-zero value joins the cache key)",
-            },
-            ParamDoc {
-                name: "beam_size",
-                ty: "integer",
-                default: Some("0"),
-                doc: "beam search width; 0 or 1 = greedy decoding",
-            },
-            ParamDoc {
-                name: "temperature",
-                ty: "number",
-                default: Some("0.0"),
-                doc: "sampling temperature of the first attempt",
-            },
-            ParamDoc {
-                name: "temperature_inc",
-                ty: "number",
-                default: Some("0.2"),
-                doc: "temperature fallback step when a decode looks wrong; 0 disables fallback",
-            },
-            ParamDoc {
-                name: "initial_prompt",
-                ty: "string",
-                default: None,
-                doc: "text that primes the decoder (names, spelling, style)",
-            },
-            ParamDoc {
-                name: "word_timestamps",
-                ty: "bool",
-                default: Some("false"),
-                doc: "add words with start/end/probability to transcript.json",
-            },
-            ParamDoc {
-                name: "chunk_seconds",
-                ty: "seconds",
-                default: Some("30"),
-                doc: "longest window decoded at once; Whisper sees 30 s, and longer windows let it drift into loops",
-            },
-            ParamDoc {
-                name: "max_gap_seconds",
-                ty: "seconds",
-                default: Some("1.0"),
-                doc: "with audio.vad: pauses up to this long stay whole inside a window; longer ones shrink to 0.8 s",
-            },
-            ParamDoc {
-                name: "condition_on_previous_text",
-                ty: "bool",
-                default: Some("true"),
-                doc: "prompt each window with the text before it (reset after a window needed a fallback)",
-            },
-            ParamDoc {
-                name: "compression_ratio_threshold",
-                ty: "number",
-                default: Some("2.4"),
-                doc: "a window whose text compresses better than this (a loop) is decoded again at the next temperature",
-            },
-            ParamDoc {
-                name: "logprob_threshold",
-                ty: "number",
-                default: Some("-1.0"),
-                doc: "a window whose average token log-probability is below this is decoded again at the next temperature",
-            },
-            ParamDoc {
-                name: "no_speech_threshold",
-                ty: "number",
-                default: Some("0.6"),
-                doc: "no-speech probability above this, with a log-probability below logprob_threshold, means silence",
-            },
-        ]
-    }
-
-    fn check(&self, params: &Value, _env: &CheckEnv) -> Result<Value, Vec<ParamError>> {
-        let p: Params = typed_params(params)?;
+    fn validate(&self, p: Params, _env: &CheckEnv) -> Result<Params, Vec<ParamError>> {
         let mut errs = Vec::new();
         if language_code(&p.language).is_none() {
             errs.push(
@@ -725,16 +627,10 @@ impl StageKind for WhisperStage {
                 "`initial_prompt` contains a NUL character",
             ));
         }
-        if errs.is_empty() {
-            Ok(serde_json::to_value(&p).expect("params serialize"))
-        } else {
-            Err(errs)
-        }
+        if errs.is_empty() { Ok(p) } else { Err(errs) }
     }
 
-    fn key_extras(&self, params: &Value, env: &KeyEnv) -> Result<KeyExtras, StageError> {
-        let p: Params =
-            serde_json::from_value(params.clone()).map_err(|e| StageError::fatal(e.to_string()))?;
+    fn key_extras(&self, p: &Params, env: &KeyEnv) -> Result<KeyExtras, StageError> {
         let model = resolve(&models_dir(), &p.model, env.base_dir, FORMAT_WHISPER)?;
         let mut x = KeyExtras::default();
         x.tools
@@ -746,21 +642,19 @@ impl StageKind for WhisperStage {
         Ok(x)
     }
 
-    fn resource_group(&self, params: &Value) -> Option<String> {
-        params
-            .get("model")
-            .and_then(Value::as_str)
-            .map(|m| format!("whisper:{m}"))
+    fn resource_group(&self, p: &Params) -> Option<String> {
+        Some(format!("whisper:{}", p.model))
     }
 
-    fn doctor(&self, params: &Value, base_dir: &std::path::Path) -> Vec<vsum_engine::stage::Check> {
-        let model = params["model"].as_str().unwrap_or("whisper-tiny.en");
-        vec![crate::models::doctor_model(model, base_dir, FORMAT_WHISPER)]
+    fn doctor(&self, p: &Params, base_dir: &std::path::Path) -> Vec<Check> {
+        vec![crate::models::doctor_model(
+            &p.model,
+            base_dir,
+            FORMAT_WHISPER,
+        )]
     }
 
-    fn run(&self, ctx: &mut JobCtx) -> Result<(), StageError> {
-        let p: Params = serde_json::from_value(ctx.params.clone())
-            .map_err(|e| StageError::fatal(e.to_string()))?;
+    fn run(&self, p: &Params, ctx: &mut JobCtx) -> Result<(), StageError> {
         let mut t = Transcript {
             language: None,
             model: p.model.clone(),
@@ -784,10 +678,9 @@ impl StageKind for WhisperStage {
         let total = wav.frames();
         let mut pk = Packing::seconds(p.chunk_seconds);
         pk.keep_gap = samples(p.max_gap_seconds);
-        let windows: Vec<Window> = match find_upstream_file(ctx.upstream, "vad.json") {
-            Some(path) => {
+        let windows: Vec<Window> = match ctx.upstream::<VadFile>()? {
+            Some(v) => {
                 t.vad = true;
-                let v = read_vad(&path)?;
                 let speech: Vec<Span> = v
                     .segments
                     .iter()
@@ -853,16 +746,24 @@ impl StageKind for WhisperStage {
         // reused for every window and every video; per job elsewhere.
         let model = resolve(&models_dir(), &p.model, ctx.base_dir, FORMAT_WHISPER)?;
         let blake3 = model.blake3(None)?;
-        let key = format!("whisper:{blake3}");
+        // The engine decides the device: the GPU unless this job runs on the CPU (a
+        // `lane: cpu` stage, or the retry after a GPU out-of-memory error).
+        let want_gpu = !ctx.force_cpu;
+        let key = format!("whisper:{blake3}:{}", if want_gpu { "gpu" } else { "cpu" });
+        if want_gpu && let Some(e) = crate::injected_gpu_oom("whisper.transcribe") {
+            return Err(e);
+        }
         let (cores, held_cores, on_lane) = (ctx.cores, ctx.held_cores, ctx.resources.is_some());
         let mut own: Option<Loaded> = None;
         let loaded: &mut Loaded = match ctx.resources.as_deref_mut() {
-            Some(r) => r.get_or_load(&key, || load(&model, true))?,
+            Some(r) => r.get_or_load(&key, || load(&model, want_gpu))?,
             None => {
-                tracing::warn!(
-                    "whisper.transcribe runs outside the GPU lane: its model is loaded for every job (use `lane: gpu`)"
-                );
-                own.insert(load(&model, true)?)
+                if want_gpu {
+                    tracing::warn!(
+                        "whisper.transcribe runs outside the GPU lane: its model is loaded for every job (use `lane: gpu`)"
+                    );
+                }
+                own.insert(load(&model, want_gpu)?)
             }
         };
         t.model = loaded.name.clone();
@@ -892,7 +793,7 @@ impl StageKind for WhisperStage {
             ctx.threads.max(1)
         };
         let d = Decode {
-            p: &p,
+            p,
             language: &language,
             threads: threads.min(64) as i32,
         };
@@ -912,25 +813,18 @@ impl StageKind for WhisperStage {
             ctx.cancel,
         );
         let gpu = loaded.gpu;
-        let result = match result {
+        let (segments, detected, notes) = match result {
             Err(e) if e == "cancelled" => return Err(StageError::cancelled()),
             Err(e) if gpu => {
-                // A GPU failure (often out of memory): once more on the CPU, noted.
-                tracing::warn!("whisper.transcribe: {e}; retrying this job on the CPU");
+                // A GPU failure (often out of memory): the model goes, and the engine
+                // runs the job once more on the CPU and notes it in the run summary.
                 if let Some(r) = ctx.resources.as_deref_mut() {
                     r.drop_resource(&key);
                 }
-                let mut cpu = load(&model, false)?;
-                t.notes.push(Note {
-                    kind: "cpu_fallback".into(),
-                    at: 0.0,
-                    detail: format!("decoded on the CPU after a GPU failure: {e}"),
-                });
-                transcribe(&mut cpu.state, &cpu.ctx, &d, &mut wav, &windows, ctx.cancel)
+                return Err(StageError::gpu_out_of_memory(format!(
+                    "whisper.cpp failed on the GPU: {e}"
+                )));
             }
-            other => other,
-        };
-        let (segments, detected, notes) = match result {
             Ok(r) => r,
             Err(e) if e == "cancelled" => return Err(StageError::cancelled()),
             Err(e) => return Err(StageError::retryable(e)),

@@ -21,15 +21,15 @@ use image::imageops::FilterType;
 use ort::session::Session;
 use ort::value::TensorRef;
 use rayon::prelude::*;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use vsum_engine::contract::{Output, TypedStage};
 use vsum_engine::stage::{
-    CheckEnv, JobCtx, KeyEnv, KeyExtras, Lane, ParamDoc, ParamError, StageError, StageKind,
-    typed_params,
+    Check, CheckEnv, JobCtx, KeyEnv, KeyExtras, Lane, ParamError, StageError,
 };
 
 use super::textbox::{self, DbSettings, Line, TextBox};
-use super::yolo::{find_keyframes, read_keyframes};
+use super::upstream_keyframes;
 use crate::models::catalog::FORMAT_ONNX;
 use crate::models::{ModelsDir, Resolved, onnxruntime, resolve};
 
@@ -41,49 +41,42 @@ const CROP_MARGIN: f32 = 0.15;
 /// The narrowest recognizer input (PaddleOCR's 3x48x320).
 const REC_MIN_WIDTH: u32 = 320;
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Params {
-    #[serde(default = "default_det")]
-    det_model: String,
-    #[serde(default = "default_rec")]
-    rec_model: String,
-    #[serde(default = "default_side")]
-    det_side: u32,
-    #[serde(default = "default_box_threshold")]
-    box_threshold: f32,
-    #[serde(default = "default_unclip")]
-    unclip_ratio: f32,
-    #[serde(default = "default_min_confidence")]
-    min_confidence: f32,
-    #[serde(default = "default_batch")]
-    batch: u32,
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct Params {
+    /// Text detector (`vsum models install ppocr`) or a PP-OCR DB detection ONNX file.
+    pub det_model: String,
+    /// Text recognizer (CTC, `character` list in its metadata) or such an ONNX file.
+    pub rec_model: String,
+    /// Pixels: the detector sees pictures with their short side brought up to this.
+    pub det_side: u32,
+    /// Mean text probability (0 to 1) a detected box needs.
+    pub box_threshold: f32,
+    /// How far detected boxes are grown (DB unclip).
+    pub unclip_ratio: f32,
+    /// Lines recognized with a lower mean character probability (0 to 1) are dropped.
+    pub min_confidence: f32,
+    /// Text lines per recognizer call (pictures per detector call: up to 4 of one size).
+    pub batch: u32,
 }
 
-fn default_det() -> String {
-    "ppocr-det".into()
-}
-fn default_rec() -> String {
-    "ppocr-rec".into()
-}
-fn default_side() -> u32 {
-    736
-}
-fn default_box_threshold() -> f32 {
-    0.5
-}
-fn default_unclip() -> f32 {
-    1.6
-}
-fn default_min_confidence() -> f32 {
-    0.5
-}
-fn default_batch() -> u32 {
-    8
+impl Default for Params {
+    fn default() -> Self {
+        Params {
+            det_model: "ppocr-det".into(),
+            rec_model: "ppocr-rec".into(),
+            det_side: 736,
+            box_threshold: 0.5,
+            unclip_ratio: 1.6,
+            min_confidence: 0.5,
+            batch: 8,
+        }
+    }
 }
 
 /// One picture of `ocr.json`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct OcrPicture {
     pub scene: usize,
     pub time: f64,
@@ -96,7 +89,8 @@ pub struct OcrPicture {
 }
 
 /// The content of `ocr.json`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct OcrFile {
     pub det_model: String,
     pub rec_model: String,
@@ -463,72 +457,21 @@ fn plain_text(file: &OcrFile) -> String {
     s
 }
 
-impl StageKind for OcrStage {
-    fn name(&self) -> &'static str {
-        KIND
-    }
+impl Output for OcrFile {
+    const FILE: &'static str = "ocr.json";
+}
 
-    fn version(&self) -> u32 {
-        1
-    }
-
-    fn summary(&self) -> &'static str {
-        "Text on each keyframe or slide (PP-OCRv4 via ONNX Runtime, needs video.keyframes) -> ocr.json + ocr.txt"
-    }
+impl TypedStage for OcrStage {
+    type Params = Params;
+    const NAME: &'static str = KIND;
+    const VERSION: u32 = 1;
+    const SUMMARY: &'static str = "Text on each keyframe or slide (PP-OCRv4 via ONNX Runtime, needs video.keyframes) -> ocr.json + ocr.txt";
 
     fn default_lane(&self) -> Lane {
         Lane::Gpu
     }
 
-    fn params_doc(&self) -> Vec<ParamDoc> {
-        vec![
-            ParamDoc {
-                name: "det_model",
-                ty: "name or path",
-                default: Some("ppocr-det"),
-                doc: "text detector (`vsum models install ppocr`) or a PP-OCR DB detection ONNX file",
-            },
-            ParamDoc {
-                name: "rec_model",
-                ty: "name or path",
-                default: Some("ppocr-rec"),
-                doc: "text recognizer (CTC, `character` list in its metadata) or such an ONNX file",
-            },
-            ParamDoc {
-                name: "det_side",
-                ty: "pixels",
-                default: Some("736"),
-                doc: "the detector sees pictures with their short side brought up to this",
-            },
-            ParamDoc {
-                name: "box_threshold",
-                ty: "0..1",
-                default: Some("0.5"),
-                doc: "mean text probability a detected box needs",
-            },
-            ParamDoc {
-                name: "unclip_ratio",
-                ty: "number",
-                default: Some("1.6"),
-                doc: "how far detected boxes are grown (DB unclip)",
-            },
-            ParamDoc {
-                name: "min_confidence",
-                ty: "0..1",
-                default: Some("0.5"),
-                doc: "lines recognized with a lower mean character probability are dropped",
-            },
-            ParamDoc {
-                name: "batch",
-                ty: "integer",
-                default: Some("8"),
-                doc: "text lines per recognizer call (pictures per detector call: up to 4 of one size)",
-            },
-        ]
-    }
-
-    fn check(&self, params: &Value, env: &CheckEnv) -> Result<Value, Vec<ParamError>> {
-        let p: Params = typed_params(params)?;
+    fn validate(&self, p: Params, env: &CheckEnv) -> Result<Params, Vec<ParamError>> {
         let mut errs = Vec::new();
         for (name, v) in [
             ("box_threshold", p.box_threshold),
@@ -561,16 +504,10 @@ impl StageKind for OcrStage {
                     .hint("add a `video.keyframes` stage (after `video.scenes`, best with `detector: auto`) to its `needs`"),
             );
         }
-        if errs.is_empty() {
-            Ok(serde_json::to_value(&p).expect("params serialize"))
-        } else {
-            Err(errs)
-        }
+        if errs.is_empty() { Ok(p) } else { Err(errs) }
     }
 
-    fn key_extras(&self, params: &Value, env: &KeyEnv) -> Result<KeyExtras, StageError> {
-        let p: Params =
-            serde_json::from_value(params.clone()).map_err(|e| StageError::fatal(e.to_string()))?;
+    fn key_extras(&self, p: &Params, env: &KeyEnv) -> Result<KeyExtras, StageError> {
         let dir = self.models_dir();
         let det = resolve(&dir, &p.det_model, env.base_dir, FORMAT_ONNX)?;
         let rec = resolve(&dir, &p.rec_model, env.base_dir, FORMAT_ONNX)?;
@@ -584,29 +521,20 @@ impl StageKind for OcrStage {
         Ok(x)
     }
 
-    fn resource_group(&self, _params: &Value) -> Option<String> {
+    fn resource_group(&self, _p: &Params) -> Option<String> {
         Some("ocr".into())
     }
 
-    fn doctor(&self, params: &Value, base_dir: &std::path::Path) -> Vec<vsum_engine::stage::Check> {
-        let get = |k: &str, d: &str| {
-            params
-                .get(k)
-                .and_then(Value::as_str)
-                .unwrap_or(d)
-                .to_string()
-        };
+    fn doctor(&self, p: &Params, base_dir: &std::path::Path) -> Vec<Check> {
         vec![
             crate::models::doctor_onnxruntime(),
-            crate::models::doctor_model(&get("det_model", "ppocr-det"), base_dir, FORMAT_ONNX),
-            crate::models::doctor_model(&get("rec_model", "ppocr-rec"), base_dir, FORMAT_ONNX),
+            crate::models::doctor_model(&p.det_model, base_dir, FORMAT_ONNX),
+            crate::models::doctor_model(&p.rec_model, base_dir, FORMAT_ONNX),
         ]
     }
 
-    fn run(&self, ctx: &mut JobCtx) -> Result<(), StageError> {
-        let p: Params = serde_json::from_value(ctx.params.clone())
-            .map_err(|e| StageError::fatal(e.to_string()))?;
-        let keyframes = read_keyframes(&find_keyframes(ctx.upstream)?)?;
+    fn run(&self, p: &Params, ctx: &mut JobCtx) -> Result<(), StageError> {
+        let keyframes = upstream_keyframes(ctx.upstream)?;
         let paths: Vec<PathBuf> = keyframes.iter().map(|(_, p)| p.clone()).collect();
         let pics: Vec<RgbImage> = paths
             .par_iter()
@@ -632,7 +560,7 @@ impl StageKind for OcrStage {
                     }
                     None => owned.insert(OcrModels::load(&dir, &det, &rec, threads)?),
                 };
-                read_all(models, &pics, &p, cancel)?
+                read_all(models, &pics, p, cancel)?
             };
             tracing::info!(
                 pictures = pics.len(),
@@ -651,20 +579,17 @@ impl StageKind for OcrStage {
                 });
             }
         }
-        let mut json = serde_json::to_vec_pretty(&file).expect("serializes");
-        json.push(b'\n');
-        let write = |name: &str, bytes: &[u8]| {
-            std::fs::write(ctx.out_dir.join(name), bytes)
-                .map_err(|e| StageError::retryable(format!("cannot write {name}: {e}")))
-        };
-        write("ocr.json", &json)?;
-        write("ocr.txt", plain_text(&file).as_bytes())
+        ctx.write_output(&file)?;
+        let txt = ctx.out_dir.join("ocr.txt");
+        std::fs::write(&txt, plain_text(&file))
+            .map_err(|e| StageError::retryable(format!("cannot write {}: {e}", txt.display())))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use vsum_engine::stage::StageKind;
 
     #[test]
     fn detector_input_sizes_like_paddleocr() {

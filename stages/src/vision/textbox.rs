@@ -199,7 +199,8 @@ pub fn character_list(meta: &str) -> Vec<String> {
 }
 
 /// One recognized line of `ocr.json`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Line {
     /// Position in reading order (0 first).
     pub order: usize,

@@ -16,22 +16,23 @@
 //! to the CPU).
 
 use std::collections::BTreeMap;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 
 use ort::session::Session;
 use ort::value::{TensorElementType, TensorRef, ValueType};
 use rayon::prelude::*;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use vsum_engine::contract::{Output, TypedStage};
 use vsum_engine::stage::{
-    CheckEnv, JobCtx, KeyEnv, KeyExtras, Lane, ParamDoc, ParamError, StageError, StageKind,
-    typed_params,
+    Check, CheckEnv, JobCtx, KeyEnv, KeyExtras, Lane, ParamError, StageError,
 };
 
 use super::detect::{self, Det, Thresholds};
 use super::letterbox::{Letterbox, letterbox_into};
+use super::upstream_keyframes;
 use crate::models::catalog::FORMAT_ONNX;
 use crate::models::{ModelsDir, Resolved, onnxruntime, resolve};
 
@@ -40,35 +41,34 @@ const KIND: &str = "yolo.detect";
 /// Input size used when a model's input and metadata leave it open.
 const DEFAULT_SIZE: u32 = 640;
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Params {
-    #[serde(default = "default_model")]
-    model: String,
-    #[serde(default = "default_confidence")]
-    confidence: f64,
-    #[serde(default = "default_iou")]
-    iou: f64,
-    #[serde(default = "default_max_detections")]
-    max_detections: u32,
-    #[serde(default = "default_batch")]
-    batch: u32,
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct Params {
+    /// Installed model (`vsum models install yolov12n`; AGPL-3.0 weights) or any
+    /// YOLOv5u/v8/v11/v12 detection ONNX file relative to the manifest.
+    pub model: String,
+    /// Keep boxes whose class score is above this (0 to 1).
+    pub confidence: f64,
+    /// Per-class NMS: drop a box overlapping a better one of its class by more than this
+    /// (0 to 1).
+    pub iou: f64,
+    /// At most this many boxes per picture.
+    pub max_detections: u32,
+    /// Pictures per inference call when the model's batch dimension is dynamic
+    /// (fixed-batch models such as yolov12n take theirs).
+    pub batch: u32,
 }
 
-fn default_model() -> String {
-    "yolov12n".into()
-}
-fn default_confidence() -> f64 {
-    0.25
-}
-fn default_iou() -> f64 {
-    0.45
-}
-fn default_max_detections() -> u32 {
-    300
-}
-fn default_batch() -> u32 {
-    8
+impl Default for Params {
+    fn default() -> Self {
+        Params {
+            model: "yolov12n".into(),
+            confidence: 0.25,
+            iou: 0.45,
+            max_detections: 300,
+            batch: 8,
+        }
+    }
 }
 
 /// One box in `detections.json`, in the picture's own pixels.
@@ -112,7 +112,8 @@ pub struct DetectionsFile {
 }
 
 /// One object name with its count and best confidence (`objects.json`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct ObjectCount {
     pub name: String,
     pub count: usize,
@@ -120,30 +121,19 @@ pub struct ObjectCount {
 }
 
 /// The objects of one scene.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct SceneObjects {
     pub scene: usize,
     pub objects: Vec<ObjectCount>,
 }
 
 /// The content of `objects.json`, read by `knowledge.compose`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct ObjectsFile {
     pub scenes: Vec<SceneObjects>,
     pub video: Vec<ObjectCount>,
-}
-
-/// `keyframes.json` as far as this stage reads it.
-#[derive(Debug, Deserialize)]
-struct KeyframesIn {
-    keyframes: Vec<KeyframeIn>,
-}
-
-#[derive(Debug, Deserialize)]
-pub(crate) struct KeyframeIn {
-    pub(crate) scene: usize,
-    pub(crate) time: f64,
-    pub(crate) file: String,
 }
 
 /// A loaded detector, kept in the GPU lane's resource cache.
@@ -209,7 +199,12 @@ fn layout_error(label: &str, what: String) -> StageError {
 
 impl Detector {
     /// Loads `model` into an ONNX Runtime session and checks its layout.
-    fn load(dir: &ModelsDir, model: &Resolved, threads: usize) -> Result<Detector, StageError> {
+    fn load(
+        dir: &ModelsDir,
+        model: &Resolved,
+        threads: usize,
+        gpu: bool,
+    ) -> Result<Detector, StageError> {
         model.verify()?;
         // Says what to install even when another models folder already loaded a library.
         onnxruntime::library(dir)?;
@@ -233,9 +228,13 @@ impl Detector {
             .with_inter_threads(1)
             .map_err(|e| fail(e.to_string()))?;
         #[cfg(feature = "onnx-cuda")]
-        let builder = builder
-            .with_execution_providers([ort::ep::CUDA::default().build()])
-            .map_err(|e| fail(e.to_string()))?;
+        let builder = if gpu {
+            builder
+                .with_execution_providers([ort::ep::CUDA::default().build()])
+                .map_err(|e| fail(e.to_string()))?
+        } else {
+            builder
+        };
         let mut builder = builder;
         let session = builder
             .commit_from_file(&model.path)
@@ -336,7 +335,7 @@ impl Detector {
         };
         let input_name = input.name().to_string();
         let output_name = output.name().to_string();
-        let provider = if cfg!(feature = "onnx-cuda") {
+        let provider = if gpu && cfg!(feature = "onnx-cuda") {
             "CUDA if available, else CPU"
         } else {
             "CPU"
@@ -429,55 +428,6 @@ fn prepare(index: usize, path: &Path, w: u32, h: u32) -> Result<Prepared, StageE
     Ok(Prepared { index, data, lb })
 }
 
-/// Finds `keyframes.json` in the upstream folders.
-pub(crate) fn find_keyframes(upstream: &BTreeMap<String, PathBuf>) -> Result<PathBuf, StageError> {
-    if let Some(p) = upstream
-        .values()
-        .map(|d| d.join("keyframes.json"))
-        .find(|p| p.is_file())
-    {
-        return Ok(p);
-    }
-    let names: Vec<&str> = upstream.keys().map(String::as_str).collect();
-    Err(StageError::fatal(format!(
-        "no stage in `needs` gave keyframes.json (looked in: {})",
-        if names.is_empty() {
-            "nothing, `needs` is empty".to_string()
-        } else {
-            names.join(", ")
-        }
-    ))
-    .hint("add a `video.keyframes` stage (which needs `video.scenes`) to this stage's `needs`"))
-}
-
-/// Reads `keyframes.json`: (scene, time, file name, path) per picture.
-pub(crate) fn read_keyframes(path: &Path) -> Result<Vec<(KeyframeIn, PathBuf)>, StageError> {
-    let bytes = std::fs::read(path)
-        .map_err(|e| StageError::fatal(format!("cannot read {}: {e}", path.display())))?;
-    let k: KeyframesIn = serde_json::from_slice(&bytes).map_err(|e| {
-        StageError::fatal(format!(
-            "{} is not a keyframes.json from video.keyframes: {e}",
-            path.display()
-        ))
-    })?;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    k.keyframes
-        .into_iter()
-        .map(|kf| {
-            let rel = Path::new(&kf.file);
-            if kf.file.is_empty() || !rel.components().all(|c| matches!(c, Component::Normal(_))) {
-                return Err(StageError::fatal(format!(
-                    "{}: keyframe file '{}' is not a plain name inside its folder",
-                    path.display(),
-                    kf.file
-                )));
-            }
-            let p = dir.join(rel);
-            Ok((kf, p))
-        })
-        .collect()
-}
-
 fn round(v: f64, places: i32) -> f64 {
     let f = 10f64.powi(places);
     (v * f).round() / f
@@ -536,13 +486,6 @@ pub fn summarize(images: &[ImageDetections]) -> ObjectsFile {
     let mut video: Vec<ObjectCount> = video.into_values().collect();
     by_salience(&mut video);
     ObjectsFile { scenes, video }
-}
-
-fn write_json<T: Serialize>(dir: &Path, name: &str, v: &T) -> Result<(), StageError> {
-    let mut json = serde_json::to_vec_pretty(v).expect("serializes");
-    json.push(b'\n');
-    std::fs::write(dir.join(name), json)
-        .map_err(|e| StageError::retryable(format!("cannot write {name}: {e}")))
 }
 
 /// Decodes and letterboxes on a helper thread (rayon inside) while `det` runs batches
@@ -626,60 +569,25 @@ fn detect_all(
     })
 }
 
-impl StageKind for YoloStage {
-    fn name(&self) -> &'static str {
-        KIND
-    }
+impl Output for DetectionsFile {
+    const FILE: &'static str = "detections.json";
+}
 
-    fn version(&self) -> u32 {
-        1
-    }
+impl Output for ObjectsFile {
+    const FILE: &'static str = "objects.json";
+}
 
-    fn summary(&self) -> &'static str {
-        "Objects in each keyframe (YOLO via ONNX Runtime, needs video.keyframes) -> detections.json + objects.json"
-    }
+impl TypedStage for YoloStage {
+    type Params = Params;
+    const NAME: &'static str = KIND;
+    const VERSION: u32 = 1;
+    const SUMMARY: &'static str = "Objects in each keyframe (YOLO via ONNX Runtime, needs video.keyframes) -> detections.json + objects.json";
 
     fn default_lane(&self) -> Lane {
         Lane::Gpu
     }
 
-    fn params_doc(&self) -> Vec<ParamDoc> {
-        vec![
-            ParamDoc {
-                name: "model",
-                ty: "name or path",
-                default: Some("yolov12n"),
-                doc: "installed model (`vsum models install yolov12n`; AGPL-3.0 weights) or any YOLOv5u/v8/v11/v12 detection ONNX file relative to the manifest",
-            },
-            ParamDoc {
-                name: "confidence",
-                ty: "0..1",
-                default: Some("0.25"),
-                doc: "keep boxes whose class score is above this",
-            },
-            ParamDoc {
-                name: "iou",
-                ty: "0..1",
-                default: Some("0.45"),
-                doc: "per-class NMS: drop a box overlapping a better one of its class by more than this",
-            },
-            ParamDoc {
-                name: "max_detections",
-                ty: "integer",
-                default: Some("300"),
-                doc: "at most this many boxes per picture",
-            },
-            ParamDoc {
-                name: "batch",
-                ty: "integer",
-                default: Some("8"),
-                doc: "pictures per inference call when the model's batch dimension is dynamic (fixed-batch models such as yolov12n take theirs)",
-            },
-        ]
-    }
-
-    fn check(&self, params: &Value, _env: &CheckEnv) -> Result<Value, Vec<ParamError>> {
-        let p: Params = typed_params(params)?;
+    fn validate(&self, p: Params, _env: &CheckEnv) -> Result<Params, Vec<ParamError>> {
         let mut errs = Vec::new();
         for (name, v, hint) in [
             ("confidence", p.confidence, "0.25 is the usual default"),
@@ -709,16 +617,10 @@ impl StageKind for YoloStage {
         if p.model.trim().is_empty() {
             errs.push(ParamError::new(&["model"], "`model` is empty").hint("use yolov12n"));
         }
-        if errs.is_empty() {
-            Ok(serde_json::to_value(&p).expect("params serialize"))
-        } else {
-            Err(errs)
-        }
+        if errs.is_empty() { Ok(p) } else { Err(errs) }
     }
 
-    fn key_extras(&self, params: &Value, env: &KeyEnv) -> Result<KeyExtras, StageError> {
-        let p: Params =
-            serde_json::from_value(params.clone()).map_err(|e| StageError::fatal(e.to_string()))?;
+    fn key_extras(&self, p: &Params, env: &KeyEnv) -> Result<KeyExtras, StageError> {
         let dir = self.models_dir();
         let model = resolve(&dir, &p.model, env.base_dir, FORMAT_ONNX)?;
         let (_, ort_version) = onnxruntime::library(&dir)?;
@@ -729,18 +631,20 @@ impl StageKind for YoloStage {
         Ok(x)
     }
 
-    fn resource_group(&self, params: &Value) -> Option<String> {
-        params
-            .get("model")
-            .and_then(Value::as_str)
-            .map(|m| format!("yolo:{m}"))
+    fn resource_group(&self, p: &Params) -> Option<String> {
+        Some(format!("yolo:{}", p.model))
     }
 
-    fn run(&self, ctx: &mut JobCtx) -> Result<(), StageError> {
-        let p: Params = serde_json::from_value(ctx.params.clone())
-            .map_err(|e| StageError::fatal(e.to_string()))?;
-        let (cancel, out_dir, threads) = (ctx.cancel, ctx.out_dir, ctx.threads);
-        let keyframes = read_keyframes(&find_keyframes(ctx.upstream)?)?;
+    fn doctor(&self, p: &Params, base_dir: &Path) -> Vec<Check> {
+        vec![
+            crate::models::doctor_onnxruntime(),
+            crate::models::doctor_model(&p.model, base_dir, FORMAT_ONNX),
+        ]
+    }
+
+    fn run(&self, p: &Params, ctx: &mut JobCtx) -> Result<(), StageError> {
+        let (cancel, threads) = (ctx.cancel, ctx.threads);
+        let keyframes = upstream_keyframes(ctx.upstream)?;
         let missing: Vec<String> = keyframes
             .iter()
             .filter(|(_, p)| !p.is_file())
@@ -772,20 +676,43 @@ impl StageKind for YoloStage {
             // The model: once per run on the GPU lane; per job elsewhere.
             let dir = self.models_dir();
             let model = resolve(&dir, &p.model, ctx.base_dir, FORMAT_ONNX)?;
-            let key = format!("yolo:{}", model.blake3(None)?);
+            // The engine decides the device: the GPU unless this job runs on the CPU (a
+            // `lane: cpu` stage, or the retry after a GPU out-of-memory error).
+            let gpu = !ctx.force_cpu;
+            if gpu && let Some(e) = crate::injected_gpu_oom(KIND) {
+                return Err(e);
+            }
+            let device = if gpu { "gpu" } else { "cpu" };
+            let key = format!("yolo:{}:{device}", model.blake3(None)?);
             let mut owned = None;
             let det: &mut Detector = match ctx.resources.as_deref_mut() {
-                Some(r) => r.get_or_load(&key, || Detector::load(&dir, &model, threads))?,
+                Some(r) => r.get_or_load(&key, || Detector::load(&dir, &model, threads, gpu))?,
                 None => {
-                    tracing::warn!(
-                        "{KIND} runs outside the GPU lane: its model is loaded for every job (use `lane: gpu`)"
-                    );
-                    owned.insert(Detector::load(&dir, &model, threads)?)
+                    if gpu {
+                        tracing::warn!(
+                            "{KIND} runs outside the GPU lane: its model is loaded for every job (use `lane: gpu`)"
+                        );
+                    }
+                    owned.insert(Detector::load(&dir, &model, threads, gpu)?)
                 }
             };
             let paths: Vec<PathBuf> = keyframes.iter().map(|(_, p)| p.clone()).collect();
             let started = std::time::Instant::now();
-            let found = detect_all(det, &paths, p.batch as usize, &t, cancel)?;
+            let found = match detect_all(det, &paths, p.batch as usize, &t, cancel) {
+                Ok(f) => f,
+                Err(e) if gpu && cfg!(feature = "onnx-cuda") && !e.cancelled => {
+                    // A failure on the GPU (often out of memory): the session goes, and
+                    // the engine runs the job once more on the CPU, noted in the run summary.
+                    if let Some(r) = ctx.resources.as_deref_mut() {
+                        r.drop_resource(&key);
+                    }
+                    return Err(StageError::gpu_out_of_memory(format!(
+                        "{KIND} failed on the GPU: {}",
+                        e.message
+                    )));
+                }
+                Err(e) => return Err(e),
+            };
             tracing::info!(
                 pictures = paths.len(),
                 ms = started.elapsed().as_millis() as u64,
@@ -816,14 +743,15 @@ impl StageKind for YoloStage {
             }
         }
         let objects = summarize(&file.images);
-        write_json(out_dir, "detections.json", &file)?;
-        write_json(out_dir, "objects.json", &objects)
+        ctx.write_output(&file)?;
+        ctx.write_output(&objects)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use vsum_engine::stage::StageKind;
 
     fn img(scene: usize, boxes: &[(&str, f64)]) -> ImageDetections {
         ImageDetections {
@@ -903,22 +831,5 @@ mod tests {
             .check(&serde_json::json!({"treshold": 0.5}), &env)
             .unwrap_err();
         assert!(e[0].message.contains("unknown field"), "{e:?}");
-    }
-
-    #[test]
-    fn keyframe_files_must_stay_in_their_folder() {
-        let dir = tempfile::tempdir().unwrap();
-        let k = dir.path().join("keyframes.json");
-        std::fs::write(&k, br#"{"keyframes": [{"scene": 0, "time": 1.0, "file": "../x.jpg", "width": 1, "height": 1}]}"#).unwrap();
-        let e = read_keyframes(&k).unwrap_err();
-        assert!(e.message.contains("not a plain name"), "{e}");
-        std::fs::write(&k, br#"{"keyframes": [{"scene": 3, "time": 1.5, "file": "scene_0003.jpg"}], "rotation": 0}"#).unwrap();
-        let r = read_keyframes(&k).unwrap();
-        assert_eq!(
-            (r[0].0.scene, r[0].1.clone()),
-            (3, dir.path().join("scene_0003.jpg"))
-        );
-        let e = find_keyframes(&BTreeMap::new()).unwrap_err();
-        assert!(e.hint.unwrap().contains("video.keyframes"));
     }
 }

@@ -219,8 +219,9 @@ pub fn attach_log(events: &EventSink, path: &std::path::Path) {
     });
 }
 
-/// The completion screen.
-pub fn completion(summary: &RunSummary, manifest_arg: &str) -> String {
+/// The completion screen. `published`: the files the manifest's batch stages publish
+/// (`publish:`), shown when they are in the output folder.
+pub fn completion(summary: &RunSummary, manifest_arg: &str, published: &[String]) -> String {
     let c = &summary.counts;
     let mut s = String::new();
     let ok = c.ran + c.cached;
@@ -242,7 +243,7 @@ pub fn completion(summary: &RunSummary, manifest_arg: &str) -> String {
         summary.wall_ms as f64 / 1000.0
     ));
     s.push_str(&format!("outputs: {}\n", summary.output_dir.display()));
-    for name in ["index.html", "INDEX.md"] {
+    for name in published {
         let p = summary.output_dir.join(name);
         if p.is_file() {
             s.push_str(&format!("index:   {}\n", p.display()));

@@ -44,6 +44,9 @@ pub enum ModelsCmd {
         /// Reinstall even when already installed
         #[arg(long)]
         force: bool,
+        /// Print JSON: one object per model (name, ok, already, path, error, hint)
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         dir: DirArg,
     },
@@ -86,14 +89,30 @@ pub fn run(cmd: ModelsCmd) -> anyhow::Result<u8> {
             names,
             from,
             force,
+            json,
             dir,
         } => {
             let dir = dir.models_dir();
             let opts = InstallOptions { from, force };
             let mut failed = 0;
+            let mut unknown = 0;
+            let mut rows = Vec::new();
             for name in &models::expand(&names) {
                 let t0 = Instant::now();
-                match models::install(&dir, name, &opts) {
+                let result = models::install(&dir, name, &opts);
+                rows.push(match &result {
+                    Ok(o) => json!({"name": name, "ok": true, "already": o.already,
+                        "path": o.path, "size": o.entry.size, "blake3": o.entry.blake3}),
+                    Err(e) => {
+                        json!({"name": name, "ok": false, "error": e.message, "hint": e.hint})
+                    }
+                });
+                if json {
+                    failed += usize::from(result.is_err());
+                    unknown += usize::from(result.is_err() && models::spec(name).is_none());
+                    continue;
+                }
+                match result {
                     Ok(o) if o.already => {
                         println!("{name}: already installed ({})", o.path.display());
                     }
@@ -115,10 +134,15 @@ pub fn run(cmd: ModelsCmd) -> anyhow::Result<u8> {
                         eprint!("{name}: ");
                         print_error(&e);
                         failed += 1;
+                        unknown += usize::from(models::spec(name).is_none());
                     }
                 }
             }
-            Ok(u8::from(failed > 0))
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            }
+            // A name not in the catalog is a usage error (2), like any bad argument.
+            Ok(if unknown > 0 { 2 } else { u8::from(failed > 0) })
         }
         ModelsCmd::List { json, dir } => {
             let dir = dir.models_dir();
@@ -253,7 +277,7 @@ pub fn run(cmd: ModelsCmd) -> anyhow::Result<u8> {
                             .hint("`vsum models list` shows the models"),
                     };
                     print_error(&e);
-                    Ok(1)
+                    Ok(if models::spec(&name).is_some() { 1 } else { 2 })
                 }
             }
         }

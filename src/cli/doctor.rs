@@ -11,6 +11,52 @@ use vsum_engine::manifest::Manifest;
 use vsum_engine::monitor::{Gpu, GpuInfo, free_bytes};
 use vsum_engine::stage::{Check, CheckStatus, Registry};
 
+use super::common::{Common, Fail, exit, load_alerts, load_config, load_manifest, print_json};
+use super::find::{self, ManifestArg};
+
+#[derive(clap::Args)]
+pub struct DoctorArgs {
+    #[command(flatten)]
+    target: ManifestArg,
+    /// Print JSON
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    common: Common,
+}
+
+/// Runs `vsum doctor`: exit 1 when any check fails.
+pub fn cmd(args: DoctorArgs, registry: &Registry) -> Result<u8, Fail> {
+    let path = find::manifest(args.target.manifest.as_deref(), args.target.flag.as_deref())?;
+    let loaded = path.as_ref().map(|p| {
+        let m = load_manifest(p, registry)?;
+        let cfg = load_config(&m, &args.common, Default::default())?;
+        let alerts = load_alerts(&m, &args.common)?;
+        Ok::<_, Fail>((m, cfg, alerts))
+    });
+    let (ok, err) = match loaded {
+        Some(Ok(x)) => (Some(x), None),
+        Some(Err(Fail(_, msg))) => (None, Some(msg)),
+        None => (None, None),
+    };
+    let alerts = ok.as_ref().map(|x| x.2.clone()).unwrap_or_default();
+    let mut checks = checks(registry, ok.as_ref().map(|(m, c, _)| (m, c)), err, &alerts);
+    if path.is_none() {
+        checks.push(Check::warn(
+            "manifest",
+            "none given or found here: only this machine was checked, not what a pipeline needs",
+            "run doctor in a project folder, or name the manifest: `vsum doctor pipelines/summarize.yaml`",
+        ));
+    }
+    if args.json {
+        print_json(&checks);
+    } else {
+        print!("{}", render(&checks));
+    }
+    let failed = checks.iter().any(|c| c.status == CheckStatus::Fail);
+    Ok(if failed { exit::FAILED } else { exit::OK })
+}
+
 /// Everything doctor checks, in display order.
 pub fn checks(
     registry: &Registry,

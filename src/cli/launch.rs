@@ -3,21 +3,19 @@
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, IsTerminal, Write};
-use std::path::Path;
 
 use vsum_engine::events::Outcome;
 use vsum_engine::fsutil::human_bytes;
 use vsum_engine::run::{self, RunSummary};
 use vsum_engine::store::Store;
 
+use super::common::read_summary;
+
 /// Mean duration (ms) of jobs that ran, per stage, over the last few runs.
 fn past_durations(store: &Store) -> BTreeMap<String, f64> {
     let mut sums: BTreeMap<String, (f64, usize)> = BTreeMap::new();
     for p in run::past_runs(store).iter().rev().take(5) {
-        let Ok(text) = std::fs::read_to_string(p) else {
-            continue;
-        };
-        let Ok(s) = serde_json::from_str::<RunSummary>(&text) else {
+        let Ok(s) = read_summary(p) else {
             continue;
         };
         for j in s.jobs.iter().filter(|j| j.outcome == Outcome::Ran) {
@@ -29,31 +27,6 @@ fn past_durations(store: &Store) -> BTreeMap<String, f64> {
     sums.into_iter()
         .map(|(k, (t, n))| (k, t / n as f64))
         .collect()
-}
-
-/// Seconds of media, from probe.json files already in the output folder.
-fn known_duration(output: &Path) -> (f64, usize) {
-    let mut total = 0.0;
-    let mut n = 0;
-    for video in std::fs::read_dir(output).into_iter().flatten().flatten() {
-        for stage in std::fs::read_dir(video.path())
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            let f = stage.path().join("probe.json");
-            if let Some(d) = std::fs::read_to_string(&f)
-                .ok()
-                .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-                .and_then(|v| v["duration"].as_f64())
-            {
-                total += d;
-                n += 1;
-                break;
-            }
-        }
-    }
-    (total, n)
 }
 
 fn human_secs(s: f64) -> String {
@@ -74,13 +47,6 @@ pub fn screen(plan: &RunSummary, store: &Store, threads: usize) -> String {
         plan.videos,
         human_bytes(plan.video_bytes)
     ));
-    let (secs, n) = known_duration(&plan.output_dir);
-    if n > 0 {
-        s.push_str(&format!(
-            ", {} of media known for {n} of them",
-            human_secs(secs)
-        ));
-    }
     s.push('\n');
     s.push_str(&format!(
         "jobs: {} in all, {} cached, {} to run\n",

@@ -1,0 +1,127 @@
+//! What every command shares: exit codes, the error that carries one, the global flags,
+//! and loading a manifest with its config, alerts and cache.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use vsum_engine::config::{self, Config};
+use vsum_engine::manifest::{self, Manifest, ManifestError};
+use vsum_engine::run::RunSummary;
+use vsum_engine::stage::Registry;
+use vsum_engine::store::{LockMode, Store};
+
+/// Exit codes (documented in README and doc/manifest.md).
+pub mod exit {
+    pub const OK: u8 = 0;
+    /// Some video, input or job failed; the rest of the batch completed.
+    pub const FAILED: u8 = 1;
+    /// Bad manifest, config or usage.
+    pub const USAGE: u8 = 2;
+    /// Interrupted (Ctrl-C).
+    pub const INTERRUPTED: u8 = 130;
+}
+
+/// An error that maps to an exit code.
+pub struct Fail(pub u8, pub String);
+
+impl Fail {
+    /// A usage error (exit 2): bad manifest, config, flag or path.
+    pub fn usage(msg: impl Into<String>) -> Fail {
+        Fail(exit::USAGE, msg.into())
+    }
+
+    /// A failure of the thing asked for (exit 1).
+    pub fn failed(msg: impl Into<String>) -> Fail {
+        Fail(exit::FAILED, msg.into())
+    }
+}
+
+impl From<anyhow::Error> for Fail {
+    fn from(e: anyhow::Error) -> Self {
+        Fail(exit::USAGE, format!("{e:#}"))
+    }
+}
+
+/// Flags every command that reads a manifest takes.
+#[derive(clap::Args, Clone, Default)]
+pub struct Common {
+    /// Config file (default: the first config/default.yaml above the manifest; env VSUM_CONFIG)
+    #[arg(long, global = true)]
+    pub config: Option<PathBuf>,
+    /// Cache folder, relative to the current folder (default: `cache_dir` of the config, .vsum beside the manifest)
+    #[arg(long, global = true, env = "VSUM_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// Alert thresholds (default: the first config/alerts.yaml above the manifest; env VSUM_ALERTS)
+    #[arg(long, global = true)]
+    pub alerts: Option<PathBuf>,
+}
+
+/// Prints `v` as pretty JSON on stdout.
+pub fn print_json<T: serde::Serialize + ?Sized>(v: &T) {
+    println!("{}", serde_json::to_string_pretty(v).expect("json"));
+}
+
+pub fn load_manifest(path: &Path, registry: &Registry) -> Result<Manifest, Fail> {
+    manifest::load(path, registry).map_err(|e| match e {
+        ManifestError::Invalid(d) => Fail(exit::USAGE, d.to_string()),
+        other => Fail(exit::USAGE, format!("error: {other}")),
+    })
+}
+
+pub fn load_config(
+    m: &Manifest,
+    common: &Common,
+    mut flags: serde_json::Map<String, serde_json::Value>,
+) -> Result<Config, Fail> {
+    if let Some(c) = &common.cache_dir {
+        let abs = std::path::absolute(c).unwrap_or_else(|_| c.clone());
+        flags.insert(
+            "cache_dir".into(),
+            abs.to_string_lossy().into_owned().into(),
+        );
+    }
+    let file = config::find_file(common.config.as_deref(), &m.base_dir);
+    config::resolve(file.as_deref(), &m.file, m.config.as_ref(), flags)
+        .map_err(|d| Fail(exit::USAGE, d.to_string()))
+}
+
+pub fn load_alerts(m: &Manifest, common: &Common) -> Result<vsum_engine::alerts::Alerts, Fail> {
+    let file = vsum_engine::alerts::find_file(common.alerts.as_deref(), &m.base_dir);
+    vsum_engine::alerts::load(file.as_deref()).map_err(|d| Fail(exit::USAGE, d.to_string()))
+}
+
+pub fn open_store(m: &Manifest, cfg: &Config, mode: LockMode) -> Result<Store, Fail> {
+    Store::open(&cfg.cache_path(&m.base_dir), mode)
+        .map_err(|e| Fail(exit::USAGE, format!("error: {e}")))
+}
+
+/// Reads a run summary written under `.vsum/runs/`.
+pub fn read_summary(path: &Path) -> Result<RunSummary, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    serde_json::from_str(&text).map_err(|e| format!("{} is not a run summary: {e}", path.display()))
+}
+
+/// The file names the manifest's batch stages publish at the top of the output folder.
+pub fn published(m: &Manifest) -> Vec<String> {
+    m.stages.iter().flat_map(|s| s.publish.clone()).collect()
+}
+
+pub fn install_ctrlc() -> Arc<AtomicBool> {
+    let cancel = Arc::new(AtomicBool::new(false));
+    let c = cancel.clone();
+    let _ = ctrlc::set_handler(move || {
+        if c.swap(true, Ordering::SeqCst) {
+            // Second Ctrl-C: leave now. Nothing half-written is ever trusted.
+            std::process::exit(exit::INTERRUPTED as i32);
+        }
+        eprintln!("\nstopping: letting in-flight jobs stop (Ctrl-C again to quit now)");
+    });
+    cancel
+}
+
+/// "3 entries" / "1 entry".
+pub fn entries(n: usize) -> String {
+    format!("{n} entr{}", if n == 1 { "y" } else { "ies" })
+}

@@ -1,0 +1,104 @@
+//! The command line: one file per command, parsed with clap. Shared flags, loading and
+//! exit codes are in `common.rs`; finding the manifest and the cache in `find.rs`.
+
+mod cache;
+mod common;
+mod completions;
+mod doctor;
+mod find;
+mod gc;
+mod launch;
+mod models;
+mod plan;
+mod report;
+mod run;
+mod runs;
+mod stages;
+mod validate;
+
+use clap::{Parser, Subcommand};
+
+pub use common::exit;
+use common::{Fail, exit::USAGE};
+
+#[derive(Parser)]
+#[command(
+    name = "vsum",
+    version,
+    about = "Turns libraries of videos into searchable knowledge, locally",
+    after_help = "The manifest is the argument (or -m), else env VSUM_MANIFEST, else the only \
+                  *.yaml with `stages:` in this folder, its pipelines/, or a parent folder."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run a pipeline over its videos; finished jobs come from the cache
+    Run(run::RunArgs),
+    /// Show what a run would do: each job cached or to run, and why
+    Plan(plan::PlanArgs),
+    /// Print the stage graph
+    Dag(validate::DagArgs),
+    /// Check a manifest and report every problem at once
+    Validate(validate::ValidateArgs),
+    /// List the built-in stage kinds and their parameters
+    Stages {
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check that this machine can run the pipeline, and how to fix what it cannot
+    Doctor(doctor::DoctorArgs),
+    /// Past runs (summaries under the cache)
+    Runs(runs::RunsArgs),
+    /// Inspect and maintain the cache
+    Cache(cache::CacheArgs),
+    /// Install, list and verify the models stages use
+    Models {
+        #[command(subcommand)]
+        command: models::ModelsCmd,
+    },
+    /// Print a shell completion script (e.g. `vsum completions bash > ~/.local/share/bash-completion/completions/vsum`)
+    Completions {
+        /// The shell
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
+
+/// Parses the command line and runs the command; returns the exit code.
+pub fn main() -> u8 {
+    let cli = Cli::parse();
+    match dispatch(cli) {
+        Ok(code) => code,
+        Err(Fail(code, msg)) => {
+            eprintln!("{msg}");
+            code
+        }
+    }
+}
+
+fn dispatch(cli: Cli) -> Result<u8, Fail> {
+    let registry = vsum_stages::registry();
+    match cli.command {
+        Cmd::Run(args) => run::cmd(args, registry),
+        Cmd::Plan(args) => plan::cmd(args, &registry),
+        Cmd::Dag(args) => validate::dag(args, &registry),
+        Cmd::Validate(args) => validate::validate(args, &registry),
+        Cmd::Stages { json } => {
+            stages::cmd(&registry, json);
+            Ok(exit::OK)
+        }
+        Cmd::Doctor(args) => doctor::cmd(args, &registry),
+        Cmd::Runs(args) => runs::cmd(args, &registry),
+        Cmd::Cache(args) => cache::cmd(args, &registry),
+        Cmd::Models { command } => models::run(command).map_err(|e| Fail(USAGE, format!("{e:#}"))),
+        Cmd::Completions { shell } => {
+            completions::cmd(shell);
+            Ok(exit::OK)
+        }
+    }
+}

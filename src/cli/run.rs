@@ -1,0 +1,158 @@
+//! `vsum run`: plan, show the launch screen, run, and print the completion screen.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+
+use vsum_engine::events::{EventSink, Outcome};
+use vsum_engine::run::{self, RunOptions};
+use vsum_engine::stage::Registry;
+use vsum_engine::store::{LockMode, Store};
+
+use super::common::{
+    Common, Fail, exit, install_ctrlc, load_alerts, load_config, load_manifest, open_store,
+    published, read_summary,
+};
+use super::find::ManifestArg;
+use super::launch;
+use super::plan::plan_table;
+use super::report::{self, Progress};
+
+#[derive(clap::Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    target: ManifestArg,
+    /// Threads of the CPU lane (default: config cpu_threads, 0 = one per core)
+    #[arg(long, short = 'j')]
+    jobs: Option<usize>,
+    /// Run only this stage and what it needs (repeatable)
+    #[arg(long)]
+    only: Vec<String>,
+    /// Ignore the cache for this stage (repeatable)
+    #[arg(long)]
+    force: Vec<String>,
+    /// Only videos whose path (relative to the manifest) or file name matches this glob
+    #[arg(long)]
+    videos: Option<String>,
+    /// Show what would run and why, run nothing
+    #[arg(long)]
+    dry_run: bool,
+    /// Run only the videos that failed in the last run
+    #[arg(long)]
+    retry_failed: bool,
+    /// Start without asking (a non-terminal never asks)
+    #[arg(long, short = 'y')]
+    yes: bool,
+    /// Print the run summary as JSON on stdout
+    #[arg(long)]
+    json: bool,
+    /// How to show progress on stderr
+    #[arg(long, value_enum, default_value = "auto")]
+    progress: Progress,
+    #[command(flatten)]
+    common: Common,
+}
+
+/// Videos (relative paths) with a failed, skipped or cancelled job in the last run.
+fn last_failures(store: &Store) -> Result<Option<BTreeSet<PathBuf>>, Fail> {
+    let Some(last) = run::past_runs(store).pop() else {
+        return Err(Fail::usage(
+            "error: no previous run to retry; run without --retry-failed",
+        ));
+    };
+    let summary = read_summary(&last).map_err(|e| Fail::usage(format!("error: {e}")))?;
+    let set: BTreeSet<PathBuf> = summary
+        .jobs
+        .iter()
+        .filter(|j| {
+            matches!(
+                j.outcome,
+                Outcome::Failed | Outcome::Skipped | Outcome::Cancelled
+            )
+        })
+        .filter_map(|j| j.label.video.as_deref().map(PathBuf::from))
+        .collect();
+    Ok((!set.is_empty()).then_some(set))
+}
+
+/// Runs `vsum run`.
+pub fn cmd(args: RunArgs, registry: Registry) -> Result<u8, Fail> {
+    let RunArgs {
+        target,
+        jobs,
+        only,
+        force,
+        videos,
+        dry_run,
+        retry_failed,
+        yes,
+        json,
+        progress,
+        common,
+    } = args;
+    let manifest = target.resolve()?;
+    let m = load_manifest(&manifest, &registry)?;
+    let alerts = load_alerts(&m, &common)?;
+    let mut flags = serde_json::Map::new();
+    if let Some(j) = jobs {
+        flags.insert("cpu_threads".into(), j.into());
+    }
+    let cfg = load_config(&m, &common, flags)?;
+    let store = open_store(&m, &cfg, LockMode::Shared)?;
+    let only_videos = if retry_failed {
+        match last_failures(&store)? {
+            Some(v) => Some(v),
+            None => {
+                eprintln!("the last run had no failures: nothing to retry");
+                return Ok(exit::OK);
+            }
+        }
+    } else {
+        None
+    };
+    // One plan: shown on the launch screen, then executed as it is.
+    let run_id = run::new_run_id();
+    let opts = RunOptions {
+        only,
+        force,
+        videos,
+        dry_run,
+        run_id: Some(run_id.clone()),
+        alerts: Some(alerts),
+        only_videos,
+    };
+    let plan = run::plan(&m, &registry, &cfg, &store, &opts)
+        .map_err(|e| Fail(exit::USAGE, format!("error: {e}")))?;
+    if !dry_run && progress != Progress::None && !json {
+        // Screen 1: what is there, what is cached, how long, where it goes.
+        eprint!("{}", launch::screen(&plan.summary(), &store, cfg.threads()));
+        if !yes && !launch::confirm() {
+            eprintln!("not started");
+            return Ok(exit::OK);
+        }
+    }
+    if !dry_run {
+        store.prune_runs(cfg.keep_runs.saturating_sub(1));
+    }
+    let events = EventSink::new();
+    report::attach(&events, progress);
+    if !dry_run {
+        report::attach_log(&events, &run::log_path(&store, &run_id));
+    }
+    let cancel = install_ctrlc();
+    let executor =
+        run::LocalExecutor::new(&cfg).map_err(|e| Fail(exit::USAGE, format!("error: {e}")))?;
+    let summary = run::execute(plan, &executor, events, &cancel)
+        .map_err(|e| Fail(exit::USAGE, format!("error: {e}")))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&summary).expect("json"));
+    }
+    if dry_run {
+        eprint!("{}", plan_table(&summary));
+    } else if progress != Progress::None {
+        eprint!(
+            "{}",
+            report::completion(&summary, &manifest.display().to_string(), &published(&m))
+        );
+    }
+    Ok(summary.exit_code() as u8)
+}

@@ -1,0 +1,453 @@
+//! The day-to-day command line: finding the manifest and the cache from where the user
+//! stands, refusing mistyped paths, safe `cache gc`, shell completions, and `--json`
+//! output that parses on every command that has it.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use common::*;
+use serde_json::Value;
+
+/// DEMO with its batch file published at the top of the output folder.
+fn published_demo() -> String {
+    format!("{DEMO}    publish: [all.txt]\n")
+}
+
+/// `vsum` in `dir` with a clean environment plus `env`.
+fn vsum_in(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
+        .current_dir(dir)
+        .env_remove("VSUM_CONFIG")
+        .env_remove("VSUM_CACHE_DIR")
+        .env_remove("VSUM_MANIFEST")
+        .env_remove("VSUM_CPU_THREADS")
+        .env_remove("VSUM_ALERTS");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run vsum")
+}
+
+fn json_of(out: &Output, what: &str) -> Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{what}: stdout is not JSON ({e}):\n{}\nstderr:\n{}",
+            stdout(out),
+            stderr(out)
+        )
+    })
+}
+
+fn entry_count(p: &Project) -> u64 {
+    let out = p.vsum(&["cache", "stats", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    json_of(&out, "cache stats")["entries"].as_u64().unwrap()
+}
+
+#[test]
+fn the_manifest_is_found_in_the_current_folder_and_said_on_stderr() {
+    let p = Project::new(DEMO, &[("a.mp4", b"aaaa")]);
+    let out = p.vsum(&["run", "--progress", "none", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("using manifest pipeline.yaml"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(json_of(&out, "run")["counts"]["ran"], 3);
+    // Every command takes the manifest the same ways: found, positional, or -m.
+    for args in [
+        &["plan"][..],
+        &["plan", "pipeline.yaml"],
+        &["plan", "-m", "pipeline.yaml"],
+        &["plan", "--manifest", "pipeline.yaml"],
+        &["validate"],
+        &["validate", "-m", "pipeline.yaml"],
+        &["dag"],
+        &["dag", "--manifest", "pipeline.yaml"],
+        &["cache", "ls"],
+        &["cache", "ls", "pipeline.yaml"],
+        &["cache", "-m", "pipeline.yaml", "ls"],
+        &["cache", "stats", "--manifest", "pipeline.yaml"],
+        &["runs", "ls"],
+        &["runs", "ls", "pipeline.yaml"],
+        &["runs", "-m", "pipeline.yaml", "ls"],
+    ] {
+        let out = p.vsum(args);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {}", stderr(&out));
+    }
+    // A manifest named in the environment wins over the search.
+    let out = vsum_in(
+        p.path(),
+        &["validate"],
+        &[("VSUM_MANIFEST", "pipeline.yaml")],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("using manifest"), "{}", stderr(&out));
+}
+
+#[test]
+fn the_manifest_is_found_in_pipelines_and_from_a_subfolder() {
+    let p = Project::new(DEMO, &[("a.mp4", b"aaaa")]);
+    // The project layout of this repository: the manifest in pipelines/, inputs beside it.
+    std::fs::create_dir_all(p.path().join("pipelines")).unwrap();
+    let text = std::fs::read_to_string(p.manifest())
+        .unwrap()
+        .replace("inputs: [input/]", "inputs: [../input/]")
+        .replace("output: output/", "output: ../output/");
+    std::fs::write(p.path().join("pipelines/demo.yaml"), text).unwrap();
+    std::fs::remove_file(p.manifest()).unwrap();
+    // Not manifests: no top-level `stages:`, or a hidden file (a CI config).
+    std::fs::write(p.path().join("pipelines/notes.yaml"), "title: x\n").unwrap();
+    std::fs::write(p.path().join(".gitlab-ci.yml"), "stages: [build]\n").unwrap();
+
+    let out = p.vsum(&["run", "--progress", "none"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("using manifest pipelines/demo.yaml"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(p.path().join("pipelines/.vsum/CACHEDIR.TAG").is_file());
+    // Inside pipelines/ (which holds .vsum and the only manifest), `cache ls` just works.
+    let out = vsum_in(&p.path().join("pipelines"), &["cache", "ls", "--json"], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(json_of(&out, "cache ls").as_array().unwrap().len(), 3);
+    // From a subfolder, the parent's pipelines/ is found.
+    let sub = p.path().join("input");
+    let out = vsum_in(&sub, &["runs", "ls", "--json"], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(json_of(&out, "runs ls").as_array().unwrap().len(), 1);
+
+    // Two manifests in one place: vsum names both and picks neither.
+    std::fs::copy(
+        p.path().join("pipelines/demo.yaml"),
+        p.path().join("pipelines/other.yaml"),
+    )
+    .unwrap();
+    let out = p.vsum(&["plan"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(
+        err.contains("demo.yaml") && err.contains("other.yaml"),
+        "{err}"
+    );
+}
+
+#[test]
+fn no_manifest_anywhere_is_a_usage_error_and_a_typo_gets_a_suggestion() {
+    let empty = tempfile::tempdir().unwrap();
+    let out = vsum_in(empty.path(), &["plan"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("which manifest?"), "{}", stderr(&out));
+    // doctor still checks the machine, and says that it checked no pipeline.
+    let out = vsum_in(empty.path(), &["doctor"], &[]);
+    assert!(
+        stdout(&out).contains("manifest: none given or found"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(stdout(&out).contains("1 warning"), "{}", stdout(&out));
+
+    let p = Project::new(DEMO, &[("a.mp4", b"aaaa")]);
+    std::fs::create_dir_all(p.path().join("pipelines")).unwrap();
+    std::fs::rename(p.manifest(), p.path().join("pipelines/summarize.yaml")).unwrap();
+    for cmd in ["run", "plan", "validate", "dag", "doctor"] {
+        let out = p.vsum(&[cmd, "summarise.yaml"]);
+        assert_eq!(out.status.code(), Some(2), "{cmd}");
+        assert!(
+            stderr(&out).contains("did you mean pipelines/summarize.yaml?"),
+            "{cmd}: {}",
+            stderr(&out)
+        );
+    }
+}
+
+#[test]
+fn vsum_cache_dir_names_the_cache_with_or_without_a_manifest() {
+    let p = Project::new(DEMO, &[("a.mp4", b"aaaa")]);
+    let cache = p.path().join("elsewhere");
+    let c = cache.to_str().unwrap();
+    let out = vsum_in(
+        p.path(),
+        &["run", "--progress", "none"],
+        &[("VSUM_CACHE_DIR", c)],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(cache.join("CACHEDIR.TAG").is_file());
+    assert!(!p.path().join(".vsum").exists());
+    // Away from any manifest, the variable alone names the cache.
+    let away = tempfile::tempdir().unwrap();
+    let out = vsum_in(
+        away.path(),
+        &["cache", "stats", "--json"],
+        &[("VSUM_CACHE_DIR", c)],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(json_of(&out, "cache stats")["entries"], 3);
+    let out = vsum_in(away.path(), &["runs", "last"], &[("VSUM_CACHE_DIR", c)]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // Relative to where the user stands, like --cache-dir.
+    let out = vsum_in(
+        p.path(),
+        &["cache", "stats", "--json"],
+        &[("VSUM_CACHE_DIR", "elsewhere")],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(json_of(&out, "cache stats")["entries"], 3);
+}
+
+#[test]
+fn a_mistyped_cache_dir_is_refused_and_never_created() {
+    let p = Project::new(DEMO, &[("a.mp4", b"aaaa")]);
+    assert_eq!(p.run(&[]).0, 0);
+    for args in [
+        &["cache", "--cache-dir", ".vsumm", "ls"][..],
+        &["cache", "stats", "--cache-dir", ".vsumm"],
+        &["cache", "show", "abc", "--cache-dir", ".vsumm"],
+        &["cache", "--cache-dir", ".vsumm", "why", "a.mp4", "size"],
+        &["cache", "--cache-dir", ".vsumm", "gc", "--max-size", "1G"],
+        &["runs", "--cache-dir", ".vsumm", "ls"],
+        &["runs", "--cache-dir", ".vsumm", "show", "last"],
+    ] {
+        let out = p.vsum(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        let err = stderr(&out);
+        assert!(err.contains("no vsum cache at"), "{args:?}: {err}");
+        assert!(err.contains("did you mean"), "{args:?}: {err}");
+        assert!(!p.path().join(".vsumm").exists(), "{args:?} created it");
+    }
+    // The environment is checked the same way.
+    let out = vsum_in(p.path(), &["cache", "ls"], &[("VSUM_CACHE_DIR", "nope")]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(!p.path().join("nope").exists());
+    // A project that never ran has no cache to read yet; reading does not make one.
+    let fresh = Project::new(DEMO, &[("a.mp4", b"aaaa")]);
+    let out = fresh.vsum(&["cache", "ls"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("no cache yet"), "{}", stderr(&out));
+    assert!(!fresh.path().join(".vsum").exists());
+}
+
+#[test]
+fn gc_needs_a_unit_and_a_dry_run_removes_nothing() {
+    let p = Project::new(DEMO, &[("a.mp4", b"aaaa"), ("b.mp4", b"bbbbbb")]);
+    assert_eq!(p.run(&[]).0, 0);
+    assert_eq!(entry_count(&p), 5);
+
+    let out = p.vsum(&["cache", "gc", "--max-size", "50"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("has no unit"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("50G"), "{}", stderr(&out));
+    assert_eq!(entry_count(&p), 5, "a refused gc removes nothing");
+
+    let out = p.vsum(&["cache", "gc", "--max-size", "0", "--dry-run"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out).matches("would remove ").count(),
+        6,
+        "{}",
+        stdout(&out)
+    );
+    assert!(stdout(&out).contains("nothing removed"), "{}", stdout(&out));
+    assert_eq!(entry_count(&p), 5, "a dry run removes nothing");
+    let out = p.vsum(&["cache", "gc", "--max-size", "0", "--dry-run", "--json"]);
+    let plan = json_of(&out, "gc --dry-run --json");
+    assert_eq!(plan["dry_run"], true);
+    assert_eq!(plan["remove"].as_array().unwrap().len(), 5);
+    assert_eq!(entry_count(&p), 5);
+
+    // More than half of the cache, and nobody at a terminal to ask: refused.
+    let out = p.vsum(&["cache", "gc", "--max-size", "0"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--yes"), "{}", stderr(&out));
+    assert_eq!(entry_count(&p), 5);
+    // A small trim goes ahead without asking.
+    let out = p.vsum(&["cache", "gc", "--older-than", "30d", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(json_of(&out, "gc --json")["entries_removed"], 0);
+    let out = p.vsum(&["cache", "gc", "--max-size", "0", "--yes", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(json_of(&out, "gc --yes --json")["entries_removed"], 5);
+    assert_eq!(entry_count(&p), 0);
+}
+
+#[test]
+fn completions_are_generated_for_each_shell() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = vsum_in(tmp.path(), &["completions", "bash"], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let script = stdout(&out);
+    assert!(script.contains("_vsum()"), "{script}");
+    assert!(script.contains("complete -F _vsum"), "{script}");
+    for sub in ["run", "plan", "cache", "runs", "completions"] {
+        assert!(script.contains(sub), "{sub} missing");
+    }
+    for shell in ["zsh", "fish"] {
+        let out = vsum_in(tmp.path(), &["completions", shell], &[]);
+        assert!(out.status.success(), "{shell}: {}", stderr(&out));
+        assert!(stdout(&out).contains("vsum"), "{shell}");
+    }
+    let out = vsum_in(tmp.path(), &["completions", "tcsh"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn every_json_output_parses() {
+    let p = Project::new(&published_demo(), &[("a.mp4", b"aaaa")]);
+    assert_eq!(p.run(&[]).0, 0);
+    let key = json_of(&p.vsum(&["cache", "ls", "--json"]), "cache ls")[0]["key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let run_id = json_of(&p.vsum(&["runs", "ls", "--json"]), "runs ls")[0]["run_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for args in [
+        &["validate", "--json"][..],
+        &["dag", "--json"],
+        &["dag", "--format", "json"],
+        &["plan", "--json"],
+        &["stages", "--json"],
+        &["doctor", "--json"],
+        &["cache", "ls", "--json"],
+        &["cache", "ls", "--sort", "size", "--json"],
+        &["cache", "show", &key[..12], "--json"],
+        &["cache", "stats", "--json"],
+        &["cache", "why", "a.mp4", "double", "--json"],
+        &["cache", "verify", "--json"],
+        &["cache", "gc", "--dry-run", "--json"],
+        &["cache", "gc", "--older-than", "30d", "--json"],
+        &["runs", "ls", "--json"],
+        &["runs", "show", &run_id, "--json"],
+        &["runs", "show", "last", "--json"],
+        &["runs", "last", "--json"],
+    ] {
+        let out = p.vsum(args);
+        // doctor may fail a check on this machine; its JSON must parse all the same.
+        if args[0] != "doctor" {
+            assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+        }
+        json_of(&out, &format!("{args:?}"));
+    }
+    let v = json_of(&p.vsum(&["validate", "--json"]), "validate");
+    assert_eq!(v["ok"], true);
+    assert_eq!(v["stages"][2]["publish"][0], "all.txt");
+    let why = json_of(
+        &p.vsum(&["cache", "why", "a.mp4", "double", "--json"]),
+        "why",
+    );
+    assert_eq!(why[0]["cached"], true);
+    // `runs last` is `runs show last`.
+    let last = json_of(&p.vsum(&["runs", "last", "--json"]), "runs last");
+    assert_eq!(last["run_id"], run_id.as_str());
+}
+
+#[test]
+fn the_completion_screen_points_at_what_the_manifest_publishes() {
+    let p = Project::new(&published_demo(), &[("a.mp4", b"aaaa")]);
+    let out = p.vsum(&["run", "--progress", "plain"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(p.path().join("output/all.txt").is_file());
+    let shows = |text: &str| {
+        text.lines()
+            .any(|l| l.starts_with("index:") && l.ends_with("output/all.txt"))
+    };
+    assert!(shows(&stderr(&out)), "{}", stderr(&out));
+    let out = p.vsum(&["runs", "last"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(shows(&stdout(&out)), "{}", stdout(&out));
+    // Without `publish:`, no file is pointed at: vsum knows no stage's file names.
+    let plain = Project::new(DEMO, &[("a.mp4", b"aaaa")]);
+    let out = plain.vsum(&["run", "--progress", "plain"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("index:"), "{}", stderr(&out));
+}
+
+#[test]
+fn usage_errors_exit_2_and_stages_shows_no_rust_type_names() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = vsum_in(
+        tmp.path(),
+        &["models", "install", "whisper-small"],
+        &[("VSUM_MODELS_DIR", tmp.path().to_str().unwrap())],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("cannot be installed"),
+        "{}",
+        stderr(&out)
+    );
+    let out = vsum_in(
+        tmp.path(),
+        &["models", "install", "no-such-model", "--json"],
+        &[("VSUM_MODELS_DIR", tmp.path().to_str().unwrap())],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let rows = json_of(&out, "models install --json");
+    assert_eq!(rows[0]["ok"], false);
+    assert!(rows[0]["error"].as_str().unwrap().contains("unknown model"));
+    let out = vsum_in(tmp.path(), &["stages"], &[]);
+    assert!(out.status.success());
+    for word in stdout(&out).split_whitespace() {
+        assert!(
+            !matches!(
+                word,
+                "u8" | "u16"
+                    | "u32"
+                    | "u64"
+                    | "usize"
+                    | "i32"
+                    | "i64"
+                    | "f32"
+                    | "f64"
+                    | "bool"
+                    | "String"
+            ),
+            "a Rust type name reached the user: {word}"
+        );
+    }
+}
+
+/// On a terminal, a gc that removes more than half of the cache asks first: "n" keeps
+/// everything, "y" goes ahead. `script` gives vsum a terminal.
+#[test]
+fn a_big_gc_asks_on_a_terminal() {
+    if !tool("script") && !required("a_big_gc_asks_on_a_terminal", "script (util-linux)") {
+        return;
+    }
+    let p = Project::new(DEMO, &[("a.mp4", b"aaaa")]);
+    assert_eq!(p.run(&[]).0, 0);
+    let on_terminal = |answer: &str| {
+        let mut child = Command::new("script")
+            .args(["-qec", &format!("{BIN} cache gc --max-size 0"), "/dev/null"])
+            .current_dir(p.path())
+            .env_remove("VSUM_CACHE_DIR")
+            .env_remove("VSUM_MANIFEST")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("script");
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(answer.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", stdout(&out));
+        stdout(&out)
+    };
+    let screen = on_terminal("n\n");
+    assert!(screen.contains("Go ahead? [y/N]"), "{screen}");
+    assert!(screen.contains("nothing removed"), "{screen}");
+    assert_eq!(entry_count(&p), 3);
+    let screen = on_terminal("y\n");
+    assert!(screen.contains("removed 3 entries"), "{screen}");
+    assert_eq!(entry_count(&p), 0);
+}
