@@ -342,11 +342,13 @@ fn a_run_without_models_says_what_to_install() {
     assert!(job_error(&s, "vad").contains("'silero-vad' is not installed"));
 }
 
-/// `vsum` with the environment's `VSUM_MODELS_DIR` set to `env_dir`, or unset.
+/// `vsum` with the environment's `VSUM_MODELS_DIR` set to `env_dir`, or unset. HOME
+/// points into `cwd`, so a folder falling back to the default never touches the real one.
 fn vsum_env(env_dir: Option<&Path>, cwd: &Path, args: &[&str]) -> Output {
     let mut c = Command::new(BIN);
     c.args(args)
         .current_dir(cwd)
+        .env("HOME", cwd.join("home"))
         .env_remove("VSUM_MODELS_DIR")
         .env_remove("VSUM_PIP")
         .env_remove("VSUM_ONNXRUNTIME")
