@@ -3,7 +3,8 @@
 //!
 //! The config file is `--config`/`VSUM_CONFIG`, else the first `config/default.yaml`
 //! found walking up from the manifest's folder. Relative paths resolve against the
-//! manifest's folder.
+//! manifest's folder. `models_dir`'s environment override (`VSUM_MODELS_DIR`) is
+//! applied by `vsum-models`, the one place that decides the models folder.
 
 use std::path::{Path, PathBuf};
 
