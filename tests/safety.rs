@@ -936,7 +936,7 @@ fn peak_memory_kib() -> u64 {
 /// each is accepted or refused, none panics, and memory stays bounded.
 #[test]
 fn generated_manifests_are_accepted_or_refused_without_panic_in_bounded_memory() {
-    let registry = vsum_stages::registry();
+    let registry = vsum_stages::registry(&vsum_models::ModelsDir::from_config(None));
     let base = std::env::temp_dir();
     let mut rng = Gen(0x5eed_1234_abcd_0013);
     let (mut accepted, mut refused, mut bombs_refused) = (0, 0, 0);

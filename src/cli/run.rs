@@ -9,7 +9,7 @@ use vsum_engine::stage::Registry;
 use vsum_engine::store::{LockMode, Store};
 
 use super::common::{
-    Common, Fail, exit, install_ctrlc, load_alerts, load_config, load_manifest, open_store,
+    Common, Fail, exit, install_ctrlc, kinds, load_alerts, load_config, load_manifest, open_store,
     published, read_summary,
 };
 use super::find::ManifestArg;
@@ -97,6 +97,7 @@ pub fn cmd(args: RunArgs, registry: Registry) -> Result<u8, Fail> {
         flags.insert("cpu_threads".into(), j.into());
     }
     let cfg = load_config(&m, &common, flags)?;
+    let registry = kinds(&m, &cfg);
     let store = open_store(&m, &cfg, LockMode::Shared)?;
     let only_videos = if retry_failed {
         match last_failures(&store)? {
