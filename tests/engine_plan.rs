@@ -152,7 +152,7 @@ fn the_plan_on_the_launch_screen_is_the_plan_that_runs() {
     p.write_manifest(&TWO_STAGES.replace("tr a-z A-Z", "tr a-z B-ZA"));
 
     // Through the library: the plan's jobs and counts are the run's.
-    let registry = vsum_stages::registry();
+    let registry = vsum_stages::registry(&vsum_models::ModelsDir::from_config(None));
     let m = manifest::load(&p.manifest(), &registry).unwrap();
     let cfg = Config::default();
     let store = Store::open(&cfg.cache_path(&m.base_dir), LockMode::Shared).unwrap();
@@ -247,7 +247,7 @@ impl Executor for Remote {
 #[test]
 fn another_executor_plugs_in_without_touching_planning_or_caching() {
     let p = Project::new(TWO_STAGES, &[("v1.mp4", b"one"), ("v2.mp4", b"two")]);
-    let registry = vsum_stages::registry();
+    let registry = vsum_stages::registry(&vsum_models::ModelsDir::from_config(None));
     let m = manifest::load(&p.manifest(), &registry).unwrap();
     let cfg = Config::default();
     let store = Store::open(&cfg.cache_path(&m.base_dir), LockMode::Shared).unwrap();
