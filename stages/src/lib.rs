@@ -4,6 +4,7 @@
 pub mod command;
 pub mod knowledge;
 pub mod media;
+pub mod search;
 pub mod speech;
 pub mod vision;
 
@@ -32,5 +33,6 @@ pub fn registry(models: &ModelsDir) -> Registry {
     r.register(vision::yolo::YoloStage::with_models_dir(models.clone()));
     r.register(vision::ocr::OcrStage::with_models_dir(models.clone()));
     knowledge::register_knowledge(&mut r, models);
+    search::register_search(&mut r, models);
     r
 }

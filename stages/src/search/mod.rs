@@ -1,0 +1,16 @@
+//! A library you can ask: sentence embeddings of every video's passages (`text.embed`),
+//! one search index over the batch (`search.index`), and the hybrid query behind
+//! `vsum search` (`query.rs`): BM25 through tantivy fused with embedding similarity.
+
+pub mod embed;
+pub mod index;
+pub mod minilm;
+pub mod query;
+
+use vsum_engine::stage::Registry;
+use vsum_models::ModelsDir;
+
+pub fn register_search(reg: &mut Registry, models: &ModelsDir) {
+    reg.register(embed::EmbedStage::with_models_dir(models.clone()));
+    reg.register(index::SearchIndexStage);
+}
