@@ -1,6 +1,8 @@
 //! `knowledge.index` (`scope: batch`): the batch's front page. `INDEX.md` (a row per
-//! video), `index.html` (cards with keyframes, summaries, chapter links, and search over
-//! every transcript, all in one static file) and `index.json`. Keyphrases shared by
+//! video), `index.html` (cards with keyframes, summaries, chapter links, and a search
+//! over titles, keyphrases, screen text and transcripts that matches whole words, ranks
+//! the videos and hides the cards without a hit; one static file, plain JS) and
+//! `index.json`. Keyphrases shared by
 //! many videos of the batch rank last on each card. Links are relative to the top of
 //! the output folder: list `publish: [INDEX.md, index.html]` so they are placed there.
 
@@ -50,7 +52,8 @@ fn link(root: &Path, p: &Path) -> String {
 impl TypedStage for IndexStage {
     type Params = Params;
     const NAME: &'static str = "knowledge.index";
-    const VERSION: u32 = 2;
+    // 3: search ranks titles, keyphrases, screen text and transcripts and filters cards.
+    const VERSION: u32 = 3;
     const SUMMARY: &'static str = "Batch front page: INDEX.md and a static, searchable index.html over every video's knowledge";
 
     fn validate(&self, p: Params, env: &CheckEnv) -> Result<Params, Vec<ParamError>> {
@@ -131,14 +134,25 @@ impl TypedStage for IndexStage {
                 "thumb": thumbs.first().map(|t| t["src"].clone()),
                 "thumbs": thumbs,
             }));
+            // What the report's search looks in, field by field (it ranks a title above a
+            // keyphrase, above screen text, above what is said).
+            let keys = s
+                .keywords
+                .iter()
+                .map(|k| json!({"start": null, "text": k}))
+                .chain(s.chapters.iter().flat_map(|c| {
+                    std::iter::once(json!({"start": c.start, "text": c.title}))
+                        .chain(c.keywords.iter().map(|k| json!({"start": c.start, "text": k})))
+                        .chain(c.objects.iter().map(|o| json!({"start": c.start, "text": o.name})))
+                }))
+                .collect::<Vec<_>>();
             search.push(json!({
                 "folder": folder,
                 "title": s.title,
                 "page": page,
-                "lines": s.transcript.iter().map(|l| json!({"start": l.start, "text": l.text}))
-                    // What the slides and screens say is searchable too, at its chapter.
-                    .chain(s.chapters.iter().flat_map(|c| c.screen_text.iter().map(|t| json!({"start": c.start, "text": t}))))
-                    .collect::<Vec<_>>(),
+                "keys": keys,
+                "screen": s.chapters.iter().flat_map(|c| c.screen_text.iter().map(|t| json!({"start": c.start, "text": t}))).collect::<Vec<_>>(),
+                "lines": s.transcript.iter().map(|l| json!({"start": l.start, "text": l.text})).collect::<Vec<_>>(),
             }));
         }
         let ctx_j = context! {
