@@ -44,7 +44,11 @@ stages:
 "#;
 
 fn ffmpeg(args: &[String]) {
-    run_ok(Command::new("ffmpeg").args(["-v", "error", "-y"]).args(args));
+    run_ok(
+        Command::new("ffmpeg")
+            .args(["-v", "error", "-y"])
+            .args(args),
+    );
 }
 
 /// espeak speech (none when `text` is empty) over one lavfi source per scene.
@@ -70,14 +74,23 @@ fn talking_video(dir: &Path, name: &str, text: &str, sources: &[&str], scene_sec
         );
         args.extend(["-i".into(), wav.to_string_lossy().into_owned()]);
     }
-    args.extend(["-filter_complex".into(), filters, "-map".into(), "[v]".into()]);
+    args.extend([
+        "-filter_complex".into(),
+        filters,
+        "-map".into(),
+        "[v]".into(),
+    ]);
     if !text.is_empty() {
         args.extend(["-map".into(), format!("{}:a", sources.len())]);
         args.extend(["-c:a", "aac", "-af", "apad"].map(String::from));
     }
     args.extend(["-c:v", "libx264", "-preset", "veryfast", "-t"].map(String::from));
     args.push(format!("{}", scene_secs * sources.len() as f64));
-    args.push(dir.join(format!("{name}.mp4")).to_string_lossy().into_owned());
+    args.push(
+        dir.join(format!("{name}.mp4"))
+            .to_string_lossy()
+            .into_owned(),
+    );
     ffmpeg(&args);
     if !text.is_empty() {
         std::fs::remove_file(dir.join(format!("{name}.wav"))).unwrap();
@@ -152,10 +165,9 @@ fn make_report() -> Option<Report> {
 /// `script` there as the body of `function (w, d, done)`: `w`/`d` are the page's window
 /// and document, and `done(value)` hands a value back (as JSON).
 fn probe(r: &Report, page: &str, script: &str) -> Value {
-    let harness = r.out.join(format!(
-        ".probe-{}.html",
-        page.replace(['/', '.'], "-")
-    ));
+    let harness = r
+        .out
+        .join(format!(".probe-{}.html", page.replace(['/', '.'], "-")));
     std::fs::write(
         &harness,
         format!(
@@ -246,7 +258,9 @@ fn a_search_hides_the_cards_without_hits_and_ranks_the_rest() {
     // A spoken word: only its video stays, the word marked in its hit.
     assert_eq!(names("candidate"), ["release"], "{v}");
     assert!(
-        names("marks").iter().any(|m| m.eq_ignore_ascii_case("candidate")),
+        names("marks")
+            .iter()
+            .any(|m| m.eq_ignore_ascii_case("candidate")),
         "{v}"
     );
     // A title outranks a transcript: the video named after testing first, then the one
@@ -308,7 +322,10 @@ fn a_timestamp_seeks_the_player_and_the_page_links_back_to_the_library() {
     assert!(v["links"].as_i64().unwrap() >= 3, "{v}");
     let (t, now) = (v["t"].as_f64().unwrap(), v["now"].as_f64().unwrap());
     assert!(v["before"].as_f64().unwrap() < 1.0, "{v}");
-    assert!((now - t).abs() < 0.5, "the player moved to {now}, not {t}: {v}");
+    assert!(
+        (now - t).abs() < 0.5,
+        "the player moved to {now}, not {t}: {v}"
+    );
     assert_eq!(v["paused"], false, "and plays: {v}");
     let file = |url: &Value| PathBuf::from(url.as_str().unwrap().trim_start_matches("file://"));
     let poster = file(&v["poster"]);

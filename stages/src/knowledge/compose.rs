@@ -637,7 +637,8 @@ impl TypedStage for ComposeStage {
                 .insert("source".into(), v.rel.to_string_lossy().into_owned());
             // The page's links: to the source (its bytes are the video's, keyed already)
             // and back to the library page at the top of the output folder.
-            if let Some(href) = source_href(p.source, env.output_root, &v.folder, "{stage}", &v.path)
+            if let Some(href) =
+                source_href(p.source, env.output_root, &v.folder, "{stage}", &v.path)
             {
                 x.inputs.insert("source_href".into(), href);
             }
@@ -833,6 +834,22 @@ mod tests {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
         assert_eq!(rfc3339(1_795_814_962), "2026-11-27T21:29:22Z");
         assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+    }
+
+    #[test]
+    fn page_links_are_relative_and_url_safe() {
+        use std::ffi::OsStr;
+        let root = Path::new("/lib/output");
+        let video = Path::new("/lib/in put/week #1.MP4");
+        let folder = OsStr::new("week #1");
+        let link = |mode| source_href(mode, root, folder, "summary", video);
+        assert_eq!(
+            link(SourceMode::Link).as_deref(),
+            Some("../../../in%20put/week%20%231.MP4")
+        );
+        assert_eq!(link(SourceMode::Copy).as_deref(), Some("source.mp4"));
+        assert_eq!(link(SourceMode::None), None);
+        assert_eq!(library_href(root, folder, "summary"), "../../index.html");
     }
 
     #[test]

@@ -142,8 +142,16 @@ impl TypedStage for IndexStage {
                 .map(|k| json!({"start": null, "text": k}))
                 .chain(s.chapters.iter().flat_map(|c| {
                     std::iter::once(json!({"start": c.start, "text": c.title}))
-                        .chain(c.keywords.iter().map(|k| json!({"start": c.start, "text": k})))
-                        .chain(c.objects.iter().map(|o| json!({"start": c.start, "text": o.name})))
+                        .chain(
+                            c.keywords
+                                .iter()
+                                .map(|k| json!({"start": c.start, "text": k})),
+                        )
+                        .chain(
+                            c.objects
+                                .iter()
+                                .map(|o| json!({"start": c.start, "text": o.name})),
+                        )
                 }))
                 .collect::<Vec<_>>();
             search.push(json!({
