@@ -124,8 +124,26 @@ fn make_report() -> Option<Report> {
         required("report_browser", "chromium");
         return None;
     };
-    let p = Project::new(PIPELINE, &[]);
+    // Under the target's scratch folder (the report outlives this process's statics,
+    // which are never dropped); the last run's is removed first.
+    let scratch = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    for e in std::fs::read_dir(scratch).unwrap().flatten() {
+        if e.file_name()
+            .to_string_lossy()
+            .starts_with("report_browser-")
+        {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("report_browser-")
+        .tempdir_in(scratch)
+        .unwrap();
+    let p = Project { dir };
+    p.write_manifest(PIPELINE);
+    p.write_alerts("disk_free_gb: {warning: null, critical: null}\n");
     let input = p.path().join("input");
+    std::fs::create_dir_all(&input).unwrap();
     talking_video(
         &input,
         "release",

@@ -141,12 +141,9 @@ impl TypedStage for IndexStage {
                 .iter()
                 .map(|k| json!({"start": null, "text": k}))
                 .chain(s.chapters.iter().flat_map(|c| {
-                    std::iter::once(json!({"start": c.start, "text": c.title}))
-                        .chain(
-                            c.keywords
-                                .iter()
-                                .map(|k| json!({"start": c.start, "text": k})),
-                        )
+                    c.keywords
+                        .iter()
+                        .map(|k| json!({"start": c.start, "text": k}))
                         .chain(
                             c.objects
                                 .iter()
@@ -154,11 +151,17 @@ impl TypedStage for IndexStage {
                         )
                 }))
                 .collect::<Vec<_>>();
+            let chapters = s
+                .chapters
+                .iter()
+                .map(|c| json!({"start": c.start, "text": c.title}))
+                .collect::<Vec<_>>();
             search.push(json!({
                 "folder": folder,
                 "title": s.title,
                 "page": page,
                 "keys": keys,
+                "chapters": chapters,
                 "screen": s.chapters.iter().flat_map(|c| c.screen_text.iter().map(|t| json!({"start": c.start, "text": t}))).collect::<Vec<_>>(),
                 "lines": s.transcript.iter().map(|l| json!({"start": l.start, "text": l.text})).collect::<Vec<_>>(),
             }));
