@@ -57,7 +57,7 @@ impl TypedStage for Shout {
 }
 
 fn run_in_process(dir: &Path) -> RunSummary {
-    let mut registry = vsum_stages::registry();
+    let mut registry = vsum_stages::registry(&vsum_models::ModelsDir::from_config(None));
     registry.register(Shout);
     let m = manifest::load(&dir.join("m.yaml"), &registry).unwrap();
     let cfg = Config::default();

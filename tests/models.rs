@@ -342,6 +342,146 @@ fn a_run_without_models_says_what_to_install() {
     assert!(job_error(&s, "vad").contains("'silero-vad' is not installed"));
 }
 
+/// `vsum` with the environment's `VSUM_MODELS_DIR` set to `env_dir`, or unset. HOME
+/// points into `cwd`, so a folder falling back to the default never touches the real one.
+fn vsum_env(env_dir: Option<&Path>, cwd: &Path, args: &[&str]) -> Output {
+    let mut c = Command::new(BIN);
+    c.args(args)
+        .current_dir(cwd)
+        .env("HOME", cwd.join("home"))
+        .env_remove("VSUM_MODELS_DIR")
+        .env_remove("VSUM_PIP")
+        .env_remove("VSUM_ONNXRUNTIME")
+        .env_remove("VSUM_CONFIG")
+        .env_remove("VSUM_CACHE_DIR")
+        .env("VSUM_RETRY_BACKOFF_MS", "1");
+    if let Some(d) = env_dir {
+        c.env("VSUM_MODELS_DIR", d);
+    }
+    c.output().expect("run vsum")
+}
+
+/// The `models folder` line of `vsum doctor pipeline.yaml --json`.
+fn doctor_models_folder(env_dir: Option<&Path>, cwd: &Path) -> String {
+    let o = vsum_env(env_dir, cwd, &["doctor", "pipeline.yaml", "--json"]);
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|_| panic!("{:?}", text(&o)));
+    v.as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "models folder")
+        .unwrap_or_else(|| panic!("no models folder line: {v}"))["detail"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn the_config_decides_the_models_folder_and_the_environment_overrides_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let manifest = SPEECH_MANIFEST.replace(
+        r#"[ffmpeg, -nostdin, -v, error, -f, lavfi, -i, "sine=f=440:d=2", -ac, "1", -ar, "16000", "{out}/audio.wav"]"#,
+        r#"[sh, -c, 'printf x > "$VSUM_OUT/audio.wav"']"#,
+    );
+    project(tmp.path(), &manifest);
+    // Relative to the manifest's folder (here the project folder).
+    std::fs::write(
+        tmp.path().join("config/default.yaml"),
+        "models_dir: shared/models\n",
+    )
+    .unwrap();
+    let configured = tmp.path().join("shared/models");
+    let from = tmp.path().join("downloads");
+    fake_wheel(
+        &from,
+        "silero_vad-6.2.3-py3-none-any.whl",
+        "silero_vad/data/silero_vad.onnx",
+        b"not really onnx",
+    );
+
+    // `vsum models` in the project finds the same config file a manifest there gets.
+    let o = vsum_env(
+        None,
+        tmp.path(),
+        &[
+            "models",
+            "install",
+            "silero-vad",
+            "--from",
+            from.to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{:?}", text(&o));
+    assert!(configured.join("silero_vad.onnx").is_file());
+    let o = vsum_env(None, tmp.path(), &["models", "path", "silero-vad"]);
+    assert_eq!(
+        text(&o).0.trim(),
+        configured.join("silero_vad.onnx").to_str().unwrap()
+    );
+    let detail = doctor_models_folder(None, tmp.path());
+    assert!(
+        detail.starts_with(configured.to_str().unwrap()) && detail.contains("(1 installed)"),
+        "{detail}"
+    );
+
+    // A run's stages look there too: the VAD model is found (the bytes are not a real
+    // model, so it fails later), the Whisper model is missing from that folder.
+    let o = vsum_env(
+        None,
+        tmp.path(),
+        &["run", "pipeline.yaml", "--json", "--progress", "none"],
+    );
+    let s: Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|_| panic!("{:?}", text(&o)));
+    let vad = job_error(&s, "vad");
+    assert!(!vad.contains("'silero-vad' is not installed"), "{vad}");
+    let asr = job_error(&s, "asr");
+    assert!(
+        asr.contains("'whisper-tiny.en' is not installed")
+            && asr.contains(configured.to_str().unwrap()),
+        "{asr}"
+    );
+
+    // VSUM_MODELS_DIR beats the config, for `vsum models`, doctor and runs alike.
+    let other = tmp.path().join("other");
+    let o = vsum_env(Some(&other), tmp.path(), &["models", "path", "silero-vad"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        text(&o)
+            .1
+            .contains(&format!("not installed in {}", other.display())),
+        "{:?}",
+        text(&o)
+    );
+    let detail = doctor_models_folder(Some(&other), tmp.path());
+    assert!(
+        detail.starts_with(other.to_str().unwrap()) && detail.contains("(0 installed)"),
+        "{detail}"
+    );
+    let o = vsum_env(
+        Some(&other),
+        tmp.path(),
+        &["run", "pipeline.yaml", "--json", "--progress", "none"],
+    );
+    let s: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(
+        job_error(&s, "vad").contains("'silero-vad' is not installed"),
+        "{s}"
+    );
+
+    // And `--dir` beats both.
+    let o = vsum_env(
+        Some(&other),
+        tmp.path(),
+        &[
+            "models",
+            "path",
+            "silero-vad",
+            "--dir",
+            configured.to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{:?}", text(&o));
+}
+
 #[test]
 fn a_corrupt_installed_model_is_refused() {
     let installed = dirs_models();
@@ -393,11 +533,9 @@ fn a_corrupt_installed_model_is_refused() {
 
 /// The installed models folder with whisper-tiny.en, or None (skip) outside CI.
 fn dirs_models() -> Option<std::path::PathBuf> {
-    let dir = std::env::var_os("VSUM_MODELS_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| {
-            Path::new(&std::env::var_os("HOME").unwrap_or_default()).join(".cache/vsum/models")
-        });
+    let dir = vsum_models::ModelsDir::from_config(None)
+        .root()
+        .to_path_buf();
     let ok = std::fs::read_to_string(dir.join("models.json"))
         .is_ok_and(|s| s.contains("\"whisper-tiny.en\""))
         && Command::new("ffmpeg").arg("-h").output().is_ok();

@@ -432,6 +432,44 @@ stages:
 
 /// Two runs sharing a cache redid each other's jobs (39 executions for 24 jobs).
 #[test]
+fn a_job_reads_its_upstream_from_the_cache_not_the_shared_output_folder() {
+    // `down` starts by doing what a second run writing into the same `output:` could do
+    // mid-job: it overwrites `up`'s file there. It must still read (and cache) what
+    // `up` produced, from its private staged copy of the cache entry.
+    let manifest = r#"
+inputs: [input/]
+stages:
+  up:
+    run: ["sh", "-c", "echo good > \"$1/up.txt\"", "x", "{out}"]
+  down:
+    needs: [up]
+    run: ["sh", "-c", "echo poison > \"$1\"; cat \"$2/up.txt\" > \"$3/down.txt\"", "x", "$DIR/output/v1/up/up.txt", "{up}", "{out}"]
+"#;
+    let p = Project::new(manifest, &[("v1.mp4", b"one")]);
+    let (code, s) = p.run(&["--only", "up"]);
+    assert_eq!(code, 0, "{s}");
+    assert_eq!(p.read("output/v1/up/up.txt"), "good\n");
+    let (code, s) = p.run(&[]);
+    assert_eq!(code, 0, "{s}");
+    assert_eq!(
+        p.read("output/v1/down/down.txt"),
+        "good\n",
+        "down read the shared output folder"
+    );
+    // The overwritten file is not the cache's: the next run puts `up`'s output back,
+    // and `down` stays cached (its result was right).
+    assert_eq!(p.read("output/v1/up/up.txt"), "poison\n");
+    let (code, s) = p.run(&[]);
+    assert_eq!(code, 0, "{s}");
+    assert_eq!(p.read("output/v1/up/up.txt"), "good\n");
+    assert_eq!(counts(&s).1, 2, "{s}");
+    // Nothing staged is left behind in the cache.
+    let tmp = p.path().join(".vsum/tmp");
+    let left: Vec<_> = std::fs::read_dir(&tmp).unwrap().flatten().collect();
+    assert!(left.is_empty(), "left in tmp/: {left:?}");
+}
+
+#[test]
 fn concurrent_runs_sharing_a_cache_compute_each_job_once() {
     let manifest = r#"
 inputs: [input/]
@@ -898,7 +936,7 @@ fn peak_memory_kib() -> u64 {
 /// each is accepted or refused, none panics, and memory stays bounded.
 #[test]
 fn generated_manifests_are_accepted_or_refused_without_panic_in_bounded_memory() {
-    let registry = vsum_stages::registry();
+    let registry = vsum_stages::registry(&vsum_models::ModelsDir::from_config(None));
     let base = std::env::temp_dir();
     let mut rng = Gen(0x5eed_1234_abcd_0013);
     let (mut accepted, mut refused, mut bombs_refused) = (0, 0, 0);

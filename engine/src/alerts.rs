@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::diag::{Diagnostic, Diagnostics};
 use crate::monitor::Sample;
-use crate::stage::typed_params;
+use crate::params::typed_params;
 use crate::yaml;
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]

@@ -3,7 +3,8 @@
 //!
 //! The config file is `--config`/`VSUM_CONFIG`, else the first `config/default.yaml`
 //! found walking up from the manifest's folder. Relative paths resolve against the
-//! manifest's folder.
+//! manifest's folder. `models_dir`'s environment override (`VSUM_MODELS_DIR`) is
+//! applied by `vsum-models`, the one place that decides the models folder.
 
 use std::path::{Path, PathBuf};
 
@@ -39,6 +40,11 @@ pub struct Config {
     /// it), so an edit never reaches the cache; `hardlink` saves space, but an edit of
     /// an output then edits the cache (objects are read-only, which guards most).
     pub link: LinkMode,
+    /// Where installed models live (relative to the manifest's folder); none = the
+    /// default `~/.cache/vsum/models`. `VSUM_MODELS_DIR` overrides it. The engine only
+    /// carries the setting: the binary decides the folder once (`vsum-models`) and
+    /// hands it to the stage kinds.
+    pub models_dir: Option<PathBuf>,
 }
 
 /// How the cache places outputs in the output folder.
@@ -63,6 +69,7 @@ impl Default for Config {
             gc_max_size: None,
             gc_older_than: None,
             link: LinkMode::Copy,
+            models_dir: None,
         }
     }
 }
@@ -89,6 +96,14 @@ impl Config {
     /// Absolute cache folder for a manifest in `base_dir`.
     pub fn cache_path(&self, base_dir: &Path) -> PathBuf {
         crate::fsutil::normalize(&base_dir.join(&self.cache_dir))
+    }
+
+    /// The configured models folder, absolute, for a manifest in `base_dir`.
+    pub fn models_path(&self, base_dir: &Path) -> Option<PathBuf> {
+        self.models_dir
+            .as_deref()
+            .filter(|d| !d.as_os_str().is_empty())
+            .map(|d| crate::fsutil::normalize(&base_dir.join(d)))
     }
 }
 
@@ -173,7 +188,7 @@ pub fn resolve(
                     let pos = node.as_ref().map(|n| n.locate(&e.path)).unwrap_or_default();
                     diags.push(
                         Diagnostic::new(&path, pos, format!("config: {}", e.message)).hint(
-                            "keys: cache_dir, cpu_threads, retries, retry_backoff_ms, breaker_threshold, gpu_models, keep_runs, gc_max_size, gc_older_than",
+                            "keys: cache_dir, cpu_threads, retries, retry_backoff_ms, breaker_threshold, gpu_models, keep_runs, gc_max_size, gc_older_than, link, models_dir",
                         ),
                     );
                 }
@@ -213,5 +228,23 @@ mod tests {
         let text = err.to_string();
         assert!(text.contains("default.yaml:2:1"), "{text}");
         assert!(text.contains("retrys"), "{text}");
+    }
+
+    #[test]
+    fn models_dir_is_read_and_made_absolute_against_the_manifest_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("default.yaml");
+        std::fs::write(&f, "models_dir: shared/models\n").unwrap();
+        let c = resolve(Some(&f), Path::new("m.yaml"), None, Default::default()).unwrap();
+        assert_eq!(c.models_dir.as_deref(), Some(Path::new("shared/models")));
+        assert_eq!(
+            c.models_path(Path::new("/data/talks")),
+            Some(PathBuf::from("/data/talks/shared/models"))
+        );
+        assert_eq!(Config::default().models_path(Path::new("/x")), None);
+
+        std::fs::write(&f, "models_dir: 3\n").unwrap();
+        let err = resolve(Some(&f), Path::new("m.yaml"), None, Default::default()).unwrap_err();
+        assert!(err.to_string().contains("default.yaml:1:"), "{err}");
     }
 }

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 
-use crate::stage::Lane;
+use crate::lane::Lane;
 
 /// Identifies a job in events and summaries.
 #[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]

@@ -71,6 +71,21 @@ pub fn clone_or_copy(src: &Path, dest: &Path) -> io::Result<()> {
     fs::copy(src, dest).map(|_| ())
 }
 
+/// A reflink (a copy sharing the blocks) of `src` at the new path `dest`, where the
+/// filesystem has them; an error, and nothing at `dest`, where it does not.
+pub fn reflink(src: &Path, dest: &Path) -> io::Result<()> {
+    let from = File::open(src)?;
+    let to = File::options().write(true).create_new(true).open(dest)?;
+    match rustix::fs::ioctl_ficlone(&to, &from) {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            drop(to);
+            let _ = fs::remove_file(dest);
+            Err(e.into())
+        }
+    }
+}
+
 /// Best-effort fsync of a directory so a rename in it survives a crash.
 pub fn sync_dir(dir: &Path) {
     if let Ok(d) = File::open(dir) {

@@ -24,6 +24,9 @@ pub enum GpuInfo {
     },
 }
 
+/// Reads the GPU's memory: `(used, total)` bytes, or `None` when it cannot tell.
+pub type VramProbe = Box<dyn Fn() -> Option<(u64, u64)> + Send>;
+
 /// One reading of one GPU.
 #[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
 pub struct GpuSample {
@@ -153,7 +156,7 @@ impl Gpu {
 
     /// A reader of the GPU's used and total memory for the model cache
     /// ([`crate::resources::Resources::with_vram`]), or `None` in CPU mode.
-    pub fn vram_probe(self) -> Option<crate::resources::VramProbe> {
+    pub fn vram_probe(self) -> Option<VramProbe> {
         self.nvml.as_ref()?;
         Some(Box::new(move || {
             self.sample().map(|s| (s.memory_used, s.memory_total))

@@ -13,8 +13,8 @@ use std::collections::HashMap;
 
 use crate::events::{Event, EventSink};
 
-/// Reads the GPU's memory: `(used, total)` bytes, or `None` when it cannot tell.
-pub type VramProbe = Box<dyn Fn() -> Option<(u64, u64)> + Send>;
+/// Reads the GPU's used and total memory (see [`crate::monitor::Gpu::vram_probe`]).
+pub use crate::monitor::VramProbe;
 
 struct Item {
     used: u64,

@@ -19,24 +19,9 @@ use serde_json::Value;
 use crate::cores::Cores;
 use crate::events::EventSink;
 use crate::hash::FileHasher;
+pub use crate::lane::Lane;
+pub use crate::params::{ParamError, typed_params};
 pub use crate::resources::Resources;
-
-/// Where a job runs: the shared CPU pool, or the single GPU-lane thread.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Lane {
-    Cpu,
-    Gpu,
-}
-
-impl fmt::Display for Lane {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Lane::Cpu => "cpu",
-            Lane::Gpu => "gpu",
-        })
-    }
-}
 
 /// One job per video, or one job for the whole batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -54,51 +39,6 @@ pub struct ParamDoc {
     pub ty: String,
     pub default: Option<String>,
     pub doc: String,
-}
-
-/// A problem with a stage's parameters. `path` is relative to the params object
-/// (`["run", "2"]`) so the manifest loader can point at the right line.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ParamError {
-    pub path: Vec<String>,
-    pub message: String,
-    pub hint: Option<String>,
-}
-
-impl ParamError {
-    pub fn new(path: &[&str], message: impl Into<String>) -> Self {
-        ParamError {
-            path: path.iter().map(|s| s.to_string()).collect(),
-            message: message.into(),
-            hint: None,
-        }
-    }
-
-    pub fn hint(mut self, hint: impl Into<String>) -> Self {
-        self.hint = Some(hint.into());
-        self
-    }
-}
-
-/// Deserializes params into a kind's typed struct (which should `deny_unknown_fields`),
-/// turning serde's complaint into a [`ParamError`] at the offending path.
-pub fn typed_params<T: serde::de::DeserializeOwned>(params: &Value) -> Result<T, Vec<ParamError>> {
-    serde_path_to_error::deserialize(params).map_err(|e| {
-        let path: Vec<String> = e
-            .path()
-            .iter()
-            .filter_map(|seg| match seg {
-                serde_path_to_error::Segment::Map { key } => Some(key.clone()),
-                serde_path_to_error::Segment::Seq { index } => Some(index.to_string()),
-                _ => None,
-            })
-            .collect();
-        vec![ParamError {
-            path,
-            message: e.inner().to_string(),
-            hint: None,
-        }]
-    })
 }
 
 /// What a kind's parameter check can see of the manifest.
@@ -163,7 +103,8 @@ pub struct Provenance {
 #[derive(Debug, Clone)]
 pub struct BatchItem {
     pub video: Video,
-    /// Upstream stage id -> its materialized output folder for this video.
+    /// Upstream stage id -> its outputs for this video (a private staged copy, as in
+    /// [`JobCtx::upstream`]).
     pub upstream: BTreeMap<String, PathBuf>,
 }
 
@@ -180,7 +121,8 @@ pub struct JobCtx<'a> {
     /// An empty private folder: the job writes its outputs here, and only here.
     pub out_dir: &'a Path,
     pub video: Option<&'a Video>,
-    /// Upstream stage id -> materialized output folder (per-video jobs).
+    /// Upstream stage id -> its outputs (per-video jobs): a private, read-only staged
+    /// copy of the upstream's cache entry, not the shared output folder.
     pub upstream: &'a BTreeMap<String, PathBuf>,
     /// Upstream stage id -> how its output was made (same video, or batch to batch).
     pub provenance: &'a BTreeMap<String, Provenance>,
@@ -191,7 +133,8 @@ pub struct JobCtx<'a> {
     pub cancel: &'a AtomicBool,
     /// Present on the GPU lane only.
     pub resources: Option<&'a mut Resources>,
-    /// Run on the CPU even on the GPU lane (after a GPU out-of-memory error).
+    /// Compute on the CPU: set for a GPU kind the manifest put on `lane: cpu`, and for
+    /// the one retry after a GPU out-of-memory error. A GPU kind must honour it.
     pub force_cpu: bool,
     pub events: &'a EventSink,
     /// The machine's core budget (see `cores`), when the engine runs the job. A

@@ -143,3 +143,107 @@ fn gpu_out_of_memory_retries_that_job_on_the_cpu_and_says_so() {
     let out = std::fs::read_to_string(dir.path().join("output/v0/t/o.txt")).unwrap();
     assert_eq!(out, "weights of big on cpu");
 }
+
+/// A kind made for the GPU that says which device it was told to use, and runs out of
+/// GPU memory unless told to use the CPU.
+struct GpuOnly;
+
+impl StageKind for GpuOnly {
+    fn name(&self) -> &'static str {
+        "test.gpu_only"
+    }
+    fn version(&self) -> u32 {
+        1
+    }
+    fn summary(&self) -> &'static str {
+        "test"
+    }
+    fn default_lane(&self) -> Lane {
+        Lane::Gpu
+    }
+    fn params_doc(&self) -> Vec<ParamDoc> {
+        vec![]
+    }
+    fn check(&self, params: &Value, _: &CheckEnv) -> Result<Value, Vec<ParamError>> {
+        Ok(params.clone())
+    }
+    fn run(&self, ctx: &mut JobCtx) -> Result<(), StageError> {
+        if !ctx.force_cpu {
+            return Err(StageError::gpu_out_of_memory("CUDA out of memory (test)"));
+        }
+        std::fs::write(ctx.out_dir.join("device.txt"), "cpu")
+            .map_err(|e| StageError::fatal(e.to_string()))
+    }
+}
+
+fn run_gpu_only(dir: &Path, lane: &str) -> RunSummary {
+    std::fs::create_dir_all(dir.join("in")).unwrap();
+    std::fs::write(dir.join("in/v0.mp4"), "video").unwrap();
+    let path = dir.join("m.yaml");
+    let yaml = format!(
+        "inputs: [in/]\nconfig: {{retries: 0}}\nstages:\n  t:\n    uses: test.gpu_only\n{lane}"
+    );
+    std::fs::write(&path, yaml).unwrap();
+    let mut registry = Registry::new();
+    registry.register(GpuOnly);
+    let m = manifest::load(&path, &registry).unwrap();
+    let cfg = Config::default();
+    let store = Store::open(&cfg.cache_path(&m.base_dir), LockMode::Shared).unwrap();
+    run::run(
+        &m,
+        &registry,
+        &cfg,
+        &store,
+        &RunOptions::default(),
+        EventSink::new(),
+        &AtomicBool::new(false),
+    )
+    .unwrap()
+}
+
+#[test]
+fn a_gpu_kind_out_of_gpu_memory_is_retried_once_on_the_cpu_and_the_summary_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = run_gpu_only(dir.path(), "");
+    assert_eq!(s.counts.ran, 1, "{:?}", s.jobs);
+    let j = &s.jobs[0];
+    assert_eq!(j.label.lane, Lane::Gpu);
+    assert_eq!(j.attempts, 1);
+    assert_eq!(
+        j.notes,
+        vec!["GPU out of memory (CUDA out of memory (test)); retried on the CPU".to_string()]
+    );
+    // The note is in the saved run summary too.
+    let saved = std::fs::read_to_string(store_runs(dir.path()).pop().expect("a saved run summary"))
+        .unwrap();
+    let saved: RunSummary = serde_json::from_str(&saved).unwrap();
+    assert_eq!(saved.jobs[0].notes, j.notes);
+}
+
+#[test]
+fn a_gpu_kind_placed_on_the_cpu_lane_computes_on_the_cpu_from_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = run_gpu_only(dir.path(), "    lane: cpu\n");
+    assert_eq!(s.counts.ran, 1, "{:?}", s.jobs);
+    let j = &s.jobs[0];
+    assert_eq!(j.label.lane, Lane::Cpu);
+    assert_eq!(j.attempts, 1);
+    // It never tried the GPU (no out-of-memory note), and says where it computed.
+    assert_eq!(
+        j.notes,
+        vec!["a GPU kind on `lane: cpu`: computed on the CPU".to_string()]
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("output/v0/t/device.txt")).unwrap(),
+        "cpu"
+    );
+}
+
+fn store_runs(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut runs: Vec<_> = std::fs::read_dir(dir.join(".vsum/runs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    runs.sort();
+    runs
+}

@@ -11,7 +11,7 @@ use vsum_engine::run::{self, RunOptions};
 use vsum_engine::stage::Registry;
 use vsum_engine::store::{LockMode, Store};
 
-use super::common::{Common, Fail, entries, exit, print_json};
+use super::common::{Common, Fail, entries, exit, kinds, print_json};
 use super::find::{self, Target};
 use super::gc::{self, GcArgs};
 
@@ -129,7 +129,7 @@ pub fn cmd(args: CacheArgs, registry: &Registry) -> Result<u8, Fail> {
         CacheCmd::Stats { json, .. } => stats(&target.store, json),
         CacheCmd::Why {
             video, stage, json, ..
-        } => why(registry, target, &video, &stage, json),
+        } => why(target, &video, &stage, json),
         CacheCmd::Verify {
             report_only, json, ..
         } => verify(&target.store, report_only, json),
@@ -233,18 +233,13 @@ fn stats(store: &Store, json: bool) -> Result<u8, Fail> {
     Ok(exit::OK)
 }
 
-fn why(
-    registry: &Registry,
-    target: Target,
-    video: &str,
-    stage: &str,
-    json: bool,
-) -> Result<u8, Fail> {
+fn why(target: Target, video: &str, stage: &str, json: bool) -> Result<u8, Fail> {
     let Some((m, cfg)) = target.manifest else {
         return Err(Fail::usage(
             "error: `cache why` needs the manifest: pass -m MANIFEST",
         ));
     };
+    let registry = &kinds(&m, &cfg);
     let opts = RunOptions {
         only: vec![stage.to_string()],
         force: vec![],

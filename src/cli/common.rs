@@ -10,6 +10,7 @@ use vsum_engine::manifest::{self, Manifest, ManifestError};
 use vsum_engine::run::RunSummary;
 use vsum_engine::stage::Registry;
 use vsum_engine::store::{LockMode, Store};
+use vsum_models::ModelsDir;
 
 /// Exit codes (documented in README and doc/manifest.md).
 pub mod exit {
@@ -84,6 +85,18 @@ pub fn load_config(
     let file = config::find_file(common.config.as_deref(), &m.base_dir);
     config::resolve(file.as_deref(), &m.file, m.config.as_ref(), flags)
         .map_err(|d| Fail(exit::USAGE, d.to_string()))
+}
+
+/// The models folder for a manifest's config, decided once (`VSUM_MODELS_DIR`, else
+/// `models_dir`, else the default).
+pub fn models_dir(m: &Manifest, cfg: &Config) -> ModelsDir {
+    ModelsDir::from_config(cfg.models_path(&m.base_dir).as_deref())
+}
+
+/// The stage kinds for running a manifest, looking for models where its config says.
+/// (Parsing needs no models: any registry checks a manifest the same.)
+pub fn kinds(m: &Manifest, cfg: &Config) -> Registry {
+    vsum_stages::registry(&models_dir(m, cfg))
 }
 
 pub fn load_alerts(m: &Manifest, common: &Common) -> Result<vsum_engine::alerts::Alerts, Fail> {

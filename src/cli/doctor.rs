@@ -10,8 +10,11 @@ use vsum_engine::fsutil::human_bytes;
 use vsum_engine::manifest::Manifest;
 use vsum_engine::monitor::{Gpu, GpuInfo, free_bytes};
 use vsum_engine::stage::{Check, CheckStatus, Registry};
+use vsum_models::{ModelsDir, ModelsManifest};
 
-use super::common::{Common, Fail, exit, load_alerts, load_config, load_manifest, print_json};
+use super::common::{
+    Common, Fail, exit, load_alerts, load_config, load_manifest, models_dir, print_json,
+};
 use super::find::{self, ManifestArg};
 
 #[derive(clap::Args)]
@@ -40,7 +43,18 @@ pub fn cmd(args: DoctorArgs, registry: &Registry) -> Result<u8, Fail> {
         None => (None, None),
     };
     let alerts = ok.as_ref().map(|x| x.2.clone()).unwrap_or_default();
-    let mut checks = checks(registry, ok.as_ref().map(|(m, c, _)| (m, c)), err, &alerts);
+    let models = match &ok {
+        Some((m, cfg, _)) => models_dir(m, cfg),
+        None => ModelsDir::from_config(None),
+    };
+    let registry = &vsum_stages::registry(&models);
+    let mut checks = checks(
+        registry,
+        &models,
+        ok.as_ref().map(|(m, c, _)| (m, c)),
+        err,
+        &alerts,
+    );
     if path.is_none() {
         checks.push(Check::warn(
             "manifest",
@@ -60,6 +74,7 @@ pub fn cmd(args: DoctorArgs, registry: &Registry) -> Result<u8, Fail> {
 /// Everything doctor checks, in display order.
 pub fn checks(
     registry: &Registry,
+    models: &ModelsDir,
     manifest: Option<(&Manifest, &Config)>,
     manifest_error: Option<String>,
     alerts: &Alerts,
@@ -83,6 +98,7 @@ pub fn checks(
             format!("CPU mode: {reason}; GPU-lane stages run on the CPU, one at a time"),
         ),
     });
+    out.push(models_folder(models));
     if let Some(e) = manifest_error {
         out.push(Check::fail(
             "manifest",
@@ -115,6 +131,24 @@ pub fn checks(
         out.push(disk(what, &path, alerts));
     }
     out
+}
+
+/// Which models folder the stages look in (config `models_dir`, `VSUM_MODELS_DIR` or the
+/// default) and how many models it holds.
+fn models_folder(models: &ModelsDir) -> Check {
+    let name = "models folder";
+    match ModelsManifest::load(models) {
+        Ok(m) => Check::ok(
+            name,
+            format!("{} ({} installed)", models.root().display(), m.models.len()),
+        ),
+        Err(e) => Check::warn(
+            name,
+            format!("{}: {}", models.root().display(), e.message),
+            e.hint
+                .unwrap_or_else(|| "set `models_dir` in the config, or VSUM_MODELS_DIR".into()),
+        ),
+    }
 }
 
 fn writable(name: &str, dir: &Path) -> Check {

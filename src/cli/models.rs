@@ -1,6 +1,6 @@
 //! `vsum models`: install, list, verify and locate the models that stages load.
 //!
-//! A thin layer over `vsum_stages::models`: it parses arguments, prints for people or
+//! A thin layer over `vsum_models`: it parses arguments, prints for people or
 //! `--json` for scripts, and maps failures to exit codes (1 when a model could not be
 //! installed or verified; usage errors come back as `Err`).
 
@@ -9,25 +9,41 @@ use std::time::Instant;
 
 use clap::{Args, Subcommand};
 use serde_json::json;
+use vsum_engine::config;
 use vsum_engine::fsutil::human_bytes;
-use vsum_stages::models::{
-    self, CATALOG, InstallOptions, ModelError, ModelsDir, ModelsManifest, resolve::verify_entry,
+use vsum_models::{
+    self as models, CATALOG, InstallOptions, ModelError, ModelsDir, ModelsManifest,
+    resolve::verify_entry,
 };
 
 /// Where the models are.
 #[derive(Args, Clone, Debug)]
 pub struct DirArg {
-    /// Models folder (default ~/.cache/vsum/models)
-    #[arg(long, env = "VSUM_MODELS_DIR")]
+    /// Models folder (default: VSUM_MODELS_DIR, else the config's models_dir, else
+    /// ~/.cache/vsum/models)
+    #[arg(long)]
     dir: Option<PathBuf>,
+    /// Config file whose models_dir to use (default: VSUM_CONFIG, else the first
+    /// config/default.yaml above the current folder)
+    #[arg(long)]
+    config: Option<PathBuf>,
 }
 
 impl DirArg {
-    fn models_dir(&self) -> ModelsDir {
-        match &self.dir {
-            Some(d) => ModelsDir::new(d.clone()),
-            None => ModelsDir::from_env(),
+    /// `--dir`, else the folder the pipelines use: the same config file a manifest in
+    /// the current folder would get (relative `models_dir` against the current folder).
+    fn models_dir(&self) -> anyhow::Result<ModelsDir> {
+        if let Some(d) = &self.dir {
+            return Ok(ModelsDir::new(d.clone()));
         }
+        let here = std::env::current_dir()?;
+        let configured = match config::find_file(self.config.as_deref(), &here) {
+            Some(file) => config::resolve(Some(&file), &file, None, Default::default())
+                .map_err(|d| anyhow::anyhow!("{d}"))?
+                .models_path(&here),
+            None => None,
+        };
+        Ok(ModelsDir::from_config(configured.as_deref()))
     }
 }
 
@@ -92,7 +108,7 @@ pub fn run(cmd: ModelsCmd) -> anyhow::Result<u8> {
             json,
             dir,
         } => {
-            let dir = dir.models_dir();
+            let dir = dir.models_dir()?;
             let opts = InstallOptions { from, force };
             let mut failed = 0;
             let mut unknown = 0;
@@ -145,7 +161,7 @@ pub fn run(cmd: ModelsCmd) -> anyhow::Result<u8> {
             Ok(if unknown > 0 { 2 } else { u8::from(failed > 0) })
         }
         ModelsCmd::List { json, dir } => {
-            let dir = dir.models_dir();
+            let dir = dir.models_dir()?;
             let manifest = ModelsManifest::load(&dir).map_err(|e| anyhow::anyhow!("{e}"))?;
             let mut rows = Vec::new();
             for s in CATALOG {
@@ -214,7 +230,7 @@ pub fn run(cmd: ModelsCmd) -> anyhow::Result<u8> {
             Ok(0)
         }
         ModelsCmd::Verify { json, dir } => {
-            let dir = dir.models_dir();
+            let dir = dir.models_dir()?;
             let manifest = ModelsManifest::load(&dir).map_err(|e| anyhow::anyhow!("{e}"))?;
             let mut results = Vec::new();
             for (name, e) in &manifest.models {
@@ -259,7 +275,7 @@ pub fn run(cmd: ModelsCmd) -> anyhow::Result<u8> {
             Ok(u8::from(bad > 0))
         }
         ModelsCmd::Path { name, dir } => {
-            let dir = dir.models_dir();
+            let dir = dir.models_dir()?;
             let manifest = ModelsManifest::load(&dir).map_err(|e| anyhow::anyhow!("{e}"))?;
             match manifest.models.get(&name) {
                 Some(e) => {

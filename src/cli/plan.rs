@@ -7,7 +7,9 @@ use vsum_engine::run::{self, RunOptions, RunSummary};
 use vsum_engine::stage::Registry;
 use vsum_engine::store::LockMode;
 
-use super::common::{Common, Fail, exit, load_config, load_manifest, open_store, print_json};
+use super::common::{
+    Common, Fail, exit, kinds, load_config, load_manifest, open_store, print_json,
+};
 use super::find::ManifestArg;
 use super::report::{self, Progress};
 
@@ -32,6 +34,7 @@ pub struct PlanArgs {
 pub fn cmd(args: PlanArgs, registry: &Registry) -> Result<u8, Fail> {
     let m = load_manifest(&args.target.resolve()?, registry)?;
     let cfg = load_config(&m, &args.common, Default::default())?;
+    let registry = &kinds(&m, &cfg);
     let store = open_store(&m, &cfg, LockMode::Shared)?;
     let opts = RunOptions {
         only: args.only,

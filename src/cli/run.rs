@@ -2,7 +2,6 @@
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
-use std::sync::atomic::AtomicBool;
 
 use vsum_engine::events::{EventSink, Outcome};
 use vsum_engine::run::{self, RunOptions};
@@ -10,7 +9,7 @@ use vsum_engine::stage::Registry;
 use vsum_engine::store::{LockMode, Store};
 
 use super::common::{
-    Common, Fail, exit, install_ctrlc, load_alerts, load_config, load_manifest, open_store,
+    Common, Fail, exit, install_ctrlc, kinds, load_alerts, load_config, load_manifest, open_store,
     published, read_summary,
 };
 use super::find::ManifestArg;
@@ -98,6 +97,7 @@ pub fn cmd(args: RunArgs, registry: Registry) -> Result<u8, Fail> {
         flags.insert("cpu_threads".into(), j.into());
     }
     let cfg = load_config(&m, &common, flags)?;
+    let registry = kinds(&m, &cfg);
     let store = open_store(&m, &cfg, LockMode::Shared)?;
     let only_videos = if retry_failed {
         match last_failures(&store)? {
@@ -110,28 +110,22 @@ pub fn cmd(args: RunArgs, registry: Registry) -> Result<u8, Fail> {
     } else {
         None
     };
+    // One plan: shown on the launch screen, then executed as it is.
+    let run_id = run::new_run_id();
+    let opts = RunOptions {
+        only,
+        force,
+        videos,
+        dry_run,
+        run_id: Some(run_id.clone()),
+        alerts: Some(alerts),
+        only_videos,
+    };
+    let plan = run::plan(&m, &registry, &cfg, &store, &opts)
+        .map_err(|e| Fail(exit::USAGE, format!("error: {e}")))?;
     if !dry_run && progress != Progress::None && !json {
         // Screen 1: what is there, what is cached, how long, where it goes.
-        let plan_opts = RunOptions {
-            only: only.clone(),
-            force: force.clone(),
-            videos: videos.clone(),
-            dry_run: true,
-            run_id: None,
-            alerts: None,
-            only_videos: only_videos.clone(),
-        };
-        let plan = run::run(
-            &m,
-            &registry,
-            &cfg,
-            &store,
-            &plan_opts,
-            EventSink::new(),
-            &AtomicBool::new(false),
-        )
-        .map_err(|e| Fail(exit::USAGE, format!("error: {e}")))?;
-        eprint!("{}", launch::screen(&plan, &store, cfg.threads()));
+        eprint!("{}", launch::screen(&plan.summary(), &store, cfg.threads()));
         if !yes && !launch::confirm() {
             eprintln!("not started");
             return Ok(exit::OK);
@@ -142,21 +136,13 @@ pub fn cmd(args: RunArgs, registry: Registry) -> Result<u8, Fail> {
     }
     let events = EventSink::new();
     report::attach(&events, progress);
-    let run_id = run::new_run_id();
     if !dry_run {
         report::attach_log(&events, &run::log_path(&store, &run_id));
     }
     let cancel = install_ctrlc();
-    let opts = RunOptions {
-        only,
-        force,
-        videos,
-        dry_run,
-        run_id: Some(run_id),
-        alerts: Some(alerts),
-        only_videos,
-    };
-    let summary = run::run(&m, &registry, &cfg, &store, &opts, events, &cancel)
+    let executor =
+        run::LocalExecutor::new(&cfg).map_err(|e| Fail(exit::USAGE, format!("error: {e}")))?;
+    let summary = run::execute(plan, &executor, events, &cancel)
         .map_err(|e| Fail(exit::USAGE, format!("error: {e}")))?;
     if json {
         println!("{}", serde_json::to_string_pretty(&summary).expect("json"));

@@ -17,8 +17,8 @@ use std::time::Instant;
 use serde_json::{Value, json};
 use vsum_engine::events::EventSink;
 use vsum_engine::stage::{CheckEnv, JobCtx, Scope, StageKind, Video};
+use vsum_models::{ModelsDir, ModelsManifest};
 use vsum_stages::media::{KeyframesStage, SceneStage};
-use vsum_stages::models::{ModelsDir, ModelsManifest};
 use vsum_stages::vision::ocr::OcrStage;
 
 const RUNS: usize = 3;
@@ -144,7 +144,7 @@ fn main() {
         )
     });
     row("video.keyframes (one per slide)", secs);
-    let installed = ModelsManifest::load(&ModelsDir::from_env())
+    let installed = ModelsManifest::load(&ModelsDir::from_config(None))
         .map(|m| m.models)
         .unwrap_or_default();
     if !["ppocr-det", "ppocr-rec", "onnxruntime"]
@@ -165,7 +165,7 @@ fn main() {
         .unwrap_or(0);
     let (secs, _) = best(|| {
         run(
-            &OcrStage::default(),
+            &OcrStage::with_models_dir(ModelsDir::from_config(None)),
             &deck,
             json!({}),
             &[("keyframes", kf.path())],

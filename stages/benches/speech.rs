@@ -22,8 +22,6 @@ use vsum_engine::events::{Event, EventSink};
 use vsum_engine::run::{self, RunOptions};
 use vsum_engine::stage::Resources;
 use vsum_engine::store::{LockMode, Store};
-use vsum_stages::speech::vad::VadStage;
-use vsum_stages::speech::whisper::WhisperStage;
 
 const TEXT: [&str; 6] = [
     "Please remember to bring your laptop to the meeting tomorrow.",
@@ -57,7 +55,7 @@ fn rtf(tmp: &Path) {
     let mut resources = Resources::new(2, EventSink::new());
     let t = Instant::now();
     let (_, r) = run_stage(
-        &WhisperStage,
+        &support::whisper(),
         json!({}),
         &[("audio", &audio)],
         tmp,
@@ -70,7 +68,7 @@ fn rtf(tmp: &Path) {
     for _ in 0..REPEAT {
         let t = Instant::now();
         let (out, r) = run_stage(
-            &WhisperStage,
+            &support::whisper(),
             json!({}),
             &[("audio", &audio)],
             tmp,
@@ -105,7 +103,7 @@ fn rtf(tmp: &Path) {
     println!("  word error rate                 {w:>6.3}");
 
     let t = Instant::now();
-    let (_, r) = run_stage(&VadStage, json!({}), &[("audio", &audio)], tmp, None);
+    let (_, r) = run_stage(&support::vad(), json!({}), &[("audio", &audio)], tmp, None);
     r.unwrap();
     let v = t.elapsed().as_secs_f64();
     println!(
@@ -169,7 +167,7 @@ struct RunCost {
 /// One engine run over the project in `dir`.
 fn engine_run(dir: &Path) -> RunCost {
     std::fs::write(dir.join("m.yaml"), MANIFEST).unwrap();
-    let registry = vsum_stages::registry();
+    let registry = vsum_stages::registry(&support::models());
     let m = vsum_engine::manifest::load(&dir.join("m.yaml"), &registry).unwrap();
     let cfg = Config::default();
     let store = Store::open(&cfg.cache_path(&m.base_dir), LockMode::Shared).unwrap();

@@ -26,7 +26,7 @@ use serde_json::{Value, json};
 use vision_support::*;
 use vsum_engine::events::EventSink;
 use vsum_engine::stage::Resources;
-use vsum_stages::models::{ModelsDir, ModelsManifest, onnx};
+use vsum_models::{ModelsManifest, onnx};
 use vsum_stages::vision::letterbox::letterbox_into;
 use vsum_stages::vision::yolo::{DetectionsFile, YoloStage};
 
@@ -59,7 +59,7 @@ fn pictures(dir: &Path) -> Vec<(String, RgbImage)> {
 /// Runs the stage `REPEAT` times after a warm-up (which loads the model); pictures/s.
 fn stage_rate(kf: &Path, params: Value) -> (f64, DetectionsFile) {
     let mut res = Resources::new(2, EventSink::new());
-    let stage = YoloStage::default();
+    let stage = YoloStage::with_models_dir(vision_support::models_dir());
     let (_, r) = support::run_stage(&stage, params.clone(), &[("kf", kf)], kf, Some(&mut res));
     r.unwrap();
     let t = Instant::now();
@@ -112,7 +112,7 @@ fn main() {
     let pics = pictures(&dir);
     let refs: Vec<(&str, &RgbImage)> = pics.iter().map(|(n, i)| (n.as_str(), i)).collect();
     let kf = keyframes_dir(&tmp.path().join("kf"), &refs);
-    let models = ModelsDir::from_env();
+    let models = vision_support::models_dir();
     let manifest = ModelsManifest::load(&models).unwrap();
     let model = models.path(&manifest.models["yolov12n"].file);
     let dynamic = tmp.path().join("yolov12n-dynamic.onnx");

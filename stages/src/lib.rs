@@ -4,11 +4,11 @@
 pub mod command;
 pub mod knowledge;
 pub mod media;
-pub mod models;
 pub mod speech;
 pub mod vision;
 
 use vsum_engine::stage::{Registry, StageError};
+use vsum_models::ModelsDir;
 
 /// Fault injection for the GPU tests: `VSUM_FAULT=gpu_oom` (or `gpu_oom:<kind>`) makes
 /// a GPU stage report out-of-memory whenever it would run on the GPU, so the engine's
@@ -20,15 +20,17 @@ pub(crate) fn injected_gpu_oom(kind: &str) -> Option<StageError> {
     })
 }
 
-/// Every built-in stage kind.
-pub fn registry() -> Registry {
+/// Every built-in stage kind; the ones that load models look in `models`.
+pub fn registry(models: &ModelsDir) -> Registry {
     let mut r = Registry::new();
     r.register(command::CommandStage);
     media::register_media(&mut r);
-    r.register(speech::vad::VadStage);
-    r.register(speech::whisper::WhisperStage);
-    r.register(vision::yolo::YoloStage::default());
-    r.register(vision::ocr::OcrStage::default());
-    knowledge::register_knowledge(&mut r);
+    r.register(speech::vad::VadStage::with_models_dir(models.clone()));
+    r.register(speech::whisper::WhisperStage::with_models_dir(
+        models.clone(),
+    ));
+    r.register(vision::yolo::YoloStage::with_models_dir(models.clone()));
+    r.register(vision::ocr::OcrStage::with_models_dir(models.clone()));
+    knowledge::register_knowledge(&mut r, models);
     r
 }

@@ -8,10 +8,9 @@ use std::path::Path;
 
 use serde_json::json;
 use support::*;
-use vsum_stages::models::quant::QType;
-use vsum_stages::models::{InstallOptions, ModelsDir, ModelsManifest, ggml, install};
+use vsum_models::quant::QType;
+use vsum_models::{InstallOptions, ModelsDir, ModelsManifest, ggml, install};
 use vsum_stages::speech::transcript::Transcript;
-use vsum_stages::speech::whisper::WhisperStage;
 
 const SENTENCES: [&str; 4] = [
     "Please remember to bring your laptop to the meeting tomorrow.",
@@ -22,7 +21,7 @@ const SENTENCES: [&str; 4] = [
 
 fn transcribe(model: &str, audio: &Path, base: &Path) -> Transcript {
     let (out, r) = run_stage(
-        &WhisperStage,
+        &whisper(),
         json!({ "model": model }),
         &[("audio", audio)],
         base,
@@ -47,7 +46,7 @@ fn quantized_tiny_en_loads_and_transcribes_the_same_words_as_f16() {
 
     // q8_0 by its installed name, made from the installed f16 model (nothing fetched:
     // the `--from` folder is empty).
-    let real = ModelsDir::from_env();
+    let real = models();
     let q8 = install(&real, "whisper-tiny.en-q8_0", &no_fetch).unwrap();
     let f16_entry = ModelsManifest::load(&real).unwrap().models["whisper-tiny.en"].clone();
     assert_eq!(q8.entry.sources, f16_entry.sources);

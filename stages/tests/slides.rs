@@ -191,7 +191,7 @@ fn ocr_reads_the_slide_titles_and_chapters_carry_them() {
         &[("scenes", scenes.ok())],
     );
     let ocr = run(
-        &OcrStage::default(),
+        &OcrStage::with_models_dir(vision_support::models_dir()),
         &deck,
         json!({}),
         &[("keyframes", keyframes.ok())],

@@ -18,10 +18,9 @@ use vsum_engine::events::{Event, EventSink};
 use vsum_engine::run::{self, RunOptions};
 use vsum_engine::stage::{CheckEnv, Resources, Scope, StageKind};
 use vsum_engine::store::{LockMode, Store};
-use vsum_stages::models::{ModelsDir, ModelsManifest};
+use vsum_models::ModelsManifest;
 use vsum_stages::speech::transcript::Transcript;
-use vsum_stages::speech::vad::{VadFile, VadStage};
-use vsum_stages::speech::whisper::WhisperStage;
+use vsum_stages::speech::vad::VadFile;
 
 const SENTENCES: [&str; 5] = [
     "Please remember to bring your laptop to the meeting tomorrow.",
@@ -68,7 +67,7 @@ fn transcribes_known_sentences_with_low_word_error_rate() {
     let audio = audio_dir(tmp.path(), "audio", &samples);
     let reference = SENTENCES.join(" ");
     let (out, r) = run_stage(
-        &WhisperStage,
+        &whisper(),
         json!({}),
         &[("audio", &audio)],
         tmp.path(),
@@ -109,7 +108,7 @@ fn vad_finds_the_speech_and_whisper_decodes_only_there_with_absolute_times() {
     samples.extend(b);
     let audio = audio_dir(tmp.path(), "audio", &samples);
 
-    let (vad_out, r) = run_stage(&VadStage, json!({}), &[("audio", &audio)], tmp.path(), None);
+    let (vad_out, r) = run_stage(&vad(), json!({}), &[("audio", &audio)], tmp.path(), None);
     r.unwrap();
     let v = vad_file(vad_out.path());
     assert!(!v.segments.is_empty());
@@ -134,7 +133,7 @@ fn vad_finds_the_speech_and_whisper_decodes_only_there_with_absolute_times() {
     );
 
     let (out, r) = run_stage(
-        &WhisperStage,
+        &whisper(),
         json!({"word_timestamps": true}),
         &[("audio", &audio), ("vad", vad_out.path())],
         tmp.path(),
@@ -215,14 +214,14 @@ fn silence_noise_and_tones_give_no_text() {
     ];
     for (name, samples) in cases {
         let audio = audio_dir(tmp.path(), name, &samples);
-        let (vad_out, r) = run_stage(&VadStage, json!({}), &[("audio", &audio)], tmp.path(), None);
+        let (vad_out, r) = run_stage(&vad(), json!({}), &[("audio", &audio)], tmp.path(), None);
         r.unwrap();
         let v = vad_file(vad_out.path());
         assert!(v.segments.is_empty(), "{name}: VAD found speech: {v:#?}");
         assert_eq!(v.speech_ratio, 0.0);
         // Without VAD, Whisper itself must not invent text.
         let (out, r) = run_stage(
-            &WhisperStage,
+            &whisper(),
             json!({}),
             &[("audio", &audio)],
             tmp.path(),
@@ -242,7 +241,7 @@ fn silence_noise_and_tones_give_no_text() {
         );
         // With VAD it does not even decode.
         let (out, r) = run_stage(
-            &WhisperStage,
+            &whisper(),
             json!({}),
             &[("audio", &audio), ("vad", vad_out.path())],
             tmp.path(),
@@ -310,7 +309,7 @@ fn srt_and_vtt_parse_back() {
     let (samples, _) = sentences(tmp.path(), &SENTENCES[..3], 1.0, 1.0);
     let audio = audio_dir(tmp.path(), "audio", &samples);
     let (out, r) = run_stage(
-        &WhisperStage,
+        &whisper(),
         json!({}),
         &[("audio", &audio)],
         tmp.path(),
@@ -370,13 +369,7 @@ fn a_video_without_audio_gets_an_empty_transcript_with_the_reason() {
         br#"{"has_audio": false, "reason": "the video has no audio stream"}"#,
     )
     .unwrap();
-    let (out, r) = run_stage(
-        &WhisperStage,
-        json!({}),
-        &[("audio", &up)],
-        tmp.path(),
-        None,
-    );
+    let (out, r) = run_stage(&whisper(), json!({}), &[("audio", &up)], tmp.path(), None);
     r.unwrap();
     let t = transcript(out.path());
     assert!(!t.has_audio && t.segments.is_empty());
@@ -389,7 +382,7 @@ fn a_video_without_audio_gets_an_empty_transcript_with_the_reason() {
         std::fs::read_to_string(out.path().join("transcript.vtt")).unwrap(),
         "WEBVTT\n\n"
     );
-    let (out, r) = run_stage(&VadStage, json!({}), &[("audio", &up)], tmp.path(), None);
+    let (out, r) = run_stage(&vad(), json!({}), &[("audio", &up)], tmp.path(), None);
     r.unwrap();
     let v = vad_file(out.path());
     assert!(!v.has_audio && v.segments.is_empty());
@@ -397,7 +390,7 @@ fn a_video_without_audio_gets_an_empty_transcript_with_the_reason() {
     let empty = tmp.path().join("nothing");
     std::fs::create_dir_all(&empty).unwrap();
     let (_, r) = run_stage(
-        &WhisperStage,
+        &whisper(),
         json!({}),
         &[("probe", &empty)],
         tmp.path(),
@@ -418,7 +411,7 @@ fn unsupported_language_codes_are_refused() {
         needs: &[],
     };
     for bad in ["xx", "klingon", "e n", ""] {
-        let e = WhisperStage
+        let e = whisper()
             .check(&json!({"language": bad}), &env)
             .unwrap_err();
         assert_eq!(e[0].path, vec!["language"]);
@@ -426,11 +419,9 @@ fn unsupported_language_codes_are_refused() {
         assert!(e[0].hint.as_deref().unwrap().contains("auto"));
     }
     for good in ["auto", "en", "de", "ja"] {
-        WhisperStage
-            .check(&json!({"language": good}), &env)
-            .unwrap();
+        whisper().check(&json!({"language": good}), &env).unwrap();
     }
-    let e = WhisperStage
+    let e = whisper()
         .check(&json!({"languag": "en"}), &env)
         .unwrap_err();
     assert!(e[0].message.contains("unknown field"), "{e:?}");
@@ -445,7 +436,7 @@ fn an_english_only_model_refuses_other_languages() {
     let (samples, _) = sentences(tmp.path(), &SENTENCES[..1], 0.2, 0.2);
     let audio = audio_dir(tmp.path(), "audio", &samples);
     let (_, r) = run_stage(
-        &WhisperStage,
+        &whisper(),
         json!({"language": "de"}),
         &[("audio", &audio)],
         tmp.path(),
@@ -460,7 +451,7 @@ fn an_english_only_model_refuses_other_languages() {
 }
 
 fn installed_model_path(name: &str) -> PathBuf {
-    let dir = ModelsDir::from_env();
+    let dir = models();
     let m = ModelsManifest::load(&dir).unwrap();
     dir.path(&m.models[name].file)
 }
@@ -498,7 +489,7 @@ fn corrupt_and_wrong_format_model_files_are_refused() {
     for (file, want) in cases {
         let mut resources = Resources::new(2, EventSink::new());
         let (_, r) = run_stage(
-            &WhisperStage,
+            &whisper(),
             json!({"model": file}),
             &[("audio", &audio)],
             tmp.path(),
@@ -510,7 +501,7 @@ fn corrupt_and_wrong_format_model_files_are_refused() {
     }
     // An installed model of the wrong kind.
     let (_, r) = run_stage(
-        &WhisperStage,
+        &whisper(),
         json!({"model": "silero-vad"}),
         &[("audio", &audio)],
         tmp.path(),
@@ -524,7 +515,7 @@ fn corrupt_and_wrong_format_model_files_are_refused() {
     // A whole, good model given by path works.
     std::fs::write(tmp.path().join("mine.bin"), &good).unwrap();
     let (out, r) = run_stage(
-        &WhisperStage,
+        &whisper(),
         json!({"model": "mine.bin"}),
         &[("audio", &audio)],
         tmp.path(),
@@ -592,7 +583,7 @@ fn a_batch_of_ten_videos_loads_the_model_once() {
     let tmp = tempfile::tempdir().unwrap();
     let texts = make_videos(tmp.path(), 10);
     std::fs::write(tmp.path().join("m.yaml"), BATCH_MANIFEST).unwrap();
-    let registry = vsum_stages::registry();
+    let registry = vsum_stages::registry(&models());
     let m = vsum_engine::manifest::load(&tmp.path().join("m.yaml"), &registry).unwrap();
     let cfg = Config::default();
     let run_once = || {

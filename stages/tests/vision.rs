@@ -22,7 +22,7 @@ use vsum_engine::config::Config;
 use vsum_engine::events::{Event, EventSink};
 use vsum_engine::run::{self, RunOptions};
 use vsum_engine::stage::{Resources, StageError};
-use vsum_stages::models::{ModelEntry, ModelsDir, ModelsManifest, onnx};
+use vsum_models::{ModelEntry, ModelsDir, ModelsManifest, onnx};
 use vsum_stages::vision::yolo::{DetectionsFile, ImageDetections, ObjectsFile, YoloStage};
 
 const MODELS: [&str; 2] = ["yolov12n", "onnxruntime"];
@@ -52,7 +52,7 @@ fn detect(
 }
 
 fn installed_path(name: &str) -> PathBuf {
-    let dir = ModelsDir::from_env();
+    let dir = models_dir();
     let m = ModelsManifest::load(&dir).unwrap();
     dir.path(&m.models[name].file)
 }
@@ -75,7 +75,12 @@ fn each_photo_names_its_object() {
     let pics: Vec<(&str, &RgbImage)> = imgs.iter().map(|(n, i)| (*n, i)).collect();
     let kf = keyframes_dir(&tmp.path().join("kf"), &pics);
     let mut res = Resources::new(2, EventSink::new());
-    let (out, r) = detect(&YoloStage::default(), json!({}), &kf, &mut res);
+    let (out, r) = detect(
+        &YoloStage::with_models_dir(models_dir()),
+        json!({}),
+        &kf,
+        &mut res,
+    );
     r.unwrap();
     let d = detections(out.path());
     assert_eq!(d.model, "yolov12n");
@@ -178,7 +183,12 @@ fn boxes_map_back_for_portrait_landscape_and_tiny_pictures() {
     let pics: Vec<(&str, &RgbImage)> = pictures.iter().map(|(n, i)| (n.as_str(), i)).collect();
     let kf = keyframes_dir(&tmp.path().join("kf"), &pics);
     let mut res = Resources::new(2, EventSink::new());
-    let (out, r) = detect(&YoloStage::default(), json!({}), &kf, &mut res);
+    let (out, r) = detect(
+        &YoloStage::with_models_dir(models_dir()),
+        json!({}),
+        &kf,
+        &mut res,
+    );
     r.unwrap();
     let d = detections(out.path());
     let original = best(&d.images[6], "motorcycle").expect("a motorcycle in the photo");
@@ -231,7 +241,12 @@ fn a_grey_frame_gives_no_detections() {
     let grey = RgbImage::from_pixel(1280, 720, image::Rgb([128, 128, 128]));
     let kf = keyframes_dir(&tmp.path().join("kf"), &[("grey", &grey)]);
     let mut res = Resources::new(2, EventSink::new());
-    let (out, r) = detect(&YoloStage::default(), json!({}), &kf, &mut res);
+    let (out, r) = detect(
+        &YoloStage::with_models_dir(models_dir()),
+        json!({}),
+        &kf,
+        &mut res,
+    );
     r.unwrap();
     let d = detections(out.path());
     assert_eq!(d.images.len(), 1);
@@ -244,7 +259,12 @@ fn a_grey_frame_gives_no_detections() {
     let empty = tmp.path().join("none");
     std::fs::create_dir_all(&empty).unwrap();
     std::fs::write(empty.join("keyframes.json"), r#"{"keyframes": []}"#).unwrap();
-    let (out, r) = detect(&YoloStage::default(), json!({}), &empty, &mut res);
+    let (out, r) = detect(
+        &YoloStage::with_models_dir(models_dir()),
+        json!({}),
+        &empty,
+        &mut res,
+    );
     r.unwrap();
     assert!(detections(out.path()).images.is_empty());
     assert_eq!(
@@ -279,11 +299,21 @@ fn batched_and_one_by_one_inference_agree() {
     let pics: Vec<(&str, &RgbImage)> = imgs.iter().map(|(n, i)| (n.as_str(), i)).collect();
     let kf = keyframes_dir(&tmp.path().join("kf"), &pics);
     let mut res = Resources::new(2, EventSink::new());
-    let (single, r) = detect(&YoloStage::default(), json!({}), &kf, &mut res);
+    let (single, r) = detect(
+        &YoloStage::with_models_dir(models_dir()),
+        json!({}),
+        &kf,
+        &mut res,
+    );
     r.unwrap();
     // Batches of 4: one full and one partial call.
     let params = json!({"model": dynamic.to_str().unwrap(), "batch": 4});
-    let (batched, r) = detect(&YoloStage::default(), params, &kf, &mut res);
+    let (batched, r) = detect(
+        &YoloStage::with_models_dir(models_dir()),
+        params,
+        &kf,
+        &mut res,
+    );
     r.unwrap();
     let (a, b) = (detections(single.path()), detections(batched.path()));
     assert_eq!((a.batch, b.batch), (1, 4));
@@ -384,7 +414,7 @@ fn a_model_of_another_layout_is_refused_clearly() {
     std::fs::copy(installed_path("silero-vad"), &silero).unwrap();
     let mut res = Resources::new(2, EventSink::new());
     let (_, r) = detect(
-        &YoloStage::default(),
+        &YoloStage::with_models_dir(models_dir()),
         json!({"model": "../silero.onnx"}),
         &kf,
         &mut res,
@@ -412,7 +442,7 @@ fn a_model_of_another_layout_is_refused_clearly() {
     )
     .unwrap();
     let (_, r) = detect(
-        &YoloStage::default(),
+        &YoloStage::with_models_dir(models_dir()),
         json!({"model": "../v5.onnx"}),
         &kf,
         &mut res,
@@ -434,7 +464,7 @@ fn a_model_of_another_layout_is_refused_clearly() {
     )
     .unwrap();
     let (out, r) = detect(
-        &YoloStage::default(),
+        &YoloStage::with_models_dir(models_dir()),
         json!({"model": "../ok.onnx", "confidence": 0.6}),
         &kf,
         &mut res,
@@ -447,7 +477,7 @@ fn a_model_of_another_layout_is_refused_clearly() {
     // Not an ONNX file at all.
     std::fs::write(tmp.path().join("junk.onnx"), b"junk").unwrap();
     let (_, r) = detect(
-        &YoloStage::default(),
+        &YoloStage::with_models_dir(models_dir()),
         json!({"model": "../junk.onnx"}),
         &kf,
         &mut res,
@@ -535,7 +565,7 @@ fn videos_of_photos_name_each_scene_and_load_the_model_once() {
     let tmp = tempfile::tempdir().unwrap();
     let orders = photo_videos(tmp.path(), &dir, 3);
     std::fs::write(tmp.path().join("m.yaml"), PIPELINE).unwrap();
-    let registry = vsum_stages::registry();
+    let registry = vsum_stages::registry(&models_dir());
     let m = vsum_engine::manifest::load(&tmp.path().join("m.yaml"), &registry).unwrap();
     let cfg = Config::default();
     let run_once = || {

@@ -83,8 +83,17 @@ pub struct Meta {
     pub provenance: Provenance,
 }
 
-#[derive(Debug, Default)]
-pub struct ComposeStage;
+/// The compose stage kind; names models from the manifest in `models`.
+#[derive(Debug, Clone)]
+pub struct ComposeStage {
+    models: vsum_models::ModelsDir,
+}
+
+impl ComposeStage {
+    pub fn with_models_dir(models: vsum_models::ModelsDir) -> Self {
+        ComposeStage { models }
+    }
+}
 
 /// The upstream outputs compose reads, each as its producer's own type, found in
 /// whichever upstream folder has it. Every one is optional.
@@ -655,7 +664,7 @@ impl TypedStage for ComposeStage {
             .video
             .ok_or_else(|| StageError::fatal("knowledge.compose is a per-video stage"))?;
         let inputs = Inputs::read(ctx.upstream)?;
-        let provenance = provenance(ctx);
+        let provenance = provenance(ctx, &self.models);
         let meta = Meta {
             title_fallback: video.stem.to_string_lossy().into_owned(),
             source: video.rel.to_string_lossy().into_owned(),
@@ -757,7 +766,7 @@ fn write(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), StageError> {
 }
 
 /// Provenance from the engine's upstream records; models named from the models manifest.
-fn provenance(ctx: &JobCtx) -> Provenance {
+fn provenance(ctx: &JobCtx, models_dir: &vsum_models::ModelsDir) -> Provenance {
     let mut stages = Vec::new();
     let mut models = Vec::new();
     let mut seen = BTreeSet::new();
@@ -773,7 +782,7 @@ fn provenance(ctx: &JobCtx) -> Provenance {
         for (tool, hash) in &p.tools {
             if is_content_hash(hash) && seen.insert(hash.clone()) {
                 let (name, license) =
-                    super::model_name(hash).unwrap_or_else(|| (tool.clone(), None));
+                    super::model_name(models_dir, hash).unwrap_or_else(|| (tool.clone(), None));
                 models.push(ModelRecord {
                     stage: stage.clone(),
                     name,

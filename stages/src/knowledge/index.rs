@@ -82,11 +82,12 @@ impl TypedStage for IndexStage {
         for item in ctx.batch {
             if let Some((stage, f)) = find_upstream_with_stage(&item.upstream, Summary::FILE) {
                 let s: Summary = read_output(&f, stage)?;
-                let dir = f.parent().unwrap_or(root);
                 docs.push((
                     s,
                     item.video.folder.to_string_lossy().into_owned(),
-                    link(root, dir),
+                    // Where the summary is in the output folder (the job reads a
+                    // private staged copy of it).
+                    link(root, &root.join(&item.video.folder).join(stage)),
                 ));
             }
         }

@@ -13,16 +13,16 @@ pub mod summarize;
 pub mod text;
 
 use vsum_engine::stage::Registry;
+use vsum_models::ModelsDir;
 
-pub fn register_knowledge(reg: &mut Registry) {
-    reg.register(compose::ComposeStage);
+pub fn register_knowledge(reg: &mut Registry, models: &ModelsDir) {
+    reg.register(compose::ComposeStage::with_models_dir(models.clone()));
     reg.register(index::IndexStage);
 }
 
 /// Name and license of an installed model, by its blake3 (from the models manifest).
-pub fn model_name(blake3: &str) -> Option<(String, Option<String>)> {
-    let manifest =
-        crate::models::ModelsManifest::load(&crate::models::ModelsDir::from_env()).ok()?;
+pub fn model_name(models: &ModelsDir, blake3: &str) -> Option<(String, Option<String>)> {
+    let manifest = vsum_models::ModelsManifest::load(models).ok()?;
     manifest
         .models
         .into_iter()

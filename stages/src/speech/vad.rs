@@ -16,8 +16,8 @@ use vsum_engine::contract::{Output, TypedStage};
 use vsum_engine::stage::{Check, CheckEnv, JobCtx, KeyEnv, KeyExtras, ParamError, StageError};
 
 use super::audio::{AudioSource, SAMPLE_RATE, Wav, find_audio, secs};
-use crate::models::catalog::FORMAT_ONNX;
-use crate::models::{ModelsDir, onnxruntime, resolve};
+use vsum_models::catalog::FORMAT_ONNX;
+use vsum_models::{ModelsDir, onnxruntime, resolve};
 
 /// Samples per Silero window at 16 kHz, and the context prepended to each.
 const WINDOW: usize = 512;
@@ -78,8 +78,17 @@ pub struct VadFile {
     pub speech_ratio: f64,
 }
 
-#[derive(Debug, Default)]
-pub struct VadStage;
+/// The voice activity stage kind; loads its model from `models`.
+#[derive(Debug, Clone)]
+pub struct VadStage {
+    models: ModelsDir,
+}
+
+impl VadStage {
+    pub fn with_models_dir(models: ModelsDir) -> Self {
+        VadStage { models }
+    }
+}
 
 /// Speech spans `(start, end, mean probability)` in samples from per-window
 /// probabilities, following Silero's `get_speech_timestamps` (no maximum length).
@@ -217,10 +226,6 @@ fn probabilities(
     Ok(probs)
 }
 
-fn models_dir() -> ModelsDir {
-    ModelsDir::from_env()
-}
-
 impl Output for VadFile {
     const FILE: &'static str = "vad.json";
 }
@@ -250,7 +255,7 @@ impl TypedStage for VadStage {
     }
 
     fn key_extras(&self, p: &Params, env: &KeyEnv) -> Result<KeyExtras, StageError> {
-        let dir = models_dir();
+        let dir = self.models.clone();
         let model = resolve(&dir, &p.model, env.base_dir, FORMAT_ONNX)?;
         let (_, ort_version) = onnxruntime::library(&dir)?;
         let mut x = KeyExtras::default();
@@ -262,8 +267,8 @@ impl TypedStage for VadStage {
 
     fn doctor(&self, p: &Params, base_dir: &std::path::Path) -> Vec<Check> {
         vec![
-            crate::models::doctor_onnxruntime(),
-            crate::models::doctor_model(&p.model, base_dir, crate::models::catalog::FORMAT_ONNX),
+            vsum_models::doctor_onnxruntime(&self.models),
+            vsum_models::doctor_model(&self.models, &p.model, base_dir, FORMAT_ONNX),
         ]
     }
 
@@ -292,7 +297,7 @@ impl TypedStage for VadStage {
         };
         let mut wav = Wav::open(&wav_path)?;
         out.duration = wav.seconds();
-        let dir = models_dir();
+        let dir = self.models.clone();
         let model = resolve(&dir, &p.model, ctx.base_dir, FORMAT_ONNX)?;
         let key = model.blake3(None)?;
         let mut session = onnxruntime::session(&dir, &model.path, &key)?;

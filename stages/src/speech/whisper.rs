@@ -29,8 +29,8 @@ use super::audio::{AudioSource, Wav, find_audio, samples, secs};
 use super::chunks::{self, Packing, Span, Window};
 use super::transcript::{Note, Segment, Transcript, Word, drop_repeats};
 use super::vad::VadFile;
-use crate::models::catalog::FORMAT_WHISPER;
-use crate::models::{ModelsDir, Resolved, ggml, resolve};
+use vsum_models::catalog::FORMAT_WHISPER;
+use vsum_models::{ModelsDir, Resolved, ggml, resolve};
 
 /// Whisper's decoder window; shorter chunks are padded with silence to this minimum
 /// (whisper.cpp skips input under one second).
@@ -113,8 +113,17 @@ struct Loaded {
     gpu: bool,
 }
 
-#[derive(Debug, Default)]
-pub struct WhisperStage;
+/// The transcription stage kind; loads its model from `models`.
+#[derive(Debug, Clone)]
+pub struct WhisperStage {
+    models: ModelsDir,
+}
+
+impl WhisperStage {
+    pub fn with_models_dir(models: ModelsDir) -> Self {
+        WhisperStage { models }
+    }
+}
 
 /// Routes whisper.cpp's logs into `tracing` and says once where Whisper runs.
 fn init_logging() {
@@ -142,10 +151,6 @@ fn language_code(lang: &str) -> Option<String> {
     init_logging();
     let id = whisper_rs::get_lang_id(&lang.to_ascii_lowercase())?;
     whisper_rs::get_lang_str(id).map(str::to_string)
-}
-
-fn models_dir() -> ModelsDir {
-    ModelsDir::from_env()
 }
 
 /// Loads a model (checked against its recorded hash, then structurally) into whisper.cpp,
@@ -631,7 +636,7 @@ impl TypedStage for WhisperStage {
     }
 
     fn key_extras(&self, p: &Params, env: &KeyEnv) -> Result<KeyExtras, StageError> {
-        let model = resolve(&models_dir(), &p.model, env.base_dir, FORMAT_WHISPER)?;
+        let model = resolve(&self.models, &p.model, env.base_dir, FORMAT_WHISPER)?;
         let mut x = KeyExtras::default();
         x.tools
             .insert("whisper_model".into(), model.blake3(Some(env.hasher))?);
@@ -647,7 +652,8 @@ impl TypedStage for WhisperStage {
     }
 
     fn doctor(&self, p: &Params, base_dir: &std::path::Path) -> Vec<Check> {
-        vec![crate::models::doctor_model(
+        vec![vsum_models::doctor_model(
+            &self.models,
             &p.model,
             base_dir,
             FORMAT_WHISPER,
@@ -744,7 +750,7 @@ impl TypedStage for WhisperStage {
 
         // The model and its decoder state: loaded once per run on the GPU lane and
         // reused for every window and every video; per job elsewhere.
-        let model = resolve(&models_dir(), &p.model, ctx.base_dir, FORMAT_WHISPER)?;
+        let model = resolve(&self.models, &p.model, ctx.base_dir, FORMAT_WHISPER)?;
         let blake3 = model.blake3(None)?;
         // The engine decides the device: the GPU unless this job runs on the CPU (a
         // `lane: cpu` stage, or the retry after a GPU out-of-memory error).

@@ -30,8 +30,8 @@ use vsum_engine::stage::{
 
 use super::textbox::{self, DbSettings, Line, TextBox};
 use super::upstream_keyframes;
-use crate::models::catalog::FORMAT_ONNX;
-use crate::models::{ModelsDir, Resolved, onnxruntime, resolve};
+use vsum_models::catalog::FORMAT_ONNX;
+use vsum_models::{ModelsDir, Resolved, onnxruntime, resolve};
 
 const KIND: &str = "ocr.text";
 /// The recognizer's input height.
@@ -106,20 +106,20 @@ pub struct OcrModels {
     chars: Vec<String>,
 }
 
-/// The OCR stage kind. `Default` uses the models folder from the environment.
-#[derive(Debug, Default, Clone)]
+/// The OCR stage kind; loads its models from the folder it is given.
+#[derive(Debug, Clone)]
 pub struct OcrStage {
-    models: Option<ModelsDir>,
+    models: ModelsDir,
 }
 
 impl OcrStage {
     /// A stage that looks for models in `dir` (tests, embedders).
     pub fn with_models_dir(dir: ModelsDir) -> Self {
-        OcrStage { models: Some(dir) }
+        OcrStage { models: dir }
     }
 
     fn models_dir(&self) -> ModelsDir {
-        self.models.clone().unwrap_or_else(ModelsDir::from_env)
+        self.models.clone()
     }
 }
 
@@ -527,9 +527,9 @@ impl TypedStage for OcrStage {
 
     fn doctor(&self, p: &Params, base_dir: &std::path::Path) -> Vec<Check> {
         vec![
-            crate::models::doctor_onnxruntime(),
-            crate::models::doctor_model(&p.det_model, base_dir, FORMAT_ONNX),
-            crate::models::doctor_model(&p.rec_model, base_dir, FORMAT_ONNX),
+            vsum_models::doctor_onnxruntime(&self.models),
+            vsum_models::doctor_model(&self.models, &p.det_model, base_dir, FORMAT_ONNX),
+            vsum_models::doctor_model(&self.models, &p.rec_model, base_dir, FORMAT_ONNX),
         ]
     }
 
@@ -607,11 +607,11 @@ mod tests {
             scope: vsum_engine::stage::Scope::Video,
             needs: &needs,
         };
-        let v = OcrStage::default()
+        let v = OcrStage::with_models_dir(ModelsDir::new("models"))
             .check(&serde_json::json!({}), &env)
             .unwrap();
         assert_eq!(v["det_model"], "ppocr-det");
-        let e = OcrStage::default()
+        let e = OcrStage::with_models_dir(ModelsDir::new("models"))
             .check(
                 &serde_json::json!({"min_confidence": 1.5, "batch": 0}),
                 &env,
@@ -621,7 +621,7 @@ mod tests {
         assert_eq!(paths, vec!["min_confidence", "batch"]);
         let none = CheckEnv { needs: &[], ..env };
         assert!(
-            OcrStage::default()
+            OcrStage::with_models_dir(ModelsDir::new("models"))
                 .check(&serde_json::json!({}), &none)
                 .is_err()
         );

@@ -33,8 +33,8 @@ use vsum_engine::stage::{
 use super::detect::{self, Det, Thresholds};
 use super::letterbox::{Letterbox, letterbox_into};
 use super::upstream_keyframes;
-use crate::models::catalog::FORMAT_ONNX;
-use crate::models::{ModelsDir, Resolved, onnxruntime, resolve};
+use vsum_models::catalog::FORMAT_ONNX;
+use vsum_models::{ModelsDir, Resolved, onnxruntime, resolve};
 
 const KIND: &str = "yolo.detect";
 
@@ -152,20 +152,20 @@ pub struct Detector {
     names_from: &'static str,
 }
 
-/// The YOLO detection stage kind. `Default` uses the models folder from the environment.
-#[derive(Debug, Default, Clone)]
+/// The YOLO detection stage kind; loads its model from the folder it is given.
+#[derive(Debug, Clone)]
 pub struct YoloStage {
-    models: Option<ModelsDir>,
+    models: ModelsDir,
 }
 
 impl YoloStage {
     /// A stage that looks for models in `dir` (tests, embedders).
     pub fn with_models_dir(dir: ModelsDir) -> Self {
-        YoloStage { models: Some(dir) }
+        YoloStage { models: dir }
     }
 
     fn models_dir(&self) -> ModelsDir {
-        self.models.clone().unwrap_or_else(ModelsDir::from_env)
+        self.models.clone()
     }
 }
 
@@ -637,8 +637,8 @@ impl TypedStage for YoloStage {
 
     fn doctor(&self, p: &Params, base_dir: &Path) -> Vec<Check> {
         vec![
-            crate::models::doctor_onnxruntime(),
-            crate::models::doctor_model(&p.model, base_dir, FORMAT_ONNX),
+            vsum_models::doctor_onnxruntime(&self.models),
+            vsum_models::doctor_model(&self.models, &p.model, base_dir, FORMAT_ONNX),
         ]
     }
 
@@ -812,14 +812,14 @@ mod tests {
             scope: vsum_engine::stage::Scope::Video,
             needs: &[],
         };
-        let v = YoloStage::default()
+        let v = YoloStage::with_models_dir(ModelsDir::new("models"))
             .check(&serde_json::json!({}), &env)
             .unwrap();
         assert_eq!(
             v,
             serde_json::json!({"model": "yolov12n", "confidence": 0.25, "iou": 0.45, "max_detections": 300, "batch": 8})
         );
-        let e = YoloStage::default()
+        let e = YoloStage::with_models_dir(ModelsDir::new("models"))
             .check(
                 &serde_json::json!({"confidence": 1.5, "iou": 0, "batch": 0}),
                 &env,
@@ -827,7 +827,7 @@ mod tests {
             .unwrap_err();
         let paths: Vec<String> = e.iter().map(|e| e.path.join(".")).collect();
         assert_eq!(paths, vec!["confidence", "iou", "batch"]);
-        let e = YoloStage::default()
+        let e = YoloStage::with_models_dir(ModelsDir::new("models"))
             .check(&serde_json::json!({"treshold": 0.5}), &env)
             .unwrap_err();
         assert!(e[0].message.contains("unknown field"), "{e:?}");

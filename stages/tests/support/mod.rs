@@ -12,7 +12,9 @@ use std::sync::atomic::AtomicBool;
 use serde_json::Value;
 use vsum_engine::events::EventSink;
 use vsum_engine::stage::{CheckEnv, JobCtx, Resources, Scope, StageError, StageKind};
-use vsum_stages::models::{ModelsDir, ModelsManifest};
+use vsum_models::{ModelsDir, ModelsManifest};
+use vsum_stages::speech::vad::VadStage;
+use vsum_stages::speech::whisper::WhisperStage;
 
 /// Models the speech tests use.
 pub const MODELS: [&str; 3] = ["whisper-tiny.en", "silero-vad", "onnxruntime"];
@@ -22,8 +24,23 @@ pub const VOICE: [&str; 4] = ["-v", "en-us", "-s", "150"];
 
 /// True when the models and tools are there. Otherwise: in CI (env `CI` set) the test
 /// fails; elsewhere it prints a loud SKIP and returns false.
+/// The models folder these tests use: `VSUM_MODELS_DIR` or the default (no config).
+pub fn models() -> ModelsDir {
+    ModelsDir::from_config(None)
+}
+
+/// The whisper stage, looking in [`models`].
+pub fn whisper() -> WhisperStage {
+    WhisperStage::with_models_dir(models())
+}
+
+/// The VAD stage, looking in [`models`].
+pub fn vad() -> VadStage {
+    VadStage::with_models_dir(models())
+}
+
 pub fn ready(test: &str) -> bool {
-    let dir = ModelsDir::from_env();
+    let dir = models();
     let installed = ModelsManifest::load(&dir)
         .map(|m| m.models)
         .unwrap_or_default();

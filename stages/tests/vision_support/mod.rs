@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use image::RgbImage;
-use vsum_stages::models::{ModelsDir, ModelsManifest};
+use vsum_models::{ModelsDir, ModelsManifest};
 
 /// The package the photos come from, pinned.
 pub const SKIMAGE: &str = "scikit-image==0.25.2";
@@ -30,11 +30,16 @@ fn skip_or_fail(what: &str) -> bool {
     false
 }
 
+/// The models folder these tests use: `VSUM_MODELS_DIR` or the default (no config).
+pub fn models_dir() -> ModelsDir {
+    ModelsDir::from_config(None)
+}
+
 /// True when `models` are installed (in `VSUM_MODELS_DIR` or the default folder) and
 /// `tools` can be started. Otherwise: in CI (env `CI` set) the test fails; elsewhere it
 /// prints a loud SKIP and returns false.
 pub fn ready(test: &str, models: &[&str], tools: &[&str]) -> bool {
-    let dir = ModelsDir::from_env();
+    let dir = models_dir();
     let installed = ModelsManifest::load(&dir)
         .map(|m| m.models)
         .unwrap_or_default();

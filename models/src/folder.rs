@@ -1,7 +1,10 @@
 //! The models folder: where installed models live, one lock for installers, and
 //! atomic file writes.
 //!
-//! Default `~/.cache/vsum/models`, overridden by `VSUM_MODELS_DIR`. Every file lands
+//! Where the folder is gets decided once, by [`ModelsDir::from_config`]: the
+//! `VSUM_MODELS_DIR` environment variable, else the config's `models_dir`, else
+//! `~/.cache/vsum/models`. Callers hand the result down; nothing else reads the
+//! environment. Every file lands
 //! through [`AtomicFile`] (temp name in the same folder, fsync, rename, fsync the
 //! folder), so a crash or a second installer never leaves a half-written model under a
 //! real name. Installers hold [`ModelsDir::lock`] while they update the manifest.
@@ -14,7 +17,7 @@ use vsum_engine::fsutil::{sync_dir, temp_beside};
 
 use super::ModelError;
 
-/// Environment variable that overrides the models folder.
+/// Environment variable that overrides the config's `models_dir`.
 pub const ENV_DIR: &str = "VSUM_MODELS_DIR";
 
 /// The models folder.
@@ -28,9 +31,16 @@ impl ModelsDir {
         ModelsDir { root: root.into() }
     }
 
-    /// `VSUM_MODELS_DIR`, else `~/.cache/vsum/models`.
-    pub fn from_env() -> Self {
-        ModelsDir::new(default_root())
+    /// The one place the models folder is decided: `VSUM_MODELS_DIR` when set and not
+    /// empty, else `configured` (the config's `models_dir`, already made absolute by
+    /// the caller), else `~/.cache/vsum/models`.
+    pub fn from_config(configured: Option<&Path>) -> Self {
+        let env = std::env::var_os(ENV_DIR).filter(|d| !d.is_empty());
+        ModelsDir::new(pick(
+            env.map(PathBuf::from),
+            configured,
+            std::env::var_os("HOME"),
+        ))
     }
 
     pub fn root(&self) -> &Path {
@@ -53,7 +63,9 @@ impl ModelsDir {
                 "cannot create the models folder {}: {e}",
                 self.root.display()
             ))
-            .hint(format!("set {ENV_DIR} to a writable folder"))
+            .hint(format!(
+                "set `models_dir` in the config (or {ENV_DIR}) to a writable folder"
+            ))
         })
     }
 
@@ -73,11 +85,19 @@ impl ModelsDir {
     }
 }
 
-fn default_root() -> PathBuf {
-    if let Some(d) = std::env::var_os(ENV_DIR).filter(|d| !d.is_empty()) {
-        return PathBuf::from(d);
+/// The environment wins over the config, the config over the default under `home`.
+fn pick(
+    env: Option<PathBuf>,
+    configured: Option<&Path>,
+    home: Option<std::ffi::OsString>,
+) -> PathBuf {
+    if let Some(d) = env {
+        return d;
     }
-    let home = std::env::var_os("HOME")
+    if let Some(d) = configured.filter(|d| !d.as_os_str().is_empty()) {
+        return d.to_path_buf();
+    }
+    let home = home
         .filter(|h| !h.is_empty())
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("."));
@@ -152,6 +172,25 @@ impl Drop for AtomicFile {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn environment_beats_config_beats_default() {
+        let home = Some("/home/u".into());
+        let conf = Path::new("/srv/models");
+        assert_eq!(
+            pick(Some("/env/m".into()), Some(conf), home.clone()),
+            PathBuf::from("/env/m")
+        );
+        assert_eq!(pick(None, Some(conf), home.clone()), conf);
+        assert_eq!(
+            pick(None, None, home.clone()),
+            PathBuf::from("/home/u/.cache/vsum/models")
+        );
+        assert_eq!(
+            pick(None, Some(Path::new("")), home),
+            PathBuf::from("/home/u/.cache/vsum/models")
+        );
+    }
 
     #[test]
     fn atomic_file_appears_only_on_commit() {

@@ -131,7 +131,7 @@ pub fn resolve(
                 dir.root().display()
             ))
             .hint(format!(
-                "{}; or set VSUM_MODELS_DIR to the folder that has it",
+                "{}; or point `models_dir` in the config (or VSUM_MODELS_DIR) at the folder that has it",
                 install_hint(model)
             )),
             None => {

@@ -8,6 +8,10 @@
 //! CTranslate2 -> ggml Whisper converter, and the lookup stages use to turn a `model:`
 //! param (an installed name or a path) into a file and a content hash. Nothing here
 //! touches the network at run time: only `install` calls pip or cargo.
+//!
+//! The engine knows nothing of models: the stage kinds and the binary use this crate,
+//! and the binary decides the folder once ([`ModelsDir::from_config`]) and hands it
+//! down.
 
 pub mod archive;
 pub mod catalog;
@@ -75,14 +79,14 @@ pub fn install_hint(name: &str) -> String {
 /// `vsum doctor` line for a model a stage uses: installed (or a readable file) and
 /// matching its recorded blake3; the fix names the install command.
 pub fn doctor_model(
+    dir: &ModelsDir,
     model: &str,
     base_dir: &std::path::Path,
     format: &str,
 ) -> vsum_engine::stage::Check {
     use vsum_engine::stage::Check;
     let name = format!("model {model}");
-    let dir = folder::ModelsDir::from_env();
-    match resolve::resolve(&dir, model, base_dir, format) {
+    match resolve::resolve(dir, model, base_dir, format) {
         Err(e) => Check::fail(
             name,
             e.message.clone(),
@@ -110,10 +114,9 @@ pub fn doctor_model(
 }
 
 /// `vsum doctor` line for the ONNX Runtime library (found and loadable).
-pub fn doctor_onnxruntime() -> vsum_engine::stage::Check {
+pub fn doctor_onnxruntime(dir: &ModelsDir) -> vsum_engine::stage::Check {
     use vsum_engine::stage::Check;
-    let dir = folder::ModelsDir::from_env();
-    match onnxruntime::library(&dir) {
+    match onnxruntime::library(dir) {
         Err(e) => Check::fail(
             "onnxruntime",
             e.message.clone(),
@@ -121,7 +124,7 @@ pub fn doctor_onnxruntime() -> vsum_engine::stage::Check {
                 .clone()
                 .unwrap_or_else(|| install_hint("onnxruntime")),
         ),
-        Ok((path, version)) => match onnxruntime::environment(&dir) {
+        Ok((path, version)) => match onnxruntime::environment(dir) {
             Ok(_) => Check::ok("onnxruntime", format!("{version} at {}", path.display())),
             Err(e) => Check::fail(
                 "onnxruntime",

@@ -1,0 +1,229 @@
+//! Cache upkeep: statistics, `verify` (re-hash every object) and `gc` (drop old or
+//! excess entries, then unreferenced objects). Both run with the cache to themselves.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use super::{Entry, Store, now_secs, remove_any};
+use crate::fsutil;
+use crate::hash::hash_file;
+
+impl Store {
+    fn object_files(&self) -> Vec<(String, PathBuf, u64)> {
+        walkdir::WalkDir::new(self.root.join("objects"))
+            .min_depth(2)
+            .into_iter()
+            .flatten()
+            .filter(|e| e.file_type().is_file())
+            .filter_map(|e| {
+                let name = e.file_name().to_str()?.to_string();
+                let size = e.metadata().ok()?.len();
+                Some((name, e.path().to_path_buf(), size))
+            })
+            .collect()
+    }
+
+    /// Anything under objects/ where a file should be that is not one (a folder, a link).
+    fn misplaced_objects(&self) -> Vec<PathBuf> {
+        walkdir::WalkDir::new(self.root.join("objects"))
+            .min_depth(2)
+            .max_depth(2)
+            .into_iter()
+            .flatten()
+            .filter(|e| !e.file_type().is_file())
+            .map(|e| e.path().to_path_buf())
+            .collect()
+    }
+
+    pub fn stats(&self) -> Stats {
+        let objects = self.object_files();
+        let mut by_stage: BTreeMap<String, (usize, u64)> = BTreeMap::new();
+        let keys = self.keys("");
+        for k in &keys {
+            if let Ok(e) = self.read_entry(k) {
+                let s = by_stage.entry(e.stage.clone()).or_default();
+                s.0 += 1;
+                s.1 += e.size();
+            }
+        }
+        Stats {
+            root: self.root.clone(),
+            entries: keys.len(),
+            objects: objects.len(),
+            object_bytes: objects.iter().map(|o| o.2).sum(),
+            total_bytes: fsutil::dir_size(&self.root),
+            by_stage,
+        }
+    }
+
+    /// Re-hashes every object; corrupt objects and entries are reported and, when
+    /// `evict`, removed so the next run recomputes them.
+    pub fn verify(&self, evict: bool) -> VerifyReport {
+        let mut report = VerifyReport::default();
+        for (name, path, _) in self.object_files() {
+            report.objects_checked += 1;
+            match hash_file(&path) {
+                Ok(h) if h == name => {}
+                Ok(h) => {
+                    report.problems.push(format!(
+                        "object {} is corrupt (content hashes to {})",
+                        &name[..16.min(name.len())],
+                        &h[..16]
+                    ));
+                    report.corrupt_objects.insert(name);
+                    if evict {
+                        let _ = fs::remove_file(&path);
+                    }
+                }
+                Err(e) => report
+                    .problems
+                    .push(format!("object {name} unreadable: {e}")),
+            }
+        }
+        for path in self.misplaced_objects() {
+            report
+                .problems
+                .push(format!("{} is not a regular file", path.display()));
+            if evict {
+                remove_any(&path);
+            }
+        }
+        for key in self.keys("") {
+            report.entries_checked += 1;
+            let path = self.entry_path(&key);
+            let bad = match self.read_entry(&key) {
+                Err(why) => Some(format!("entry {} is corrupt: {why}", &key[..16])),
+                Ok(e) => e
+                    .outputs
+                    .iter()
+                    .find(|(_, o)| {
+                        report.corrupt_objects.contains(&o.hash)
+                            || !fs::symlink_metadata(self.object_path(&o.hash))
+                                .is_ok_and(|m| m.is_file())
+                    })
+                    .map(|(n, _)| {
+                        format!(
+                            "entry {} ({} [{}]) lost its output '{n}'",
+                            &key[..16],
+                            e.stage,
+                            e.video.as_deref().unwrap_or("batch")
+                        )
+                    }),
+            };
+            if let Some(why) = bad {
+                report.problems.push(why);
+                report.bad_entries += 1;
+                if evict {
+                    remove_any(&path);
+                }
+            }
+        }
+        report.evicted = evict;
+        report
+    }
+
+    /// Removes entries unused for longer than `older_than` seconds, then the least
+    /// recently used until outputs fit in `max_size` bytes, then unreferenced objects
+    /// and leftovers of interrupted jobs.
+    pub fn gc(&self, max_size: Option<u64>, older_than: Option<u64>) -> GcReport {
+        let now = now_secs();
+        let mut report = GcReport::default();
+        let mut live: Vec<(u64, String, Entry)> = Vec::new();
+        for key in self.keys("") {
+            match self.read_entry(&key) {
+                Ok(e) => live.push((self.last_used(&key), key, e)),
+                Err(_) => {
+                    remove_any(&self.entry_path(&key));
+                    report.entries_removed += 1;
+                }
+            }
+        }
+        live.sort_by_key(|e| std::cmp::Reverse(e.0)); // newest first
+        let mut kept = 0usize;
+        let mut kept_bytes = 0u64;
+        let mut keep: BTreeSet<String> = BTreeSet::new();
+        let mut seen_objects: BTreeMap<String, u64> = BTreeMap::new();
+        for (used, key, e) in &live {
+            let too_old = older_than.is_some_and(|age| now.saturating_sub(*used) > age);
+            let new_bytes: u64 = e
+                .outputs
+                .values()
+                .filter(|o| !seen_objects.contains_key(&o.hash))
+                .map(|o| o.size)
+                .sum();
+            let too_big = max_size.is_some_and(|max| kept_bytes + new_bytes > max);
+            if too_old || too_big {
+                let _ = fs::remove_file(self.entry_path(key));
+                report.entries_removed += 1;
+                continue;
+            }
+            kept += 1;
+            kept_bytes += new_bytes;
+            for o in e.outputs.values() {
+                seen_objects.insert(o.hash.clone(), o.size);
+                keep.insert(o.hash.clone());
+            }
+        }
+        for path in self.misplaced_objects() {
+            remove_any(&path);
+            report.objects_removed += 1;
+        }
+        for (name, path, size) in self.object_files() {
+            if !keep.contains(&name) {
+                let _ = fs::remove_file(&path);
+                report.objects_removed += 1;
+                report.bytes_freed += size;
+            }
+        }
+        if let Ok(rd) = fs::read_dir(self.root.join("tmp")) {
+            for d in rd.flatten() {
+                report.bytes_freed += fsutil::dir_size(&d.path());
+                remove_any(&d.path());
+            }
+        }
+        // No run holds a claim while gc has the cache to itself.
+        remove_any(&self.root.join("claims"));
+        report.entries_kept = kept;
+        report.bytes_kept = kept_bytes;
+        report
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Stats {
+    pub root: PathBuf,
+    pub entries: usize,
+    pub objects: usize,
+    pub object_bytes: u64,
+    pub total_bytes: u64,
+    /// Stage -> (entries, bytes of outputs).
+    pub by_stage: BTreeMap<String, (usize, u64)>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct VerifyReport {
+    pub objects_checked: usize,
+    pub entries_checked: usize,
+    pub bad_entries: usize,
+    pub corrupt_objects: BTreeSet<String>,
+    pub problems: Vec<String>,
+    pub evicted: bool,
+}
+
+impl VerifyReport {
+    pub fn clean(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct GcReport {
+    pub entries_removed: usize,
+    pub entries_kept: usize,
+    pub objects_removed: usize,
+    pub bytes_freed: u64,
+    pub bytes_kept: u64,
+}

@@ -1,0 +1,390 @@
+//! The content-addressed cache under `.vsum/`.
+//!
+//! Layout: `objects/ab/<blake3>` (read-only files, one per distinct content),
+//! `entries/ab/<key>.json` (what a job produced: output name -> object, its
+//! fingerprint, timings), `refs/<video-id>/<stage>` (the last key seen for a video and
+//! stage, for `cache why`), `statcache.json`, `runs/`, `logs/`, `tmp/`.
+//!
+//! A commit moves outputs into `objects/` first and writes the entry last, atomically
+//! (temp + fsync + rename). Entries carry a checksum; an entry that fails it, or whose
+//! objects are missing or of the wrong size, is never trusted. Runs hold a shared lock
+//! on `.vsum/lock`; `gc` and `verify` take it exclusively, so they never pull an object
+//! from under a running batch.
+
+mod entry;
+mod maintain;
+mod marker;
+mod place;
+mod refs;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::{self, File, TryLockError};
+use std::io;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::fingerprint::{Fingerprint, SCHEMA};
+use crate::fsutil::{self, sync_dir, write_atomic};
+use crate::hash::{FileHasher, hash_file};
+
+pub use entry::{Entry, Lookup, OutFile, Placed, Ref, Stamp};
+use entry::{decode_entry, encode_entry};
+pub use maintain::{GcReport, Stats, VerifyReport};
+use marker::claim_cache_folder;
+pub use marker::{FORMAT, MARKER};
+pub use place::place_file;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot use the cache folder {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "the cache {path} is locked by another vsum ({what}); wait for it to finish or use another --cache-dir"
+    )]
+    Busy { path: PathBuf, what: &'static str },
+    #[error(
+        "{path} is not a vsum cache: the folder is not empty and has no {MARKER} (found {found}); vsum removes files in its cache folder, so it will not use this one. Give --cache-dir (or `cache_dir:`) an empty or new folder"
+    )]
+    NotACache { path: PathBuf, found: String },
+    #[error(
+        "the cache {path} has format {found}, newer than this vsum understands ({FORMAT}); use the newer vsum, or another --cache-dir"
+    )]
+    NewerFormat { path: PathBuf, found: u32 },
+}
+
+/// A held claim on a job key (released when dropped).
+#[derive(Debug)]
+pub struct Claim {
+    _file: File,
+    pub waited: bool,
+}
+
+/// How a process holds the cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockMode {
+    /// Runs and read-only commands: many at once.
+    Shared,
+    /// gc and verify: alone.
+    Exclusive,
+}
+
+pub fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+#[derive(Debug)]
+pub struct Store {
+    root: PathBuf,
+    _lock: File,
+}
+
+impl Store {
+    /// Opens (creating if needed) the cache at `root` and takes its lock.
+    pub fn open(root: &Path, mode: LockMode) -> Result<Store, StoreError> {
+        let io_err = |source| StoreError::Io {
+            path: root.to_path_buf(),
+            source,
+        };
+        claim_cache_folder(root)?;
+        for sub in ["objects", "entries", "refs", "runs", "logs", "tmp"] {
+            fs::create_dir_all(root.join(sub)).map_err(io_err)?;
+        }
+        let lock = File::options()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(root.join("lock"))
+            .map_err(io_err)?;
+        let res = match mode {
+            LockMode::Shared => lock.try_lock_shared(),
+            LockMode::Exclusive => lock.try_lock(),
+        };
+        match res {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => {
+                return Err(StoreError::Busy {
+                    path: root.to_path_buf(),
+                    what: match mode {
+                        LockMode::Shared => "a gc or verify is running",
+                        LockMode::Exclusive => "a run is in progress",
+                    },
+                });
+            }
+            Err(TryLockError::Error(e)) => return Err(io_err(e)),
+        }
+        Ok(Store {
+            root: root.to_path_buf(),
+            _lock: lock,
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn hasher(&self) -> FileHasher {
+        FileHasher::open(&self.root.join("statcache.json"))
+    }
+
+    pub fn runs_dir(&self) -> PathBuf {
+        self.root.join("runs")
+    }
+
+    pub fn logs_dir(&self) -> PathBuf {
+        self.root.join("logs")
+    }
+
+    /// Keeps the newest `keep` run summaries and run logs; returns how many went.
+    pub fn prune_runs(&self, keep: usize) -> usize {
+        let mut removed = 0;
+        for dir in [self.runs_dir(), self.logs_dir()] {
+            let mut files: Vec<(SystemTime, PathBuf)> = fs::read_dir(&dir)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+                .collect();
+            files.sort();
+            let excess = files.len().saturating_sub(keep);
+            for (_, p) in files.into_iter().take(excess) {
+                if fs::remove_file(p).is_ok() {
+                    removed += 1;
+                }
+            }
+        }
+        removed
+    }
+
+    fn object_path(&self, hash: &str) -> PathBuf {
+        self.root.join("objects").join(&hash[..2]).join(hash)
+    }
+
+    fn entry_path(&self, key: &str) -> PathBuf {
+        self.root
+            .join("entries")
+            .join(&key[..2])
+            .join(format!("{key}.json"))
+    }
+
+    /// Claims `key` for this process: waits while another process holds it (checking
+    /// `cancel`), so two runs sharing the cache never compute the same job twice.
+    /// `waited` says whether someone else had it (then look the key up again).
+    pub fn claim(&self, key: &str, cancel: &AtomicBool) -> io::Result<Option<Claim>> {
+        let dir = self.root.join("claims").join(&key[..2]);
+        fs::create_dir_all(&dir)?;
+        // Claim files are never removed while runs may hold them (only `gc`, alone).
+        let file = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join(key))?;
+        let mut waited = false;
+        loop {
+            match file.try_lock() {
+                Ok(()) => {
+                    return Ok(Some(Claim {
+                        _file: file,
+                        waited,
+                    }));
+                }
+                Err(TryLockError::WouldBlock) => {
+                    waited = true;
+                    if cancel.load(std::sync::atomic::Ordering::Relaxed) {
+                        return Err(io::Error::other("cancelled"));
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                Err(TryLockError::Error(e)) => return Err(e),
+            }
+        }
+    }
+
+    /// A new, empty private folder for one job's outputs (same filesystem as objects/).
+    pub fn job_dir(&self) -> io::Result<PathBuf> {
+        let d = self.root.join("tmp").join(fsutil::unique_suffix());
+        fs::create_dir_all(&d)?;
+        Ok(d)
+    }
+
+    /// Finds a trusted entry for `key`. Checks the entry's checksum and that each
+    /// object exists with its recorded size; anything else is untrusted and removed. A
+    /// hit marks the entry used (its mtime, for `gc` by age).
+    pub fn lookup(&self, key: &str) -> Lookup {
+        let found = self.peek(key);
+        let path = self.entry_path(key);
+        match &found {
+            Lookup::Hit(_) => {
+                if let Ok(f) = File::options().write(true).open(&path) {
+                    let _ = f.set_modified(SystemTime::now());
+                }
+            }
+            // Whatever is in an entry's place (a folder, say) is removed, so the job's
+            // commit can put the entry there.
+            Lookup::Untrusted(_) => remove_any(&path),
+            Lookup::Missing => {}
+        }
+        found
+    }
+
+    /// [`Store::lookup`] that writes nothing: no use mark, and an untrusted entry stays
+    /// (planning and dry runs leave the cache as they found it).
+    pub fn peek(&self, key: &str) -> Lookup {
+        let path = self.entry_path(key);
+        let bytes = match fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Lookup::Missing,
+            Err(e) => {
+                return Lookup::Untrusted(format!("cannot read entry {}: {e}", &key[..12]));
+            }
+        };
+        let verdict = match decode_entry(&bytes) {
+            Ok(entry) if entry.key != key => Err("entry names another key".to_string()),
+            Ok(entry) => self.check_objects(&entry).map(|()| entry),
+            Err(why) => Err(why),
+        };
+        match verdict {
+            Ok(entry) => Lookup::Hit(Box::new(entry)),
+            Err(why) => Lookup::Untrusted(format!("cache entry {} untrusted: {why}", &key[..12])),
+        }
+    }
+
+    fn check_objects(&self, entry: &Entry) -> Result<(), String> {
+        for (name, o) in &entry.outputs {
+            match fs::symlink_metadata(self.object_path(&o.hash)) {
+                Ok(m) if !m.is_file() => {
+                    return Err(format!("object for '{name}' is not a regular file"));
+                }
+                Ok(m) if m.len() == o.size => {}
+                Ok(m) => {
+                    return Err(format!(
+                        "object for '{name}' has {} bytes, expected {}",
+                        m.len(),
+                        o.size
+                    ));
+                }
+                Err(_) => return Err(format!("object for '{name}' is missing")),
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves every file under `job_dir` into objects/ and writes the entry.
+    pub fn commit(
+        &self,
+        key: &str,
+        fingerprint: &Fingerprint,
+        stage: &str,
+        video: Option<String>,
+        job_dir: &Path,
+        duration_ms: u64,
+    ) -> io::Result<Entry> {
+        let mut outputs = BTreeMap::new();
+        let mut touched = BTreeSet::new();
+        for item in walkdir::WalkDir::new(job_dir).sort_by_file_name() {
+            let item = item.map_err(io::Error::other)?;
+            if item.file_type().is_dir() {
+                continue;
+            }
+            let rel = item
+                .path()
+                .strip_prefix(job_dir)
+                .map_err(io::Error::other)?
+                .to_str()
+                .ok_or_else(|| {
+                    io::Error::other(format!(
+                        "output file name {:?} is not valid UTF-8",
+                        item.path()
+                    ))
+                })?
+                .to_string();
+            if !item.file_type().is_file() {
+                return Err(io::Error::other(format!(
+                    "output '{rel}' is not a regular file (symlinks and devices are not cached)"
+                )));
+            }
+            // The store gets a private copy (a reflink where it can), never the job's
+            // file itself: a process that still holds that file open cannot reach it.
+            let snap = self
+                .root
+                .join("tmp")
+                .join(format!(".object-{}", fsutil::unique_suffix()));
+            let stored = (|| {
+                fsutil::clone_or_copy(item.path(), &snap)?;
+                File::open(&snap)?.sync_all()?;
+                let hash = hash_file(&snap)?;
+                let size = fs::metadata(&snap)?.len();
+                let dest = self.object_path(&hash);
+                if fs::symlink_metadata(&dest).is_ok_and(|m| m.is_file() && m.len() == size) {
+                    fs::remove_file(&snap)?;
+                } else {
+                    // A damaged object, or something else in its place, is replaced.
+                    remove_any(&dest);
+                    let parent = dest.parent().expect("object folder");
+                    fs::create_dir_all(parent)?;
+                    fs::set_permissions(&snap, fs::Permissions::from_mode(0o444))?;
+                    fs::rename(&snap, &dest)?;
+                    touched.insert(parent.to_path_buf());
+                }
+                Ok::<_, io::Error>((hash, size))
+            })();
+            if stored.is_err() {
+                let _ = fs::remove_file(&snap);
+            }
+            let (hash, size) = stored?;
+            outputs.insert(rel, OutFile { hash, size });
+        }
+        for dir in touched {
+            sync_dir(&dir);
+        }
+        fault_point("commit:objects-stored");
+        let entry = Entry {
+            schema: SCHEMA,
+            key: key.to_string(),
+            stage: stage.to_string(),
+            kind: fingerprint.kind.clone(),
+            video,
+            outputs,
+            fingerprint: fingerprint.clone(),
+            duration_ms,
+            created: now_secs(),
+        };
+        write_atomic(&self.entry_path(key), &encode_entry(&entry))?;
+        fault_point("commit:entry-written");
+        let _ = fs::remove_dir_all(job_dir);
+        Ok(entry)
+    }
+}
+
+/// Removes what is at `path` inside the cache, file or folder (never following a link).
+fn remove_any(path: &Path) {
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => {
+            let _ = fs::remove_dir_all(path);
+        }
+        Ok(_) => {
+            let _ = fs::remove_file(path);
+        }
+        Err(_) => {}
+    }
+}
+
+/// Fault injection for the crash tests: when `VSUM_FAULT` names this point, the process
+/// dies on the spot (SIGABRT: no destructors, no cleanup), as a kill -9 or a power cut
+/// would leave it.
+fn fault_point(name: &str) {
+    if std::env::var_os("VSUM_FAULT").is_some_and(|v| v == name) {
+        std::process::abort();
+    }
+}

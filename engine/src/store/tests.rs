@@ -1,0 +1,208 @@
+//! The store's own tests: commit, lookup, materialize, verify, gc, locking.
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+use super::*;
+use crate::config::LinkMode;
+use crate::fingerprint::SCHEMA;
+
+fn fp() -> Fingerprint {
+    Fingerprint {
+        schema: SCHEMA,
+        kind: "command".into(),
+        kind_version: 1,
+        params: serde_json::json!({}),
+        inputs: BTreeMap::new(),
+        upstream: BTreeMap::new(),
+        tools: BTreeMap::new(),
+    }
+}
+
+fn commit_one(store: &Store, key: &str, content: &[u8]) -> Entry {
+    let d = store.job_dir().unwrap();
+    fs::write(d.join("a.txt"), content).unwrap();
+    store.commit(key, &fp(), "s", None, &d, 1).unwrap()
+}
+
+#[test]
+fn commit_lookup_materialize_roundtrip() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join(".vsum"), LockMode::Shared).unwrap();
+    let key = "a".repeat(64);
+    let e = commit_one(&store, &key, b"hello");
+    let Lookup::Hit(hit) = store.lookup(&key) else {
+        panic!("expected hit")
+    };
+    assert_eq!(hit.outputs, e.outputs);
+    let out = dir.path().join("out");
+    fs::create_dir_all(&out).unwrap();
+    fs::write(out.join("stale.txt"), b"old").unwrap();
+    fs::write(out.join("mine.txt"), b"user's").unwrap();
+    let stamps = store
+        .materialize(
+            &hit,
+            dir.path(),
+            &out,
+            &["stale.txt".into()],
+            &BTreeMap::new(),
+            LinkMode::Copy,
+        )
+        .unwrap();
+    assert_eq!(fs::read(out.join("a.txt")).unwrap(), b"hello");
+    assert!(!out.join("stale.txt").exists(), "vsum's old file goes");
+    assert!(
+        out.join("mine.txt").exists(),
+        "a file vsum did not place stays"
+    );
+    assert!(!store.is_materialized(&hit, &out), "a copy, not a link");
+    // Unchanged since placed: left alone. Edited: restored.
+    let ino = fs::metadata(out.join("a.txt")).unwrap().ino();
+    let again = store
+        .materialize(&hit, dir.path(), &out, &[], &stamps, LinkMode::Copy)
+        .unwrap();
+    assert_eq!(fs::metadata(out.join("a.txt")).unwrap().ino(), ino);
+    fs::write(out.join("a.txt"), b"edited").unwrap();
+    store
+        .materialize(&hit, dir.path(), &out, &[], &again, LinkMode::Copy)
+        .unwrap();
+    assert_eq!(fs::read(out.join("a.txt")).unwrap(), b"hello");
+    store
+        .materialize(&hit, dir.path(), &out, &[], &again, LinkMode::Hardlink)
+        .unwrap();
+    assert!(store.is_materialized(&hit, &out));
+}
+
+#[test]
+fn tampered_entry_or_missing_object_is_untrusted() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join(".vsum"), LockMode::Shared).unwrap();
+    let key = "b".repeat(64);
+    let e = commit_one(&store, &key, b"hello");
+    let p = store.entry_path(&key);
+    let mut bytes = fs::read(&p).unwrap();
+    bytes[10] ^= 1;
+    fs::write(&p, &bytes).unwrap();
+    assert!(matches!(store.lookup(&key), Lookup::Untrusted(_)));
+
+    let key2 = "c".repeat(64);
+    commit_one(&store, &key2, b"hello");
+    fs::remove_file(store.object_path(&e.outputs["a.txt"].hash)).unwrap();
+    assert!(matches!(store.lookup(&key2), Lookup::Untrusted(_)));
+    assert_eq!(
+        store.lookup(&key2),
+        Lookup::Missing,
+        "untrusted entry is removed"
+    );
+}
+
+#[test]
+fn verify_finds_and_evicts_corrupt_objects() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join(".vsum");
+    let key = "d".repeat(64);
+    let e = {
+        let store = Store::open(&root, LockMode::Shared).unwrap();
+        commit_one(&store, &key, b"hello")
+    };
+    let store = Store::open(&root, LockMode::Exclusive).unwrap();
+    assert!(store.verify(false).clean());
+    let obj = store.object_path(&e.outputs["a.txt"].hash);
+    fs::set_permissions(&obj, fs::Permissions::from_mode(0o644)).unwrap();
+    fs::write(&obj, b"jello").unwrap();
+    let r = store.verify(true);
+    assert_eq!(r.corrupt_objects.len(), 1);
+    assert_eq!(r.bad_entries, 1);
+    assert_eq!(store.lookup(&key), Lookup::Missing);
+    assert!(store.verify(false).clean());
+}
+
+#[test]
+fn exclusive_lock_excludes_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join(".vsum");
+    let _a = Store::open(&root, LockMode::Shared).unwrap();
+    let _b = Store::open(&root, LockMode::Shared).unwrap();
+    assert!(matches!(
+        Store::open(&root, LockMode::Exclusive),
+        Err(StoreError::Busy { .. })
+    ));
+}
+
+#[test]
+fn gc_drops_unreferenced_objects_and_respects_max_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join(".vsum");
+    let store = Store::open(&root, LockMode::Exclusive).unwrap();
+    commit_one(&store, &"e".repeat(64), b"0123456789");
+    commit_one(&store, &"f".repeat(64), b"abcdefghij");
+    let r = store.gc(None, None);
+    assert_eq!((r.entries_removed, r.objects_removed), (0, 0));
+    let r = store.gc(Some(15), None);
+    assert_eq!(r.entries_removed, 1);
+    assert_eq!(r.objects_removed, 1);
+    assert_eq!(store.keys("").len(), 1);
+}
+
+#[test]
+fn placing_a_hard_link_over_a_link_to_the_same_file_leaves_no_temp_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("object");
+    fs::write(&src, b"same").unwrap();
+    let target = dir.path().join("out.txt");
+    fs::hard_link(&src, &target).unwrap();
+    place_file(&src, &target, LinkMode::Hardlink).unwrap();
+    let names: Vec<String> = fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names.len(), 2, "a temporary file was left: {names:?}");
+    assert_eq!(fs::read(&target).unwrap(), b"same");
+}
+
+#[test]
+fn peek_writes_nothing_where_lookup_marks_use_and_removes_untrusted() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join(".vsum"), LockMode::Shared).unwrap();
+    let key = "c".repeat(64);
+    commit_one(&store, &key, b"hello");
+    let entry = store.entry_path(&key);
+    let old = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000);
+    File::options()
+        .write(true)
+        .open(&entry)
+        .unwrap()
+        .set_modified(old)
+        .unwrap();
+    assert!(matches!(store.peek(&key), Lookup::Hit(_)));
+    assert_eq!(fs::metadata(&entry).unwrap().modified().unwrap(), old);
+    assert!(matches!(store.lookup(&key), Lookup::Hit(_)));
+    assert_ne!(fs::metadata(&entry).unwrap().modified().unwrap(), old);
+
+    let mut bytes = fs::read(&entry).unwrap();
+    bytes[10] ^= 1;
+    fs::write(&entry, &bytes).unwrap();
+    assert!(matches!(store.peek(&key), Lookup::Untrusted(_)));
+    assert!(entry.exists(), "peek removed an untrusted entry");
+    assert!(matches!(store.lookup(&key), Lookup::Untrusted(_)));
+    assert!(!entry.exists());
+}
+
+#[test]
+fn a_staged_entry_is_a_read_only_view_that_cannot_reach_the_object() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join(".vsum"), LockMode::Shared).unwrap();
+    let key = "d".repeat(64);
+    commit_one(&store, &key, b"upstream");
+    let view = store.job_dir().unwrap().join("up");
+    store.stage_entry(&key, &view).unwrap();
+    let staged = view.join("a.txt");
+    assert_eq!(fs::read(&staged).unwrap(), b"upstream");
+    assert_eq!(
+        fs::metadata(&staged).unwrap().permissions().mode() & 0o777,
+        0o444
+    );
+    // Whoever may write to it anyway (root) writes into a copy, never into the object.
+    let _ = fs::write(&staged, b"scribbled");
+    assert!(matches!(store.lookup(&key), Lookup::Hit(_)));
+    assert!(store.verify(false).clean());
+}
