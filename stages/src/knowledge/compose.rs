@@ -742,7 +742,7 @@ fn library_href(output_root: &Path, folder: &std::ffi::OsStr, stage: &str) -> St
 
 /// A relative path as a URL path: `/` separators, each segment percent-encoded where
 /// it must be (spaces, `#`, `?`, `%`), so a file name cannot break the link.
-fn href(rel: &Path) -> String {
+pub(super) fn href(rel: &Path) -> String {
     rel.components()
         .map(|c| {
             let seg = c.as_os_str().to_string_lossy();

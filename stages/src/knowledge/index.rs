@@ -7,7 +7,7 @@
 //! the output folder: list `publish: [INDEX.md, index.html]` so they are placed there.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use minijinja::context;
 use schemars::JsonSchema;
@@ -17,6 +17,7 @@ use vsum_engine::contract::{Output, TypedStage, find_upstream_with_stage, read_o
 use vsum_engine::fsutil::normalize;
 use vsum_engine::stage::{CheckEnv, JobCtx, ParamError, Scope, StageError};
 
+use super::compose::href;
 use super::model::Summary;
 use super::render;
 
@@ -41,12 +42,12 @@ impl Default for Params {
 #[derive(Debug, Default)]
 pub struct IndexStage;
 
-/// A path under the output root, as a link from the root (`/` separators).
-fn link(root: &Path, p: &Path) -> String {
+/// A path under the output root, relative to the root.
+fn link(root: &Path, p: &Path) -> PathBuf {
     normalize(p)
         .strip_prefix(normalize(root))
-        .map(|r| r.to_string_lossy().replace('\\', "/"))
-        .unwrap_or_else(|_| p.to_string_lossy().into_owned())
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|_| p.to_path_buf())
 }
 
 impl TypedStage for IndexStage {
@@ -78,7 +79,7 @@ impl TypedStage for IndexStage {
     fn run(&self, p: &Params, ctx: &mut JobCtx) -> Result<(), StageError> {
         let root = ctx.output_root;
         // One summary per video, from whichever upstream folder has summary.json.
-        let mut docs: Vec<(Summary, String, String)> = Vec::new(); // (summary, folder, summary dir link)
+        let mut docs: Vec<(Summary, String, PathBuf)> = Vec::new(); // (summary, folder, summary dir)
         for item in ctx.batch {
             if let Some((stage, f)) = find_upstream_with_stage(&item.upstream, Summary::FILE) {
                 let s: Summary = read_output(&f, stage)?;
@@ -111,13 +112,14 @@ impl TypedStage for IndexStage {
             kws.sort_by_key(|k| df.get(*k).copied().unwrap_or(0));
             kws.truncate(p.keywords);
             total += s.duration.unwrap_or(0.0);
-            let page = format!("{dir}/summary.html");
+            // As links (URL paths) from the page at the top of the output folder.
+            let page = href(&dir.join("summary.html"));
             let thumbs: Vec<Value> = s
                 .chapters
                 .iter()
                 .filter_map(|ch| {
                     let k = ch.keyframe.as_ref()?;
-                    Some(json!({"src": link(root, &root.join(dir).join(k)), "start": ch.start}))
+                    Some(json!({"src": href(&link(root, &root.join(dir).join(k))), "start": ch.start}))
                 })
                 .collect();
             videos.push(json!({
@@ -131,7 +133,7 @@ impl TypedStage for IndexStage {
                 "notes": s.notes,
                 "summary": s.summary.iter().take(3).collect::<Vec<_>>(),
                 "page": page,
-                "summary_md": format!("{dir}/summary.md"),
+                "summary_md": href(&dir.join("summary.md")),
                 "thumb": thumbs.first().map(|t| t["src"].clone()),
                 "thumbs": thumbs,
             }));
