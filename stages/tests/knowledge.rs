@@ -165,7 +165,7 @@ fn missing_audio_cuts_and_detections_are_stated() {
     let s = build(&Inputs::default(), 120.0);
     assert_eq!(s.chapters.len(), 1);
     assert!(s.notes.iter().any(|n| n.contains("no transcription stage")));
-    render::summary_html(&s, None).unwrap();
+    render::summary_html(&s, None, None).unwrap();
 }
 
 #[test]
@@ -173,7 +173,7 @@ fn html_escapes_transcript_text() {
     let mut inputs = meeting();
     inputs.transcript = Some(v(json!({"language": "en", "has_audio": true,
         "segments": [{"start": 0.0, "end": 2.0, "text": "<script>alert(1)</script> & more."}]})));
-    let html = render::summary_html(&build(&inputs, 30.0), None).unwrap();
+    let html = render::summary_html(&build(&inputs, 30.0), None, None).unwrap();
     assert!(!html.contains("<script>alert(1)"), "unescaped text in HTML");
     assert!(
         html.contains("&lt;script&gt;alert(1)"),

@@ -41,6 +41,22 @@ pub struct Params {
     pub summary_sentences: Option<usize>,
     /// Keyphrases per video.
     pub keywords: usize,
+    /// How `summary.html`'s player reaches the source video: `link` (a path relative
+    /// to the page, up out of `output/` to where the source is), `copy` (the source
+    /// travels inside this stage's output folder as `source.<ext>`, so a moved or
+    /// shared `output/` still plays it; a hard link when it can, and the cache keeps a
+    /// copy) or `none` (no player).
+    pub source: SourceMode,
+}
+
+/// See [`Params::source`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceMode {
+    #[default]
+    Link,
+    Copy,
+    None,
 }
 
 impl Default for Params {
@@ -52,6 +68,7 @@ impl Default for Params {
             summary_per_chapter: 3,
             summary_sentences: None,
             keywords: 10,
+            source: SourceMode::Link,
         }
     }
 }
@@ -583,7 +600,8 @@ impl TypedStage for ComposeStage {
     type Params = Params;
     const NAME: &'static str = "knowledge.compose";
     // 3: typed inputs (the container's title tag is read), no processing time.
-    const VERSION: u32 = 3;
+    // 4: the page's player has a poster and seeks, a link back to the library, `source`.
+    const VERSION: u32 = 4;
     const SUMMARY: &'static str = "One knowledge file per video: summary, chapters with keyframes, keywords, objects, transcript";
 
     fn validate(&self, p: Params, env: &CheckEnv) -> Result<Params, Vec<ParamError>> {
@@ -618,7 +636,7 @@ impl TypedStage for ComposeStage {
         if errs.is_empty() { Ok(p) } else { Err(errs) }
     }
 
-    fn key_extras(&self, _p: &Params, env: &KeyEnv) -> Result<KeyExtras, StageError> {
+    fn key_extras(&self, p: &Params, env: &KeyEnv) -> Result<KeyExtras, StageError> {
         let mut x = KeyExtras::default();
         if let Some(v) = env.video {
             // The title falls back to the file name, and the page links to the source.
@@ -626,9 +644,16 @@ impl TypedStage for ComposeStage {
                 .insert("stem".into(), v.stem.to_string_lossy().into_owned());
             x.inputs
                 .insert("source".into(), v.rel.to_string_lossy().into_owned());
+            // The page's links: to the source (its bytes are the video's, keyed already)
+            // and back to the library page at the top of the output folder.
+            if let Some(href) =
+                source_href(p.source, env.output_root, &v.folder, "{stage}", &v.path)
+            {
+                x.inputs.insert("source_href".into(), href);
+            }
             x.inputs.insert(
-                "source_href".into(),
-                source_href(env.output_root, &v.folder, "{stage}", &v.path),
+                "library_href".into(),
+                library_href(env.output_root, &v.folder, "{stage}"),
             );
         }
         Ok(x)
@@ -652,23 +677,87 @@ impl TypedStage for ComposeStage {
             "summary.md",
             render::summary_md(&summary)?.as_bytes(),
         )?;
-        let source_href = source_href(ctx.output_root, &video.folder, ctx.stage_id, &video.path);
+        let href = source_href(
+            p.source,
+            ctx.output_root,
+            &video.folder,
+            ctx.stage_id,
+            &video.path,
+        );
+        if let (SourceMode::Copy, Some(name)) = (p.source, &href) {
+            // Into this job's own folder; a hard link costs nothing, the store copies it.
+            let dest = ctx.out_dir.join(name);
+            std::fs::hard_link(&video.path, &dest)
+                .or_else(|_| vsum_engine::fsutil::clone_or_copy(&video.path, &dest))
+                .map_err(|e| {
+                    StageError::retryable(format!(
+                        "cannot copy the source into the output folder: {e}"
+                    ))
+                })?;
+        }
+        let library = library_href(ctx.output_root, &video.folder, ctx.stage_id);
         write(
             ctx.out_dir,
             "summary.html",
-            render::summary_html(&summary, Some(&source_href))?.as_bytes(),
+            render::summary_html(&summary, href.as_deref(), Some(&library))?.as_bytes(),
         )?;
         Ok(())
     }
 }
 
 /// The source video as a link from this stage's output folder (keyed in `key_extras`,
-/// since the page's player depends on it).
-fn source_href(output_root: &Path, folder: &std::ffi::OsStr, stage: &str, video: &Path) -> String {
+/// since the page's player depends on it): up out of `output/` to the source, or the
+/// copy beside the page (`source.<ext>`), or none.
+fn source_href(
+    mode: SourceMode,
+    output_root: &Path,
+    folder: &std::ffi::OsStr,
+    stage: &str,
+    video: &Path,
+) -> Option<String> {
+    match mode {
+        SourceMode::None => None,
+        SourceMode::Copy => Some(match video.extension().and_then(|e| e.to_str()) {
+            Some(ext) if ext.bytes().all(|b| b.is_ascii_alphanumeric()) => {
+                format!("source.{}", ext.to_ascii_lowercase())
+            }
+            _ => "source".into(),
+        }),
+        SourceMode::Link => {
+            let here = output_root.join(folder).join(stage);
+            Some(href(&vsum_engine::fsutil::relative(&here, video)))
+        }
+    }
+}
+
+/// The library page (`index.html`, which `knowledge.index` publishes at the top of the
+/// output folder) as a link from this stage's output folder.
+fn library_href(output_root: &Path, folder: &std::ffi::OsStr, stage: &str) -> String {
     let here = output_root.join(folder).join(stage);
-    vsum_engine::fsutil::relative(&here, video)
-        .to_string_lossy()
-        .into_owned()
+    href(&vsum_engine::fsutil::relative(
+        &here,
+        &output_root.join("index.html"),
+    ))
+}
+
+/// A relative path as a URL path: `/` separators, each segment percent-encoded where
+/// it must be (spaces, `#`, `?`, `%`), so a file name cannot break the link.
+pub(super) fn href(rel: &Path) -> String {
+    rel.components()
+        .map(|c| {
+            let seg = c.as_os_str().to_string_lossy();
+            let mut out = String::with_capacity(seg.len());
+            for b in seg.bytes() {
+                if b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@".contains(&b) {
+                    out.push(b as char);
+                } else {
+                    out.push_str(&format!("%{b:02X}"));
+                }
+            }
+            out
+        })
+        .collect::<Vec<_>>()
+        .join("/")
 }
 
 fn write(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), StageError> {
@@ -754,6 +843,22 @@ mod tests {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
         assert_eq!(rfc3339(1_795_814_962), "2026-11-27T21:29:22Z");
         assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+    }
+
+    #[test]
+    fn page_links_are_relative_and_url_safe() {
+        use std::ffi::OsStr;
+        let root = Path::new("/lib/output");
+        let video = Path::new("/lib/in put/week #1.MP4");
+        let folder = OsStr::new("week #1");
+        let link = |mode| source_href(mode, root, folder, "summary", video);
+        assert_eq!(
+            link(SourceMode::Link).as_deref(),
+            Some("../../../in%20put/week%20%231.MP4")
+        );
+        assert_eq!(link(SourceMode::Copy).as_deref(), Some("source.mp4"));
+        assert_eq!(link(SourceMode::None), None);
+        assert_eq!(library_href(root, folder, "summary"), "../../index.html");
     }
 
     #[test]

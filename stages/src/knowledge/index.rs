@@ -1,11 +1,13 @@
 //! `knowledge.index` (`scope: batch`): the batch's front page. `INDEX.md` (a row per
-//! video), `index.html` (cards with keyframes, summaries, chapter links, and search over
-//! every transcript, all in one static file) and `index.json`. Keyphrases shared by
+//! video), `index.html` (cards with keyframes, summaries, chapter links, and a search
+//! over titles, keyphrases, screen text and transcripts that matches whole words, ranks
+//! the videos and hides the cards without a hit; one static file, plain JS) and
+//! `index.json`. Keyphrases shared by
 //! many videos of the batch rank last on each card. Links are relative to the top of
 //! the output folder: list `publish: [INDEX.md, index.html]` so they are placed there.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use minijinja::context;
 use schemars::JsonSchema;
@@ -15,6 +17,7 @@ use vsum_engine::contract::{Output, TypedStage, find_upstream_with_stage, read_o
 use vsum_engine::fsutil::normalize;
 use vsum_engine::stage::{CheckEnv, JobCtx, ParamError, Scope, StageError};
 
+use super::compose::href;
 use super::model::Summary;
 use super::render;
 
@@ -39,18 +42,19 @@ impl Default for Params {
 #[derive(Debug, Default)]
 pub struct IndexStage;
 
-/// A path under the output root, as a link from the root (`/` separators).
-fn link(root: &Path, p: &Path) -> String {
+/// A path under the output root, relative to the root.
+fn link(root: &Path, p: &Path) -> PathBuf {
     normalize(p)
         .strip_prefix(normalize(root))
-        .map(|r| r.to_string_lossy().replace('\\', "/"))
-        .unwrap_or_else(|_| p.to_string_lossy().into_owned())
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|_| p.to_path_buf())
 }
 
 impl TypedStage for IndexStage {
     type Params = Params;
     const NAME: &'static str = "knowledge.index";
-    const VERSION: u32 = 2;
+    // 3: search ranks titles, keyphrases, screen text and transcripts and filters cards.
+    const VERSION: u32 = 3;
     const SUMMARY: &'static str = "Batch front page: INDEX.md and a static, searchable index.html over every video's knowledge";
 
     fn validate(&self, p: Params, env: &CheckEnv) -> Result<Params, Vec<ParamError>> {
@@ -75,7 +79,7 @@ impl TypedStage for IndexStage {
     fn run(&self, p: &Params, ctx: &mut JobCtx) -> Result<(), StageError> {
         let root = ctx.output_root;
         // One summary per video, from whichever upstream folder has summary.json.
-        let mut docs: Vec<(Summary, String, String)> = Vec::new(); // (summary, folder, summary dir link)
+        let mut docs: Vec<(Summary, String, PathBuf)> = Vec::new(); // (summary, folder, summary dir)
         for item in ctx.batch {
             if let Some((stage, f)) = find_upstream_with_stage(&item.upstream, Summary::FILE) {
                 let s: Summary = read_output(&f, stage)?;
@@ -108,13 +112,14 @@ impl TypedStage for IndexStage {
             kws.sort_by_key(|k| df.get(*k).copied().unwrap_or(0));
             kws.truncate(p.keywords);
             total += s.duration.unwrap_or(0.0);
-            let page = format!("{dir}/summary.html");
+            // As links (URL paths) from the page at the top of the output folder.
+            let page = href(&dir.join("summary.html"));
             let thumbs: Vec<Value> = s
                 .chapters
                 .iter()
                 .filter_map(|ch| {
                     let k = ch.keyframe.as_ref()?;
-                    Some(json!({"src": link(root, &root.join(dir).join(k)), "start": ch.start}))
+                    Some(json!({"src": href(&link(root, &root.join(dir).join(k))), "start": ch.start}))
                 })
                 .collect();
             videos.push(json!({
@@ -128,18 +133,40 @@ impl TypedStage for IndexStage {
                 "notes": s.notes,
                 "summary": s.summary.iter().take(3).collect::<Vec<_>>(),
                 "page": page,
-                "summary_md": format!("{dir}/summary.md"),
+                "summary_md": href(&dir.join("summary.md")),
                 "thumb": thumbs.first().map(|t| t["src"].clone()),
                 "thumbs": thumbs,
             }));
+            // What the report's search looks in, field by field (it ranks a title above a
+            // keyphrase, above screen text, above what is said).
+            let keys = s
+                .keywords
+                .iter()
+                .map(|k| json!({"start": null, "text": k}))
+                .chain(s.chapters.iter().flat_map(|c| {
+                    c.keywords
+                        .iter()
+                        .map(|k| json!({"start": c.start, "text": k}))
+                        .chain(
+                            c.objects
+                                .iter()
+                                .map(|o| json!({"start": c.start, "text": o.name})),
+                        )
+                }))
+                .collect::<Vec<_>>();
+            let chapters = s
+                .chapters
+                .iter()
+                .map(|c| json!({"start": c.start, "text": c.title}))
+                .collect::<Vec<_>>();
             search.push(json!({
                 "folder": folder,
                 "title": s.title,
                 "page": page,
-                "lines": s.transcript.iter().map(|l| json!({"start": l.start, "text": l.text}))
-                    // What the slides and screens say is searchable too, at its chapter.
-                    .chain(s.chapters.iter().flat_map(|c| c.screen_text.iter().map(|t| json!({"start": c.start, "text": t}))))
-                    .collect::<Vec<_>>(),
+                "keys": keys,
+                "chapters": chapters,
+                "screen": s.chapters.iter().flat_map(|c| c.screen_text.iter().map(|t| json!({"start": c.start, "text": t}))).collect::<Vec<_>>(),
+                "lines": s.transcript.iter().map(|l| json!({"start": l.start, "text": l.text})).collect::<Vec<_>>(),
             }));
         }
         let ctx_j = context! {

@@ -52,11 +52,18 @@ pub fn summary_md(s: &Summary) -> Result<String, StageError> {
     render("summary.md", context! { s => s })
 }
 
-/// `source_href`: the source video relative to the page (for the player), if known.
-pub fn summary_html(s: &Summary, source_href: Option<&str>) -> Result<String, StageError> {
+/// `source_href`: the source video relative to the page (for the player), if known;
+/// `library_href`: the library page (`index.html`) relative to the page. The player's
+/// poster is the first chapter keyframe.
+pub fn summary_html(
+    s: &Summary,
+    source_href: Option<&str>,
+    library_href: Option<&str>,
+) -> Result<String, StageError> {
+    let poster = s.chapters.iter().find_map(|c| c.keyframe.as_deref());
     render(
         "summary.html",
-        context! { s => s, source_href => source_href },
+        context! { s => s, source_href => source_href, library_href => library_href, poster => poster },
     )
 }
 
