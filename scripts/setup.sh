@@ -23,6 +23,6 @@ command -v cargo >/dev/null || { echo "setup: a Rust toolchain (rustup, cargo) i
 # converted and checked (whisper-tiny.en-q8_0 is quantized from whisper-tiny.en, nothing
 # more to fetch); instant when installed. yolov12n's weights are AGPL-3.0.
 # ppocr = the PP-OCRv4 text detector and recognizer (Apache-2.0, from rapidocr_onnxruntime).
-cargo run --release --locked -q -- models install whisper-tiny.en whisper-tiny.en-q8_0 silero-vad onnxruntime yolov12n ppocr
+cargo run --release --locked -q -- models install whisper-tiny.en whisper-tiny.en-q8_0 silero-vad onnxruntime yolov12n ppocr all-minilm-l6-v2
 
 scripts/make-samples.sh samples

@@ -1,7 +1,8 @@
 //! A generated multi-topic talk through the real pipeline (real FFmpeg, Silero VAD and
 //! Whisper tiny.en): a talking-head video with no visual cut, nine subjects of about 40 s
 //! each, four voices taking turns. Its knowledge must read well: chapters near the true
-//! subject changes, a summary without repeats, and keyphrases that name the subjects.
+//! subject changes, a summary without repeats, and keyphrases that name the subjects;
+//! and `vsum search` must find the right video and chapter, in other words or the same.
 //!
 //! The talk is made once (espeak-ng + FFmpeg, about 15 s) and kept under the target
 //! folder, keyed by the generator's version and the script's hash, so reruns and other
@@ -257,7 +258,142 @@ stages:
   summary:
     uses: knowledge.compose
     needs: [probe, audio, transcript, scenes, keyframes]
+  embed: {uses: text.embed, needs: [summary]}
+  search: {uses: search.index, scope: batch, needs: [embed]}
 "#;
+
+/// A second, unrelated video in the library, so a hit must find the right one.
+fn bread_video(dir: &Path) {
+    let wav = dir.join("bread.wav");
+    run_ok(
+        Command::new("espeak-ng")
+            .args(["-s", "150", "-w"])
+            .arg(&wav)
+            .arg("Today we bake sourdough bread at home. Mix the flour, water and salt, then add the starter. Knead the dough for ten minutes until it is smooth. Let it rise overnight in a warm kitchen. Bake it in a hot oven for forty minutes until the crust is brown."),
+    );
+    run_ok(
+        Command::new("ffmpeg")
+            .args([
+                "-v",
+                "error",
+                "-y",
+                "-f",
+                "lavfi",
+                "-i",
+                "color=c=0x884422:size=320x240:rate=5",
+                "-i",
+            ])
+            .arg(&wav)
+            .args([
+                "-c:v",
+                "libx264",
+                "-preset",
+                "ultrafast",
+                "-pix_fmt",
+                "yuv420p",
+                "-c:a",
+                "aac",
+                "-shortest",
+            ])
+            .arg(dir.join("input/bread.mp4")),
+    );
+    std::fs::remove_file(&wav).unwrap();
+}
+
+/// `vsum search` in the project; returns (exit code, answer).
+fn search(p: &Project, query: &str) -> (i32, Value) {
+    let started = std::time::Instant::now();
+    let out = p.vsum(&[
+        "search",
+        "-m",
+        "pipeline.yaml",
+        query,
+        "--json",
+        "--limit",
+        "5",
+    ]);
+    eprintln!(
+        "vsum search {:?}: {:.2} s",
+        query.chars().take(60).collect::<String>(),
+        started.elapsed().as_secs_f64()
+    );
+    let code = out.status.code().unwrap_or(-1);
+    let v = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    (code, v)
+}
+
+/// The library answers questions: in other words, in the same words, and not at all
+/// when nothing like it was said; odd queries get a message, never a panic.
+fn search_finds_the_right_chapter(p: &Project, truth: &[f64]) {
+    let subject = |name: &str| {
+        let i = TALK.iter().position(|(k, _)| *k == name).unwrap();
+        (truth[i], truth.get(i + 1).copied().unwrap_or(f64::MAX))
+    };
+    let first = |v: &Value| {
+        let h = &v["hits"][0];
+        (
+            h["source"].as_str().unwrap_or("").to_string(),
+            h["start"].as_f64().unwrap_or(-1.0),
+        )
+    };
+    // In other words: not one word of the query is in the talk's script.
+    let paraphrase = "staff phoned at midnight since servers broke";
+    let script = TALK
+        .iter()
+        .flat_map(|(_, s)| s.iter())
+        .map(|s| s.to_lowercase())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let said = word_set(&script);
+    let shared: Vec<String> = word_set(paraphrase).intersection(&said).cloned().collect();
+    assert!(shared.is_empty(), "the paraphrase shares {shared:?}");
+    let (code, v) = search(p, paraphrase);
+    assert_eq!(code, 0, "{v}");
+    let (source, start) = first(&v);
+    let (a, b) = subject("incident response");
+    assert_eq!(source, "input/talk.mp4", "{v}");
+    assert!(
+        start >= a - 5.0 && start < b,
+        "rank 1 at {start}, the subject is {a}..{b}: {v}"
+    );
+    // In the same words.
+    let (code, v) = search(p, "the release process begins when we cut a release branch");
+    assert_eq!(code, 0, "{v}");
+    let (source, start) = first(&v);
+    let (a, b) = subject("release process");
+    assert_eq!(source, "input/talk.mp4", "{v}");
+    assert!(
+        start >= a - 5.0 && start < b,
+        "rank 1 at {start}, the subject is {a}..{b}: {v}"
+    );
+    assert!(
+        v["hits"][0]["page"]
+            .as_str()
+            .unwrap()
+            .contains("summary.html#t="),
+        "{v}"
+    );
+    // The other video, in its own words.
+    let (code, v) = search(p, "how to make bread rise");
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(first(&v).0, "input/bread.mp4", "{v}");
+    // Never said: nothing above the floor, exit 1 like grep.
+    let (code, v) = search(p, "quantum entanglement of penguins on jupiter");
+    assert_eq!(
+        (code, v["hits"].as_array().map(Vec::len)),
+        (1, Some(0)),
+        "{v}"
+    );
+    // Odd queries: a message or an answer, never a panic.
+    let out = p.vsum(&["search", "-m", "pipeline.yaml", "  "]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("query is empty"), "{}", stderr(&out));
+    let long = "budget ".repeat(1500);
+    let (code, v) = search(p, &long);
+    assert_eq!(code, 0, "a 10,000-character query: {v}");
+    let (code, _) = search(p, "会议的预算是多少");
+    assert!(code == 0 || code == 1, "non-Latin text: exit {code}");
+}
 
 /// Lower-case words of at least three letters: what a reader compares.
 fn word_set(s: &str) -> std::collections::BTreeSet<String> {
@@ -278,6 +414,7 @@ fn a_multi_topic_talk_gets_topic_chapters_a_summary_without_repeats_and_keyphras
     let (video, truth) = talk();
     let p = Project::new(PIPELINE, &[]);
     std::fs::copy(&video, p.path().join("input/talk.mp4")).unwrap();
+    bread_video(p.path());
     let (code, s) = p.run(&[]);
     if code != 0 {
         let missing_model = s["jobs"].as_array().unwrap().iter().any(|j| {
@@ -406,4 +543,6 @@ fn a_multi_topic_talk_gets_topic_chapters_a_summary_without_repeats_and_keyphras
     );
     let md = p.read("output/talk/summary/summary.md");
     assert!(md.contains("## Keyphrases"), "{md}");
+
+    search_finds_the_right_chapter(&p, &truth);
 }

@@ -32,7 +32,7 @@ pub const FORMAT_VERSION: u32 = 1;
 /// The tantivy index's folder.
 pub const TANTIVY_DIR: &str = "tantivy";
 /// The analyzer's name in the index.
-const ANALYZER: &str = "vsum_en";
+pub(crate) const ANALYZER: &str = "vsum_en";
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]

@@ -3,11 +3,13 @@
 //! BM25 through tantivy finds passages that share the query's words (stemmed, stop
 //! words out); the sentence encoder finds passages that mean the same thing in other
 //! words (cosine similarity over every passage's vector). A passage's score is its
-//! cosine plus a bonus for its share of the best BM25 score, so an exact phrase ranks
-//! first and a paraphrase still ranks. Hits are grouped by chapter (its best passage)
-//! and cut at a floor, so a query for something never said returns nothing.
+//! cosine plus a bonus for the share of the query's words it holds (and a little for its
+//! BM25 rank), so an exact phrase ranks first, a paraphrase still ranks, and one shared
+//! common word does not lift a passage about something else. Hits are grouped by
+//! chapter (its best passage) and cut at a floor, so a query for something never said
+//! returns nothing.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
@@ -17,13 +19,15 @@ use tantivy::schema::Value;
 use tantivy::{Index, TantivyDocument};
 
 use super::embed::VECTORS;
-use super::index::{FORMAT_VERSION, Library, TANTIVY_DIR, register_analyzer, schema};
+use super::index::{ANALYZER, FORMAT_VERSION, Library, TANTIVY_DIR, register_analyzer, schema};
 use super::minilm::{self, Encoder};
 
 /// Longest query taken (characters); the rest is ignored, and said so.
 pub const MAX_QUERY_CHARS: usize = 1000;
-/// Weight of the BM25 share in the score.
-const BM25_WEIGHT: f32 = 0.25;
+/// Weight of the share of the query's words a passage holds.
+const COVERAGE_WEIGHT: f32 = 0.3;
+/// Weight of the BM25 score, relative to the best one.
+const BM25_WEIGHT: f32 = 0.05;
 /// A hit needs this cosine alone ...
 const MIN_COSINE: f32 = 0.35;
 /// ... or this with the query's words in it.
@@ -192,6 +196,12 @@ impl Searcher {
             .unwrap_or_default();
         let words = self.bm25(query)?;
         let best_bm = words.values().copied().fold(0.0f32, f32::max);
+        let mut analyzer = self
+            .index
+            .tokenizers()
+            .get(ANALYZER)
+            .expect("registered when opened");
+        let query_terms = terms(&mut analyzer, query);
         let mut best: HashMap<(usize, usize), (usize, f32, f32, bool)> = HashMap::new();
         for (id, v) in self.vectors.iter().enumerate() {
             let cos = minilm::cosine(&q, v);
@@ -204,11 +214,19 @@ impl Searcher {
             if cos < floor {
                 continue;
             }
-            let share = bm
-                .map(|b| if best_bm > 0.0 { b / best_bm } else { 0.0 })
-                .unwrap_or(0.0);
-            let score = cos + BM25_WEIGHT * share;
             let p = &self.lib.passages[id];
+            let (share, coverage) = match bm {
+                Some(b) if best_bm > 0.0 && !query_terms.is_empty() => {
+                    let v = &self.lib.videos[p.video];
+                    let text =
+                        format!("{} {} {}", v.title, p.passage.chapter_title, p.passage.text);
+                    let have = terms(&mut analyzer, &text);
+                    let n = query_terms.iter().filter(|t| have.contains(*t)).count();
+                    (b / best_bm, n as f32 / query_terms.len() as f32)
+                }
+                _ => (0.0, 0.0),
+            };
+            let score = cos + COVERAGE_WEIGHT * coverage + BM25_WEIGHT * share;
             let k = (p.video, p.passage.chapter);
             if best.get(&k).is_none_or(|b| score > b.1) {
                 best.insert(k, (id, score, cos, bm.is_some()));
@@ -269,6 +287,16 @@ impl Searcher {
         }
         Ok(out)
     }
+}
+
+/// The distinct terms of `text` as the index sees them (stemmed, stop words out).
+fn terms(analyzer: &mut tantivy::tokenizer::TextAnalyzer, text: &str) -> HashSet<String> {
+    let mut out = HashSet::new();
+    let mut stream = analyzer.token_stream(text);
+    while stream.advance() {
+        out.insert(stream.token().text.clone());
+    }
+    out
 }
 
 /// Where a `search.index` stage's output is: `<output>/<stage id>/`.
