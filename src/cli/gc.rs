@@ -3,14 +3,13 @@
 //! the cache asks first on a terminal (`--yes` skips the question; elsewhere it is
 //! refused without `--yes`).
 
-use std::collections::BTreeSet;
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
 
 use anyhow::Context;
 use serde::Serialize;
 use vsum_engine::fsutil::{human_bytes, parse_age, parse_size};
-use vsum_engine::store::{Store, now_secs};
+use vsum_engine::store::{GcPlan, Store};
 
 use super::common::{Fail, entries, exit, print_json};
 use super::find::Target;
@@ -36,87 +35,31 @@ pub struct GcArgs {
     json: bool,
 }
 
-/// One entry gc would remove.
-#[derive(Serialize)]
-struct Doomed {
-    key: String,
-    stage: Option<String>,
-    video: Option<String>,
-    size: u64,
-    last_used: u64,
-    why: &'static str,
-}
-
-/// What gc would do, computed the way `Store::gc` decides: unreadable entries go, then
-/// entries unused for too long, then the least recently used until the rest fits.
+/// What gc would do (`Store::gc_plan`, the rule `Store::gc` applies), with the bytes
+/// it would free.
 #[derive(Serialize)]
 struct Plan {
-    remove: Vec<Doomed>,
-    entries_total: usize,
-    entries_kept: usize,
-    bytes_kept: u64,
+    #[serde(flatten)]
+    plan: GcPlan,
     bytes_total: u64,
     bytes_freed: u64,
 }
 
+impl std::ops::Deref for Plan {
+    type Target = GcPlan;
+    fn deref(&self) -> &GcPlan {
+        &self.plan
+    }
+}
+
 impl Plan {
     fn of(store: &Store, max_size: Option<u64>, older_than: Option<u64>) -> Plan {
-        let now = now_secs();
-        let keys = store.keys("");
-        let mut remove = Vec::new();
-        let mut live = Vec::new();
-        for key in &keys {
-            match store.read_entry(key) {
-                Ok(e) => live.push((store.last_used(key), key.clone(), e)),
-                Err(_) => remove.push(Doomed {
-                    key: key.clone(),
-                    stage: None,
-                    video: None,
-                    size: 0,
-                    last_used: 0,
-                    why: "unreadable",
-                }),
-            }
-        }
-        live.sort_by_key(|e| std::cmp::Reverse(e.0)); // newest first
-        let (mut kept, mut kept_bytes) = (0usize, 0u64);
-        let mut seen: BTreeSet<String> = BTreeSet::new();
-        for (used, key, e) in live {
-            let too_old = older_than.is_some_and(|age| now.saturating_sub(used) > age);
-            let new_bytes: u64 = e
-                .outputs
-                .values()
-                .filter(|o| !seen.contains(&o.hash))
-                .map(|o| o.size)
-                .sum();
-            let too_big = max_size.is_some_and(|max| kept_bytes + new_bytes > max);
-            if too_old || too_big {
-                remove.push(Doomed {
-                    size: e.size(),
-                    key,
-                    stage: Some(e.stage),
-                    video: e.video,
-                    last_used: used,
-                    why: if too_old {
-                        "unused too long"
-                    } else {
-                        "over the size limit"
-                    },
-                });
-                continue;
-            }
-            kept += 1;
-            kept_bytes += new_bytes;
-            seen.extend(e.outputs.values().map(|o| o.hash.clone()));
-        }
+        let plan = store.gc_plan(max_size, older_than);
         let total = store.stats().object_bytes;
         Plan {
-            remove,
-            entries_total: keys.len(),
-            entries_kept: kept,
-            bytes_kept: kept_bytes,
+            bytes_freed: total.saturating_sub(plan.bytes_kept),
             bytes_total: total,
-            bytes_freed: total.saturating_sub(kept_bytes),
+            plan,
         }
     }
 

@@ -125,48 +125,74 @@ impl Store {
         report
     }
 
-    /// Removes entries unused for longer than `older_than` seconds, then the least
-    /// recently used until outputs fit in `max_size` bytes, then unreferenced objects
-    /// and leftovers of interrupted jobs.
-    pub fn gc(&self, max_size: Option<u64>, older_than: Option<u64>) -> GcReport {
+    /// What [`Store::gc`] would remove, removing nothing: unreadable entries, then
+    /// entries unused for longer than `older_than` seconds, then the least recently
+    /// used until the outputs fit in `max_size` bytes (`vsum cache gc --dry-run`).
+    pub fn gc_plan(&self, max_size: Option<u64>, older_than: Option<u64>) -> GcPlan {
         let now = now_secs();
-        let mut report = GcReport::default();
+        let keys = self.keys("");
+        let mut plan = GcPlan {
+            entries_total: keys.len(),
+            ..GcPlan::default()
+        };
         let mut live: Vec<(u64, String, Entry)> = Vec::new();
-        for key in self.keys("") {
+        for key in keys {
             match self.read_entry(&key) {
                 Ok(e) => live.push((self.last_used(&key), key, e)),
-                Err(_) => {
-                    remove_any(&self.entry_path(&key));
-                    report.entries_removed += 1;
-                }
+                Err(_) => plan.remove.push(GcDoomed {
+                    key,
+                    stage: None,
+                    video: None,
+                    size: 0,
+                    last_used: 0,
+                    why: "unreadable",
+                }),
             }
         }
         live.sort_by_key(|e| std::cmp::Reverse(e.0)); // newest first
-        let mut kept = 0usize;
-        let mut kept_bytes = 0u64;
-        let mut keep: BTreeSet<String> = BTreeSet::new();
-        let mut seen_objects: BTreeMap<String, u64> = BTreeMap::new();
-        for (used, key, e) in &live {
-            let too_old = older_than.is_some_and(|age| now.saturating_sub(*used) > age);
+        for (used, key, e) in live {
+            let too_old = older_than.is_some_and(|age| now.saturating_sub(used) > age);
             let new_bytes: u64 = e
                 .outputs
                 .values()
-                .filter(|o| !seen_objects.contains_key(&o.hash))
+                .filter(|o| !plan.keep_objects.contains(&o.hash))
                 .map(|o| o.size)
                 .sum();
-            let too_big = max_size.is_some_and(|max| kept_bytes + new_bytes > max);
+            let too_big = max_size.is_some_and(|max| plan.bytes_kept + new_bytes > max);
             if too_old || too_big {
-                let _ = fs::remove_file(self.entry_path(key));
-                report.entries_removed += 1;
+                plan.remove.push(GcDoomed {
+                    size: e.size(),
+                    key,
+                    stage: Some(e.stage),
+                    video: e.video,
+                    last_used: used,
+                    why: if too_old {
+                        "unused too long"
+                    } else {
+                        "over the size limit"
+                    },
+                });
                 continue;
             }
-            kept += 1;
-            kept_bytes += new_bytes;
-            for o in e.outputs.values() {
-                seen_objects.insert(o.hash.clone(), o.size);
-                keep.insert(o.hash.clone());
-            }
+            plan.entries_kept += 1;
+            plan.bytes_kept += new_bytes;
+            plan.keep_objects
+                .extend(e.outputs.values().map(|o| o.hash.clone()));
         }
+        plan
+    }
+
+    /// Removes what [`Store::gc_plan`] lists, then unreferenced objects and leftovers of
+    /// interrupted jobs.
+    pub fn gc(&self, max_size: Option<u64>, older_than: Option<u64>) -> GcReport {
+        let plan = self.gc_plan(max_size, older_than);
+        let mut report = GcReport::default();
+        for d in &plan.remove {
+            remove_any(&self.entry_path(&d.key));
+            report.entries_removed += 1;
+        }
+        let keep = &plan.keep_objects;
+        let (kept, kept_bytes) = (plan.entries_kept, plan.bytes_kept);
         for path in self.misplaced_objects() {
             remove_any(&path);
             report.objects_removed += 1;
@@ -217,6 +243,29 @@ impl VerifyReport {
     pub fn clean(&self) -> bool {
         self.problems.is_empty()
     }
+}
+
+/// One entry gc would remove, and why.
+#[derive(Debug, Clone, Serialize)]
+pub struct GcDoomed {
+    pub key: String,
+    pub stage: Option<String>,
+    pub video: Option<String>,
+    pub size: u64,
+    pub last_used: u64,
+    pub why: &'static str,
+}
+
+/// What gc would do.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct GcPlan {
+    pub remove: Vec<GcDoomed>,
+    pub entries_total: usize,
+    pub entries_kept: usize,
+    pub bytes_kept: u64,
+    /// Objects the kept entries use.
+    #[serde(skip)]
+    pub keep_objects: BTreeSet<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]

@@ -33,7 +33,7 @@ use crate::hash::{FileHasher, hash_file};
 
 pub use entry::{Entry, Lookup, OutFile, Placed, Ref, Stamp};
 use entry::{decode_entry, encode_entry};
-pub use maintain::{GcReport, Stats, VerifyReport};
+pub use maintain::{GcDoomed, GcPlan, GcReport, Stats, VerifyReport};
 use marker::claim_cache_folder;
 pub use marker::{FORMAT, MARKER};
 pub use place::place_file;
