@@ -114,15 +114,6 @@ stages:
     assert_eq!(doc[0].ty, "text");
 }
 
-fn ffmpeg(args: &[&str]) {
-    let st = Command::new("ffmpeg")
-        .args(["-v", "error", "-y"])
-        .args(args)
-        .status()
-        .unwrap();
-    assert!(st.success(), "ffmpeg {args:?}");
-}
-
 #[test]
 fn two_videos_with_the_same_bytes_get_their_own_source() {
     if !tool("ffmpeg")

@@ -9,7 +9,7 @@ mod common;
 #[path = "../stages/tests/vision_support/mod.rs"]
 mod vision_support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use common::*;
@@ -18,76 +18,6 @@ use serde_json::Value;
 const A_SENTENCES: &str =
     "The release candidate is ready for testing. Please back up the database before Friday.";
 const B_SENTENCES: &str = "Welcome to the onboarding session. Today we learn the build system.";
-
-fn ffmpeg(args: &[&str]) {
-    let st = Command::new("ffmpeg")
-        .args(["-v", "error", "-y"])
-        .args(args)
-        .status()
-        .unwrap();
-    assert!(st.success(), "ffmpeg {args:?}");
-}
-
-/// A talking video: espeak speech over `sources` (one lavfi source per scene, each
-/// `scene_secs` long), or silent when `text` is empty.
-fn talking_video(dir: &Path, name: &str, text: &str, sources: &[&str], scene_secs: f64) -> PathBuf {
-    let out = dir.join(format!("{name}.mp4"));
-    let mut args: Vec<String> = Vec::new();
-    let mut filters = String::new();
-    for (i, src) in sources.iter().enumerate() {
-        args.extend([
-            "-f".into(),
-            "lavfi".into(),
-            "-t".into(),
-            format!("{scene_secs}"),
-            "-i".into(),
-            format!("{src}=size=320x240:rate=25"),
-        ]);
-        filters.push_str(&format!("[{i}:v]format=yuv420p,setsar=1[v{i}];"));
-    }
-    let cat: String = (0..sources.len()).map(|i| format!("[v{i}]")).collect();
-    filters.push_str(&format!("{cat}concat=n={}:v=1:a=0[v]", sources.len()));
-    let mut all: Vec<String> = args;
-    if !text.is_empty() {
-        let wav = dir.join(format!("{name}.wav"));
-        let st = Command::new("espeak-ng")
-            .args(["-s", "140", "-w"])
-            .arg(&wav)
-            .arg(text)
-            .status()
-            .unwrap();
-        assert!(st.success());
-        all.extend(["-i".into(), wav.to_string_lossy().into_owned()]);
-    }
-    all.extend([
-        "-filter_complex".into(),
-        filters,
-        "-map".into(),
-        "[v]".into(),
-    ]);
-    if !text.is_empty() {
-        all.extend([
-            "-map".into(),
-            format!("{}:a", sources.len()),
-            "-c:a".into(),
-            "aac".into(),
-            "-af".into(),
-            "apad".into(),
-        ]);
-    }
-    all.extend([
-        "-c:v".into(),
-        "libx264".into(),
-        "-preset".into(),
-        "veryfast".into(),
-        "-t".into(),
-        format!("{}", scene_secs * sources.len() as f64),
-    ]);
-    all.push(out.to_string_lossy().into_owned());
-    let refs: Vec<&str> = all.iter().map(String::as_str).collect();
-    ffmpeg(&refs);
-    out
-}
 
 const PIPELINE: &str = r#"
 inputs: [input/]

@@ -43,60 +43,6 @@ stages:
     publish: [INDEX.md, index.html]
 "#;
 
-fn ffmpeg(args: &[String]) {
-    run_ok(
-        Command::new("ffmpeg")
-            .args(["-v", "error", "-y"])
-            .args(args),
-    );
-}
-
-/// espeak speech (none when `text` is empty) over one lavfi source per scene.
-fn talking_video(dir: &Path, name: &str, text: &str, sources: &[&str], scene_secs: f64) {
-    let mut args: Vec<String> = Vec::new();
-    let mut filters = String::new();
-    for (i, src) in sources.iter().enumerate() {
-        args.extend(["-f", "lavfi", "-t"].map(String::from));
-        args.push(format!("{scene_secs}"));
-        args.push("-i".into());
-        args.push(format!("{src}=size=320x240:rate=25"));
-        filters.push_str(&format!("[{i}:v]format=yuv420p,setsar=1[v{i}];"));
-    }
-    let cat: String = (0..sources.len()).map(|i| format!("[v{i}]")).collect();
-    filters.push_str(&format!("{cat}concat=n={}:v=1:a=0[v]", sources.len()));
-    if !text.is_empty() {
-        let wav = dir.join(format!("{name}.wav"));
-        run_ok(
-            Command::new("espeak-ng")
-                .args(["-s", "140", "-w"])
-                .arg(&wav)
-                .arg(text),
-        );
-        args.extend(["-i".into(), wav.to_string_lossy().into_owned()]);
-    }
-    args.extend([
-        "-filter_complex".into(),
-        filters,
-        "-map".into(),
-        "[v]".into(),
-    ]);
-    if !text.is_empty() {
-        args.extend(["-map".into(), format!("{}:a", sources.len())]);
-        args.extend(["-c:a", "aac", "-af", "apad"].map(String::from));
-    }
-    args.extend(["-c:v", "libx264", "-preset", "veryfast", "-t"].map(String::from));
-    args.push(format!("{}", scene_secs * sources.len() as f64));
-    args.push(
-        dir.join(format!("{name}.mp4"))
-            .to_string_lossy()
-            .into_owned(),
-    );
-    ffmpeg(&args);
-    if !text.is_empty() {
-        std::fs::remove_file(dir.join(format!("{name}.wav"))).unwrap();
-    }
-}
-
 /// The report, made once for the tests of this file, its `output/` moved aside.
 struct Report {
     _project: Project,

@@ -25,15 +25,6 @@ fn vsum_in(dir: &Path, args: &[&str]) -> std::process::Output {
         .expect("run vsum")
 }
 
-fn ffmpeg(args: &[&str]) {
-    let st = Command::new("ffmpeg")
-        .args(["-v", "error", "-y"])
-        .args(args)
-        .status()
-        .expect("ffmpeg is installed (scripts/setup.sh)");
-    assert!(st.success(), "ffmpeg {args:?}");
-}
-
 /// A one-second video with picture and sound.
 fn make_video(path: &Path, freq: u32) {
     ffmpeg(&[

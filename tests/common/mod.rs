@@ -111,6 +111,66 @@ pub fn required(test: &str, what: &str) -> bool {
     false
 }
 
+/// Runs ffmpeg quietly; fails the test when it fails.
+pub fn ffmpeg<S: AsRef<std::ffi::OsStr>>(args: &[S]) {
+    run_ok(
+        Command::new("ffmpeg")
+            .args(["-v", "error", "-y"])
+            .args(args),
+    );
+}
+
+/// A talking video `dir/name.mp4`: espeak speech over `sources` (one lavfi source per
+/// scene, each `scene_secs` long), or silent when `text` is empty.
+pub fn talking_video(
+    dir: &Path,
+    name: &str,
+    text: &str,
+    sources: &[&str],
+    scene_secs: f64,
+) -> PathBuf {
+    let out = dir.join(format!("{name}.mp4"));
+    let mut args: Vec<String> = Vec::new();
+    let mut filters = String::new();
+    for (i, src) in sources.iter().enumerate() {
+        args.extend(["-f", "lavfi", "-t"].map(String::from));
+        args.push(format!("{scene_secs}"));
+        args.push("-i".into());
+        args.push(format!("{src}=size=320x240:rate=25"));
+        filters.push_str(&format!("[{i}:v]format=yuv420p,setsar=1[v{i}];"));
+    }
+    let cat: String = (0..sources.len()).map(|i| format!("[v{i}]")).collect();
+    filters.push_str(&format!("{cat}concat=n={}:v=1:a=0[v]", sources.len()));
+    let wav = dir.join(format!("{name}.wav"));
+    if !text.is_empty() {
+        run_ok(
+            Command::new("espeak-ng")
+                .args(["-s", "140", "-w"])
+                .arg(&wav)
+                .arg(text),
+        );
+        args.extend(["-i".into(), wav.to_string_lossy().into_owned()]);
+    }
+    args.extend([
+        "-filter_complex".into(),
+        filters,
+        "-map".into(),
+        "[v]".into(),
+    ]);
+    if !text.is_empty() {
+        args.extend(["-map".into(), format!("{}:a", sources.len())]);
+        args.extend(["-c:a", "aac", "-af", "apad"].map(String::from));
+    }
+    args.extend(["-c:v", "libx264", "-preset", "veryfast", "-t"].map(String::from));
+    args.push(format!("{}", scene_secs * sources.len() as f64));
+    args.push(out.to_string_lossy().into_owned());
+    ffmpeg(&args);
+    if !text.is_empty() {
+        std::fs::remove_file(&wav).unwrap();
+    }
+    out
+}
+
 /// Runs a command that must succeed (media generation); fails the test with its stderr.
 pub fn run_ok(cmd: &mut Command) {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
