@@ -24,13 +24,63 @@ const PASSAGES: usize = 40;
 const DIMS: usize = 384;
 
 const WORDS: &[&str] = &[
-    "release", "branch", "database", "backup", "snapshot", "restore", "mentor", "onboarding",
-    "pager", "outage", "incident", "postmortem", "budget", "forecast", "invoice", "survey",
-    "customer", "delivery", "parcel", "offsite", "hotel", "train", "password", "phishing",
-    "security", "laptop", "badge", "calendar", "deploy", "rollback", "server", "cluster",
-    "kitchen", "office", "building", "parking", "meeting", "agenda", "roadmap", "quarter",
-    "team", "project", "review", "design", "testing", "bug", "feature", "metric", "dashboard",
-    "alert", "storage", "network", "latency", "cache", "queue", "worker", "schedule",
+    "release",
+    "branch",
+    "database",
+    "backup",
+    "snapshot",
+    "restore",
+    "mentor",
+    "onboarding",
+    "pager",
+    "outage",
+    "incident",
+    "postmortem",
+    "budget",
+    "forecast",
+    "invoice",
+    "survey",
+    "customer",
+    "delivery",
+    "parcel",
+    "offsite",
+    "hotel",
+    "train",
+    "password",
+    "phishing",
+    "security",
+    "laptop",
+    "badge",
+    "calendar",
+    "deploy",
+    "rollback",
+    "server",
+    "cluster",
+    "kitchen",
+    "office",
+    "building",
+    "parking",
+    "meeting",
+    "agenda",
+    "roadmap",
+    "quarter",
+    "team",
+    "project",
+    "review",
+    "design",
+    "testing",
+    "bug",
+    "feature",
+    "metric",
+    "dashboard",
+    "alert",
+    "storage",
+    "network",
+    "latency",
+    "cache",
+    "queue",
+    "worker",
+    "schedule",
 ];
 
 /// xorshift: the same library every run.
@@ -49,7 +99,10 @@ impl Rng {
 }
 
 fn dir_size(p: &Path) -> u64 {
-    walk(p).iter().map(|f| f.metadata().map_or(0, |m| m.len())).sum()
+    walk(p)
+        .iter()
+        .map(|f| f.metadata().map_or(0, |m| m.len()))
+        .sum()
 }
 
 fn walk(p: &Path) -> Vec<std::path::PathBuf> {
@@ -133,7 +186,10 @@ fn main() {
     let encoder = match load_encoder(&models, "all-minilm-l6-v2", Path::new(".")) {
         Ok((e, _)) => e,
         Err(e) => {
-            println!("SKIPPED the query latency: {} (vsum models install all-minilm-l6-v2)", e.message);
+            println!(
+                "SKIPPED the query latency: {} (vsum models install all-minilm-l6-v2)",
+                e.message
+            );
             return;
         }
     };

@@ -22,7 +22,7 @@ use vsum_engine::stage::{Check, CheckEnv, JobCtx, KeyEnv, KeyExtras, ParamError,
 
 use super::{
     WavWriter, check_cancel, codec_name, ffmpeg_key_extras, job_video, known_ts, open_input,
-    ts_secs, warn,
+    ts_secs, warn, warn_damaged,
 };
 
 const KIND: &str = "media.audio";
@@ -158,16 +158,7 @@ impl TypedStage for AudioStage {
     fn run(&self, p: &Params, ctx: &mut JobCtx) -> Result<(), StageError> {
         let video = job_video(ctx, KIND)?;
         let out = extract(ctx, &video.path, p)?;
-        if out.decode_errors > 0 {
-            warn(
-                ctx,
-                format!(
-                    "{}: {} audio decode errors (the file is damaged in places)",
-                    video.path.display(),
-                    out.decode_errors
-                ),
-            );
-        }
+        warn_damaged(ctx, &video.path, out.decode_errors, "audio");
         if out.unfilled_gap_seconds > 0.0 {
             warn(
                 ctx,

@@ -126,6 +126,24 @@ pub(crate) fn io_error(path: &Path, what: &str, e: std::io::Error) -> StageError
         .hint("check free disk space and permissions of the output folder")
 }
 
+/// Warns that `path` had `errors` decode errors (`what`: "audio", "video" or ""), if any.
+pub(crate) fn warn_damaged(ctx: &JobCtx, path: &Path, errors: u64, what: &str) {
+    if errors > 0 {
+        let what = if what.is_empty() {
+            String::new()
+        } else {
+            format!("{what} ")
+        };
+        warn(
+            ctx,
+            format!(
+                "{}: {errors} {what}decode errors (the file is damaged in places)",
+                path.display()
+            ),
+        );
+    }
+}
+
 /// Emits a run warning (shown by reporters, never fatal).
 pub(crate) fn warn(ctx: &JobCtx, message: String) {
     tracing::warn!("{message}");

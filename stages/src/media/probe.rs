@@ -20,7 +20,7 @@ use vsum_engine::stage::{Check, JobCtx, KeyEnv, KeyExtras, StageError};
 
 use super::{
     check_cancel, ffmpeg_key_extras, job_video, known_ts, open_input, rational, stream_rotation,
-    ts_secs, video_stream_index, warn,
+    ts_secs, video_stream_index, warn_damaged,
 };
 
 const KIND: &str = "media.probe";
@@ -146,16 +146,7 @@ impl TypedStage for ProbeStage {
             &decode_errors,
             p.decode,
         );
-        if out.decode_errors > 0 {
-            warn(
-                ctx,
-                format!(
-                    "{}: {} decode errors (the file is damaged in places)",
-                    video.path.display(),
-                    out.decode_errors
-                ),
-            );
-        }
+        warn_damaged(ctx, &video.path, out.decode_errors, "");
         ctx.write_output(&out)
     }
 }

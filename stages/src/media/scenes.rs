@@ -32,7 +32,7 @@ use super::slides::{
 };
 use super::{
     DecodeOpts, FrameReader, check_cancel, ffmpeg_key_extras, io_error, job_video, open_input,
-    open_video_decoder, rational, require_video_stream, stream_dims, warn,
+    open_video_decoder, rational, require_video_stream, stream_dims, warn_damaged,
 };
 
 const KIND: &str = "video.scenes";
@@ -289,16 +289,7 @@ impl TypedStage for SceneStage {
     fn run(&self, p: &Params, ctx: &mut JobCtx) -> Result<(), StageError> {
         let video = job_video(ctx, KIND)?;
         let out = detect(ctx, &video.path, p)?;
-        if out.decode_errors > 0 {
-            warn(
-                ctx,
-                format!(
-                    "{}: {} video decode errors (the file is damaged in places)",
-                    video.path.display(),
-                    out.decode_errors
-                ),
-            );
-        }
+        warn_damaged(ctx, &video.path, out.decode_errors, "video");
         ctx.write_output(&out)
     }
 }
