@@ -95,7 +95,7 @@ pub fn cmd(args: SearchArgs, registry: &Registry) -> Result<u8, Fail> {
         .into_iter()
         .map(|hit| OpenHit {
             page_path: output.join(&hit.page),
-            source_path: m.base_dir.join(&hit.source),
+            source_path: vsum_engine::fsutil::normalize(&m.base_dir.join(&hit.source)),
             hit,
         })
         .collect();
