@@ -69,7 +69,8 @@ fn list_on_an_empty_folder_shows_what_can_be_installed() {
             "onnxruntime",
             "yolov12n",
             "ppocr-det",
-            "ppocr-rec"
+            "ppocr-rec",
+            "all-minilm-l6-v2"
         ]
     );
     for m in v["models"].as_array().unwrap() {
