@@ -562,8 +562,18 @@ fn transcribe(
         if audio.len() < min {
             audio.resize(min, 0.0);
         }
+        let began = std::time::Instant::now();
         let (a, refused) = decode_window(state, ctx, d, &audio, &prompt)
             .map_err(|e| format!("Whisper decoding failed at {:.1} s: {e:?}", secs(w.start())))?;
+        tracing::debug!(
+            start = secs(w.start()),
+            seconds = secs(w.len()),
+            attempts = refused.len() + 1,
+            tokens = a.tokens.len(),
+            prompt = prompt.len(),
+            ms = began.elapsed().as_millis() as u64,
+            "whisper window decoded"
+        );
         if detected.is_none() {
             detected = a.lang.clone();
         }
