@@ -451,3 +451,96 @@ fn a_big_gc_asks_on_a_terminal() {
     assert!(screen.contains("removed 3 entries"), "{screen}");
     assert_eq!(entry_count(&p), 0);
 }
+
+#[test]
+fn validate_refuses_a_missing_input_folder_naming_manifest_path_and_fix() {
+    let p = Project::new(DEMO, &[("a.mp4", b"aaaa")]);
+    assert!(p.vsum(&["validate"]).status.success());
+    p.write_manifest(&DEMO.replace("inputs: [input/]", "inputs: [input/, talks/, 'more/*.mp4']"));
+    for args in [
+        &["validate"][..],
+        &["plan"],
+        &["run", "--progress", "plain"],
+    ] {
+        let out = p.vsum(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        let err = stderr(&out);
+        assert!(
+            err.contains("pipeline.yaml: input 'talks/' does not exist"),
+            "{args:?}: {err}"
+        );
+        assert!(
+            err.contains(&p.path().join("talks").display().to_string()),
+            "{err}"
+        );
+        assert!(
+            err.contains("input 'more/*.mp4'"),
+            "a glob's folder is checked: {err}"
+        );
+        assert!(err.contains("--inputs DIR"), "{err}");
+    }
+    assert!(!p.path().join("output").exists(), "nothing ran");
+    assert!(p.executions().is_empty());
+}
+
+#[test]
+fn inputs_replaces_the_manifests_inputs() {
+    let p = Project::new(&published_demo(), &[("a.mp4", b"aaaa")]);
+    let mine = p.path().join("mine");
+    std::fs::create_dir_all(mine.join("sub")).unwrap();
+    std::fs::write(mine.join("x.mp4"), b"xx").unwrap();
+    std::fs::write(mine.join("sub/y.mp4"), b"yyy").unwrap();
+    let out = p.vsum(&["run", "--inputs", "mine", "--json", "--progress", "none"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let s = json_of(&out, "run --inputs");
+    assert_eq!(s["videos"], 2, "only the given folder: {s}");
+    // The index holds each video's size twice: x has 2 bytes, y 3.
+    assert_eq!(p.read("output/all.txt"), "3\n3\n2\n2\n");
+    assert!(
+        !p.executions().iter().any(|l| l.contains(" a")),
+        "{:?}",
+        p.executions()
+    );
+    // Several, files or folders; a missing one is a usage error naming it.
+    let out = p.vsum(&["plan", "--inputs", "mine/x.mp4", "input", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(json_of(&out, "plan --inputs")["videos"], 2);
+    let out = p.vsum(&["run", "--inputs", "nope", "--progress", "none"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains(&format!(
+            "--inputs: no such folder or file: {}",
+            p.path().join("nope").display()
+        )),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn a_videos_subset_run_keeps_every_cached_video_in_the_index() {
+    let p = Project::new(&published_demo(), &[("a.mp4", b"aa"), ("b.mp4", b"bbb")]);
+    assert_eq!(p.run(&[]).0, 0);
+    // The index holds each video's size twice.
+    assert_eq!(p.read("output/all.txt"), "2\n2\n3\n3\n");
+    std::fs::write(p.path().join("input/a.mp4"), b"AAAA").unwrap();
+    std::fs::write(p.path().join("input/c.mp4"), b"c").unwrap();
+    let (code, s) = p.run(&["--videos", "a.mp4"]);
+    assert_eq!(code, 0, "{s}");
+    assert_eq!(
+        s["videos"], 1,
+        "the summary is about the selected video: {s}"
+    );
+    let videos: Vec<String> = jobs(&s).into_iter().map(|(_, v, _)| v).collect();
+    assert!(
+        videos.iter().all(|v| v == "input/a.mp4" || v == "[batch]"),
+        "{videos:?}"
+    );
+    // a is new, b comes from the cache, c never ran so it is not in the index yet.
+    assert_eq!(p.read("output/all.txt"), "4\n4\n3\n3\n");
+    assert!(
+        !p.executions().iter().any(|l| l.ends_with(" c")),
+        "{:?}",
+        p.executions()
+    );
+}

@@ -70,6 +70,60 @@ pub fn load_manifest(path: &Path, registry: &Registry) -> Result<Manifest, Fail>
     })
 }
 
+/// `--inputs DIR...`: these folders or files replace the manifest's `inputs:`
+/// (relative to the current folder, like every path typed on the command line).
+/// Returns whether they did.
+pub fn override_inputs(m: &mut Manifest, dirs: &[PathBuf]) -> bool {
+    if dirs.is_empty() {
+        return false;
+    }
+    m.inputs = dirs
+        .iter()
+        .map(|d| {
+            std::path::absolute(d)
+                .unwrap_or_else(|_| d.clone())
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    true
+}
+
+/// Refuses (exit 2) inputs that name nothing on disk, before anything runs: a run
+/// would find no video there and still report success. `from_flag`: the inputs came
+/// from `--inputs`, not from the manifest's `inputs:`.
+pub fn check_inputs(manifest: &Path, m: &Manifest, from_flag: bool) -> Result<(), Fail> {
+    let missing = vsum_engine::discover::missing_inputs(&m.base_dir, &m.inputs);
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let mut msg = String::new();
+    for (input, path) in &missing {
+        if from_flag {
+            msg.push_str(&format!(
+                "error: --inputs: no such folder or file: {}\n",
+                path.display()
+            ));
+        } else {
+            msg.push_str(&format!(
+                "error: {}: input '{input}' does not exist ({})\n",
+                manifest.display(),
+                path.display()
+            ));
+        }
+    }
+    if from_flag {
+        msg.push_str("  hint: give folders or files that exist");
+    } else {
+        msg.push_str(&format!(
+            "  hint: create it and put videos in it, fix `inputs:` in {m} (paths are relative \
+             to its folder), or run on other folders: vsum run {m} --inputs DIR...",
+            m = manifest.display()
+        ));
+    }
+    Err(Fail::usage(msg))
+}
+
 pub fn load_config(
     m: &Manifest,
     common: &Common,

@@ -9,8 +9,8 @@ use vsum_engine::stage::Registry;
 use vsum_engine::store::{LockMode, Store};
 
 use super::common::{
-    Common, Fail, exit, install_ctrlc, kinds, load_alerts, load_config, load_manifest, open_store,
-    published, read_summary,
+    Common, Fail, check_inputs, exit, install_ctrlc, kinds, load_alerts, load_config,
+    load_manifest, open_store, override_inputs, published, read_summary,
 };
 use super::find::ManifestArg;
 use super::launch;
@@ -30,7 +30,11 @@ pub struct RunArgs {
     /// Ignore the cache for this stage (repeatable)
     #[arg(long)]
     force: Vec<String>,
+    /// Run on these folders or files instead of the manifest's `inputs:`
+    #[arg(long, num_args = 1.., value_name = "DIR")]
+    inputs: Vec<PathBuf>,
     /// Only videos whose path (relative to the manifest) or file name matches this glob
+    /// (the index still covers every video with cached results)
     #[arg(long)]
     videos: Option<String>,
     /// Show what would run and why, run nothing
@@ -81,6 +85,7 @@ pub fn cmd(args: RunArgs, registry: Registry) -> Result<u8, Fail> {
         jobs,
         only,
         force,
+        inputs,
         videos,
         dry_run,
         retry_failed,
@@ -90,7 +95,9 @@ pub fn cmd(args: RunArgs, registry: Registry) -> Result<u8, Fail> {
         common,
     } = args;
     let manifest = target.resolve()?;
-    let m = load_manifest(&manifest, &registry)?;
+    let mut m = load_manifest(&manifest, &registry)?;
+    let from_flag = override_inputs(&mut m, &inputs);
+    check_inputs(&manifest, &m, from_flag)?;
     let alerts = load_alerts(&m, &common)?;
     let mut flags = serde_json::Map::new();
     if let Some(j) = jobs {
