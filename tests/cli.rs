@@ -544,3 +544,54 @@ fn a_videos_subset_run_keeps_every_cached_video_in_the_index() {
         p.executions()
     );
 }
+
+#[test]
+fn quiet_verbose_and_colour() {
+    let p = Project::new(DEMO, &[("a.mp4", b"aaaa")]);
+    // -q: no note, no progress, no completion screen; the result still comes.
+    let out = p.vsum(&["-q", "run", "--progress", "plain"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(stderr(&out), "", "quiet");
+    // -vv: the engine's debug records on stderr; VSUM_LOG sets the filter.
+    std::fs::write(p.path().join("input/b.mp4"), b"b").unwrap();
+    let out = p.vsum(&["run", "-vv", "--progress", "plain"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("job started"), "{}", stderr(&out));
+    std::fs::write(p.path().join("input/c.mp4"), b"c").unwrap();
+    let out = vsum_in(
+        p.path(),
+        &["run", "-vv", "--progress", "plain"],
+        &[("VSUM_LOG", "off")],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("job started"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("ran"), "plain progress still shows");
+    // Colour only when asked (stderr is not a terminal here), and NO_COLOR is honoured.
+    let esc = |o: &Output| stderr(o).contains('\x1b');
+    assert!(!esc(&p.vsum(&["run", "nope.yaml"])));
+    let out = p.vsum(&["run", "nope.yaml", "--color", "always"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("\x1b[1;31merror:\x1b[0m"),
+        "{}",
+        stderr(&out)
+    );
+    let out = vsum_in(
+        p.path(),
+        &["--color", "auto", "run", "nope.yaml"],
+        &[("NO_COLOR", "1")],
+    );
+    assert!(!esc(&out));
+    let out = p.vsum(&[
+        "run",
+        "--color",
+        "never",
+        "--progress",
+        "plain",
+        "--force",
+        "size",
+    ]);
+    assert!(!esc(&out), "{}", stderr(&out));
+    // -q and -v together is a usage error.
+    assert_eq!(p.vsum(&["-q", "-v", "stages"]).status.code(), Some(2));
+}

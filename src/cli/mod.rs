@@ -15,6 +15,7 @@ mod run;
 mod runs;
 mod search;
 mod stages;
+mod term;
 mod validate;
 
 use clap::{Parser, Subcommand};
@@ -33,6 +34,8 @@ use common::{Fail, exit::USAGE};
 pub struct Cli {
     #[command(subcommand)]
     command: Cmd,
+    #[command(flatten)]
+    global: term::Global,
 }
 
 #[derive(Subcommand)]
@@ -75,10 +78,11 @@ enum Cmd {
 /// Parses the command line and runs the command; returns the exit code.
 pub fn main() -> u8 {
     let cli = Cli::parse();
+    term::init(&cli.global);
     match dispatch(cli) {
         Ok(code) => code,
         Err(Fail(code, msg)) => {
-            eprintln!("{msg}");
+            eprintln!("{}", term::error_text(&msg));
             code
         }
     }

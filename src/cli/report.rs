@@ -15,6 +15,8 @@ use vsum_engine::fsutil::human_bytes;
 use vsum_engine::run::RunSummary;
 use vsum_engine::stage::Lane;
 
+use super::term;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Progress {
     /// Bars on a terminal, plain lines otherwise.
@@ -42,6 +44,22 @@ fn level_word(l: Level) -> &'static str {
     }
 }
 
+/// An outcome word padded to `width`, coloured on a colour terminal.
+fn outcome_painted(o: Outcome, width: usize) -> String {
+    let w = format!("{:<width$}", outcome_word(o));
+    match o {
+        Outcome::Ran => term::green(&w),
+        Outcome::Cached => term::dim(&w),
+        Outcome::Failed => term::red(&w),
+        Outcome::Skipped | Outcome::Cancelled => term::yellow(&w),
+        Outcome::WouldRun => w,
+    }
+}
+
+fn warning(message: &str) -> String {
+    format!("{} {message}", term::yellow("warning:"))
+}
+
 fn outcome_word(o: Outcome) -> &'static str {
     match o {
         Outcome::Ran => "ran",
@@ -60,7 +78,7 @@ pub fn attach(events: &EventSink, mode: Progress) {
         Progress::Plain => attach_plain(events),
         Progress::None | Progress::Auto => events.subscribe(|e| {
             if let Event::Warning { message } = e {
-                eprintln!("warning: {message}");
+                eprintln!("{}", warning(message));
             }
         }),
     }
@@ -75,7 +93,7 @@ fn attach_plain(events: &EventSink) {
                 st.1 = *jobs;
                 eprintln!("vsum: {videos} video(s), {jobs} job(s)");
             }
-            Event::Warning { message } => eprintln!("warning: {message}"),
+            Event::Warning { message } => eprintln!("{}", warning(message)),
             Event::JobRetrying { job, attempt, error, delay_ms } => eprintln!(
                 "retry   {} (attempt {attempt} failed: {}; next in {delay_ms} ms)",
                 job.describe(),
@@ -85,10 +103,10 @@ fn attach_plain(events: &EventSink) {
                 st.0 += 1;
                 let width = st.1.to_string().len();
                 let mut line = format!(
-                    "[{:>width$}/{}] {:<9} {} ({:.1}s)",
+                    "[{:>width$}/{}] {} {} ({:.1}s)",
                     st.0,
                     st.1,
-                    outcome_word(*outcome),
+                    outcome_painted(*outcome, 9),
                     job.describe(),
                     (end_ms - start_ms.min(end_ms)) as f64 / 1000.0
                 );
@@ -144,7 +162,7 @@ fn attach_bars(events: &EventSink) {
     let counts = Arc::new(Mutex::new([0usize; 3]));
     events.subscribe(move |e| match e {
         Event::RunStarted { jobs, .. } => overall.set_length(*jobs as u64),
-        Event::Warning { message } => multi.suspend(|| eprintln!("warning: {message}")),
+        Event::Warning { message } => multi.suspend(|| eprintln!("{}", warning(message))),
         Event::JobStarted { job, .. } => {
             let bar = if job.lane == Lane::Gpu { &gpu } else { &cpu };
             bar.set_message(job.describe());
@@ -200,13 +218,7 @@ pub fn attach_log(events: &EventSink, path: &std::path::Path) {
         return;
     };
     if let Ok(for_tracing) = file.try_clone() {
-        let filter = tracing_subscriber::EnvFilter::try_from_env("VSUM_LOG")
-            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-        let _ = tracing_subscriber::fmt()
-            .json()
-            .with_env_filter(filter)
-            .with_writer(Mutex::new(for_tracing))
-            .try_init();
+        super::term::log_to(for_tracing);
     }
     let file = Mutex::new(std::io::BufWriter::new(file));
     events.subscribe(move |e| {

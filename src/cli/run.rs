@@ -16,6 +16,7 @@ use super::find::ManifestArg;
 use super::launch;
 use super::plan::plan_table;
 use super::report::{self, Progress};
+use super::term;
 
 #[derive(clap::Args)]
 pub struct RunArgs {
@@ -94,6 +95,12 @@ pub fn cmd(args: RunArgs, registry: Registry) -> Result<u8, Fail> {
         progress,
         common,
     } = args;
+    // -q: no screens and no progress; -v: the stages' logs on stderr, between plain lines.
+    let progress = match progress {
+        _ if term::quiet() => Progress::None,
+        Progress::Auto if term::verbose() > 0 => Progress::Plain,
+        p => p,
+    };
     let manifest = target.resolve()?;
     let mut m = load_manifest(&manifest, &registry)?;
     let from_flag = override_inputs(&mut m, &inputs);
@@ -110,7 +117,7 @@ pub fn cmd(args: RunArgs, registry: Registry) -> Result<u8, Fail> {
         match last_failures(&store)? {
             Some(v) => Some(v),
             None => {
-                eprintln!("the last run had no failures: nothing to retry");
+                term::note("the last run had no failures: nothing to retry");
                 return Ok(exit::OK);
             }
         }
