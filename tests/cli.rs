@@ -326,6 +326,9 @@ fn every_json_output_parses() {
         &["runs", "show", &run_id, "--json"],
         &["runs", "show", "last", "--json"],
         &["runs", "last", "--json"],
+        &["run", "--dry-run", "--json", "--progress", "none"],
+        &["run", "--json", "--progress", "none"],
+        &["models", "list", "--json"],
     ] {
         let out = p.vsum(args);
         // doctor may fail a check on this machine; its JSON must parse all the same.
@@ -342,9 +345,37 @@ fn every_json_output_parses() {
         "why",
     );
     assert_eq!(why[0]["cached"], true);
-    // `runs last` is `runs show last`.
+    // Times are RFC 3339 (UTC) in JSON, whatever the command.
+    let rfc3339 = |v: &Value, what: &str| {
+        let t = v
+            .as_str()
+            .unwrap_or_else(|| panic!("{what}: not a string: {v}"));
+        let b = t.as_bytes();
+        assert!(
+            t.len() == 20 && b[4] == b'-' && b[10] == b'T' && b[13] == b':' && t.ends_with('Z'),
+            "{what}: {t}"
+        );
+    };
+    let ls = json_of(&p.vsum(&["cache", "ls", "--json"]), "cache ls");
+    rfc3339(&ls[0]["created"], "cache ls created");
+    rfc3339(&ls[0]["last_used"], "cache ls last_used");
+    let show = json_of(&p.vsum(&["cache", "show", &key[..12], "--json"]), "show");
+    rfc3339(&show["created"], "cache show created");
+    let runs = json_of(&p.vsum(&["runs", "ls", "--json"]), "runs ls");
+    rfc3339(&runs[0]["started"], "runs ls started");
+    rfc3339(
+        &json_of(&p.vsum(&["plan", "--json"]), "plan")["started"],
+        "plan started",
+    );
+    rfc3339(&p.run(&[]).1["started"], "run started");
+    // Tables show human times.
+    let table = stdout(&p.vsum(&["cache", "ls"]));
+    assert!(table.contains("s ago"), "{table}");
+    // `runs last` is `runs show last`: the run just made.
+    let (_, newest) = p.run(&[]);
     let last = json_of(&p.vsum(&["runs", "last", "--json"]), "runs last");
-    assert_eq!(last["run_id"], run_id.as_str());
+    assert_eq!(last["run_id"], newest["run_id"]);
+    assert_ne!(last["run_id"], run_id.as_str());
 }
 
 #[test]

@@ -192,3 +192,13 @@ pub fn install_ctrlc() -> Arc<AtomicBool> {
 pub fn entries(n: usize) -> String {
     format!("{n} entr{}", if n == 1 { "y" } else { "ies" })
 }
+
+/// A human time in tables: "5m ago".
+pub fn ago(secs: u64) -> String {
+    match secs {
+        0..60 => format!("{secs}s ago"),
+        60..3600 => format!("{}m ago", secs / 60),
+        3600..86400 => format!("{}h ago", secs / 3600),
+        _ => format!("{}d ago", secs / 86400),
+    }
+}
