@@ -626,3 +626,27 @@ fn quiet_verbose_and_colour() {
     // -q and -v together is a usage error.
     assert_eq!(p.vsum(&["-q", "-v", "stages"]).status.code(), Some(2));
 }
+
+#[test]
+fn man_pages_are_roff_for_vsum_and_each_command() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = vsum_in(tmp.path(), &["man"], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let page = stdout(&out);
+    assert!(
+        page.starts_with(".ie") || page.contains(".TH vsum 1"),
+        "{page}"
+    );
+    assert!(page.contains(".TH vsum 1"), "{page}");
+    assert!(page.contains("completions"), "lists the commands");
+    assert!(page.contains("\\-\\-color"), "global flags: {page}");
+    let run = stdout(&vsum_in(tmp.path(), &["man", "run"], &[]));
+    assert!(
+        run.contains(".TH vsum\\-run 1") || run.contains(".TH vsum-run 1"),
+        "{run}"
+    );
+    assert!(run.contains("inputs"), "{run}");
+    let out = vsum_in(tmp.path(), &["man", "rnu"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("commands are:"), "{}", stderr(&out));
+}

@@ -8,6 +8,7 @@ mod doctor;
 mod find;
 mod gc;
 mod launch;
+mod man;
 mod models;
 mod plan;
 mod report;
@@ -73,6 +74,11 @@ enum Cmd {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+    /// Print the manual page (roff): `vsum man | man -l -`, or `vsum man run` for one command
+    Man {
+        /// A command (default: vsum itself)
+        command: Option<String>,
+    },
 }
 
 /// Parses the command line and runs the command; returns the exit code.
@@ -108,5 +114,6 @@ fn dispatch(cli: Cli) -> Result<u8, Fail> {
             completions::cmd(shell);
             Ok(exit::OK)
         }
+        Cmd::Man { command } => man::cmd(command),
     }
 }
