@@ -650,3 +650,168 @@ fn man_pages_are_roff_for_vsum_and_each_command() {
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("commands are:"), "{}", stderr(&out));
 }
+
+/// A pipeline whose one job sleeps `secs`, on the GPU lane after a quick CPU job.
+fn slow_project(secs: u32) -> Project {
+    let manifest = format!(
+        r#"
+inputs: [input/]
+output: output/
+stages:
+  quick:
+    run: ["sh", "-c", "wc -c < \"$1\"", "x", "{{video}}"]
+    stdout: n.txt
+  slow:
+    needs: [quick]
+    lane: gpu
+    run: ["sh", "-c", "touch '$DIR/started'; sleep {secs}; cat \"$1\"", "x", "{{quick}}/n.txt"]
+    stdout: n.txt
+"#
+    );
+    Project::new(&manifest, &[("a.mp4", b"aaaa"), ("b.mp4", b"bb")])
+}
+
+#[test]
+fn plain_progress_stamps_every_line_with_the_wall_clock() {
+    let p = slow_project(0);
+    let out = p.vsum(&["run", "--progress", "plain"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let err = stderr(&out);
+    let lines: Vec<&str> = err
+        .lines()
+        .filter(|l| {
+            l.contains("] ran") || l.starts_with("20") || l.contains("vsum: 2 video(s), 4 job(s)")
+        })
+        .collect();
+    assert!(lines.len() >= 5, "{err}");
+    for l in &lines {
+        let b = l.as_bytes();
+        assert!(
+            b.len() > 21 && b[4] == b'-' && b[10] == b'T' && b[19] == b'Z' && b[20] == b' ',
+            "no timestamp: {l}"
+        );
+    }
+    assert!(err.contains("4 job(s): 0 cached, 4 to run"), "{err}");
+    assert!(
+        err.contains("log:     "),
+        "the run log is pointed at: {err}"
+    );
+}
+
+/// A private tmux server, killed when dropped.
+struct Tmux(String);
+
+impl Tmux {
+    fn cmd(&self, args: &[&str]) -> Output {
+        Command::new("tmux")
+            .args(["-L", &self.0])
+            .args(args)
+            .output()
+            .expect("tmux")
+    }
+
+    fn screen(&self) -> String {
+        stdout(&self.cmd(&["capture-pane", "-p", "-t", "vsum"]))
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = self.cmd(&["kill-server"]);
+    }
+}
+
+/// "[00:00:03]" at the start of the bar line.
+fn clock_of(screen: &str) -> Option<String> {
+    screen
+        .lines()
+        .find(|l| l.starts_with("[00:") && l.contains("to run"))
+        .map(|l| l[..10].to_string())
+}
+
+#[test]
+fn the_live_screen_ticks_while_no_job_finishes() {
+    if !tool("tmux") && !required("the_live_screen_ticks_while_no_job_finishes", "tmux") {
+        return;
+    }
+    let p = slow_project(6);
+    let tmux = Tmux(format!("vsum-test-{}", std::process::id()));
+    let script = format!(
+        "cd '{}' && VSUM_NO_GPU=1 '{BIN}' run --yes --progress bar; echo EXIT=$?; sleep 60",
+        p.path().display()
+    );
+    let started = tmux.cmd(&[
+        "-f",
+        "/dev/null",
+        "new-session",
+        "-d",
+        "-s",
+        "vsum",
+        "-x",
+        "160",
+        "-y",
+        "30",
+        &script,
+    ]);
+    assert!(started.status.success(), "{}", stderr(&started));
+    // Wait until the slow job runs (the quick ones are done by then).
+    let t0 = std::time::Instant::now();
+    while !p.path().join("started").exists() {
+        assert!(
+            t0.elapsed().as_secs() < 20,
+            "the slow job never started:\n{}",
+            tmux.screen()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(1200));
+    let first = tmux.screen();
+    std::thread::sleep(std::time::Duration::from_millis(1000));
+    let second = tmux.screen();
+    let (a, b) = (clock_of(&first), clock_of(&second));
+    assert!(
+        a.is_some() && b.is_some(),
+        "no clock:\n{first}\n---\n{second}"
+    );
+    assert_ne!(a, b, "the clock froze:\n{first}\n---\n{second}");
+    // Nothing finished in between: the same count of to-run jobs done.
+    let done = |s: &str| {
+        s.lines().find(|l| l.contains("to run")).and_then(|l| {
+            l.split_whitespace()
+                .find(|w| w.contains('/'))
+                .map(str::to_string)
+        })
+    };
+    assert_eq!(done(&first), done(&second), "{first}\n---\n{second}");
+    for screen in [&first, &second] {
+        assert!(screen.contains("none cached"), "{screen}");
+        assert!(screen.contains("videos done 0/2"), "{screen}");
+        assert!(
+            screen.contains("gpu lane (CPU mode): 1 running"),
+            "{screen}"
+        );
+        assert!(screen.contains("slow [input/"), "{screen}");
+        assert!(screen.contains("eta "), "{screen}");
+    }
+    // The job's own elapsed time moves too.
+    let job = |s: &str| {
+        s.lines()
+            .find(|l| l.contains("slow [input/"))
+            .map(|l| l.trim().to_string())
+    };
+    assert_ne!(job(&first), job(&second), "{first}\n---\n{second}");
+    // Ctrl-C says at once what it stops.
+    tmux.cmd(&["send-keys", "-t", "vsum", "C-c"]);
+    let t0 = std::time::Instant::now();
+    let mut last = String::new();
+    while t0.elapsed().as_secs() < 20 {
+        last = tmux.screen();
+        if last.contains("EXIT=") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert!(last.contains("stopping: 1 job in flight"), "{last}");
+    assert!(last.contains("EXIT=130"), "{last}");
+    assert!(last.contains("log:     "), "{last}");
+}

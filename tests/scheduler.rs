@@ -347,6 +347,7 @@ stages:
     let child = std::process::Command::new(BIN)
         .args(["run", "pipeline.yaml", "--jobs", "1", "--progress", "none"])
         .current_dir(p.path())
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
     std::thread::sleep(std::time::Duration::from_millis(800));
@@ -357,6 +358,12 @@ stages:
     assert!(rc.success());
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(130));
+    // Said at once, with what is being stopped (one job at a time runs here).
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("stopping: 1 job in flight") || err.contains("stopping: 0 jobs in flight"),
+        "{err}"
+    );
     let (code, s) = p.run(&[]);
     assert_eq!(code, 0, "{s}");
     assert!(

@@ -183,7 +183,11 @@ pub fn install_ctrlc() -> Arc<AtomicBool> {
             // Second Ctrl-C: leave now. Nothing half-written is ever trusted.
             std::process::exit(exit::INTERRUPTED as i32);
         }
-        eprintln!("\nstopping: letting in-flight jobs stop (Ctrl-C again to quit now)");
+        let n = super::report::in_flight();
+        super::screen::println(&format!(
+            "\nstopping: {n} job{} in flight; they stop now and no new job starts (Ctrl-C again to quit at once)",
+            if n == 1 { "" } else { "s" }
+        ));
     });
     cancel
 }

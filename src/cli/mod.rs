@@ -14,6 +14,7 @@ mod plan;
 mod report;
 mod run;
 mod runs;
+mod screen;
 mod search;
 mod stages;
 mod term;

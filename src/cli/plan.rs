@@ -53,7 +53,7 @@ pub fn cmd(args: PlanArgs, registry: &Registry) -> Result<u8, Fail> {
         only_videos: None,
     };
     let events = EventSink::new();
-    report::attach(&events, Progress::None);
+    report::attach(&events, Progress::None, None);
     let summary = run::run(
         &m,
         registry,

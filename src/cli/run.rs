@@ -16,6 +16,7 @@ use super::find::ManifestArg;
 use super::launch;
 use super::plan::plan_table;
 use super::report::{self, Progress};
+use super::screen;
 use super::term;
 
 #[derive(clap::Args)]
@@ -148,10 +149,18 @@ pub fn cmd(args: RunArgs, registry: Registry) -> Result<u8, Fail> {
     if !dry_run {
         store.prune_runs(cfg.keep_runs.saturating_sub(1));
     }
+    let setup = (!dry_run).then(|| {
+        let cpu_mode = matches!(
+            vsum_engine::monitor::Gpu::open().info(),
+            vsum_engine::monitor::GpuInfo::Cpu { .. }
+        );
+        screen::Setup::new(&plan.summary(), &store, cfg.threads(), cpu_mode)
+    });
     let events = EventSink::new();
-    report::attach(&events, progress);
+    report::attach(&events, progress, setup);
+    let log = run::log_path(&store, &run_id);
     if !dry_run {
-        report::attach_log(&events, &run::log_path(&store, &run_id));
+        report::attach_log(&events, &log);
     }
     let cancel = install_ctrlc();
     let executor =
@@ -166,7 +175,12 @@ pub fn cmd(args: RunArgs, registry: Registry) -> Result<u8, Fail> {
     } else if progress != Progress::None {
         eprint!(
             "{}",
-            report::completion(&summary, &manifest.display().to_string(), &published(&m))
+            report::completion(
+                &summary,
+                &manifest.display().to_string(),
+                &published(&m),
+                (!dry_run).then_some(log.as_path())
+            )
         );
     }
     Ok(summary.exit_code() as u8)

@@ -106,7 +106,7 @@ pub fn cmd(args: RunsArgs, registry: &Registry) -> Result<u8, Fail> {
         };
         print!(
             "{}",
-            report::completion(&summary, &summary.manifest, &names)
+            report::completion(&summary, &summary.manifest, &names, None)
         );
     }
     Ok(exit::OK)
