@@ -815,3 +815,78 @@ fn the_live_screen_ticks_while_no_job_finishes() {
     assert!(last.contains("EXIT=130"), "{last}");
     assert!(last.contains("log:     "), "{last}");
 }
+
+#[test]
+fn watch_runs_a_video_copied_in_while_it_runs_once_the_copy_is_done() {
+    let p = Project::new(&published_demo(), &[("a.mp4", b"aaaa")]);
+    let err_path = p.path().join("watch.err");
+    let child = Command::new(BIN)
+        .args(["run", "--watch", "--progress", "plain", "--yes"])
+        .current_dir(p.path())
+        .env_remove("VSUM_MANIFEST")
+        .env_remove("VSUM_CACHE_DIR")
+        .stderr(std::fs::File::create(&err_path).unwrap())
+        .spawn()
+        .unwrap();
+    let wait_for = |what: &str, ok: &dyn Fn() -> bool| {
+        let t0 = std::time::Instant::now();
+        while !ok() {
+            if t0.elapsed().as_secs() > 30 {
+                let _ = Command::new("kill").arg(child.id().to_string()).status();
+                panic!(
+                    "{what} never happened; stderr:\n{}",
+                    std::fs::read_to_string(&err_path).unwrap_or_default()
+                );
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    };
+    let err = || std::fs::read_to_string(&err_path).unwrap_or_default();
+    wait_for("watching", &|| err().contains("watching "));
+    assert_eq!(p.read("output/all.txt"), "4\n4\n");
+    // A slow copy: 600 bytes in six writes, 300 ms apart.
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(p.path().join("input/c.mp4")).unwrap();
+        for _ in 0..6 {
+            f.write_all(&[b'c'; 100]).unwrap();
+            f.flush().unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(300));
+        }
+    }
+    wait_for("the index with c", &|| {
+        std::fs::read_to_string(p.path().join("output/all.txt")).unwrap_or_default()
+            == "4\n4\n600\n600\n"
+    });
+    let sizes: Vec<String> = p
+        .executions()
+        .into_iter()
+        .filter(|l| l.starts_with("size c"))
+        .collect();
+    assert_eq!(
+        sizes.len(),
+        1,
+        "a half-copied file was read: {:?}",
+        p.executions()
+    );
+    assert_eq!(
+        p.executions().iter().filter(|l| *l == "size a").count(),
+        1,
+        "a is restored from the cache: {:?}",
+        p.executions()
+    );
+    wait_for("watching again", &|| err().contains("watching for more"));
+    let rc = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(rc.success());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", err());
+    assert!(err().contains("watch: stopped"), "{}", err());
+    assert!(
+        err().contains("watch: 1 video(s) new, changed or gone: c.mp4"),
+        "{}",
+        err()
+    );
+}

@@ -175,7 +175,14 @@ pub fn published(m: &Manifest) -> Vec<String> {
     m.stages.iter().flat_map(|s| s.publish.clone()).collect()
 }
 
+/// The Ctrl-C flag, installed on first use (the same flag after that: `--watch` runs
+/// many batches under one handler).
 pub fn install_ctrlc() -> Arc<AtomicBool> {
+    static CANCEL: std::sync::OnceLock<Arc<AtomicBool>> = std::sync::OnceLock::new();
+    CANCEL.get_or_init(set_ctrlc).clone()
+}
+
+fn set_ctrlc() -> Arc<AtomicBool> {
     let cancel = Arc::new(AtomicBool::new(false));
     let c = cancel.clone();
     let _ = ctrlc::set_handler(move || {

@@ -6,6 +6,7 @@ mod common;
 mod completions;
 mod doctor;
 mod find;
+mod follow;
 mod gc;
 mod launch;
 mod man;
