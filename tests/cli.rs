@@ -792,6 +792,10 @@ fn the_live_screen_ticks_while_no_job_finishes() {
         );
         assert!(screen.contains("slow [input/"), "{screen}");
         assert!(screen.contains("eta "), "{screen}");
+        assert!(
+            screen.contains("host: ") && screen.contains("CPU "),
+            "{screen}"
+        );
     }
     // The job's own elapsed time moves too.
     let job = |s: &str| {

@@ -255,6 +255,26 @@ impl Board {
     }
 }
 
+/// The machine's CPU time so far: (busy, total) jiffies from `/proc/stat`.
+fn cpu_times() -> Option<(u64, u64)> {
+    let text = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = text.lines().next()?.strip_prefix("cpu ")?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let total: u64 = v.iter().take(8).sum();
+    let idle = v.get(3)? + v.get(4).copied().unwrap_or(0);
+    Some((total - idle, total))
+}
+
+/// CPU in use between two readings, percent.
+fn cpu_pct(before: (u64, u64), after: (u64, u64)) -> Option<f64> {
+    let total = after.1.checked_sub(before.1).filter(|t| *t > 0)?;
+    let busy = after.0.saturating_sub(before.0);
+    Some(busy as f64 * 100.0 / total as f64)
+}
+
 /// The live screen's bars while they are drawn: other threads print above them.
 static LIVE: Mutex<Option<MultiProgress>> = Mutex::new(None);
 
@@ -283,6 +303,9 @@ struct Bars {
     host: ProgressBar,
     /// The machine's last reading, as shown.
     machine: String,
+    /// CPU in use over the last second, and the reading it was measured from.
+    cpu: Option<f64>,
+    cpu_times: Option<(u64, u64)>,
 }
 
 impl Bars {
@@ -318,6 +341,8 @@ impl Bars {
             lanes,
             host,
             machine: String::new(),
+            cpu: None,
+            cpu_times: cpu_times(),
         }
     }
 
@@ -326,6 +351,7 @@ impl Bars {
         self.head.set_position(board.to_run_done() as u64);
         self.head.set_message(board.headline(now));
         let mut host = vec![format!("host: {}", self.machine)];
+        host.extend(self.cpu.map(|c| format!("CPU {c:.0}%")));
         host.extend(board.throughput(now));
         self.host.set_message(host.join(" · "));
         for (lane, line, jobs) in &mut self.lanes {
@@ -361,6 +387,15 @@ impl Bars {
         }
     }
 
+    /// Measures CPU use since the last call.
+    fn sample_cpu(&mut self) {
+        let now = cpu_times();
+        if let (Some(a), Some(b)) = (self.cpu_times, now) {
+            self.cpu = cpu_pct(a, b).or(self.cpu);
+        }
+        self.cpu_times = now;
+    }
+
     fn clear(&self) {
         *LIVE.lock().expect("live") = None;
         for (_, l, jobs) in &self.lanes {
@@ -388,12 +423,17 @@ pub fn attach(events: &EventSink, setup: Setup) {
         std::thread::Builder::new()
             .name("vsum-screen".into())
             .spawn(move || {
+                let mut tick = 0u64;
                 while !done.load(Ordering::Relaxed) {
                     {
                         let mut st = state.lock().expect("screen");
                         let (board, bars) = &mut *st;
+                        if tick % 2 == 0 {
+                            bars.sample_cpu();
+                        }
                         bars.draw(board, &setup, Instant::now());
                     }
+                    tick += 1;
                     std::thread::sleep(Duration::from_millis(500));
                 }
             })
@@ -556,6 +596,14 @@ mod tests {
         b.finished(&label(0, "probe", "a.mp4", Lane::Cpu), Outcome::Cached, 0);
         b.finished(&label(2, "probe", "b.mp4", Lane::Cpu), Outcome::Ran, 4000);
         assert_eq!(b.eta(t0), Some(120.0));
+    }
+
+    #[test]
+    fn cpu_use_is_busy_time_over_total_time() {
+        assert_eq!(cpu_pct((100, 1000), (150, 1100)), Some(50.0));
+        assert_eq!(cpu_pct((100, 1000), (100, 1000)), None);
+        let (busy, total) = cpu_times().expect("/proc/stat");
+        assert!(busy <= total);
     }
 
     #[test]
