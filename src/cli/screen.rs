@@ -428,7 +428,7 @@ pub fn attach(events: &EventSink, setup: Setup) {
                     {
                         let mut st = state.lock().expect("screen");
                         let (board, bars) = &mut *st;
-                        if tick % 2 == 0 {
+                        if tick.is_multiple_of(2) {
                             bars.sample_cpu();
                         }
                         bars.draw(board, &setup, Instant::now());
