@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 pkgs=(pkg-config clang libclang-dev cmake
       libavcodec-dev libavformat-dev libavutil-dev libswscale-dev libswresample-dev libavfilter-dev
-      ffmpeg espeak-ng python3-pip chromium fonts-dejavu-core)
+      ffmpeg espeak-ng python3-pip chromium fonts-dejavu-core tmux)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

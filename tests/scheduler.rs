@@ -279,7 +279,7 @@ stages:
 }
 
 #[test]
-fn missing_input_folder_is_reported_and_the_rest_runs() {
+fn a_missing_input_folder_stops_the_run_before_anything_runs() {
     let manifest = r#"
 inputs: [input/, no-such-folder/]
 stages:
@@ -288,18 +288,22 @@ stages:
 "#;
     let p = Project::new(manifest, &[("a.mp4", b"one")]);
     let out = p.vsum(&["run", "pipeline.yaml", "--progress", "plain"]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     let err = stderr(&out);
-    assert!(err.contains("input 'no-such-folder/'"), "{err}");
-    assert!(err.contains("No such file or directory"), "{err}");
-    assert_eq!(p.read("output/a/copy/v.bin"), "one");
+    assert!(
+        err.contains("input 'no-such-folder/' does not exist"),
+        "{err}"
+    );
+    assert!(err.contains("pipeline.yaml"), "names the manifest: {err}");
+    assert!(err.contains("--inputs"), "says what to do: {err}");
+    assert!(!p.path().join("output").exists(), "nothing ran");
 }
 
 #[test]
 fn unreadable_input_folder_is_reported() {
     if unsafe_is_root() {
         // Root reads any folder, so permissions cannot make one unreadable here; the
-        // same code path is covered by the missing-folder test above.
+        // same code path as an unreadable video.
         eprintln!(
             "SKIP unreadable_input_folder_is_reported: running as root, chmod 000 does not stop root"
         );
@@ -343,6 +347,7 @@ stages:
     let child = std::process::Command::new(BIN)
         .args(["run", "pipeline.yaml", "--jobs", "1", "--progress", "none"])
         .current_dir(p.path())
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
     std::thread::sleep(std::time::Duration::from_millis(800));
@@ -353,6 +358,12 @@ stages:
     assert!(rc.success());
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(130));
+    // Said at once, with what is being stopped (one job at a time runs here).
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("stopping: 1 job in flight") || err.contains("stopping: 0 jobs in flight"),
+        "{err}"
+    );
     let (code, s) = p.run(&[]);
     assert_eq!(code, 0, "{s}");
     assert!(

@@ -39,6 +39,38 @@ fn has_ext(p: &Path, exts: &[String]) -> bool {
         .is_some_and(|e| exts.iter().any(|x| x.eq_ignore_ascii_case(e)))
 }
 
+/// The folder or file each input names (a glob's folder before its first wildcard).
+pub fn input_roots(base_dir: &Path, inputs: &[String]) -> Vec<PathBuf> {
+    inputs.iter().map(|i| input_root(base_dir, i)).collect()
+}
+
+fn input_root(base_dir: &Path, input: &str) -> PathBuf {
+    if is_glob(input) {
+        let literal: PathBuf = Path::new(input)
+            .components()
+            .take_while(|c| !is_glob(&c.as_os_str().to_string_lossy()))
+            .collect();
+        base_dir.join(literal)
+    } else {
+        base_dir.join(input)
+    }
+}
+
+/// The inputs that name nothing on disk: a folder or file that is not there, or a
+/// glob whose folder (the part before its first wildcard) is not there. Each comes with
+/// the path that was looked for. A run would find no video there and still succeed, so
+/// `vsum validate` and `vsum run` refuse these up front.
+pub fn missing_inputs(base_dir: &Path, inputs: &[String]) -> Vec<(String, PathBuf)> {
+    inputs
+        .iter()
+        .filter_map(|input| {
+            let root = input_root(base_dir, input);
+            let gone = matches!(std::fs::metadata(&root), Err(e) if e.kind() == std::io::ErrorKind::NotFound);
+            gone.then(|| (input.clone(), root))
+        })
+        .collect()
+}
+
 /// Walks the inputs (relative to `base_dir`).
 pub fn discover(base_dir: &Path, inputs: &[String], exts: &[String]) -> Discovery {
     let mut out = Discovery::default();

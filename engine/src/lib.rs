@@ -23,5 +23,6 @@ pub mod safety;
 pub mod stage;
 pub mod store;
 pub mod template;
+pub mod time;
 pub mod watch;
 pub mod yaml;

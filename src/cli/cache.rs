@@ -10,8 +10,9 @@ use vsum_engine::fsutil::human_bytes;
 use vsum_engine::run::{self, RunOptions};
 use vsum_engine::stage::Registry;
 use vsum_engine::store::{LockMode, Store};
+use vsum_engine::time::rfc3339;
 
-use super::common::{Common, Fail, entries, exit, kinds, print_json};
+use super::common::{Common, Fail, ago, entries, exit, kinds, print_json};
 use super::find::{self, Target};
 use super::gc::{self, GcArgs};
 
@@ -156,6 +157,13 @@ fn ls(store: &Store, sort: SortBy, json: bool) -> Result<u8, Fail> {
         SortBy::Stage => {}
     }
     if json {
+        for r in &mut rows {
+            for f in ["created", "last_used"] {
+                if let Some(t) = r[f].as_u64() {
+                    r[f] = rfc3339(t).into();
+                }
+            }
+        }
         print_json(&rows);
         return Ok(exit::OK);
     }
@@ -174,13 +182,18 @@ fn ls(store: &Store, sort: SortBy, json: bool) -> Result<u8, Fail> {
         .unwrap_or(0)
         .max(4);
     println!(
-        "{:<12}  {:<sw$}  {:<kw$}  {:>10}  video",
-        "key", "stage", "kind", "size"
+        "{:<12}  {:<sw$}  {:<kw$}  {:>10}  {:>9}  video",
+        "key", "stage", "kind", "size", "used"
     );
+    let now = vsum_engine::store::now_secs();
     for r in &rows {
         let key = text(r, "key", "");
+        let used = match num(r, "last_used") {
+            0 => "-".to_string(),
+            t => ago(now.saturating_sub(t)),
+        };
         println!(
-            "{:<12}  {:<sw$}  {:<kw$}  {:>10}  {}",
+            "{:<12}  {:<sw$}  {:<kw$}  {:>10}  {used:>9}  {}",
             &key[..key.len().min(12)],
             text(r, "stage", "?"),
             text(r, "kind", "?"),
@@ -198,7 +211,9 @@ fn show(store: &Store, key: &str) -> Result<u8, Fail> {
             let e = store
                 .read_entry(k)
                 .map_err(|why| Fail::failed(format!("error: entry {k}: {why}")))?;
-            print_json(&e);
+            let mut v = serde_json::to_value(&e).expect("entry serializes");
+            v["created"] = rfc3339(e.created).into();
+            print_json(&v);
             Ok(exit::OK)
         }
         [] => Err(Fail::failed(format!(

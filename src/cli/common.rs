@@ -70,6 +70,60 @@ pub fn load_manifest(path: &Path, registry: &Registry) -> Result<Manifest, Fail>
     })
 }
 
+/// `--inputs DIR...`: these folders or files replace the manifest's `inputs:`
+/// (relative to the current folder, like every path typed on the command line).
+/// Returns whether they did.
+pub fn override_inputs(m: &mut Manifest, dirs: &[PathBuf]) -> bool {
+    if dirs.is_empty() {
+        return false;
+    }
+    m.inputs = dirs
+        .iter()
+        .map(|d| {
+            std::path::absolute(d)
+                .unwrap_or_else(|_| d.clone())
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    true
+}
+
+/// Refuses (exit 2) inputs that name nothing on disk, before anything runs: a run
+/// would find no video there and still report success. `from_flag`: the inputs came
+/// from `--inputs`, not from the manifest's `inputs:`.
+pub fn check_inputs(manifest: &Path, m: &Manifest, from_flag: bool) -> Result<(), Fail> {
+    let missing = vsum_engine::discover::missing_inputs(&m.base_dir, &m.inputs);
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let mut msg = String::new();
+    for (input, path) in &missing {
+        if from_flag {
+            msg.push_str(&format!(
+                "error: --inputs: no such folder or file: {}\n",
+                path.display()
+            ));
+        } else {
+            msg.push_str(&format!(
+                "error: {}: input '{input}' does not exist ({})\n",
+                manifest.display(),
+                path.display()
+            ));
+        }
+    }
+    if from_flag {
+        msg.push_str("  hint: give folders or files that exist");
+    } else {
+        msg.push_str(&format!(
+            "  hint: create it and put videos in it, fix `inputs:` in {m} (paths are relative \
+             to its folder), or run on other folders: vsum run {m} --inputs DIR...",
+            m = manifest.display()
+        ));
+    }
+    Err(Fail::usage(msg))
+}
+
 pub fn load_config(
     m: &Manifest,
     common: &Common,
@@ -121,7 +175,14 @@ pub fn published(m: &Manifest) -> Vec<String> {
     m.stages.iter().flat_map(|s| s.publish.clone()).collect()
 }
 
+/// The Ctrl-C flag, installed on first use (the same flag after that: `--watch` runs
+/// many batches under one handler).
 pub fn install_ctrlc() -> Arc<AtomicBool> {
+    static CANCEL: std::sync::OnceLock<Arc<AtomicBool>> = std::sync::OnceLock::new();
+    CANCEL.get_or_init(set_ctrlc).clone()
+}
+
+fn set_ctrlc() -> Arc<AtomicBool> {
     let cancel = Arc::new(AtomicBool::new(false));
     let c = cancel.clone();
     let _ = ctrlc::set_handler(move || {
@@ -129,7 +190,11 @@ pub fn install_ctrlc() -> Arc<AtomicBool> {
             // Second Ctrl-C: leave now. Nothing half-written is ever trusted.
             std::process::exit(exit::INTERRUPTED as i32);
         }
-        eprintln!("\nstopping: letting in-flight jobs stop (Ctrl-C again to quit now)");
+        let n = super::report::in_flight();
+        super::screen::println(&format!(
+            "\nstopping: {n} job{} in flight; they stop now and no new job starts (Ctrl-C again to quit at once)",
+            if n == 1 { "" } else { "s" }
+        ));
     });
     cancel
 }
@@ -137,4 +202,14 @@ pub fn install_ctrlc() -> Arc<AtomicBool> {
 /// "3 entries" / "1 entry".
 pub fn entries(n: usize) -> String {
     format!("{n} entr{}", if n == 1 { "y" } else { "ies" })
+}
+
+/// A human time in tables: "5m ago".
+pub fn ago(secs: u64) -> String {
+    match secs {
+        0..60 => format!("{secs}s ago"),
+        60..3600 => format!("{}m ago", secs / 60),
+        3600..86400 => format!("{}h ago", secs / 3600),
+        _ => format!("{}d ago", secs / 86400),
+    }
 }

@@ -54,7 +54,7 @@ pub fn manifest(pos: Option<&Path>, flag: Option<&Path>) -> Result<Option<PathBu
     let cwd = std::env::current_dir().map_err(|e| Fail::usage(format!("error: {e}")))?;
     let found = discover(&cwd)?;
     if let Some(p) = &found {
-        eprintln!("vsum: using manifest {}", p.display());
+        super::term::note(format_args!("vsum: using manifest {}", p.display()));
     }
     Ok(found)
 }
@@ -64,7 +64,7 @@ fn named(p: &Path) -> Result<PathBuf, Fail> {
     if p.is_dir() {
         return match manifests_in(p).as_slice() {
             [one] => {
-                eprintln!("vsum: using manifest {}", one.display());
+                super::term::note(format_args!("vsum: using manifest {}", one.display()));
                 Ok(one.clone())
             }
             [] => Err(Fail::usage(format!(

@@ -118,7 +118,7 @@ pub fn cmd(args: GcArgs, target: &Target) -> Result<u8, Fail> {
         return Ok(dry_run(&plan, args.json));
     }
     if plan.is_big() && !args.yes && !confirm(&plan)? {
-        eprintln!("nothing removed");
+        super::term::note("nothing removed");
         return Ok(exit::OK);
     }
     let r = target.store.gc(max, age);

@@ -1,42 +1,14 @@
 //! The launch screen of `vsum run`: what was found, what is cached, how long the rest
 //! should take, where results go, and (on a terminal, without `--yes`) a go/no-go.
 
-use std::collections::BTreeMap;
 use std::io::{BufRead, IsTerminal, Write};
 
 use vsum_engine::events::Outcome;
 use vsum_engine::fsutil::human_bytes;
-use vsum_engine::run::{self, RunSummary};
+use vsum_engine::run::RunSummary;
 use vsum_engine::store::Store;
 
-use super::common::read_summary;
-
-/// Mean duration (ms) of jobs that ran, per stage, over the last few runs.
-fn past_durations(store: &Store) -> BTreeMap<String, f64> {
-    let mut sums: BTreeMap<String, (f64, usize)> = BTreeMap::new();
-    for p in run::past_runs(store).iter().rev().take(5) {
-        let Ok(s) = read_summary(p) else {
-            continue;
-        };
-        for j in s.jobs.iter().filter(|j| j.outcome == Outcome::Ran) {
-            let e = sums.entry(j.label.stage.clone()).or_default();
-            e.0 += j.end_ms.saturating_sub(j.start_ms) as f64;
-            e.1 += 1;
-        }
-    }
-    sums.into_iter()
-        .map(|(k, (t, n))| (k, t / n as f64))
-        .collect()
-}
-
-fn human_secs(s: f64) -> String {
-    let s = s.round() as u64;
-    match s {
-        0..60 => format!("{s}s"),
-        60..3600 => format!("{}m {:02}s", s / 60, s % 60),
-        _ => format!("{}h {:02}m", s / 3600, (s / 60) % 60),
-    }
-}
+use super::screen::{human_secs, past_durations};
 
 /// The launch screen text from a dry-run plan.
 pub fn screen(plan: &RunSummary, store: &Store, threads: usize) -> String {
@@ -63,7 +35,9 @@ pub fn screen(plan: &RunSummary, store: &Store, threads: usize) -> String {
     }
     if c.would_run > 0 {
         let est = (cpu_ms / threads.max(1) as f64).max(gpu_ms) / 1000.0;
-        if unknown == 0 {
+        if unknown == c.would_run {
+            s.push_str("estimate: none yet (no job of these stages has run here before)\n");
+        } else if unknown == 0 {
             s.push_str(&format!(
                 "estimate: about {} (from earlier runs)\n",
                 human_secs(est)

@@ -6,15 +6,19 @@ mod common;
 mod completions;
 mod doctor;
 mod find;
+mod follow;
 mod gc;
 mod launch;
+mod man;
 mod models;
 mod plan;
 mod report;
 mod run;
 mod runs;
+mod screen;
 mod search;
 mod stages;
+mod term;
 mod validate;
 
 use clap::{Parser, Subcommand};
@@ -33,6 +37,8 @@ use common::{Fail, exit::USAGE};
 pub struct Cli {
     #[command(subcommand)]
     command: Cmd,
+    #[command(flatten)]
+    global: term::Global,
 }
 
 #[derive(Subcommand)]
@@ -70,15 +76,21 @@ enum Cmd {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+    /// Print the manual page (roff): `vsum man | man -l -`, or `vsum man run` for one command
+    Man {
+        /// A command (default: vsum itself)
+        command: Option<String>,
+    },
 }
 
 /// Parses the command line and runs the command; returns the exit code.
 pub fn main() -> u8 {
     let cli = Cli::parse();
+    term::init(&cli.global);
     match dispatch(cli) {
         Ok(code) => code,
         Err(Fail(code, msg)) => {
-            eprintln!("{msg}");
+            eprintln!("{}", term::error_text(&msg));
             code
         }
     }
@@ -104,5 +116,6 @@ fn dispatch(cli: Cli) -> Result<u8, Fail> {
             completions::cmd(shell);
             Ok(exit::OK)
         }
+        Cmd::Man { command } => man::cmd(command),
     }
 }

@@ -8,7 +8,8 @@ use vsum_engine::stage::Registry;
 use vsum_engine::store::LockMode;
 
 use super::common::{
-    Common, Fail, exit, kinds, load_config, load_manifest, open_store, print_json,
+    Common, Fail, check_inputs, exit, kinds, load_config, load_manifest, open_store,
+    override_inputs, print_json,
 };
 use super::find::ManifestArg;
 use super::report::{self, Progress};
@@ -20,6 +21,9 @@ pub struct PlanArgs {
     /// Only this stage and what it needs (repeatable)
     #[arg(long)]
     only: Vec<String>,
+    /// Plan for these folders or files instead of the manifest's `inputs:`
+    #[arg(long, num_args = 1.., value_name = "DIR")]
+    inputs: Vec<std::path::PathBuf>,
     /// Only videos matching this glob
     #[arg(long)]
     videos: Option<String>,
@@ -32,7 +36,10 @@ pub struct PlanArgs {
 
 /// Runs `vsum plan`.
 pub fn cmd(args: PlanArgs, registry: &Registry) -> Result<u8, Fail> {
-    let m = load_manifest(&args.target.resolve()?, registry)?;
+    let path = args.target.resolve()?;
+    let mut m = load_manifest(&path, registry)?;
+    let from_flag = override_inputs(&mut m, &args.inputs);
+    check_inputs(&path, &m, from_flag)?;
     let cfg = load_config(&m, &args.common, Default::default())?;
     let registry = &kinds(&m, &cfg);
     let store = open_store(&m, &cfg, LockMode::Shared)?;
@@ -46,7 +53,7 @@ pub fn cmd(args: PlanArgs, registry: &Registry) -> Result<u8, Fail> {
         only_videos: None,
     };
     let events = EventSink::new();
-    report::attach(&events, Progress::None);
+    report::attach(&events, Progress::None, None);
     let summary = run::run(
         &m,
         registry,

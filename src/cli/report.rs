@@ -1,19 +1,23 @@
 //! Reporters: subscribers that turn engine events into what a person or a script sees.
 //!
-//! `bar` draws indicatif bars (overall + one line per lane), `plain` prints one line per
-//! finished job (for logs and non-terminals), `none` stays quiet. Every mode also
+//! `bar` draws the live screen (`screen.rs`), `plain` prints one line per finished job,
+//! each with the wall-clock time (for logs and non-terminals), `none` stays quiet. Every mode also
 //! appends each event as a JSON line to the run's log file under `.vsum/logs/`.
 
+use std::collections::BTreeSet;
 use std::io::{IsTerminal, Write};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::Mutex;
 
-use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use vsum_engine::alerts::Level;
 use vsum_engine::events::{Event, EventSink, Outcome};
-use vsum_engine::fsutil::human_bytes;
 use vsum_engine::run::RunSummary;
 use vsum_engine::stage::Lane;
+
+use vsum_engine::store::now_secs;
+use vsum_engine::time::rfc3339;
+
+use super::screen::{self, Setup};
+use super::term;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Progress {
@@ -34,12 +38,28 @@ impl Progress {
     }
 }
 
-fn level_word(l: Level) -> &'static str {
+pub(super) fn level_word(l: Level) -> &'static str {
     match l {
         Level::Ok => "ok",
         Level::Warning => "warning",
         Level::Critical => "CRITICAL",
     }
+}
+
+/// An outcome word padded to `width`, coloured on a colour terminal.
+fn outcome_painted(o: Outcome, width: usize) -> String {
+    let w = format!("{:<width$}", outcome_word(o));
+    match o {
+        Outcome::Ran => term::green(&w),
+        Outcome::Cached => term::dim(&w),
+        Outcome::Failed => term::red(&w),
+        Outcome::Skipped | Outcome::Cancelled => term::yellow(&w),
+        Outcome::WouldRun => w,
+    }
+}
+
+fn warning(message: &str) -> String {
+    format!("{} {message}", term::yellow("warning:"))
 }
 
 fn outcome_word(o: Outcome) -> &'static str {
@@ -53,30 +73,74 @@ fn outcome_word(o: Outcome) -> &'static str {
     }
 }
 
-/// Subscribes the chosen reporter to `events`.
-pub fn attach(events: &EventSink, mode: Progress) {
-    match mode.resolve() {
-        Progress::Bar => attach_bars(events),
-        Progress::Plain => attach_plain(events),
-        Progress::None | Progress::Auto => events.subscribe(|e| {
+/// Subscribes the chosen reporter to `events`. `setup`: what the live screen needs
+/// (without it, bars fall back to plain lines).
+pub fn attach(events: &EventSink, mode: Progress, setup: Option<Setup>) {
+    track_in_flight(events);
+    match (mode.resolve(), setup) {
+        (Progress::Bar, Some(setup)) => screen::attach(events, setup),
+        (Progress::Bar | Progress::Plain, setup) => attach_plain(events, setup),
+        (Progress::None | Progress::Auto, _) => events.subscribe(|e| {
             if let Event::Warning { message } = e {
-                eprintln!("warning: {message}");
+                eprintln!("{}", warning(message));
             }
         }),
     }
 }
 
-fn attach_plain(events: &EventSink) {
+/// The jobs in flight (started, not finished): what Ctrl-C says it stops.
+static IN_FLIGHT: Mutex<BTreeSet<usize>> = Mutex::new(BTreeSet::new());
+
+fn track_in_flight(events: &EventSink) {
+    events.subscribe(|e| {
+        let mut set = IN_FLIGHT.lock().expect("in flight");
+        match e {
+            Event::JobStarted { job, .. } => {
+                set.insert(job.index);
+            }
+            Event::JobFinished { job, .. } => {
+                set.remove(&job.index);
+            }
+            _ => {}
+        }
+    });
+}
+
+/// How many jobs are running now.
+pub fn in_flight() -> usize {
+    IN_FLIGHT.lock().map(|s| s.len()).unwrap_or(0)
+}
+
+/// Plain lines start with the wall-clock time (UTC): a log read the next morning says
+/// when each thing happened.
+macro_rules! say {
+    ($($arg:tt)*) => {
+        eprintln!("{} {}", term::dim(&rfc3339(now_secs())), format_args!($($arg)*))
+    };
+}
+
+fn attach_plain(events: &EventSink, setup: Option<Setup>) {
     let state = Mutex::new((0usize, 0usize));
     events.subscribe(move |e| {
         let mut st = state.lock().expect("reporter");
         match e {
             Event::RunStarted { videos, jobs, .. } => {
                 st.1 = *jobs;
-                eprintln!("vsum: {videos} video(s), {jobs} job(s)");
+                match &setup {
+                    Some(s) => {
+                        let cached = s.jobs.iter().filter(|(_, c)| *c).count();
+                        say!(
+                            "vsum: {videos} video(s), {jobs} job(s): {cached} cached, {} to run; {} with {} thread(s)",
+                            jobs.saturating_sub(cached),
+                            s.lane_name(Lane::Gpu),
+                            s.threads
+                        )
+                    }
+                    None => say!("vsum: {videos} video(s), {jobs} job(s)"),
+                }
             }
-            Event::Warning { message } => eprintln!("warning: {message}"),
-            Event::JobRetrying { job, attempt, error, delay_ms } => eprintln!(
+            Event::Warning { message } => say!("{}", warning(message)),
+            Event::JobRetrying { job, attempt, error, delay_ms } => say!(
                 "retry   {} (attempt {attempt} failed: {}; next in {delay_ms} ms)",
                 job.describe(),
                 error.lines().next().unwrap_or("")
@@ -85,10 +149,10 @@ fn attach_plain(events: &EventSink) {
                 st.0 += 1;
                 let width = st.1.to_string().len();
                 let mut line = format!(
-                    "[{:>width$}/{}] {:<9} {} ({:.1}s)",
+                    "[{:>width$}/{}] {} {} ({:.1}s)",
                     st.0,
                     st.1,
-                    outcome_word(*outcome),
+                    outcome_painted(*outcome, 9),
                     job.describe(),
                     (end_ms - start_ms.min(end_ms)) as f64 / 1000.0
                 );
@@ -96,96 +160,18 @@ fn attach_plain(events: &EventSink) {
                     line.push_str(": ");
                     line.push_str(err.lines().next().unwrap_or(""));
                 }
-                eprintln!("{line}");
+                say!("{line}");
             }
-            Event::BreakerOpened { kind, failures } => eprintln!(
+            Event::BreakerOpened { kind, failures } => say!(
                 "circuit breaker: {failures} '{kind}' jobs failed in a row; no more '{kind}' jobs will start in this run"
             ),
-            Event::Interrupted => eprintln!("interrupted: in-flight jobs were stopped; rerun to continue"),
-            Event::Alert(a) => eprintln!("{}: {}", level_word(a.level), a.message),
-            Event::Paused { reason } => eprintln!("paused: {reason}"),
-            Event::Resumed => eprintln!("resumed: new jobs start again"),
-            Event::Stopped { reason } => eprintln!("stopping the batch: {reason}"),
+            Event::Interrupted => say!("interrupted: in-flight jobs were stopped; rerun to continue"),
+            Event::Alert(a) => say!("{}: {}", level_word(a.level), a.message),
+            Event::Paused { reason } => say!("paused: {reason}"),
+            Event::Resumed => say!("resumed: new jobs start again"),
+            Event::Stopped { reason } => say!("stopping the batch: {reason}"),
             _ => {}
         }
-    });
-}
-
-fn attach_bars(events: &EventSink) {
-    let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
-    let overall = multi.add(ProgressBar::new(0));
-    overall.set_style(
-        ProgressStyle::with_template(
-            "{bar:30.cyan/blue} {pos}/{len} jobs  {msg}  [{elapsed_precise}, eta {eta}]",
-        )
-        .expect("template"),
-    );
-    let lane_style =
-        ProgressStyle::with_template("  {prefix:>4} {spinner} {wide_msg}").expect("template");
-    let cpu = multi.add(
-        ProgressBar::new_spinner()
-            .with_style(lane_style.clone())
-            .with_prefix("cpu"),
-    );
-    let gpu = multi.add(
-        ProgressBar::new_spinner()
-            .with_style(lane_style.clone())
-            .with_prefix("gpu"),
-    );
-    let machine = multi.add(
-        ProgressBar::new_spinner()
-            .with_style(lane_style)
-            .with_prefix("host"),
-    );
-    for b in [&cpu, &gpu, &machine] {
-        b.enable_steady_tick(Duration::from_millis(120));
-        b.set_message("idle");
-    }
-    let counts = Arc::new(Mutex::new([0usize; 3]));
-    events.subscribe(move |e| match e {
-        Event::RunStarted { jobs, .. } => overall.set_length(*jobs as u64),
-        Event::Warning { message } => multi.suspend(|| eprintln!("warning: {message}")),
-        Event::JobStarted { job, .. } => {
-            let bar = if job.lane == Lane::Gpu { &gpu } else { &cpu };
-            bar.set_message(job.describe());
-        }
-        Event::JobFinished { job, outcome, error, .. } => {
-            let mut c = counts.lock().expect("counts");
-            match outcome {
-                Outcome::Ran => c[0] += 1,
-                Outcome::Cached => c[1] += 1,
-                Outcome::Failed => c[2] += 1,
-                _ => {}
-            }
-            overall.set_message(format!("done {} cached {} failed {}", c[0], c[1], c[2]));
-            overall.inc(1);
-            if *outcome == Outcome::Failed {
-                let err = error.as_deref().unwrap_or("").lines().next().unwrap_or("");
-                multi.suspend(|| eprintln!("FAILED {}: {err}", job.describe()));
-            }
-        }
-        Event::Alert(a) => multi.suspend(|| eprintln!("{}: {}", level_word(a.level), a.message)),
-        Event::Paused { reason } => multi.suspend(|| eprintln!("paused: {reason}")),
-        Event::Resumed => multi.suspend(|| eprintln!("resumed: new jobs start again")),
-        Event::Stopped { reason } => multi.suspend(|| eprintln!("stopping the batch: {reason}")),
-        Event::Sample(s) => {
-            let disk = s.disks.iter().map(|d| d.free_bytes).min().map(human_bytes).unwrap_or_default();
-            let gpu = s
-                .gpu
-                .as_ref()
-                .map(|g| format!(", GPU {}% {} C {}", g.utilization_pct, g.temperature_c, human_bytes(g.memory_used)))
-                .unwrap_or_default();
-            machine.set_message(format!("RSS {}, memory {:.0}%, disk free {disk}{gpu}", human_bytes(s.rss_bytes), s.memory_pct));
-        }
-        Event::BreakerOpened { kind, failures } => multi.suspend(|| {
-            eprintln!("circuit breaker: {failures} '{kind}' jobs failed in a row; no more '{kind}' jobs will start")
-        }),
-        Event::RunFinished { .. } => {
-            for b in [&cpu, &gpu, &machine, &overall] {
-                b.finish_and_clear();
-            }
-        }
-        _ => {}
     });
 }
 
@@ -200,13 +186,7 @@ pub fn attach_log(events: &EventSink, path: &std::path::Path) {
         return;
     };
     if let Ok(for_tracing) = file.try_clone() {
-        let filter = tracing_subscriber::EnvFilter::try_from_env("VSUM_LOG")
-            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-        let _ = tracing_subscriber::fmt()
-            .json()
-            .with_env_filter(filter)
-            .with_writer(Mutex::new(for_tracing))
-            .try_init();
+        super::term::log_to(for_tracing);
     }
     let file = Mutex::new(std::io::BufWriter::new(file));
     events.subscribe(move |e| {
@@ -221,7 +201,13 @@ pub fn attach_log(events: &EventSink, path: &std::path::Path) {
 
 /// The completion screen. `published`: the files the manifest's batch stages publish
 /// (`publish:`), shown when they are in the output folder.
-pub fn completion(summary: &RunSummary, manifest_arg: &str, published: &[String]) -> String {
+/// `log`: the run's log file, shown when it is there.
+pub fn completion(
+    summary: &RunSummary,
+    manifest_arg: &str,
+    published: &[String],
+    log: Option<&std::path::Path>,
+) -> String {
     let c = &summary.counts;
     let mut s = String::new();
     let ok = c.ran + c.cached;
@@ -248,6 +234,9 @@ pub fn completion(summary: &RunSummary, manifest_arg: &str, published: &[String]
         if p.is_file() {
             s.push_str(&format!("index:   {}\n", p.display()));
         }
+    }
+    if let Some(log) = log.filter(|l| l.is_file()) {
+        s.push_str(&format!("log:     {}\n", log.display()));
     }
     if let Some(why) = &summary.stopped {
         s.push_str(&format!("stopped early: {why}\n"));

@@ -1,21 +1,25 @@
-//! `vsum run`: plan, show the launch screen, run, and print the completion screen.
+//! `vsum run`: plan, show the launch screen, run, and print the completion screen; with
+//! `--watch`, again for each change to the inputs (`follow.rs`).
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 
 use vsum_engine::events::{EventSink, Outcome};
-use vsum_engine::run::{self, RunOptions};
+use vsum_engine::run::{self, RunOptions, RunSummary};
 use vsum_engine::stage::Registry;
 use vsum_engine::store::{LockMode, Store};
 
 use super::common::{
-    Common, Fail, exit, install_ctrlc, kinds, load_alerts, load_config, load_manifest, open_store,
-    published, read_summary,
+    Common, Fail, check_inputs, exit, install_ctrlc, kinds, load_alerts, load_config,
+    load_manifest, open_store, override_inputs, published, read_summary,
 };
 use super::find::ManifestArg;
+use super::follow;
 use super::launch;
 use super::plan::plan_table;
 use super::report::{self, Progress};
+use super::screen;
+use super::term;
 
 #[derive(clap::Args)]
 pub struct RunArgs {
@@ -30,7 +34,11 @@ pub struct RunArgs {
     /// Ignore the cache for this stage (repeatable)
     #[arg(long)]
     force: Vec<String>,
+    /// Run on these folders or files instead of the manifest's `inputs:`
+    #[arg(long, num_args = 1.., value_name = "DIR")]
+    inputs: Vec<PathBuf>,
     /// Only videos whose path (relative to the manifest) or file name matches this glob
+    /// (the index still covers every video with cached results)
     #[arg(long)]
     videos: Option<String>,
     /// Show what would run and why, run nothing
@@ -48,6 +56,10 @@ pub struct RunArgs {
     /// How to show progress on stderr
     #[arg(long, value_enum, default_value = "auto")]
     progress: Progress,
+    /// After the run, keep watching the inputs: new or changed videos run (once fully
+    /// copied) and the index is rebuilt, until Ctrl-C
+    #[arg(long, conflicts_with_all = ["dry_run", "json", "retry_failed"])]
+    watch: bool,
     #[command(flatten)]
     common: Common,
 }
@@ -81,16 +93,26 @@ pub fn cmd(args: RunArgs, registry: Registry) -> Result<u8, Fail> {
         jobs,
         only,
         force,
+        inputs,
         videos,
         dry_run,
         retry_failed,
         yes,
         json,
         progress,
+        watch,
         common,
     } = args;
+    // -q: no screens and no progress; -v: the stages' logs on stderr, between plain lines.
+    let progress = match progress {
+        _ if term::quiet() => Progress::None,
+        Progress::Auto if term::verbose() > 0 => Progress::Plain,
+        p => p,
+    };
     let manifest = target.resolve()?;
-    let m = load_manifest(&manifest, &registry)?;
+    let mut m = load_manifest(&manifest, &registry)?;
+    let from_flag = override_inputs(&mut m, &inputs);
+    check_inputs(&manifest, &m, from_flag)?;
     let alerts = load_alerts(&m, &common)?;
     let mut flags = serde_json::Map::new();
     if let Some(j) = jobs {
@@ -103,57 +125,130 @@ pub fn cmd(args: RunArgs, registry: Registry) -> Result<u8, Fail> {
         match last_failures(&store)? {
             Some(v) => Some(v),
             None => {
-                eprintln!("the last run had no failures: nothing to retry");
+                term::note("the last run had no failures: nothing to retry");
                 return Ok(exit::OK);
             }
         }
     } else {
         None
     };
-    // One plan: shown on the launch screen, then executed as it is.
-    let run_id = run::new_run_id();
     let opts = RunOptions {
         only,
         force,
         videos,
         dry_run,
-        run_id: Some(run_id.clone()),
+        run_id: None,
         alerts: Some(alerts),
         only_videos,
     };
-    let plan = run::plan(&m, &registry, &cfg, &store, &opts)
-        .map_err(|e| Fail(exit::USAGE, format!("error: {e}")))?;
-    if !dry_run && progress != Progress::None && !json {
-        // Screen 1: what is there, what is cached, how long, where it goes.
-        eprint!("{}", launch::screen(&plan.summary(), &store, cfg.threads()));
-        if !yes && !launch::confirm() {
-            eprintln!("not started");
-            return Ok(exit::OK);
-        }
-    }
-    if !dry_run {
-        store.prune_runs(cfg.keep_runs.saturating_sub(1));
-    }
-    let events = EventSink::new();
-    report::attach(&events, progress);
-    if !dry_run {
-        report::attach_log(&events, &run::log_path(&store, &run_id));
-    }
-    let cancel = install_ctrlc();
     let executor =
         run::LocalExecutor::new(&cfg).map_err(|e| Fail(exit::USAGE, format!("error: {e}")))?;
-    let summary = run::execute(plan, &executor, events, &cancel)
-        .map_err(|e| Fail(exit::USAGE, format!("error: {e}")))?;
-    if json {
-        println!("{}", serde_json::to_string_pretty(&summary).expect("json"));
+    let batch = Batch {
+        manifest: &manifest,
+        m: &m,
+        registry: &registry,
+        cfg: &cfg,
+        store: &store,
+        executor: &executor,
+        progress,
+        json,
+    };
+    let Some(summary) = batch.once(&opts, !yes)? else {
+        return Ok(exit::OK);
+    };
+    let code = summary.exit_code() as u8;
+    if !watch || summary.interrupted {
+        return Ok(code);
     }
-    if dry_run {
-        eprint!("{}", plan_table(&summary));
-    } else if progress != Progress::None {
-        eprint!(
-            "{}",
-            report::completion(&summary, &manifest.display().to_string(), &published(&m))
-        );
+    let roots = vsum_engine::discover::input_roots(&m.base_dir, &m.inputs);
+    let cancel = install_ctrlc();
+    follow::follow(&roots, &m.extensions, &cancel, code, |_| {
+        // A new plan over every video: the cache restores what is done, the new or
+        // changed videos run, and the index is rebuilt over all of them.
+        Ok(batch
+            .once(&opts, false)?
+            .map_or(exit::OK, |s| s.exit_code() as u8))
+    })
+}
+
+/// What every run of this command shares (one, or one per change with `--watch`).
+struct Batch<'a> {
+    manifest: &'a std::path::Path,
+    m: &'a vsum_engine::manifest::Manifest,
+    registry: &'a Registry,
+    cfg: &'a vsum_engine::config::Config,
+    store: &'a Store,
+    executor: &'a run::LocalExecutor,
+    progress: Progress,
+    json: bool,
+}
+
+impl Batch<'_> {
+    /// Plans, shows the launch screen (and asks, when `ask`), runs, and prints the
+    /// result. `None`: the person said no.
+    fn once(&self, opts: &RunOptions, ask: bool) -> Result<Option<RunSummary>, Fail> {
+        let Batch {
+            manifest,
+            m,
+            registry,
+            cfg,
+            store,
+            executor,
+            progress,
+            json,
+        } = *self;
+        let dry_run = opts.dry_run;
+        // One plan: shown on the launch screen, then executed as it is.
+        let run_id = run::new_run_id();
+        let opts = RunOptions {
+            run_id: Some(run_id.clone()),
+            ..opts.clone()
+        };
+        let plan = run::plan(m, registry, cfg, store, &opts)
+            .map_err(|e| Fail(exit::USAGE, format!("error: {e}")))?;
+        if !dry_run && progress != Progress::None && !json {
+            // Screen 1: what is there, what is cached, how long, where it goes.
+            eprint!("{}", launch::screen(&plan.summary(), store, cfg.threads()));
+            if ask && !launch::confirm() {
+                eprintln!("not started");
+                return Ok(None);
+            }
+        }
+        if !dry_run {
+            store.prune_runs(cfg.keep_runs.saturating_sub(1));
+        }
+        let setup = (!dry_run).then(|| {
+            let cpu_mode = matches!(
+                vsum_engine::monitor::Gpu::open().info(),
+                vsum_engine::monitor::GpuInfo::Cpu { .. }
+            );
+            screen::Setup::new(&plan.summary(), store, cfg.threads(), cpu_mode)
+        });
+        let events = EventSink::new();
+        report::attach(&events, progress, setup);
+        let log = run::log_path(store, &run_id);
+        if !dry_run {
+            report::attach_log(&events, &log);
+        }
+        let cancel = install_ctrlc();
+        let summary = run::execute(plan, executor, events, &cancel)
+            .map_err(|e| Fail(exit::USAGE, format!("error: {e}")))?;
+        if json {
+            println!("{}", serde_json::to_string_pretty(&summary).expect("json"));
+        }
+        if dry_run {
+            eprint!("{}", plan_table(&summary));
+        } else if progress != Progress::None {
+            eprint!(
+                "{}",
+                report::completion(
+                    &summary,
+                    &manifest.display().to_string(),
+                    &published(m),
+                    Some(log.as_path())
+                )
+            );
+        }
+        Ok(Some(summary))
     }
-    Ok(summary.exit_code() as u8)
 }

@@ -7,8 +7,9 @@ use serde_json::json;
 use vsum_engine::run::{self, RunSummary};
 use vsum_engine::stage::Registry;
 use vsum_engine::store::LockMode;
+use vsum_engine::time::rfc3339;
 
-use super::common::{Common, Fail, exit, load_manifest, print_json, published, read_summary};
+use super::common::{Common, Fail, ago, exit, load_manifest, print_json, published, read_summary};
 use super::find;
 use super::report;
 
@@ -105,7 +106,7 @@ pub fn cmd(args: RunsArgs, registry: &Registry) -> Result<u8, Fail> {
         };
         print!(
             "{}",
-            report::completion(&summary, &summary.manifest, &names)
+            report::completion(&summary, &summary.manifest, &names, None)
         );
     }
     Ok(exit::OK)
@@ -117,7 +118,7 @@ fn ls(paths: &[PathBuf], json: bool) {
         let short: Vec<_> = rows
             .iter()
             .map(|r| {
-                json!({"run_id": r.run_id, "started": r.started, "wall_ms": r.wall_ms,
+                json!({"run_id": r.run_id, "started": rfc3339(r.started), "wall_ms": r.wall_ms,
                 "videos": r.videos, "counts": r.counts, "stopped": r.stopped,
                 "interrupted": r.interrupted})
             })
@@ -142,14 +143,5 @@ fn ls(paths: &[PathBuf], json: bool) {
             c.failed,
             r.wall_ms as f64 / 1000.0
         );
-    }
-}
-
-fn ago(secs: u64) -> String {
-    match secs {
-        0..60 => format!("{secs}s ago"),
-        60..3600 => format!("{}m ago", secs / 60),
-        3600..86400 => format!("{}h ago", secs / 3600),
-        _ => format!("{}d ago", secs / 86400),
     }
 }

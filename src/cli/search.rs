@@ -70,7 +70,9 @@ pub fn cmd(args: SearchArgs, registry: &Registry) -> Result<u8, Fail> {
         ));
     }
     if args.query.chars().count() > MAX_QUERY_CHARS {
-        eprintln!("vsum: the query is long; its first {MAX_QUERY_CHARS} characters are used");
+        super::term::note(format_args!(
+            "vsum: the query is long; its first {MAX_QUERY_CHARS} characters are used"
+        ));
     }
     let output = m.output_dir();
     let dir = index_dir(&output, &stage.id);

@@ -4,7 +4,7 @@ use serde_json::json;
 use vsum_engine::graph::{self, DagFormat};
 use vsum_engine::stage::Registry;
 
-use super::common::{Common, Fail, exit, load_config, load_manifest, print_json};
+use super::common::{Common, Fail, check_inputs, exit, load_config, load_manifest, print_json};
 use super::find::ManifestArg;
 
 #[derive(clap::Args)]
@@ -18,11 +18,13 @@ pub struct ValidateArgs {
     common: Common,
 }
 
-/// Runs `vsum validate`: every problem at once (exit 2), or a one-line ok.
+/// Runs `vsum validate`: every problem at once (exit 2), or a one-line ok. Inputs
+/// that are not on disk are a problem too.
 pub fn validate(args: ValidateArgs, registry: &Registry) -> Result<u8, Fail> {
     let path = args.target.resolve()?;
     let m = load_manifest(&path, registry)?;
     load_config(&m, &args.common, Default::default())?;
+    check_inputs(&path, &m, false)?;
     let ids: Vec<&str> = m.stages.iter().map(|s| s.id.as_str()).collect();
     if args.json {
         print_json(&json!({

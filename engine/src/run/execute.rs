@@ -83,6 +83,7 @@ impl Shared<'_> {
         let mut attempt = 0;
         let outcome = loop {
             attempt += 1;
+            tracing::debug!(job = %p.label.describe(), attempt, "job started");
             self.events.emit(Event::JobStarted {
                 job: p.label.clone(),
                 attempt,

@@ -150,8 +150,8 @@ pub fn execute(
     }
     events.emit(Event::RunStarted {
         run_id: run_id.clone(),
-        videos: batch.videos.len(),
-        jobs: plan.graph.graph.node_count(),
+        videos: batch.selected_videos(),
+        jobs: batch.selected_jobs(&plan.graph),
     });
     let threads = batch.config.threads();
     let Plan {
@@ -193,7 +193,7 @@ pub fn execute(
         wall_ms: t0.elapsed().as_millis() as u64,
         dry_run: false,
         interrupted,
-        videos: shared.videos.len(),
+        videos: shared.selected_videos(),
         video_bytes: shared.video_bytes(),
         output_dir: shared.output_dir.clone(),
         cache_dir: shared.store.root().to_path_buf(),
@@ -243,6 +243,10 @@ struct Batch<'a> {
     hasher: FileHasher,
     output_dir: PathBuf,
     videos: Vec<Video>,
+    /// Per video: not selected (`--videos`, `--retry-failed`), planned only so that
+    /// batch stages still see its cached results (a subset run never shrinks the
+    /// index). Its jobs are restored when cached, never run, and never reported.
+    background: Vec<bool>,
     force: BTreeSet<String>,
 }
 
@@ -279,10 +283,29 @@ impl Batch<'_> {
             .unwrap_or_else(|| "_batch".to_string())
     }
 
+    /// Is this a job of a video outside the selection?
+    fn background(&self, job: JobNode) -> bool {
+        job.video.is_some_and(|v| self.background[v])
+    }
+
+    fn selected_videos(&self) -> usize {
+        self.background.iter().filter(|b| !**b).count()
+    }
+
+    fn selected_jobs(&self, graph: &crate::graph::JobGraph) -> usize {
+        graph
+            .graph
+            .node_weights()
+            .filter(|j| !self.background(**j))
+            .count()
+    }
+
     fn video_bytes(&self) -> u64 {
         self.videos
             .iter()
-            .filter_map(|v| std::fs::metadata(&v.path).ok())
+            .zip(&self.background)
+            .filter(|(_, b)| !**b)
+            .filter_map(|(v, _)| std::fs::metadata(&v.path).ok())
             .map(|m| m.len())
             .sum()
     }

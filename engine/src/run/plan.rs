@@ -91,7 +91,7 @@ impl Plan<'_> {
             wall_ms: self.plan_ms,
             dry_run: true,
             interrupted: false,
-            videos: self.batch.videos.len(),
+            videos: self.batch.selected_videos(),
             video_bytes: self.batch.video_bytes(),
             output_dir: self.batch.output_dir.clone(),
             cache_dir: self.batch.store.root().to_path_buf(),
@@ -135,7 +135,7 @@ pub fn plan<'a>(
         .build()
         .map_err(|e| RunError::Pool(e.to_string()))?;
     let hasher = store.hasher();
-    let (videos, problems) = find_videos(manifest, opts, &hasher, &pool)?;
+    let (videos, background, problems) = find_videos(manifest, opts, &hasher, &pool)?;
     let selected = graph::select(manifest, &opts.only);
     let graph = JobGraph::build(manifest, videos.len(), &selected);
     let batch = Batch {
@@ -146,6 +146,7 @@ pub fn plan<'a>(
         hasher,
         output_dir: manifest.output_dir(),
         videos,
+        background,
         force: opts.force.iter().cloned().collect(),
     };
     let n = graph.graph.node_count();
@@ -161,7 +162,16 @@ pub fn plan<'a>(
                 .map(|&node| batch.plan_job(&graph, node, &done, t0))
                 .collect()
         });
-        for (node, p) in level.into_iter().zip(planned) {
+        for (node, mut p) in level.into_iter().zip(planned) {
+            if batch.background(graph.graph[node]) {
+                // Outside the selection: only a cached result is of use (to batch stages).
+                if p.done.outcome != Outcome::Cached {
+                    p.done.outcome = Outcome::Skipped;
+                }
+                done[node.index()] = Some(p.done);
+                warnings.extend(p.warning);
+                continue;
+            }
             done[node.index()] = Some(p.done);
             records[node.index()] = Some(p.record);
             warnings.extend(p.warning);
@@ -204,14 +214,20 @@ fn levels(graph: &JobGraph) -> Vec<Vec<NodeIndex>> {
     levels
 }
 
-/// Discovers the videos the options select and hashes them (the stat cache makes a
-/// rerun cheap; it is saved only by a real run). Unreadable ones become problems.
+/// The videos, whether each is outside the selection, and problems.
+type Found = (Vec<Video>, Vec<bool>, Vec<String>);
+
+/// Discovers every video of the inputs and hashes them (the stat cache makes a rerun
+/// cheap; it is saved only by a real run), with, per video, whether the options leave
+/// it out (`--videos`, `--retry-failed`): such videos are kept in the background, for
+/// the batch stages. Selected videos that cannot be read become problems; others are
+/// left out quietly.
 fn find_videos(
     manifest: &Manifest,
     opts: &RunOptions,
     hasher: &crate::hash::FileHasher,
     pool: &rayon::ThreadPool,
-) -> Result<(Vec<Video>, Vec<String>), RunError> {
+) -> Result<Found, RunError> {
     let filter = match &opts.videos {
         None => None,
         Some(g) => Some(
@@ -222,20 +238,15 @@ fn find_videos(
     };
     let found = discover::discover(&manifest.base_dir, &manifest.inputs, &manifest.extensions);
     let mut problems = found.problems;
-    let found: Vec<_> = found
-        .videos
-        .into_iter()
-        .filter(|f| {
-            opts.only_videos
-                .as_ref()
-                .is_none_or(|only| only.contains(&f.rel))
-        })
-        .filter(|f| {
-            filter.as_ref().is_none_or(|m| {
+    let found = found.videos;
+    let selected = |f: &discover::Found| {
+        opts.only_videos
+            .as_ref()
+            .is_none_or(|only| only.contains(&f.rel))
+            && filter.as_ref().is_none_or(|m| {
                 m.is_match(&f.rel) || f.rel.file_name().is_some_and(|n| m.is_match(n))
             })
-        })
-        .collect();
+    };
     let reserved: Vec<&str> = manifest
         .stages
         .iter()
@@ -258,19 +269,25 @@ fn find_videos(
             .collect()
     });
     let mut videos = Vec::new();
+    let mut background = Vec::new();
     for ((f, (stem, folder)), h) in found.into_iter().zip(folders).zip(hashed) {
+        let chosen = selected(&f);
         match h {
-            Ok(hash) => videos.push(Video {
-                path: f.path,
-                rel: f.rel,
-                stem,
-                folder,
-                hash,
-            }),
-            Err(msg) => problems.push(msg),
+            Ok(hash) => {
+                background.push(!chosen);
+                videos.push(Video {
+                    path: f.path,
+                    rel: f.rel,
+                    stem,
+                    folder,
+                    hash,
+                });
+            }
+            Err(msg) if chosen => problems.push(msg),
+            Err(_) => {}
         }
     }
-    Ok((videos, problems))
+    Ok((videos, background, problems))
 }
 
 /// Did this upstream come out with something to build on?

@@ -106,8 +106,9 @@ impl Book {
         }
     }
 
-    /// Records a finished job and readies the jobs that waited only for it.
-    fn settle(&mut self, graph: &JobGraph, fin: Finished) {
+    /// Records a finished job and readies the jobs that waited only for it. A job of
+    /// a video outside the selection hands on its result but leaves no record.
+    fn settle(&mut self, graph: &JobGraph, fin: Finished, background: bool) {
         let idx = fin.node.index();
         self.done[idx] = Some(Done {
             outcome: fin.record.outcome,
@@ -115,7 +116,9 @@ impl Book {
             key: fin.record.key.clone(),
             tools: fin.tools,
         });
-        self.records[idx] = Some(fin.record);
+        if !background {
+            self.records[idx] = Some(fin.record);
+        }
         self.finished += 1;
         for succ in graph
             .graph
@@ -341,16 +344,20 @@ impl<'c, 'r> Coordinator<'c, 'r> {
                 Err(RecvTimeoutError::Disconnected) => break,
             };
             self.in_flight -= 1;
-            rate.observe(self.shared, self.graph.graph[fin.node], &fin.record);
-            self.shared.events.emit(Event::JobFinished {
-                job: fin.record.label.clone(),
-                outcome: fin.record.outcome,
-                key: fin.record.key.clone(),
-                error: fin.record.error.clone(),
-                start_ms: fin.record.start_ms,
-                end_ms: fin.record.end_ms,
-            });
-            book.settle(self.graph, fin);
+            let job = self.graph.graph[fin.node];
+            let background = self.shared.background(job);
+            if !background {
+                rate.observe(self.shared, job, &fin.record);
+                self.shared.events.emit(Event::JobFinished {
+                    job: fin.record.label.clone(),
+                    outcome: fin.record.outcome,
+                    key: fin.record.key.clone(),
+                    error: fin.record.error.clone(),
+                    start_ms: fin.record.start_ms,
+                    end_ms: fin.record.end_ms,
+                });
+            }
+            book.settle(self.graph, fin, background);
         }
     }
 }
@@ -371,6 +378,13 @@ fn release<'s, 'r: 's>(
         let fin = shared.guarded(node, label, || {
             match restore_or_miss(shared, node, job, &ups) {
                 Ok(fin) => Some(fin),
+                Err(_) if shared.background(job) => {
+                    // Outside the selection: never run; batch stages go without it.
+                    let label = shared.label(node, job);
+                    let mut r = shared.record(label, Outcome::Skipped, shared.ms());
+                    r.error = Some("not selected in this run".into());
+                    Some(Finished::bare(node, r))
+                }
                 Err(keyed) => {
                     let gpu = shared.stage(job).lane == Lane::Gpu;
                     if gpu {

@@ -89,6 +89,8 @@ impl Counts {
 pub struct RunSummary {
     pub run_id: String,
     pub manifest: String,
+    /// Unix seconds; RFC 3339 in JSON.
+    #[serde(with = "crate::time::secs")]
     pub started: u64,
     pub wall_ms: u64,
     pub dry_run: bool,
