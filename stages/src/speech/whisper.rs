@@ -79,35 +79,6 @@ pub struct Params {
     /// No-speech probability above this, with a log-probability below
     /// logprob_threshold, means silence.
     pub no_speech_threshold: f32,
-    /// How much audio the encoder sees per window: fit = the window's own audio plus
-    /// one second (the encoder's cost grows with the square of its length, so short
-    /// windows decode faster); full = always 30 s, as in training.
-    pub encoder_context: EncoderContext,
-}
-
-/// The encoder's input length per window (see [`Params::encoder_context`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum EncoderContext {
-    Fit,
-    Full,
-}
-
-/// Encoder positions per second of audio (whisper: 100 mel frames, halved by the conv).
-const CTX_PER_SEC: usize = 50;
-/// Whisper's full encoder context (30 s).
-const FULL_CTX: usize = 1500;
-
-/// The encoder context for a window of `len` samples: the audio plus one second of
-/// the silence whisper.cpp pads with, so the decoder still sees where speech ends.
-fn encoder_ctx(mode: EncoderContext, len: usize) -> i32 {
-    match mode {
-        EncoderContext::Full => 0,
-        EncoderContext::Fit => {
-            let ctx = len.div_ceil(SAMPLE_RATE as usize / CTX_PER_SEC) + CTX_PER_SEC;
-            ctx.min(FULL_CTX) as i32
-        }
-    }
 }
 
 impl Default for Params {
@@ -127,7 +98,6 @@ impl Default for Params {
             compression_ratio_threshold: 2.4,
             logprob_threshold: -1.0,
             no_speech_threshold: 0.6,
-            encoder_context: EncoderContext::Fit,
         }
     }
 }
@@ -246,12 +216,7 @@ impl Decode<'_> {
     /// rules itself, on the whole window, with a real compression ratio. The prompt
     /// (earlier text) is always given explicitly, so a failed attempt never leaks
     /// into the context of the next one.
-    fn params<'p>(
-        &self,
-        temperature: f32,
-        prompt: &'p [std::ffi::c_int],
-        samples: usize,
-    ) -> FullParams<'_, 'p> {
+    fn params<'p>(&self, temperature: f32, prompt: &'p [std::ffi::c_int]) -> FullParams<'_, 'p> {
         let strategy = if self.p.beam_size >= 2 {
             SamplingStrategy::BeamSearch {
                 beam_size: self.p.beam_size as i32,
@@ -276,7 +241,6 @@ impl Decode<'_> {
         fp.set_no_speech_thold(self.p.no_speech_threshold);
         fp.set_token_timestamps(self.p.word_timestamps);
         fp.set_no_context(true);
-        fp.set_audio_ctx(encoder_ctx(self.p.encoder_context, samples));
         if !prompt.is_empty() {
             fp.set_tokens(prompt);
         }
@@ -375,7 +339,7 @@ fn attempt(
     prompt: &[std::ffi::c_int],
     temperature: f32,
 ) -> Result<Attempt, whisper_rs::WhisperError> {
-    state.full(d.params(temperature, prompt, audio.len()), audio)?;
+    state.full(d.params(temperature, prompt), audio)?;
     let eot = ctx.token_eot();
     let lang = whisper_rs::get_lang_str(state.full_lang_id_from_state()).map(str::to_string);
     let (mut sum_lp, mut n_tok) = (0f32, 0usize);
