@@ -85,6 +85,17 @@ fn a_long_multi_voice_talk_is_transcribed_whole_with_timestamps_that_follow_the_
     );
     assert!(wer <= 0.04, "WER {:.2}% > 4%:\n{text}", wer * 100.0);
 
+    // Segments follow sentences: a segment as long as a whole window means Whisper
+    // stopped placing timestamps (as tiny.en did with a shortened encoder context).
+    let longest = segments(&t)
+        .iter()
+        .map(|s| s["end"].as_f64().unwrap() - s["start"].as_f64().unwrap())
+        .fold(0.0, f64::max);
+    assert!(
+        longest <= 15.0,
+        "a segment of {longest:.1} s: timestamps were lost"
+    );
+
     // No segment repeats the one before it.
     let segs = segments(&t);
     for w in segs.windows(2) {

@@ -79,6 +79,12 @@ pub struct Params {
     /// No-speech probability above this, with a log-probability below
     /// logprob_threshold, means silence.
     pub no_speech_threshold: f32,
+    /// On the CPU, decode the track as this many contiguous parts at once, each with
+    /// its own decoder state, one thread each and its own chain of earlier text; 0 =
+    /// one part per thread (whisper.cpp's threads spin while they wait for each other,
+    /// so parts keep their speed when other programs take cores); 1 = one window after
+    /// another. On a GPU the track is always one part.
+    pub parts: u32,
 }
 
 impl Default for Params {
@@ -98,6 +104,7 @@ impl Default for Params {
             compression_ratio_threshold: 2.4,
             logprob_threshold: -1.0,
             no_speech_threshold: 0.6,
+            parts: 0,
         }
     }
 }
@@ -108,6 +115,8 @@ struct Loaded {
     /// One decoder state, reused by every window and job (whisper.cpp resets it per
     /// call; keeping it saves its buffers' allocation).
     state: WhisperState,
+    /// More states, one per extra part of a track decoded at once on the CPU.
+    extra: Vec<WhisperState>,
     name: String,
     multilingual: bool,
     gpu: bool,
@@ -179,6 +188,7 @@ fn load(model: &Resolved, gpu: bool) -> Result<Loaded, StageError> {
     Ok(Loaded {
         ctx,
         state,
+        extra: Vec::new(),
         name: model
             .name
             .clone()
@@ -492,8 +502,8 @@ type Decoded = (Vec<Segment>, Option<String>, Vec<Note>);
 const MAX_PROMPT_TOKENS: usize = 223;
 
 /// Decodes every window in order, carrying earlier text as the prompt until a window
-/// needs a fallback (then the context starts afresh), and drops decoder loops that
-/// survived. Returns segments, the detected language, and notes.
+/// needs a fallback (then the context starts afresh). Returns segments, the detected
+/// language, and notes.
 fn transcribe(
     state: &mut WhisperState,
     ctx: &WhisperContext,
@@ -562,6 +572,65 @@ fn transcribe(
             prompt.drain(..over);
         }
         place(w, a, d.p.word_timestamps, &mut segs);
+    }
+    Ok((segs, detected, notes))
+}
+
+/// Cuts `windows` into at most `k` contiguous parts of about equal audio.
+fn split(windows: &[Window], k: usize) -> Vec<&[Window]> {
+    let k = k.clamp(1, windows.len().max(1));
+    let total: u64 = windows.iter().map(Window::len).sum();
+    let mut parts = Vec::with_capacity(k);
+    let (mut from, mut acc) = (0, 0u64);
+    for (i, w) in windows.iter().enumerate() {
+        acc += w.len();
+        let made = parts.len() + 1;
+        // Close a part once it holds its share, leaving a window for each part left.
+        if made < k && acc * k as u64 >= total * made as u64 && windows.len() - i > k - made {
+            parts.push(&windows[from..=i]);
+            from = i + 1;
+        }
+    }
+    parts.push(&windows[from..]);
+    parts.retain(|p| !p.is_empty());
+    parts
+}
+
+/// Decodes the track's parts at once, each on its own state and thread, and joins
+/// them in order; then drops decoder loops that survived.
+fn transcribe_parts(
+    states: &mut [&mut WhisperState],
+    ctx: &WhisperContext,
+    d: &Decode,
+    wav_path: &std::path::Path,
+    parts: &[&[Window]],
+    cancel: &std::sync::atomic::AtomicBool,
+) -> Result<Decoded, String> {
+    let results: Vec<Result<Decoded, String>> = std::thread::scope(|sc| {
+        let handles: Vec<_> = states
+            .iter_mut()
+            .zip(parts)
+            .map(|(state, part)| {
+                sc.spawn(move || {
+                    let mut wav = Wav::open(wav_path).map_err(|e| e.message)?;
+                    transcribe(state, ctx, d, &mut wav, part, cancel)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err("a decoding thread panicked".into()))
+            })
+            .collect()
+    });
+    let (mut segs, mut detected, mut notes) = (Vec::new(), None, Vec::new());
+    for r in results {
+        let (s, lang, n) = r?;
+        segs.extend(s);
+        detected = detected.or(lang);
+        notes.extend(n);
     }
     notes.extend(drop_repeats(&mut segs));
     Ok((segs, detected, notes))
@@ -808,11 +877,24 @@ impl TypedStage for WhisperStage {
         } else {
             ctx.threads.max(1)
         };
+        // On the CPU a track is decoded as several parts at once, one thread each.
+        let k = match (loaded.gpu, p.parts) {
+            (true, _) => 1,
+            (false, 0) => threads,
+            (false, n) => n as usize,
+        };
+        let parts = split(&windows, k.min(threads).max(1));
         let d = Decode {
             p,
             language: &language,
-            threads: threads.min(64) as i32,
+            threads: (threads / parts.len()).clamp(1, 64) as i32,
         };
+        while loaded.extra.len() + 1 < parts.len() {
+            let st = loaded.ctx.create_state().map_err(|e| {
+                StageError::fatal(format!("cannot create a Whisper decoder state: {e:?}"))
+            })?;
+            loaded.extra.push(st);
+        }
 
         // On the CPU, whisper.cpp's threads spin while they wait: hold that many cores,
         // so no CPU-lane job competes with them (the GPU lane tops up its one core).
@@ -820,14 +902,12 @@ impl TypedStage for WhisperStage {
             (Some(c), true, false) => c.top_up(threads, held_cores),
             _ => None,
         };
-        let result = transcribe(
-            &mut loaded.state,
-            &loaded.ctx,
-            &d,
-            &mut wav,
-            &windows,
-            ctx.cancel,
-        );
+        drop(wav);
+        let mut states: Vec<&mut WhisperState> = std::iter::once(&mut loaded.state)
+            .chain(loaded.extra.iter_mut())
+            .take(parts.len())
+            .collect();
+        let result = transcribe_parts(&mut states, &loaded.ctx, &d, &wav_path, &parts, ctx.cancel);
         let gpu = loaded.gpu;
         let (segments, detected, notes) = match result {
             Err(e) if e == "cancelled" => return Err(StageError::cancelled()),
@@ -862,6 +942,58 @@ impl TypedStage for WhisperStage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn windows(lens: &[u64]) -> Vec<Window> {
+        let mut at = 0;
+        lens.iter()
+            .map(|&n| {
+                let span = Span {
+                    start: at,
+                    end: at + n,
+                };
+                at += n;
+                Window {
+                    pieces: vec![span],
+                    speech: vec![span],
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_track_splits_into_contiguous_parts_of_about_equal_audio() {
+        let w = windows(&[25, 24, 26, 20, 25, 23, 27, 24, 22, 25, 26, 21]);
+        for k in 1..=4 {
+            let parts = split(&w, k);
+            assert_eq!(parts.len(), k);
+            // In order, every window once.
+            let flat: Vec<u64> = parts
+                .iter()
+                .flat_map(|p| p.iter())
+                .map(|w| w.start())
+                .collect();
+            assert_eq!(flat, w.iter().map(|w| w.start()).collect::<Vec<_>>());
+            let sizes: Vec<u64> = parts
+                .iter()
+                .map(|p| p.iter().map(Window::len).sum())
+                .collect();
+            let total: u64 = sizes.iter().sum();
+            for s in &sizes {
+                assert!(
+                    (*s as f64 - total as f64 / k as f64).abs() <= 27.0,
+                    "k={k}: {sizes:?}"
+                );
+            }
+        }
+        // Never more parts than windows, and never an empty part.
+        let few = windows(&[30, 5]);
+        assert_eq!(split(&few, 4).len(), 2);
+        let lopsided = windows(&[100, 1, 1]);
+        let parts = split(&lopsided, 3);
+        assert_eq!(parts.len(), 3);
+        assert!(parts.iter().all(|p| !p.is_empty()));
+        assert_eq!(split(&[], 2).len(), 0);
+    }
 
     #[test]
     fn languages_are_checked() {
