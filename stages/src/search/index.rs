@@ -5,7 +5,9 @@
 //! text, chapter titles and video titles, English stemming and stop words), all the
 //! passages' vectors in one `vectors.f32`, `library.json` (the videos with a digest of
 //! their passages, the passages in vector order, the model) and `build.json` (how this
-//! index was made). `vsum search` reads it (see `query.rs`).
+//! index was made). `vsum search` reads it (see `query.rs`). `related.json` lists each
+//! video's nearest videos by the similarity of their mean passage vectors (the report
+//! shows them on the cards and the video pages).
 //!
 //! Incremental: the kind gets its last output from the cache (`JobCtx::previous`) and
 //! updates a copy of that text index: the documents of a video whose passages changed
@@ -124,6 +126,79 @@ pub struct IndexBuild {
 
 impl Output for IndexBuild {
     const FILE: &'static str = "build.json";
+}
+
+/// Videos about the same things as another: at most this many per video ...
+pub const RELATED_MAX: usize = 5;
+/// ... each at least this similar (cosine of the videos' mean passage vectors).
+pub const RELATED_MIN: f32 = 0.25;
+
+/// A video like another one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RelatedVideo {
+    pub folder: String,
+    pub title: String,
+    /// Its knowledge page, relative to the output folder.
+    pub page: String,
+    /// Cosine similarity of the two videos' mean passage vectors.
+    pub score: f32,
+}
+
+/// `related.json`: for each video (by folder), the library's videos most like it, most
+/// similar first; never the video itself.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Related {
+    pub videos: std::collections::BTreeMap<String, Vec<RelatedVideo>>,
+}
+
+impl Output for Related {
+    const FILE: &'static str = "related.json";
+}
+
+/// Each video's related videos: the cosine similarity of the unit mean of its passage
+/// vectors (what it is about as a whole) with every other video's.
+pub fn related(lib: &Library, vectors: &[Vec<f32>]) -> Related {
+    let means: Vec<Option<Vec<f32>>> = lib
+        .videos
+        .iter()
+        .map(|v| {
+            let vs = vectors.get(v.first..v.first + v.count)?;
+            let mut m = vec![0.0f32; lib.dims];
+            for x in vs {
+                for (a, b) in m.iter_mut().zip(x) {
+                    *a += b;
+                }
+            }
+            let norm = m.iter().map(|x| x * x).sum::<f32>().sqrt();
+            (norm > 0.0).then(|| m.iter().map(|x| x / norm).collect())
+        })
+        .collect();
+    let mut out = Related::default();
+    for (i, v) in lib.videos.iter().enumerate() {
+        let Some(a) = &means[i] else { continue };
+        let mut near: Vec<(f32, usize)> = means
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .filter_map(|(j, b)| Some((minilm::cosine(a, b.as_ref()?), j)))
+            .filter(|(c, _)| *c >= RELATED_MIN)
+            .collect();
+        near.sort_by(|x, y| y.0.total_cmp(&x.0).then(x.1.cmp(&y.1)));
+        near.truncate(RELATED_MAX);
+        out.videos.insert(
+            v.folder.clone(),
+            near.into_iter()
+                .map(|(c, j)| RelatedVideo {
+                    folder: lib.videos[j].folder.clone(),
+                    title: lib.videos[j].title.clone(),
+                    page: lib.videos[j].page.clone(),
+                    score: (c * 1000.0).round() / 1000.0,
+                })
+                .collect(),
+        );
+    }
+    out
 }
 
 /// The index's fields.
@@ -258,8 +333,8 @@ fn update_text_index(
     }
     copy_dir(&previous.join(TANTIVY_DIR), dir)
         .map_err(|e| format!("cannot copy the previous text index: {e}"))?;
-    let index = Index::open_in_dir(dir)
-        .map_err(|e| format!("cannot open the previous text index: {e}"))?;
+    let index =
+        Index::open_in_dir(dir).map_err(|e| format!("cannot open the previous text index: {e}"))?;
     let (schema, f) = schema();
     if index.schema() != schema {
         return Err("the previous text index has another schema".into());
@@ -271,7 +346,10 @@ fn update_text_index(
     let kept: HashSet<&str> = lib
         .videos
         .iter()
-        .filter(|v| held.get(v.folder.as_str()).is_some_and(|o| o.digest == v.digest))
+        .filter(|v| {
+            held.get(v.folder.as_str())
+                .is_some_and(|o| o.digest == v.digest)
+        })
         .map(|v| v.folder.as_str())
         .collect();
     let mut writer = writer(&index).map_err(|e| e.message)?;
@@ -470,6 +548,8 @@ impl TypedStage for SearchIndexStage {
         let out = ctx.out_dir.join(VECTORS);
         std::fs::write(&out, &vectors)
             .map_err(|e| StageError::retryable(format!("cannot write {}: {e}", out.display())))?;
+        let all = minilm::from_bytes(&vectors, lib.dims).unwrap_or_default();
+        ctx.write_output(&related(&lib, &all))?;
         ctx.write_output(&build)?;
         ctx.write_output(&lib)
     }
@@ -606,7 +686,10 @@ mod tests {
         let pizza = embedded(
             root.path(),
             "pizza",
-            &["pizza dough rises like bread dough", "a hot oven bakes pizza"],
+            &[
+                "pizza dough rises like bread dough",
+                "a hot oven bakes pizza",
+            ],
         );
         let (first, b) = index(&[bread.clone(), backup.clone()], None);
         assert_eq!(b.from, "scratch");
@@ -619,7 +702,12 @@ mod tests {
         );
         assert_eq!(
             (b.from.as_str(), &b.added, &b.reused, b.added_passages),
-            ("previous", &names(&["pizza"]), &names(&["bread", "backup"]), 2),
+            (
+                "previous",
+                &names(&["pizza"]),
+                &names(&["bread", "backup"]),
+                2
+            ),
             "{b:?}"
         );
         let (fresh, _) = index(&[bread.clone(), backup.clone(), pizza.clone()], None);
@@ -657,7 +745,10 @@ mod tests {
         let (second, b) = index(std::slice::from_ref(&bread), Some(first.path()));
         assert_eq!(b.from, "scratch");
         assert!(
-            b.why.as_deref().unwrap_or("").contains("another vsum version"),
+            b.why
+                .as_deref()
+                .unwrap_or("")
+                .contains("another vsum version"),
             "{b:?}"
         );
         assert_eq!(scores(second.path(), "sourdough").len(), 1);
