@@ -61,7 +61,7 @@ fn add_video(p: &Project, i: usize) {
         &p.path().join("input"),
         name,
         text,
-        &[["color=c=0x884422", "color=c=0x224488", "color=c=0x448822"][i]],
+        &[["smptebars", "rgbtestsrc", "testsrc"][i]],
         secs,
     );
 }

@@ -312,7 +312,7 @@ fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
 
 /// Updates a copy of the previous text index (in `previous`, made for `old`) into
 /// `dir` for `lib`. `Err(why)` when it cannot be used: the caller rebuilds.
-fn update_text_index(
+pub fn update_text_index(
     previous: &Path,
     old: &Library,
     dir: &Path,
