@@ -188,18 +188,54 @@ fn a_new_video_is_added_to_the_search_index_and_videos_know_their_related_ones()
         bread["related"][0]["page"], "pizza/summary/summary.html",
         "{bread}"
     );
-    let md = p.read("INDEX.md");
+    let md = p.read("output/INDEX.md");
     assert!(md.contains("| Related |"), "{md}");
-    let html = p.read("index.html");
+    let html = p.read("output/index.html");
     assert!(
         html.contains(r#"Related: <a href="pizza/summary/summary.html">"#),
         "{html}"
     );
-    let js = p.read("related.js");
+    let js = p.read("output/related.js");
     assert!(js.contains("\"bread/summary/summary.html\""), "{js}");
     let page = p.read("output/bread/summary/summary.html");
     assert!(
         page.contains(r#"<script src="../../related.js">"#),
         "{page}"
+    );
+    // The page, as a browser shows it: its related videos, linked relative to it.
+    let Some(browser) = ["chromium", "chromium-browser"]
+        .into_iter()
+        .find(|b| tool(b))
+    else {
+        required("search_library", "chromium");
+        return;
+    };
+    let profile = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(browser)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--virtual-time-budget=5000",
+            "--dump-dom",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg(format!(
+            "file://{}",
+            p.path().join("output/bread/summary/summary.html").display()
+        ))
+        .output()
+        .unwrap();
+    let dom = String::from_utf8_lossy(&out.stdout);
+    let shown = dom
+        .split_once(r#"<div id="related">"#)
+        .map(|(_, rest)| rest.split_once("</div>").map_or(rest, |(a, _)| a))
+        .unwrap_or_default();
+    assert!(
+        shown.contains(r#"<a href="../../pizza/summary/summary.html">pizza</a>"#),
+        "the page shows no related video: {shown:?}\n{}",
+        String::from_utf8_lossy(&out.stderr)
     );
 }
