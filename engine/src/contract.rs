@@ -40,6 +40,9 @@ pub trait TypedStage: Send + Sync + 'static {
     const VERSION: u32;
     /// One line for `vsum stages`.
     const SUMMARY: &'static str;
+    /// Jobs get the stage's last output as [`JobCtx::previous`] (see
+    /// [`StageKind::incremental`]).
+    const INCREMENTAL: bool = false;
 
     /// The lane a stage of this kind runs on unless the manifest says otherwise.
     fn default_lane(&self) -> Lane {
@@ -122,6 +125,9 @@ impl<K: TypedStage> StageKind for K {
     }
     fn resource_group(&self, params: &Value) -> Option<String> {
         TypedStage::resource_group(self, &parse::<K>(params).ok()?)
+    }
+    fn incremental(&self) -> bool {
+        K::INCREMENTAL
     }
     fn run(&self, ctx: &mut JobCtx) -> Result<(), StageError> {
         let p = parse::<K>(ctx.params)?;

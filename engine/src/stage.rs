@@ -128,6 +128,11 @@ pub struct JobCtx<'a> {
     pub provenance: &'a BTreeMap<String, Provenance>,
     /// Per-video upstreams (batch jobs).
     pub batch: &'a [BatchItem],
+    /// For a kind that is [`StageKind::incremental`]: a private, read-only staged copy of
+    /// this stage's last output for the same video (or batch), when the cache still
+    /// holds it. A head start only: the job must give what a run without it would give
+    /// (for what its consumers read), since the key does not name it.
+    pub previous: Option<&'a Path>,
     /// Threads the job may use inside itself (the CPU pool shares the cores).
     pub threads: usize,
     pub cancel: &'a AtomicBool,
@@ -294,6 +299,11 @@ pub trait StageKind: Send + Sync {
     /// Jobs on the GPU lane with the same group run back to back (e.g. one model).
     fn resource_group(&self, _params: &Value) -> Option<String> {
         None
+    }
+    /// Whether a job gets its stage's last output as [`JobCtx::previous`] (e.g. a search
+    /// index that adds the new videos to the one it made before).
+    fn incremental(&self) -> bool {
+        false
     }
     fn run(&self, ctx: &mut JobCtx) -> Result<(), StageError>;
     /// What `vsum doctor` should check for a stage with these params (libraries,

@@ -207,6 +207,7 @@ fn run_with(
         upstream: &upstream,
         provenance: &Default::default(),
         batch: &[],
+        previous: None,
         threads,
         cancel: &cancel,
         resources: None,

@@ -3,7 +3,9 @@
 //! place of real embeddings, which only change the numbers, not the work), built with
 //! the `search.index` code. Prints the build time, the index's size on disk, the time to
 //! open it, and the latency of a query (embedding the query with the real model, BM25,
-//! cosine over every passage, fusion), as the median of 20 queries.
+//! cosine over every passage, fusion), as the median of 20 queries; and what adding one
+//! video costs: updating a copy of the index (as `search.index` does with its previous
+//! output) against building it anew.
 //!
 //! Run: `cargo bench -p vsum-stages --bench search` (needs `vsum models install
 //! all-minilm-l6-v2`; without it, says so and times everything but the query).
@@ -14,7 +16,8 @@ use std::time::Instant;
 use vsum_models::ModelsDir;
 use vsum_stages::search::embed::{Passage, VECTORS, load_encoder};
 use vsum_stages::search::index::{
-    FORMAT_VERSION, Library, LibraryPassage, LibraryVideo, TANTIVY_DIR, build_text_index,
+    FORMAT_VERSION, IndexBuild, Library, LibraryPassage, LibraryVideo, TANTIVY_DIR,
+    build_text_index, update_text_index,
 };
 use vsum_stages::search::minilm;
 use vsum_stages::search::query::Searcher;
@@ -133,6 +136,9 @@ fn main() {
             title: format!("Weekly sync {v}"),
             source: format!("videos/video-{v:04}.mp4"),
             page: format!("video-{v:04}/summary/summary.html"),
+            digest: format!("{v}"),
+            first: lib.passages.len(),
+            count: PASSAGES,
         });
         for i in 0..PASSAGES {
             let text: Vec<&str> = (0..40)
@@ -178,6 +184,43 @@ fn main() {
             .unwrap()
             .len() as f64
             / 1e6
+    );
+    // One more video: the previous index updated, or a new one built.
+    let mut more = lib.clone();
+    more.videos.push(LibraryVideo {
+        folder: "video-new".into(),
+        digest: "new".into(),
+        first: more.passages.len(),
+        count: PASSAGES,
+        ..lib.videos[0].clone()
+    });
+    let added: Vec<LibraryPassage> = lib.passages[..PASSAGES]
+        .iter()
+        .map(|p| LibraryPassage {
+            video: VIDEOS,
+            ..p.clone()
+        })
+        .collect();
+    more.passages.extend(added);
+    let other = tempfile::tempdir().unwrap();
+    let started = Instant::now();
+    let mut b = IndexBuild::default();
+    update_text_index(
+        dir.path(),
+        &lib,
+        &other.path().join("updated"),
+        &more,
+        &mut b,
+    )
+    .unwrap();
+    let update = started.elapsed().as_secs_f64();
+    let started = Instant::now();
+    build_text_index(&other.path().join("rebuilt"), &more).unwrap();
+    println!(
+        "one video more: index updated in {:.0} ms ({} documents written), rebuilt in {:.0} ms",
+        update * 1e3,
+        b.added_passages,
+        started.elapsed().as_secs_f64() * 1e3
     );
     let started = Instant::now();
     let searcher = Searcher::open(dir.path()).unwrap();

@@ -69,6 +69,7 @@ fn run(
         upstream: &upstream,
         provenance: &Default::default(),
         batch: &[],
+        previous: None,
         threads: threads(),
         cancel: &cancel,
         resources: None,

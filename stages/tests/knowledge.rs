@@ -54,6 +54,7 @@ fn meeting() -> Inputs {
             {"scene": 1, "objects": [{"name": "laptop", "count": 1, "max_confidence": 0.7}]},
             {"scene": 2, "objects": []}]}))),
         ocr: None,
+        sentences: None,
     }
 }
 

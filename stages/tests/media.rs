@@ -995,6 +995,7 @@ fn cancelled_jobs_stop() {
         upstream: &upstream,
         provenance: &Default::default(),
         batch: &[],
+        previous: None,
         threads: 1,
         cancel: &cancel,
         resources: None,

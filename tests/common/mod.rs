@@ -15,6 +15,12 @@ pub struct Project {
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_vsum");
 
+/// The binary [`Project::vsum`] runs: [`BIN`], or `VSUM_TEST_BIN` when set (a copy of
+/// it, for worktrees that share one target folder and so one `target/debug/vsum`).
+pub fn bin() -> String {
+    std::env::var("VSUM_TEST_BIN").unwrap_or_else(|_| BIN.to_string())
+}
+
 impl Project {
     /// A project with `manifest` as `pipeline.yaml` and the given files under `input/`.
     pub fn new(manifest: &str, videos: &[(&str, &[u8])]) -> Project {
@@ -52,7 +58,7 @@ impl Project {
     }
 
     pub fn vsum(&self, args: &[&str]) -> Output {
-        Command::new(BIN)
+        Command::new(bin())
             .args(args)
             .current_dir(self.path())
             .env_remove("VSUM_CONFIG")

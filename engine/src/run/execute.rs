@@ -80,6 +80,16 @@ impl Shared<'_> {
         if force_cpu {
             notes.push("a GPU kind on `lane: cpu`: computed on the CPU".to_string());
         }
+        // An incremental kind starts from the output its stage made last time (the ref's
+        // entry), when the cache still holds it and it is not this very key.
+        let previous = if kind.incremental() {
+            self.store
+                .read_ref(&self.ref_id(p.job), &st.id)
+                .map(|r| r.key)
+                .filter(|k| *k != p.key)
+        } else {
+            None
+        };
         let mut attempt = 0;
         let outcome = loop {
             attempt += 1;
@@ -98,7 +108,7 @@ impl Shared<'_> {
                     )));
                 }
             };
-            let staged = match Staged::new(self.store, &p.sources) {
+            let staged = match Staged::new(self.store, &p.sources, previous.as_deref()) {
                 Ok(s) => s,
                 Err(e) => {
                     let _ = std::fs::remove_dir_all(&job_dir);
@@ -129,6 +139,7 @@ impl Shared<'_> {
                 upstream: &upstream,
                 provenance: &p.provenance,
                 batch: &batch,
+                previous: staged.previous.as_deref(),
                 threads,
                 cancel: self.cancel,
                 resources: resources.as_deref_mut(),
@@ -311,15 +322,22 @@ struct Staged {
     root: Option<PathBuf>,
     /// Upstream output folder -> its staged copy.
     folders: BTreeMap<PathBuf, PathBuf>,
+    /// The stage's last output (incremental kinds), when the cache still holds it.
+    previous: Option<PathBuf>,
 }
 
 impl Staged {
-    fn new(store: &Store, sources: &[(PathBuf, String)]) -> std::io::Result<Staged> {
+    fn new(
+        store: &Store,
+        sources: &[(PathBuf, String)],
+        previous: Option<&str>,
+    ) -> std::io::Result<Staged> {
         let mut staged = Staged {
             root: None,
             folders: BTreeMap::new(),
+            previous: None,
         };
-        if sources.is_empty() {
+        if sources.is_empty() && previous.is_none() {
             return Ok(staged);
         }
         let root = store.job_dir()?;
@@ -330,6 +348,18 @@ impl Staged {
             let dest = root.join(i.to_string()).join(name);
             store.stage_entry(key, &dest)?;
             staged.folders.insert(folder.clone(), dest);
+        }
+        // Only a head start: an entry that is gone or fails its checks is no error.
+        if let Some(key) = previous
+            && matches!(store.peek(key), Lookup::Hit(_))
+        {
+            let dest = root.join("previous");
+            match store.stage_entry(key, &dest) {
+                Ok(()) => staged.previous = Some(dest),
+                Err(_) => {
+                    let _ = std::fs::remove_dir_all(&dest);
+                }
+            }
         }
         Ok(staged)
     }

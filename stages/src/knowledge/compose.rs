@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use vsum_engine::contract::{Output, TypedStage, find_upstream_with_stage, read_output};
+use vsum_engine::contract::{
+    Output, TypedStage, find_upstream_file, find_upstream_with_stage, read_output,
+};
 use vsum_engine::stage::{CheckEnv, JobCtx, KeyEnv, KeyExtras, ParamError, StageError};
 
 use super::chapters::{self, Candidate, Cue, Limits, Span};
@@ -19,6 +21,8 @@ use super::slides;
 use super::summarize::{self, SummaryOptions};
 use super::text::{self, Sentence, Timed};
 use crate::media::{AudioOut, KeyframesOut, ProbeOut, ScenesOut};
+use crate::search::minilm;
+use crate::search::sentences::{SENTENCE_VECTORS, SentenceVectors};
 use crate::speech::transcript::Transcript;
 use crate::vision::ocr::OcrFile;
 use crate::vision::yolo::ObjectsFile;
@@ -108,6 +112,8 @@ pub struct Inputs {
     pub objects: Option<ObjectsFile>,
     /// ocr.json (`ocr.text`): slide titles and screen text.
     pub ocr: Option<OcrFile>,
+    /// sentences.json and its vectors (`text.sentences`): topic chapters by meaning.
+    pub sentences: Option<(SentenceVectors, Vec<Vec<f32>>)>,
 }
 
 impl Inputs {
@@ -124,7 +130,21 @@ impl Inputs {
             Some((stage, path)) => Some((read_output(&path, stage)?, stage.to_string())),
             None => None,
         };
+        let sentences = match get::<SentenceVectors>(upstream)? {
+            Some(sv) => {
+                let path = find_upstream_file(upstream, SENTENCE_VECTORS).ok_or_else(|| {
+                    StageError::fatal(format!("sentences.json without {SENTENCE_VECTORS}"))
+                        .hint("rerun its text.sentences stage with --force")
+                })?;
+                let bytes = std::fs::read(&path).map_err(|e| {
+                    StageError::retryable(format!("cannot read {}: {e}", path.display()))
+                })?;
+                minilm::from_bytes(&bytes, sv.dims).map(|v| (sv, v))
+            }
+            None => None,
+        };
         Ok(Inputs {
+            sentences,
             probe: get(upstream)?,
             scenes: get(upstream)?,
             keyframes,
@@ -239,8 +259,20 @@ pub fn compose(inputs: &Inputs, meta: &Meta, p: &Params) -> Summary {
     if slide_spans.is_some() {
         notes.push("Slides or screens: a chapter per slide, named after its title.".into());
     }
+    // Sentence embeddings, when they are of these very sentences.
+    let vectors = inputs.sentences.as_ref().and_then(|(sv, v)| {
+        let same = sv.sentences.len() == sentences.len()
+            && v.len() == sentences.len()
+            && sv
+                .sentences
+                .iter()
+                .zip(&sentences)
+                .all(|(a, b)| a.text == b.text);
+        same.then_some(v.as_slice())
+    });
     let spans = chapter_bounds(
         &sentences,
+        vectors,
         &scenes,
         slide_spans.as_deref(),
         duration.unwrap_or(0.0),
@@ -449,6 +481,7 @@ const SNAP_SECS: f64 = 6.0;
 /// `chapter_secs` ([`chapter_spans`]).
 pub fn chapter_bounds(
     sentences: &[Sentence],
+    vectors: Option<&[Vec<f32>]>,
     scenes: &[(usize, f64, f64)],
     slide_spans: Option<&[slides::SlideChapter]>,
     duration: f64,
@@ -475,7 +508,7 @@ pub fn chapter_bounds(
         snap_secs: SNAP_SECS,
     };
     // Candidates from the content: topic shifts in the transcript.
-    let mut cands: Vec<Candidate> = segment::topic_shifts(sentences)
+    let mut cands: Vec<Candidate> = segment::topic_shifts_with(sentences, vectors)
         .into_iter()
         .map(|sh| Candidate {
             time: sh.time,
@@ -601,7 +634,8 @@ impl TypedStage for ComposeStage {
     const NAME: &'static str = "knowledge.compose";
     // 3: typed inputs (the container's title tag is read), no processing time.
     // 4: the page's player has a poster and seeks, a link back to the library, `source`.
-    const VERSION: u32 = 4;
+    // 5: related videos (the library's related.js), chapters on sentence embeddings.
+    const VERSION: u32 = 5;
     const SUMMARY: &'static str = "One knowledge file per video: summary, chapters with keyframes, keywords, objects, transcript";
 
     fn validate(&self, p: Params, env: &CheckEnv) -> Result<Params, Vec<ParamError>> {

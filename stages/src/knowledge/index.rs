@@ -4,7 +4,13 @@
 //! the videos and hides the cards without a hit; one static file, plain JS) and
 //! `index.json`. Keyphrases shared by
 //! many videos of the batch rank last on each card. Links are relative to the top of
-//! the output folder: list `publish: [INDEX.md, index.html]` so they are placed there.
+//! the output folder: list `publish: [INDEX.md, index.html, related.js]` so they are
+//! placed there.
+//!
+//! With a `search.index` stage in its `needs`, each video lists its related videos
+//! (`related.json` there): on its card, in `INDEX.md` and `index.json`, and in
+//! `related.js`, which each video page (written before the library exists) loads from
+//! the top of the output folder to show its own.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -20,6 +26,7 @@ use vsum_engine::stage::{CheckEnv, JobCtx, ParamError, Scope, StageError};
 use super::compose::href;
 use super::model::Summary;
 use super::render;
+use crate::search::index::Related;
 
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
@@ -54,7 +61,8 @@ impl TypedStage for IndexStage {
     type Params = Params;
     const NAME: &'static str = "knowledge.index";
     // 3: search ranks titles, keyphrases, screen text and transcripts and filters cards.
-    const VERSION: u32 = 3;
+    // 4: related videos.
+    const VERSION: u32 = 4;
     const SUMMARY: &'static str = "Batch front page: INDEX.md and a static, searchable index.html over every video's knowledge";
 
     fn validate(&self, p: Params, env: &CheckEnv) -> Result<Params, Vec<ParamError>> {
@@ -78,6 +86,7 @@ impl TypedStage for IndexStage {
 
     fn run(&self, p: &Params, ctx: &mut JobCtx) -> Result<(), StageError> {
         let root = ctx.output_root;
+        let related = ctx.upstream::<Related>()?.unwrap_or_default();
         // One summary per video, from whichever upstream folder has summary.json.
         let mut docs: Vec<(Summary, String, PathBuf)> = Vec::new(); // (summary, folder, summary dir)
         for item in ctx.batch {
@@ -122,7 +131,15 @@ impl TypedStage for IndexStage {
                     Some(json!({"src": href(&link(root, &root.join(dir).join(k))), "start": ch.start}))
                 })
                 .collect();
+            let near: Vec<Value> = related
+                .videos
+                .get(folder)
+                .into_iter()
+                .flatten()
+                .map(|r| json!({"title": r.title, "folder": r.folder, "page": href(Path::new(&r.page)), "score": r.score}))
+                .collect();
             videos.push(json!({
+                "related": near,
                 "title": s.title,
                 "folder": folder,
                 "duration": s.duration,
@@ -182,6 +199,23 @@ impl TypedStage for IndexStage {
         };
         write("INDEX.md", render::index_md(ctx_j.clone())?.as_bytes())?;
         write("index.html", render::index_html(ctx_j)?.as_bytes())?;
+        // For the video pages: `related.js` beside `index.html`, keyed by each page's
+        // path under the output folder.
+        let by_page: BTreeMap<String, &Value> = videos
+            .iter()
+            .map(|v| {
+                let page = v["page"].as_str().unwrap_or_default();
+                (page.to_string(), &v["related"])
+            })
+            .collect();
+        write(
+            "related.js",
+            format!(
+                "// Made by vsum: each video page's related videos (knowledge.index).\nvar VSUM_RELATED = {};\n",
+                serde_json::to_string(&by_page).expect("json").replace("</", "<\\/")
+            )
+            .as_bytes(),
+        )?;
         write(
             "index.json",
             serde_json::to_string_pretty(&videos)

@@ -1,13 +1,16 @@
 //! Topic segmentation of a transcript, for videos where the picture never changes
 //! (talking heads, meetings, screen recordings of one window).
 //!
-//! TextTiling (Hearst 1997) on lexical similarity: at each gap between two sentences,
-//! compare the words of a window of sentences before it with a window after it (TF-IDF
-//! over stems, cosine). Where the talk moves to another subject the vocabulary changes
-//! and the similarity dips; the depth of each dip (how far it lies below the peaks on
-//! either side) says how strong the shift is. This first version is purely lexical: a
-//! paraphrase that shares no word with what came before looks like a shift, and two
-//! subjects that share vocabulary look like one. Sentence embeddings are the next step.
+//! TextTiling (Hearst 1997): at each gap between two sentences, compare a window of
+//! sentences before it with a window after it. Where the talk moves to another subject
+//! the similarity dips; the depth of each dip (how far it lies below the peaks on either
+//! side) says how strong the shift is. Two similarities are fused when the sentence
+//! embeddings are there (`text.sentences`): the lexical one (TF-IDF over stems, cosine),
+//! which sees a subject's own words, and the semantic one (cosine of the windows' mean
+//! sentence embeddings), which sees a paraphrase as the same subject and two subjects
+//! that share common words as different. The semantic series is rescaled to the lexical
+//! one's mean and spread before they are averaged, so the depth cutoff keeps its
+//! meaning; without embeddings the lexical similarity decides alone.
 
 use super::text::{self, Sentence, SparseVec, TfIdf};
 
@@ -39,6 +42,69 @@ fn window(sents: &[Sentence]) -> usize {
 pub fn gap_similarity(sents: &[Sentence]) -> Vec<f64> {
     smooth(&raw_similarity(sents))
 }
+
+/// Semantic similarity across each gap: cosine of the mean sentence embeddings of the
+/// windows on either side.
+fn semantic_similarity(sents: &[Sentence], vectors: &[Vec<f32>]) -> Vec<f64> {
+    let n = sents.len();
+    if n < 2 || vectors.len() != n {
+        return Vec::new();
+    }
+    let w = window(sents);
+    let mean = |lo: usize, hi: usize| -> Vec<f64> {
+        let mut m = vec![0.0f64; vectors[0].len()];
+        for v in &vectors[lo..hi] {
+            for (a, b) in m.iter_mut().zip(v) {
+                *a += *b as f64;
+            }
+        }
+        m
+    };
+    (0..n - 1)
+        .map(|g| {
+            let l = mean((g + 1).saturating_sub(w), g + 1);
+            let r = mean(g + 1, (g + 1 + w).min(n));
+            let dot: f64 = l.iter().zip(&r).map(|(a, b)| a * b).sum();
+            let norm = |v: &[f64]| v.iter().map(|x| x * x).sum::<f64>().sqrt();
+            let d = norm(&l) * norm(&r);
+            if d > 0.0 { dot / d } else { 0.0 }
+        })
+        .collect()
+}
+
+fn mean_sd(x: &[f64]) -> (f64, f64) {
+    let n = x.len().max(1) as f64;
+    let mean = x.iter().sum::<f64>() / n;
+    let sd = (x.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n).sqrt();
+    (mean, sd)
+}
+
+/// The lexical similarity, fused with the semantic one when there are embeddings (one
+/// per sentence): the semantic series rescaled to the lexical one's mean and spread,
+/// then the two averaged with `SEMANTIC_WEIGHT`.
+fn fused_similarity(sents: &[Sentence], vectors: Option<&[Vec<f32>]>) -> Vec<f64> {
+    let lex = raw_similarity(sents);
+    let sem = match vectors {
+        Some(v) => semantic_similarity(sents, v),
+        None => Vec::new(),
+    };
+    if sem.len() != lex.len() || lex.is_empty() {
+        return lex;
+    }
+    let (lm, ls) = mean_sd(&lex);
+    let (sm, ss) = mean_sd(&sem);
+    if ss <= 1e-9 {
+        return lex;
+    }
+    let scale = if ls > 1e-9 { ls / ss } else { 1.0 };
+    lex.iter()
+        .zip(&sem)
+        .map(|(l, s)| (1.0 - SEMANTIC_WEIGHT) * l + SEMANTIC_WEIGHT * (lm + (s - sm) * scale))
+        .collect()
+}
+
+/// Share of the semantic similarity in the fused one.
+const SEMANTIC_WEIGHT: f64 = 0.5;
 
 /// Lexical similarity across each gap, unsmoothed.
 fn raw_similarity(sents: &[Sentence]) -> Vec<f64> {
@@ -101,10 +167,23 @@ pub fn depths(sim: &[f64]) -> Vec<f64> {
 /// when it must split a long chapter. Minimum chapter lengths, applied by the caller,
 /// keep the liberal cutoff from over-segmenting.
 pub fn topic_shifts(sents: &[Sentence]) -> Vec<TopicShift> {
+    topic_shifts_with(sents, None)
+}
+
+/// [`topic_shifts`] on the lexical similarity fused with the semantic one, given one
+/// sentence embedding per sentence (else lexical alone).
+pub fn topic_shifts_with(sents: &[Sentence], vectors: Option<&[Vec<f32>]>) -> Vec<TopicShift> {
     if sents.len() < MIN_SENTENCES {
         return Vec::new();
     }
-    let raw = raw_similarity(sents);
+    // Where exactly the subject changes is where the words change (lexical); where
+    // the windows share no word at all, several gaps tie, and meaning picks among them.
+    let lex = raw_similarity(sents);
+    let sem = vectors
+        .map(|v| semantic_similarity(sents, v))
+        .filter(|s| s.len() == lex.len())
+        .unwrap_or_else(|| vec![0.0; lex.len()]);
+    let raw = fused_similarity(sents, vectors);
     let sim = smooth(&raw);
     let d = depths(&sim);
     let minima: Vec<f64> = d.iter().copied().filter(|&x| x > 0.0).collect();
@@ -119,12 +198,17 @@ pub fn topic_shifts(sents: &[Sentence]) -> Vec<TopicShift> {
         .enumerate()
         .filter(|(_, x)| **x > 0.0)
         .map(|(g, &depth)| {
-            // Smoothing can move a dip by a sentence: the shift sits at the lowest raw
-            // similarity next to it.
+            // Smoothing can move a dip by a sentence: the shift sits at the lowest
+            // lexical similarity next to it, the lowest semantic one among equals.
             let at = (g.saturating_sub(1)..=(g + 1).min(raw.len() - 1))
                 .min_by(|&a, &b| {
-                    raw[a]
-                        .total_cmp(&raw[b])
+                    let lexical = if (lex[a] - lex[b]).abs() <= 1e-6 {
+                        std::cmp::Ordering::Equal
+                    } else {
+                        lex[a].total_cmp(&lex[b])
+                    };
+                    lexical
+                        .then(sem[a].total_cmp(&sem[b]))
                         .then(a.abs_diff(g).cmp(&b.abs_diff(g)))
                 })
                 .unwrap_or(g);
@@ -249,6 +333,49 @@ mod tests {
             (at.time - 23.75).abs() < 1e-9,
             "between the sentences: {at:?}"
         );
+    }
+
+    #[test]
+    fn meaning_places_the_shift_where_the_words_cannot() {
+        // A sentence that shares no word with either subject sits between them: the
+        // lexical similarity is zero on both sides of it. Its meaning decides.
+        let bridge: &[&str] = &["Thanks, that covers it for now, friends."];
+        let (s, _) = talk(&[BACKUP, bridge, RELEASE]);
+        let unit = |i: usize| {
+            let mut v = vec![0.0f32; 4];
+            v[i] = 1.0;
+            v
+        };
+        let shift_near_bridge = |bridge_like: usize| {
+            let v: Vec<Vec<f32>> = (0..s.len())
+                .map(|i| match i {
+                    i if i < 6 => unit(0),
+                    6 => unit(bridge_like),
+                    _ => unit(1),
+                })
+                .collect();
+            let shifts = topic_shifts_with(&s, Some(&v));
+            shifts
+                .iter()
+                .filter(|x| (4..=7).contains(&x.after))
+                .max_by(|a, b| a.vote.total_cmp(&b.vote))
+                .map(|x| x.after)
+        };
+        // Like the backup sentences: the shift comes after it; like the release ones,
+        // before it (the words alone put it before it either way).
+        assert_eq!(
+            topic_shifts(&s)
+                .iter()
+                .filter(|x| x.vote >= 1.0 && (4..=7).contains(&x.after))
+                .map(|x| x.after)
+                .collect::<Vec<_>>(),
+            vec![5]
+        );
+        assert_eq!(shift_near_bridge(0), Some(6));
+        assert_eq!(shift_near_bridge(1), Some(5));
+        // Without embeddings (or with the wrong number), the words alone decide.
+        let lexical = topic_shifts(&s);
+        assert_eq!(topic_shifts_with(&s, Some(&[unit(0)])), lexical);
     }
 
     #[test]

@@ -259,7 +259,7 @@ impl Searcher {
     }
 
     /// Passage id -> BM25 score, for the passages holding the query's words.
-    fn bm25(&self, query: &str) -> Result<HashMap<usize, f32>, SearchError> {
+    pub(crate) fn bm25(&self, query: &str) -> Result<HashMap<usize, f32>, SearchError> {
         let (_, f) = schema();
         let reader = self.index.reader().map_err(|e| {
             err(
@@ -276,13 +276,19 @@ impl Searcher {
         let top = searcher
             .search(&q, &TopDocs::with_limit(BM25_DEPTH).order_by_score())
             .map_err(|e| err(format!("text search failed: {e}"), "rerun the pipeline"))?;
+        let ids = self.lib.passage_ids();
         let mut out = HashMap::new();
         for (score, addr) in top {
             let doc: TantivyDocument = searcher
                 .doc(addr)
                 .map_err(|e| err(format!("text search failed: {e}"), "rerun the pipeline"))?;
-            if let Some(id) = doc.get_first(f.id).and_then(|v| v.as_u64()) {
-                out.insert(id as usize, score);
+            let folder = doc.get_first(f.video).and_then(|v| v.as_str());
+            let n = doc.get_first(f.passage).and_then(|v| v.as_u64());
+            // A document names its video and its place among the video's passages.
+            if let (Some((first, count)), Some(n)) = (folder.and_then(|x| ids.get(x)), n)
+                && (n as usize) < *count
+            {
+                out.insert(first + n as usize, score);
             }
         }
         Ok(out)

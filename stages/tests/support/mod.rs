@@ -197,6 +197,7 @@ pub fn run_stage(
         upstream: &upstream,
         provenance: &Default::default(),
         batch: &[],
+        previous: None,
         threads: 2,
         cancel: &cancel,
         resources,
