@@ -1,7 +1,9 @@
 //! Small filesystem helpers that make every write atomic.
 //!
 //! Nothing half-written may ever be trusted: files are written to a unique temporary
-//! name in the destination folder, fsynced, renamed into place, and the folder fsynced.
+//! name in the destination folder, fsynced, renamed into place, and the folder fsynced
+//! ([`write_atomic`]); records that are verified when read skip the fsyncs
+//! ([`replace_atomic`]).
 
 use std::fs::{self, File};
 use std::io::{self, Write};
@@ -51,6 +53,23 @@ pub fn write_atomic(dest: &Path, bytes: &[u8]) -> io::Result<()> {
         sync_dir(dest.parent().unwrap_or(Path::new(".")));
         Ok(())
     })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Replaces `dest` with `bytes` atomically, without waiting for the disk: a crash of
+/// the process leaves the old file or the new one, never a mix; a power cut may lose
+/// the new file (or, on some filesystems, leave it torn). For records that are checked
+/// when read (checksummed entries) or that only say what vsum did (refs), where losing
+/// the newest version costs a rerun of the job at most, never a wrong result.
+pub fn replace_atomic(dest: &Path, bytes: &[u8]) -> io::Result<()> {
+    if let Some(parent) = dest.parent() {
+        fs::create_dir_all(parent)?;
+    }
+    let tmp = temp_beside(dest);
+    let result = fs::write(&tmp, bytes).and_then(|()| fs::rename(&tmp, dest));
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
     }

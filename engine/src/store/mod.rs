@@ -5,8 +5,9 @@
 //! fingerprint, timings), `refs/<video-id>/<stage>` (the last key seen for a video and
 //! stage, for `cache why`), `statcache.json`, `runs/`, `logs/`, `tmp/`.
 //!
-//! A commit moves outputs into `objects/` first and writes the entry last, atomically
-//! (temp + fsync + rename). Entries carry a checksum; an entry that fails it, or whose
+//! A commit moves outputs into `objects/` first, makes them durable (fsync of each
+//! object and of its folder), and writes the entry last, atomically (temp + rename).
+//! Entries carry a checksum; an entry that fails it, or whose
 //! objects are missing or of the wrong size, is never trusted. Runs hold a shared lock
 //! on `.vsum/lock`; `gc` and `verify` take it exclusively, so they never pull an object
 //! from under a running batch.
@@ -28,7 +29,7 @@ use std::sync::atomic::AtomicBool;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::fingerprint::{Fingerprint, SCHEMA};
-use crate::fsutil::{self, sync_dir, write_atomic};
+use crate::fsutil::{self, replace_atomic, sync_dir};
 use crate::hash::{FileHasher, hash_file};
 
 pub use entry::{Entry, Lookup, OutFile, Placed, Ref, Stamp};
@@ -322,13 +323,17 @@ impl Store {
                 .join(format!(".object-{}", fsutil::unique_suffix()));
             let stored = (|| {
                 fsutil::clone_or_copy(item.path(), &snap)?;
-                File::open(&snap)?.sync_all()?;
                 let hash = hash_file(&snap)?;
                 let size = fs::metadata(&snap)?.len();
                 let dest = self.object_path(&hash);
                 if fs::symlink_metadata(&dest).is_ok_and(|m| m.is_file() && m.len() == size) {
+                    // Already stored; its content was fsynced before it got its name,
+                    // and its folder is synced below like a new object's (the process
+                    // that stored it may have died before syncing it).
                     fs::remove_file(&snap)?;
+                    touched.insert(dest.parent().expect("object folder").to_path_buf());
                 } else {
+                    File::open(&snap)?.sync_all()?;
                     // A damaged object, or something else in its place, is replaced.
                     remove_any(&dest);
                     let parent = dest.parent().expect("object folder");
@@ -360,7 +365,11 @@ impl Store {
             duration_ms,
             created: now_secs(),
         };
-        write_atomic(&self.entry_path(key), &encode_entry(&entry))?;
+        // The objects are durable (each fsynced, then their folders), so the entry may
+        // be published. It is renamed into place without an fsync of its own: a process
+        // crash leaves it whole, and what a power cut could leave (no entry, or a torn
+        // one that fails its checksum) is never trusted; the job just runs again.
+        replace_atomic(&self.entry_path(key), &encode_entry(&entry))?;
         fault_point("commit:entry-written");
         let _ = fs::remove_dir_all(job_dir);
         Ok(entry)

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::UNIX_EPOCH;
 
 use super::{Entry, Ref, Store, decode_entry};
-use crate::fsutil::write_atomic;
+use crate::fsutil::{replace_atomic, write_atomic};
 
 impl Store {
     fn ref_path(&self, video_id: &str, stage: &str) -> PathBuf {
@@ -15,28 +15,33 @@ impl Store {
     }
 
     /// Remembers the key last used for a video (or `_batch`) and stage, and the files
-    /// placed in which output folder.
+    /// placed in which output folder. Atomic but not fsynced: the files it describes are
+    /// not fsynced either, and a ref lost or torn by a power cut reads as no ref (or an
+    /// unknown key), so the outputs are placed again and nothing wrong is trusted.
     pub fn set_ref(&self, video_id: &str, stage: &str, r: &Ref) -> io::Result<()> {
         let p = self.ref_path(video_id, stage);
         let bytes = serde_json::to_vec(r).map_err(io::Error::other)?;
         if fs::read(&p).ok().as_deref() == Some(bytes.as_slice()) {
             return Ok(());
         }
-        write_atomic(&p, &bytes)
+        replace_atomic(&p, &bytes)
     }
 
     /// The ref of a video and stage. Refs of older vsum versions hold a bare key.
     pub fn read_ref(&self, video_id: &str, stage: &str) -> Option<Ref> {
         let text = fs::read_to_string(self.ref_path(video_id, stage)).ok()?;
         let text = text.trim();
-        if text.starts_with('{') {
-            serde_json::from_str(text).ok()
+        let r: Ref = if text.starts_with('{') {
+            serde_json::from_str(text).ok()?
         } else {
-            Some(Ref {
+            Ref {
                 key: text.to_string(),
                 ..Ref::default()
-            })
-        }
+            }
+        };
+        // A ref torn by a power cut (empty, zeros) is no ref.
+        let is_key = r.key.len() == 64 && r.key.bytes().all(|b| b.is_ascii_hexdigit());
+        is_key.then_some(r)
     }
 
     pub fn get_ref(&self, video_id: &str, stage: &str) -> Option<String> {
