@@ -1,0 +1,218 @@
+//! The coordinator's side: an [`Executor`] that sends the jobs the local store misses
+//! to workers through the queue and takes their results from the shared cache. For
+//! each job, in order: the shared cache may already hold it (then it is adopted into
+//! the local store and reported cached: nothing runs); otherwise its upstream entries
+//! and its videos are shared first (a worker needs nothing else: no shared
+//! filesystem), the job is published (message id = key), and its entry (or a worker's
+//! failure record) is waited for in the shared cache. The engine still plans, keys,
+//! schedules, restores and places; the engine only releases a job once its upstreams
+//! are done, so a job is published only once its upstream entries exist.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, select};
+use vsum_engine::run::{Completions, Executor, Job, RemoteJob};
+use vsum_engine::stage::StageError;
+use vsum_engine::store::{LockMode, Store};
+
+use crate::queue::{Queue, QueueConfig};
+use crate::s3cache::{CacheError, S3Cache};
+
+/// Where a job's result came from.
+enum Found {
+    /// The shared cache had it already.
+    Shared,
+    /// A worker ran it.
+    Ran,
+}
+
+struct Ctx {
+    queue: Queue,
+    cache: S3Cache,
+    local: Store,
+    /// Videos already shared during this run.
+    uploaded: Mutex<HashSet<String>>,
+    run_id: String,
+}
+
+/// Runs jobs on `vsum worker`s through NATS JetStream and an S3 cache.
+pub struct NatsExecutor {
+    rt: tokio::runtime::Runtime,
+    ctx: Arc<Ctx>,
+    capacity: usize,
+}
+
+impl NatsExecutor {
+    /// Connects to the queue (`nats://HOST:PORT`) and the shared cache
+    /// (`s3://BUCKET/PREFIX`); `local` is the run's own cache folder (the first level).
+    pub fn connect(
+        nats: &str,
+        cache: &str,
+        local: &Path,
+        cfg: QueueConfig,
+        capacity: usize,
+    ) -> anyhow::Result<NatsExecutor> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .thread_name("vsum-coordinator")
+            .build()?;
+        let cache = S3Cache::open(cache)?;
+        let queue = rt.block_on(async {
+            tokio::time::timeout(Duration::from_secs(30), Queue::connect(nats, cfg))
+                .await
+                .map_err(|_| anyhow::anyhow!("job queue {nats}: no server answered within 30 s"))?
+                .map_err(anyhow::Error::from)
+        })?;
+        let local = Store::open(local, LockMode::Shared)?;
+        Ok(NatsExecutor {
+            rt,
+            ctx: Arc::new(Ctx {
+                queue,
+                cache,
+                local,
+                uploaded: Mutex::new(HashSet::new()),
+                run_id: vsum_engine::run::new_run_id(),
+            }),
+            capacity: capacity.max(1),
+        })
+    }
+}
+
+impl Executor for NatsExecutor {
+    fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    fn serve<'r>(&self, jobs: Receiver<Job<'r>>, done: Completions) {
+        let (tx, results) = crossbeam_channel::unbounded::<(u64, Result<Found, StageError>)>();
+        let mut pending: HashMap<u64, Job<'r>> = HashMap::new();
+        let never = crossbeam_channel::never();
+        let mut open = true;
+        let mut next = 0u64;
+        let tick = crossbeam_channel::tick(Duration::from_millis(200));
+        while open || !pending.is_empty() {
+            let incoming = if open { &jobs } else { &never };
+            select! {
+                recv(incoming) -> job => match job {
+                    Ok(job) => {
+                        let spec = job.remote();
+                        let videos = job.video_files();
+                        let id = next;
+                        next += 1;
+                        pending.insert(id, job);
+                        let (ctx, tx) = (self.ctx.clone(), tx.clone());
+                        self.rt.spawn(async move {
+                            let r = ctx.handle(spec, videos).await;
+                            let _ = tx.send((id, r));
+                        });
+                    }
+                    Err(_) => open = false,
+                },
+                recv(results) -> r => {
+                    let (id, r) = r.expect("a sender is held");
+                    let Some(job) = pending.remove(&id) else { continue };
+                    done.send(match r {
+                        Ok(Found::Shared) => job.collect_cached("restored from the shared cache"),
+                        Ok(Found::Ran) => job.collect(),
+                        Err(e) => job.fail(e),
+                    });
+                }
+                recv(tick) -> _ => {
+                    // Ctrl-C: jobs still out are reported now; workers finish them into
+                    // the shared cache, where the next run finds them.
+                    if pending.values().next().is_some_and(|j| j.cancelled()) {
+                        for (_, job) in pending.drain() {
+                            done.send(job.fail(StageError::cancelled()));
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn transient(e: CacheError) -> StageError {
+    StageError::retryable(e.to_string())
+}
+
+impl Ctx {
+    async fn handle(
+        &self,
+        job: RemoteJob,
+        videos: Vec<(String, PathBuf)>,
+    ) -> Result<Found, StageError> {
+        let key = job.key.clone();
+        match self.cache.fetch(&self.local, &key).await.map_err(transient)? {
+            Some(_) => return Ok(Found::Shared),
+            None => {
+                // An entry whose blobs are gone or damaged is no entry: it goes, so
+                // the recomputed one can be created.
+                if self.cache.has_entry(&key).await.map_err(transient)? {
+                    self.cache.delete_entry(&key).await.map_err(transient)?;
+                }
+            }
+        }
+        for up in job.upstream_keys() {
+            if !self.cache.complete(up).await.map_err(transient)? {
+                self.cache.delete_entry(up).await.map_err(transient)?;
+                self.cache.share(&self.local, up).await.map_err(transient)?;
+            }
+        }
+        for (hash, path) in videos {
+            if self.uploaded.lock().expect("uploaded").contains(&hash) {
+                continue;
+            }
+            self.cache.put_blob(&hash, &path).await.map_err(transient)?;
+            self.uploaded.lock().expect("uploaded").insert(hash);
+        }
+        // A failure recorded by an earlier run is retried, under a fresh message id
+        // (the server would drop the key's own id as a duplicate for a while).
+        let mut msg_id = key.clone();
+        if self.cache.get_failure(&key).await.map_err(transient)?.is_some() {
+            self.cache.delete_failure(&key).await.map_err(transient)?;
+            msg_id = format!("{key}.{}", self.run_id);
+        }
+        let mut wait = Duration::from_millis(200);
+        loop {
+            match self.queue.publish(&job, &msg_id).await {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "publishing a job failed; retrying");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+        let mut poll = Duration::from_millis(50);
+        loop {
+            tokio::time::sleep(poll).await;
+            poll = (poll * 3 / 2).min(Duration::from_secs(1));
+            match self.cache.fetch(&self.local, &key).await {
+                Ok(Some(_)) => return Ok(Found::Ran),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading the shared cache failed; retrying");
+                    continue;
+                }
+            }
+            match self.cache.get_failure(&key).await {
+                Ok(Some(f)) => {
+                    return Err(StageError {
+                        message: format!("{} (on worker {}, after {} deliveries)", f.message, f.worker, f.attempts),
+                        hint: f.hint,
+                        retryable: false,
+                        cancelled: false,
+                        out_of_memory: false,
+                        bad_input: f.bad_input,
+                    });
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!(error = %e, "reading the shared cache failed; retrying"),
+            }
+        }
+    }
+}
