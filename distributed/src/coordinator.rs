@@ -146,7 +146,12 @@ impl Ctx {
         videos: Vec<(String, PathBuf)>,
     ) -> Result<Found, StageError> {
         let key = job.key.clone();
-        match self.cache.fetch(&self.local, &key).await.map_err(transient)? {
+        match self
+            .cache
+            .fetch(&self.local, &key)
+            .await
+            .map_err(transient)?
+        {
             Some(_) => return Ok(Found::Shared),
             None => {
                 // An entry whose blobs are gone or damaged is no entry: it goes, so
@@ -172,7 +177,13 @@ impl Ctx {
         // A failure recorded by an earlier run is retried, under a fresh message id
         // (the server would drop the key's own id as a duplicate for a while).
         let mut msg_id = key.clone();
-        if self.cache.get_failure(&key).await.map_err(transient)?.is_some() {
+        if self
+            .cache
+            .get_failure(&key)
+            .await
+            .map_err(transient)?
+            .is_some()
+        {
             self.cache.delete_failure(&key).await.map_err(transient)?;
             msg_id = format!("{key}.{}", self.run_id);
         }
@@ -202,7 +213,10 @@ impl Ctx {
             match self.cache.get_failure(&key).await {
                 Ok(Some(f)) => {
                     return Err(StageError {
-                        message: format!("{} (on worker {}, after {} deliveries)", f.message, f.worker, f.attempts),
+                        message: format!(
+                            "{} (on worker {}, after {} deliveries)",
+                            f.message, f.worker, f.attempts
+                        ),
                         hint: f.hint,
                         retryable: false,
                         cancelled: false,

@@ -140,7 +140,12 @@ impl Queue {
                 },
             )
             .await
-            .map_err(|e| self.err(format!("cannot create the consumer {}: {e}", consumer_name(lane))))
+            .map_err(|e| {
+                self.err(format!(
+                    "cannot create the consumer {}: {e}",
+                    consumer_name(lane)
+                ))
+            })
     }
 
     /// Publishes a job (message id `msg_id`, normally its key) and waits for the

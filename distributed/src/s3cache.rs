@@ -80,7 +80,9 @@ impl S3Cache {
             return Err(CacheError::BadUrl(url.into()));
         }
         let mut b = AmazonS3Builder::from_env().with_bucket_name(bucket);
-        if std::env::var_os("AWS_REGION").is_none() && std::env::var_os("AWS_DEFAULT_REGION").is_none() {
+        if std::env::var_os("AWS_REGION").is_none()
+            && std::env::var_os("AWS_DEFAULT_REGION").is_none()
+        {
             b = b.with_region("us-east-1");
         }
         let store = b.build().map_err(|e| CacheError::Store(url.into(), e))?;
@@ -144,7 +146,11 @@ impl S3Cache {
                 .map_err(|e| self.err(e))?;
             return Ok(());
         }
-        let upload = self.store.put_multipart(&p).await.map_err(|e| self.err(e))?;
+        let upload = self
+            .store
+            .put_multipart(&p)
+            .await
+            .map_err(|e| self.err(e))?;
         let mut w = WriteMultipart::new_with_chunk_size(upload, 16 << 20);
         let mut f = tokio::fs::File::open(file).await.map_err(local)?;
         let mut buf = vec![0u8; 1 << 20];
@@ -191,7 +197,10 @@ impl S3Cache {
             }
         }
         if hasher.finalize().to_hex().as_str() != hash {
-            tracing::warn!(blob = hash, "shared cache blob is corrupt: treated as a miss");
+            tracing::warn!(
+                blob = hash,
+                "shared cache blob is corrupt: treated as a miss"
+            );
             discard(dest);
             return Ok(false);
         }
@@ -219,7 +228,11 @@ impl S3Cache {
         let opts = PutOptions::from(PutMode::Create);
         match self
             .store
-            .put_opts(&self.entry_path(&entry.key), PutPayload::from(entry.encode()), opts)
+            .put_opts(
+                &self.entry_path(&entry.key),
+                PutPayload::from(entry.encode()),
+                opts,
+            )
             .await
         {
             Ok(_) => Ok(Created::Won),
@@ -309,7 +322,11 @@ impl S3Cache {
                         discard(f);
                     }
                     if !other? {
-                        tracing::warn!(key, blob = hash, "shared entry's blob is missing or corrupt: a miss");
+                        tracing::warn!(
+                            key,
+                            blob = hash,
+                            "shared entry's blob is missing or corrupt: a miss"
+                        );
                     }
                     return Ok(None);
                 }

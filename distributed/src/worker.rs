@@ -52,12 +52,27 @@ pub struct WorkerOptions {
 /// What a worker did with one delivery (for its log).
 #[derive(Debug, Clone)]
 pub enum Report {
-    Started { job: String, delivery: i64 },
+    Started {
+        job: String,
+        delivery: i64,
+    },
     /// Ran and shared; `won` is false when another worker's entry was there first.
-    Done { job: String, ms: u64, won: bool },
-    AlreadyDone { job: String },
-    Retry { job: String, error: String },
-    Failed { job: String, error: String },
+    Done {
+        job: String,
+        ms: u64,
+        won: bool,
+    },
+    AlreadyDone {
+        job: String,
+    },
+    Retry {
+        job: String,
+        error: String,
+    },
+    Failed {
+        job: String,
+        error: String,
+    },
     Warning(String),
 }
 
@@ -215,7 +230,9 @@ impl Worker {
         let job: RemoteJob = match serde_json::from_slice(&msg.payload) {
             Ok(j) => j,
             Err(e) => {
-                (self.report)(Report::Warning(format!("dropped a message that is not a job: {e}")));
+                (self.report)(Report::Warning(format!(
+                    "dropped a message that is not a job: {e}"
+                )));
                 let _ = msg.ack_with(AckKind::Term).await;
                 return;
             }
@@ -257,11 +274,7 @@ impl Worker {
                 }
             }
             Err(e) => {
-                let limit = self
-                    .queue
-                    .cfg
-                    .max_deliver
-                    .min(i64::from(job.retries) + 1);
+                let limit = self.queue.cfg.max_deliver.min(i64::from(job.retries) + 1);
                 if e.cancelled || (e.retryable && delivered < limit) {
                     (self.report)(Report::Retry {
                         job: name,
@@ -290,7 +303,9 @@ impl Worker {
                     }
                     Err(e) => {
                         (self.report)(Report::Warning(format!("cannot record a failure: {e}")));
-                        let _ = msg.ack_with(AckKind::Nak(Some(self.queue.cfg.backoff(1)))).await;
+                        let _ = msg
+                            .ack_with(AckKind::Nak(Some(self.queue.cfg.backoff(1))))
+                            .await;
                     }
                 }
             }
@@ -304,7 +319,13 @@ impl Worker {
             if self.store.has(key) {
                 continue;
             }
-            if self.cache.fetch(&self.store, key).await.map_err(transient)?.is_none() {
+            if self
+                .cache
+                .fetch(&self.store, key)
+                .await
+                .map_err(transient)?
+                .is_none()
+            {
                 return Err(StageError::retryable(format!(
                     "upstream entry {} of {} is not in the shared cache (or a blob of it is damaged)",
                     &key[..12],
@@ -314,10 +335,20 @@ impl Worker {
         }
         let mut videos = BTreeMap::new();
         for v in job.videos() {
-            let path = self.opts.work_dir.join("videos").join(&v.hash).join(&v.name);
+            let path = self
+                .opts
+                .work_dir
+                .join("videos")
+                .join(&v.hash)
+                .join(&v.name);
             if !std::fs::metadata(&path).is_ok_and(|m| m.len() == v.size) {
                 let tmp = self.store.tmp_path();
-                if !self.cache.get_blob(&v.hash, &tmp).await.map_err(transient)? {
+                if !self
+                    .cache
+                    .get_blob(&v.hash, &tmp)
+                    .await
+                    .map_err(transient)?
+                {
                     return Err(StageError::retryable(format!(
                         "video {} ({}) is not in the shared cache",
                         v.rel.display(),
@@ -328,7 +359,10 @@ impl Worker {
                     .and_then(|()| std::fs::rename(&tmp, &path));
                 if let Err(e) = moved {
                     vsum_engine::store::discard(&tmp);
-                    return Err(StageError::retryable(format!("cannot keep video {}: {e}", path.display())));
+                    return Err(StageError::retryable(format!(
+                        "cannot keep video {}: {e}",
+                        path.display()
+                    )));
                 }
             }
             videos.insert(v.hash.clone(), path);
@@ -348,7 +382,11 @@ impl Worker {
             rx.await
                 .map_err(|_| StageError::retryable("the GPU lane stopped"))??
         } else {
-            let (store, registry, cancel) = (self.store.clone(), self.registry.clone(), self.cancel.clone());
+            let (store, registry, cancel) = (
+                self.store.clone(),
+                self.registry.clone(),
+                self.cancel.clone(),
+            );
             let (base, threads, job) = (self.opts.base_dir.clone(), self.opts.threads, job.clone());
             tokio::task::spawn_blocking(move || {
                 let events = EventSink::new();

@@ -244,7 +244,11 @@ impl Shared<'_> {
     pub(super) fn collect(&self, p: Keyed, cached: Option<&str>) -> Finished {
         let start = self.ms();
         let st = self.stage(p.job);
-        let outcome = if cached.is_some() { Outcome::Cached } else { Outcome::Ran };
+        let outcome = if cached.is_some() {
+            Outcome::Cached
+        } else {
+            Outcome::Ran
+        };
         let mut r = self.record(p.label.clone(), outcome, start);
         r.key = Some(p.key.clone());
         r.attempts = u32::from(cached.is_none());
@@ -369,7 +373,10 @@ impl Staged {
     }
 
     /// The upstream map with each folder replaced by its staged copy.
-    pub(super) fn redirect(&self, upstream: &BTreeMap<String, PathBuf>) -> BTreeMap<String, PathBuf> {
+    pub(super) fn redirect(
+        &self,
+        upstream: &BTreeMap<String, PathBuf>,
+    ) -> BTreeMap<String, PathBuf> {
         upstream
             .iter()
             .map(|(id, dir)| {

@@ -16,9 +16,7 @@ use super::Job;
 use super::execute::Staged;
 use crate::events::{EventSink, JobLabel};
 use crate::fingerprint::Fingerprint;
-use crate::stage::{
-    BatchItem, JobCtx, Lane, Provenance, Registry, Resources, StageError, Video,
-};
+use crate::stage::{BatchItem, JobCtx, Lane, Provenance, Registry, Resources, StageError, Video};
 use crate::store::{Entry, Store};
 
 /// Everything a worker needs to run one job.
