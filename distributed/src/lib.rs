@@ -14,3 +14,13 @@ pub use coordinator::NatsExecutor;
 pub use queue::QueueConfig;
 pub use s3cache::S3Cache;
 pub use worker::{Report, WorkerOptions};
+
+/// Runs one of this crate's async calls to completion from synchronous code (tools,
+/// tests), on a runtime of its own.
+pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+        .block_on(f)
+}

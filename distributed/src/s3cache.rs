@@ -72,6 +72,13 @@ impl S3Cache {
     /// Opens `s3://BUCKET[/PREFIX]`; endpoint, region and credentials from the
     /// environment (as the AWS SDKs read them).
     pub fn open(url: &str) -> Result<S3Cache, CacheError> {
+        Self::open_with(url, &[])
+    }
+
+    /// [`S3Cache::open`] with settings that override the environment's, as
+    /// `(name, value)` pairs named like the variables (`aws_endpoint_url`,
+    /// `aws_access_key_id`, `aws_allow_http`, ...).
+    pub fn open_with(url: &str, settings: &[(&str, &str)]) -> Result<S3Cache, CacheError> {
         let rest = url
             .strip_prefix("s3://")
             .ok_or_else(|| CacheError::BadUrl(url.into()))?;
@@ -80,6 +87,10 @@ impl S3Cache {
             return Err(CacheError::BadUrl(url.into()));
         }
         let mut b = AmazonS3Builder::from_env().with_bucket_name(bucket);
+        for (k, v) in settings {
+            let key = k.parse().map_err(|e| CacheError::Store(url.into(), e))?;
+            b = b.with_config(key, *v);
+        }
         if std::env::var_os("AWS_REGION").is_none()
             && std::env::var_os("AWS_DEFAULT_REGION").is_none()
         {
@@ -354,5 +365,23 @@ impl S3Cache {
             }
         }
         Ok(true)
+    }
+}
+
+impl S3Cache {
+    /// The names under `dir` (`cas`, `entries` or `failures`).
+    pub async fn list(&self, dir: &str) -> Result<Vec<String>, CacheError> {
+        let prefix = self.path(dir, "");
+        let prefix = ObjPath::from(prefix.as_ref().trim_end_matches('/'));
+        let mut out = Vec::new();
+        let mut s = self.store.list(Some(&prefix));
+        while let Some(m) = s.next().await {
+            let m = m.map_err(|e| self.err(e))?;
+            if let Some(name) = m.location.filename() {
+                out.push(name.to_string());
+            }
+        }
+        out.sort();
+        Ok(out)
     }
 }
