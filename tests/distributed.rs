@@ -546,3 +546,43 @@ fn without_a_cache_the_executor_is_refused_clearly() {
         common::stderr(&out)
     );
 }
+
+#[test]
+fn failures_are_recorded_with_the_workers_error_after_their_deliveries() {
+    let nats = Nats::start();
+    let prefix = prefix("fail");
+    let manifest = r#"
+inputs: [input/]
+stages:
+  missing:
+    run: ["no-such-program-for-vsum"]
+  flaky:
+    retries: 1
+    run: ["sh", "-c", "echo boom >&2; exit 3"]
+"#;
+    let p = Project::new(manifest, &[("v.mp4", b"v")]);
+    let root = p.path().to_path_buf();
+    let w = Worker::start(&nats, &prefix, &root, "w", &["--cpu-jobs", "2"]);
+    let (code, s) = run(&p, &nats, &prefix, 120);
+    assert_ne!(code, 0);
+    let (_, _, _, failed) = counts(&s);
+    assert_eq!(failed, 2, "{s}");
+    let error = |stage: &str| {
+        s["jobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|j| j["stage"] == stage)
+            .unwrap()["error"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    // Deterministic: given up on at once. Transient: retried, then given up on.
+    assert!(error("missing").contains("not found"), "{s}");
+    assert!(error("missing").contains("after 1 delivery)"), "{s}");
+    assert!(error("flaky").contains("after 2 deliveries"), "{s}");
+    assert!(w.log().contains("will retry flaky"), "{}", w.log());
+    assert_eq!(shared(&prefix, "failures").len(), 2);
+    assert!(shared(&prefix, "entries").is_empty());
+}

@@ -222,8 +222,11 @@ impl Ctx {
                 Ok(Some(f)) => {
                     return Err(StageError {
                         message: format!(
-                            "{} (on worker {}, after {} deliveries)",
-                            f.message, f.worker, f.attempts
+                            "{} (on worker {}, after {} deliver{})",
+                            f.message,
+                            f.worker,
+                            f.attempts,
+                            if f.attempts == 1 { "y" } else { "ies" }
                         ),
                         hint: f.hint,
                         retryable: false,
