@@ -43,12 +43,13 @@ impl Worker {
             "--cache",
             &s3().url(prefix),
         ])
-        .args(["--lease", LEASE, "--max-deliver", "5", "--name", name])
+        .args(["--lease", LEASE, "--name", name])
         .arg("--work-dir")
         .arg(&dir)
         .arg("--base-dir")
         .arg(&dir)
         .args(extra)
+        .args(max_deliver(extra))
         .env("WORKER", name)
         .env("GPU_LOG", root.join(format!("{name}.gpu")))
         .env("RUNS_LOG", root.join("runs.log"))
@@ -103,12 +104,27 @@ impl Drop for Worker {
     }
 }
 
+/// `--max-deliver 5` unless `extra` says otherwise.
+fn max_deliver(extra: &[&str]) -> Vec<&'static str> {
+    if extra.contains(&"--max-deliver") {
+        vec![]
+    } else {
+        vec!["--max-deliver", "5"]
+    }
+}
+
 /// `vsum run --executor ... --cache ...` in the background.
 fn start_run(p: &Project, nats: &Nats, prefix: &str) -> Child {
+    start_run_with(p, nats, prefix, &[])
+}
+
+fn start_run_with(p: &Project, nats: &Nats, prefix: &str, extra: &[&str]) -> Child {
     let mut cmd = Command::new(bin());
     cmd.args(["run", "pipeline.yaml", "--json", "--progress", "none"])
         .args(["--executor", &nats.url(), "--cache", &s3().url(prefix)])
-        .args(["--lease", LEASE, "--max-deliver", "5"])
+        .args(["--lease", LEASE])
+        .args(extra)
+        .args(max_deliver(extra))
         .current_dir(p.path())
         .env_remove("VSUM_CACHE_DIR")
         .env_remove("VSUM_CONFIG")
@@ -585,4 +601,30 @@ stages:
     assert!(w.log().contains("will retry flaky"), "{}", w.log());
     assert_eq!(shared(&prefix, "failures").len(), 2);
     assert!(shared(&prefix, "entries").is_empty());
+}
+
+#[test]
+fn a_job_whose_workers_all_die_is_failed_once_its_deliveries_run_out() {
+    let nats = Nats::start();
+    let prefix = prefix("exhausted");
+    let manifest = "inputs: [input/]\nstages:\n  stuck:\n    run: [\"sleep\", \"60\"]\n";
+    let p = Project::new(manifest, &[("v.mp4", b"v")]);
+    let root = p.path().to_path_buf();
+    let two = ["--max-deliver", "2", "--cpu-jobs", "1"];
+    let child = start_run_with(&p, &nats, &prefix, &two[..2]);
+    for name in ["a", "b"] {
+        let w = Worker::start(&nats, &prefix, &root, name, &two);
+        w.wait_for("started stuck", 30);
+        w.signal("-KILL");
+    }
+    // The server gives up on the job when it would deliver it a third time: to a
+    // worker that asks for work.
+    let c = Worker::start(&nats, &prefix, &root, "c", &two);
+    let (code, s) = finish_run(&p, child, 60);
+    assert!(!c.log().contains("started stuck"), "{}", c.log());
+    assert_ne!(code, 0);
+    assert_eq!(counts(&s).3, 1, "{s}");
+    let error = s["jobs"][0]["error"].as_str().unwrap();
+    assert!(error.contains("no worker finished the job"), "{error}");
+    assert!(error.contains("after 2 deliveries"), "{error}");
 }

@@ -68,6 +68,11 @@ impl NatsExecutor {
                 .map_err(anyhow::Error::from)
         })?;
         let local = Store::open(local, LockMode::Shared)?;
+        let advisories = rt.block_on(queue.client.subscribe(format!(
+            "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{}.*",
+            crate::queue::STREAM
+        )))?;
+        rt.spawn(given_up(advisories, queue.clone(), cache.clone()));
         Ok(NatsExecutor {
             rt,
             ctx: Arc::new(Ctx {
@@ -239,5 +244,46 @@ impl Ctx {
                 Err(e) => tracing::warn!(error = %e, "reading the shared cache failed; retrying"),
             }
         }
+    }
+}
+
+/// A job whose deliveries ran out without a worker recording why (each worker that
+/// took it died or stalled past its lease, or was stopped): the server says so in an
+/// advisory; it is recorded as failed (so the run reports it instead of waiting) and
+/// removed from the stream.
+async fn given_up(mut advisories: async_nats::Subscriber, queue: Queue, cache: S3Cache) {
+    use futures::StreamExt;
+    while let Some(m) = advisories.next().await {
+        let Ok(v) = serde_json::from_slice::<serde_json::Value>(&m.payload) else {
+            continue;
+        };
+        let (Some(seq), deliveries) = (v["stream_seq"].as_u64(), v["deliveries"].as_u64()) else {
+            continue;
+        };
+        let Ok(stream) = queue.stream().await else {
+            continue;
+        };
+        let Ok(raw) = stream.get_raw_message(seq).await else {
+            continue;
+        };
+        let Ok(job) = serde_json::from_slice::<RemoteJob>(&raw.payload) else {
+            continue;
+        };
+        let recorded = matches!(cache.get_failure(&job.key).await, Ok(Some(_)));
+        if !recorded && !matches!(cache.complete(&job.key).await, Ok(true)) {
+            let f = crate::s3cache::Failure {
+                key: job.key.clone(),
+                job: job.label.describe(),
+                message: "no worker finished the job: each one that took it stopped or went silent past its lease".into(),
+                hint: Some("see the workers' logs (killed? out of memory?); a rerun tries the job again".into()),
+                bad_input: false,
+                attempts: deliveries.unwrap_or(0),
+                worker: "-".into(),
+            };
+            if let Err(e) = cache.put_failure(&f).await {
+                tracing::warn!(error = %e, "cannot record a job given up on");
+            }
+        }
+        let _ = stream.delete_message(seq).await;
     }
 }
