@@ -36,6 +36,9 @@ struct Ctx {
     /// Videos already shared during this run.
     uploaded: Mutex<HashSet<String>>,
     run_id: String,
+    /// Jobs waited for, woken early by a worker's notice (`vsum.done`); the shared
+    /// cache is polled anyway, so a lost notice only costs time.
+    waiters: Mutex<HashMap<String, Arc<tokio::sync::Notify>>>,
 }
 
 /// Runs jobs on `vsum worker`s through NATS JetStream and an S3 cache.
@@ -73,15 +76,19 @@ impl NatsExecutor {
             crate::queue::STREAM
         )))?;
         rt.spawn(given_up(advisories, queue.clone(), cache.clone()));
+        let notices = rt.block_on(queue.client.subscribe(crate::queue::DONE))?;
+        let ctx = Arc::new(Ctx {
+            queue,
+            cache,
+            local,
+            uploaded: Mutex::new(HashSet::new()),
+            run_id: vsum_engine::run::new_run_id(),
+            waiters: Mutex::new(HashMap::new()),
+        });
+        rt.spawn(wake_on_notices(notices, ctx.clone()));
         Ok(NatsExecutor {
             rt,
-            ctx: Arc::new(Ctx {
-                queue,
-                cache,
-                local,
-                uploaded: Mutex::new(HashSet::new()),
-                run_id: vsum_engine::run::new_run_id(),
-            }),
+            ctx,
             capacity: capacity.max(1),
         })
     }
@@ -211,9 +218,25 @@ impl Ctx {
                 }
             }
         }
+        let wake = Arc::new(tokio::sync::Notify::new());
+        self.waiters
+            .lock()
+            .expect("waiters")
+            .insert(key.clone(), wake.clone());
+        let found = self.wait_for(&key, &wake).await;
+        self.waiters.lock().expect("waiters").remove(&key);
+        found
+    }
+
+    /// Waits for the job's entry (or its failure record) in the shared cache.
+    async fn wait_for(&self, key: &str, wake: &tokio::sync::Notify) -> Result<Found, StageError> {
+        let key = key.to_string();
         let mut poll = Duration::from_millis(50);
         loop {
-            tokio::time::sleep(poll).await;
+            tokio::select! {
+                _ = wake.notified() => {}
+                _ = tokio::time::sleep(poll) => {}
+            }
             poll = (poll * 3 / 2).min(Duration::from_secs(1));
             match self.cache.fetch(&self.local, &key).await {
                 Ok(Some(_)) => return Ok(Found::Ran),
@@ -285,5 +308,18 @@ async fn given_up(mut advisories: async_nats::Subscriber, queue: Queue, cache: S
             }
         }
         let _ = stream.delete_message(seq).await;
+    }
+}
+
+/// Wakes the waiter of each job a worker says it finished (or gave up on).
+async fn wake_on_notices(mut notices: async_nats::Subscriber, ctx: Arc<Ctx>) {
+    use futures::StreamExt;
+    while let Some(m) = notices.next().await {
+        let Ok(key) = std::str::from_utf8(&m.payload) else {
+            continue;
+        };
+        if let Some(w) = ctx.waiters.lock().expect("waiters").get(key) {
+            w.notify_one();
+        }
     }
 }

@@ -16,6 +16,10 @@ use vsum_engine::stage::Lane;
 
 pub const STREAM: &str = "VSUM_JOBS";
 
+/// Core NATS subject on which workers say a job's entry (or failure) is in the shared
+/// cache (payload: the key). Only a hint: coordinators poll the cache anyway.
+pub const DONE: &str = "vsum.done";
+
 #[derive(Debug, thiserror::Error)]
 #[error("job queue {url}: {what}")]
 pub struct QueueError {

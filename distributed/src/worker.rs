@@ -176,6 +176,15 @@ fn gpu_lane(
 }
 
 impl Worker {
+    /// Tells coordinators the job's result is in the shared cache.
+    async fn notify(&self, key: &str) {
+        let _ = self
+            .queue
+            .client
+            .publish(crate::queue::DONE, key.to_string().into())
+            .await;
+    }
+
     fn stopping(&self) -> bool {
         self.cancel.load(Ordering::Relaxed)
     }
@@ -240,6 +249,7 @@ impl Worker {
         let name = job.label.describe();
         if matches!(self.cache.complete(&job.key).await, Ok(true)) {
             (self.report)(Report::AlreadyDone { job: name });
+            self.notify(&job.key).await;
             let _ = msg.double_ack().await;
             return;
         }
@@ -267,6 +277,7 @@ impl Worker {
                     ms: t0.elapsed().as_millis() as u64,
                     won,
                 });
+                self.notify(&job.key).await;
                 if let Err(e) = msg.double_ack().await {
                     // The lease ran out meanwhile, or the server restarted: the job
                     // comes back, finds its entry, and is acked then.
@@ -299,6 +310,7 @@ impl Worker {
                 };
                 match self.cache.put_failure(&failure).await {
                     Ok(()) => {
+                        self.notify(&job.key).await;
                         let _ = msg.ack_with(AckKind::Term).await;
                     }
                     Err(e) => {
