@@ -46,6 +46,7 @@ pub struct NatsExecutor {
     rt: tokio::runtime::Runtime,
     ctx: Arc<Ctx>,
     capacity: usize,
+    url: String,
 }
 
 impl NatsExecutor {
@@ -90,6 +91,7 @@ impl NatsExecutor {
             rt,
             ctx,
             capacity: capacity.max(1),
+            url: nats.to_string(),
         })
     }
 }
@@ -106,6 +108,9 @@ impl Executor for NatsExecutor {
         let mut open = true;
         let mut next = 0u64;
         let tick = crossbeam_channel::tick(Duration::from_millis(200));
+        // Nothing came back for a while: say so (no worker running is the usual cause).
+        let quiet = Duration::from_secs(120);
+        let mut last_news = std::time::Instant::now();
         while open || !pending.is_empty() {
             let incoming = if open { &jobs } else { &never };
             select! {
@@ -126,6 +131,7 @@ impl Executor for NatsExecutor {
                 },
                 recv(results) -> r => {
                     let (id, r) = r.expect("a sender is held");
+                    last_news = std::time::Instant::now();
                     let Some(job) = pending.remove(&id) else { continue };
                     done.send(match r {
                         Ok(Found::Shared) => job.collect_cached("restored from the shared cache"),
@@ -140,6 +146,19 @@ impl Executor for NatsExecutor {
                         for (_, job) in pending.drain() {
                             done.send(job.fail(StageError::cancelled()));
                         }
+                    }
+                    if let Some(job) = pending.values().next()
+                        && last_news.elapsed() >= quiet
+                    {
+                        last_news = std::time::Instant::now();
+                        job.events().emit(vsum_engine::events::Event::Warning {
+                            message: format!(
+                                "no job came back from the workers for {} s ({} out on {}); is a `vsum worker` running against this queue and cache? (GPU-lane jobs need one started with --gpu)",
+                                quiet.as_secs(),
+                                pending.len(),
+                                self.url
+                            ),
+                        });
                     }
                 }
             }
