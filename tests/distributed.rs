@@ -628,3 +628,30 @@ fn a_job_whose_workers_all_die_is_failed_once_its_deliveries_run_out() {
     assert!(error.contains("no worker finished the job"), "{error}");
     assert!(error.contains("after 2 deliveries"), "{error}");
 }
+
+#[test]
+fn shared_gc_removes_old_entries_before_their_blobs_and_keeps_the_rest() {
+    let nats = Nats::start();
+    let prefix = prefix("gc");
+    let p = project("0", 2);
+    let root = p.path().to_path_buf();
+    let _w = Worker::start(&nats, &prefix, &root, "w", &["--gpu", "--cpu-jobs", "2"]);
+    let (code, s) = run(&p, &nats, &prefix, 120);
+    assert_eq!(code, 0, "{s}");
+    let cache = s3().cache(&prefix);
+    let blobs = shared(&prefix, "cas").len();
+    // A cutoff before everything: nothing goes.
+    let past = std::time::SystemTime::now() - Duration::from_secs(3600);
+    let r = vsum_distributed::block_on(cache.gc(past)).unwrap();
+    assert_eq!((r.entries_removed, r.blobs_removed), (0, 0), "{r:?}");
+    assert_eq!(r.entries_kept, 7);
+    // A cutoff after everything: every entry, then every blob.
+    let future = std::time::SystemTime::now() + Duration::from_secs(3600);
+    let r = vsum_distributed::block_on(cache.gc(future)).unwrap();
+    assert_eq!((r.entries_removed, r.blobs_removed), (7, blobs), "{r:?}");
+    assert!(shared(&prefix, "entries").is_empty() && shared(&prefix, "cas").is_empty());
+    // The next run from an empty local store recomputes everything, and succeeds.
+    std::fs::remove_dir_all(root.join(".vsum")).unwrap();
+    let (code, s) = run(&p, &nats, &prefix, 120);
+    assert_eq!((code, counts(&s).1), (0, 7), "{s}");
+}

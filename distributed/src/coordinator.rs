@@ -221,15 +221,18 @@ impl Ctx {
             self.cache.delete_failure(&key).await.map_err(transient)?;
             fresh = true;
         }
-        let msg_id = if fresh {
-            format!("{key}.{}", self.run_id)
-        } else {
-            key.clone()
-        };
+        let fresh_id = format!("{key}.{}", self.run_id);
+        let mut msg_id = if fresh { fresh_id.clone() } else { key.clone() };
         let mut wait = Duration::from_millis(200);
         loop {
             match self.queue.publish(&job, &msg_id).await {
-                Ok(()) => break,
+                // Dropped as a duplicate of an earlier publish: fine while that one is
+                // still queued or leased; if it is gone (done, and its entry lost
+                // since), the job goes again under a fresh id.
+                Ok(true) if msg_id != fresh_id && !self.queue.queued(job.lane, &key).await => {
+                    msg_id = fresh_id.clone();
+                }
+                Ok(_) => break,
                 Err(e) => {
                     tracing::warn!(error = %e, "publishing a job failed; retrying");
                     tokio::time::sleep(wait).await;

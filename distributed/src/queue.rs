@@ -1,5 +1,8 @@
 //! The job queue: one NATS JetStream work-queue stream (`VSUM_JOBS`, subjects
-//! `vsum.job.cpu` and `vsum.job.gpu`) and one durable pull consumer per lane. A
+//! `vsum.job.cpu.<key>` and `vsum.job.gpu.<key>`) and one durable pull consumer per
+//! lane. The key in the subject lets a coordinator ask whether a job is still queued
+//! when the server drops its publish as a duplicate (the job may have finished and its
+//! entry been lost since: then it is published again under a fresh id). A
 //! delivered job is leased to its worker for `lease` (the consumer's ack wait), which a
 //! running job keeps extending with "in progress" acks; a worker that dies or stops
 //! lets the lease run out and the job goes to another. Explicit acks; at most
@@ -66,6 +69,11 @@ pub fn subject(lane: Lane) -> &'static str {
     }
 }
 
+/// The subject of one job's message.
+pub fn job_subject(lane: Lane, key: &str) -> String {
+    format!("{}.{key}", subject(lane))
+}
+
 fn consumer_name(lane: Lane) -> &'static str {
     match lane {
         Lane::Cpu => "vsum-cpu",
@@ -117,7 +125,10 @@ impl Queue {
         self.js
             .get_or_create_stream(stream::Config {
                 name: STREAM.into(),
-                subjects: vec![subject(Lane::Cpu).into(), subject(Lane::Gpu).into()],
+                subjects: vec![
+                    format!("{}.*", subject(Lane::Cpu)),
+                    format!("{}.*", subject(Lane::Gpu)),
+                ],
                 retention: stream::RetentionPolicy::WorkQueue,
                 storage: stream::StorageType::File,
                 duplicate_window: Duration::from_secs(120),
@@ -135,7 +146,7 @@ impl Queue {
                 consumer_name(lane),
                 consumer::pull::Config {
                     durable_name: Some(consumer_name(lane).into()),
-                    filter_subject: subject(lane).into(),
+                    filter_subject: format!("{}.*", subject(lane)),
                     ack_policy: consumer::AckPolicy::Explicit,
                     ack_wait: self.cfg.lease,
                     max_deliver: self.cfg.max_deliver,
@@ -153,18 +164,30 @@ impl Queue {
     }
 
     /// Publishes a job (message id `msg_id`, normally its key) and waits for the
-    /// server to store it.
-    pub async fn publish(&self, job: &RemoteJob, msg_id: &str) -> Result<(), QueueError> {
+    /// server to store it. `Ok(true)`: the server dropped it as a duplicate.
+    pub async fn publish(&self, job: &RemoteJob, msg_id: &str) -> Result<bool, QueueError> {
         let mut headers = HeaderMap::new();
         headers.insert(NATS_MESSAGE_ID, msg_id);
         let payload = serde_json::to_vec(job).expect("job serializes");
         let ack = self
             .js
-            .publish_with_headers(subject(job.lane), headers, payload.into())
+            .publish_with_headers(job_subject(job.lane, &job.key), headers, payload.into())
             .await
             .map_err(|e| self.err(format!("cannot publish {}: {e}", job.label.describe())))?;
-        ack.await
+        let ack = ack
+            .await
             .map_err(|e| self.err(format!("job {} not stored: {e}", job.label.describe())))?;
-        Ok(())
+        Ok(ack.duplicate)
+    }
+
+    /// Whether a message for the job `key` is in the stream (queued or leased).
+    pub async fn queued(&self, lane: Lane, key: &str) -> bool {
+        let Ok(stream) = self.stream().await else {
+            return false;
+        };
+        stream
+            .get_last_raw_message_by_subject(&job_subject(lane, key))
+            .await
+            .is_ok()
     }
 }

@@ -385,3 +385,68 @@ impl S3Cache {
         Ok(out)
     }
 }
+
+/// What a shared-cache gc removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct GcReport {
+    pub entries_removed: usize,
+    pub entries_kept: usize,
+    pub blobs_removed: usize,
+    pub blobs_kept: usize,
+}
+
+impl S3Cache {
+    /// Removes the entries (and failure records) last written before `cutoff`, then
+    /// the blobs no remaining entry names that are also older than `cutoff` (a younger
+    /// one may belong to an entry being made, or be a video just shared). Entries go
+    /// before blobs, so a reader never trusts an entry whose blob went; and a race with
+    /// a running job is harmless: an entry whose blob is gone is a miss, recomputed.
+    pub async fn gc(&self, cutoff: std::time::SystemTime) -> Result<GcReport, CacheError> {
+        let cutoff = cutoff
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        let mut report = GcReport::default();
+        let mut keep = std::collections::BTreeSet::new();
+        for (name, modified) in self.list_meta("entries").await? {
+            if modified < cutoff {
+                self.delete_entry(&name).await?;
+                report.entries_removed += 1;
+            } else {
+                report.entries_kept += 1;
+                if let Some(e) = self.get_entry(&name).await? {
+                    keep.extend(e.outputs.values().map(|o| o.hash.clone()));
+                }
+            }
+        }
+        for (name, modified) in self.list_meta("failures").await? {
+            if modified < cutoff {
+                self.delete_failure(&name).await?;
+            }
+        }
+        for (name, modified) in self.list_meta("cas").await? {
+            if keep.contains(&name) || modified >= cutoff {
+                report.blobs_kept += 1;
+            } else {
+                self.delete_blob(&name).await?;
+                report.blobs_removed += 1;
+            }
+        }
+        Ok(report)
+    }
+
+    /// The names under `dir` with their last write (Unix seconds).
+    async fn list_meta(&self, dir: &str) -> Result<Vec<(String, i64)>, CacheError> {
+        let prefix = self.path(dir, "");
+        let prefix = ObjPath::from(prefix.as_ref().trim_end_matches('/'));
+        let mut out = Vec::new();
+        let mut s = self.store.list(Some(&prefix));
+        while let Some(m) = s.next().await {
+            let m = m.map_err(|e| self.err(e))?;
+            if let Some(name) = m.location.filename() {
+                out.push((name.to_string(), m.last_modified.timestamp()));
+            }
+        }
+        Ok(out)
+    }
+}
