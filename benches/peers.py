@@ -110,6 +110,19 @@ def count_outputs(root):
     return sum(len(fs) for _, _, fs in os.walk(os.path.join(root, "out")))
 
 
+def measure(name, run, version, cwd, jobs, repeat):
+    """One engine's row: a cold run, no-change reruns, dry runs and --version, and a
+    check that the cold run made every output."""
+    row = {"cold": timed(run, cwd)}
+    made = count_outputs(cwd)
+    if made != jobs:
+        raise RuntimeError(f"{name} made {made} output files, expected {jobs}")
+    row["rerun"] = best(run, cwd, repeat)
+    row["dry"] = best(run + ["--dry-run"], cwd, repeat)
+    row["version"] = best(version, cwd, repeat)
+    return row
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--vsum", required=True)
@@ -127,16 +140,7 @@ def main():
         os.makedirs(vdir)
         m = vsum_project(vdir, a.videos)
         run = [a.vsum, "run", m, "--jobs", str(a.jobs), "--progress", "none"]
-        vsum = {
-            "cold": timed(run, vdir),
-            "rerun": best(run, vdir, a.repeat),
-            "dry": best(run + ["--dry-run"], vdir, a.repeat),
-            "version": best([a.vsum, "--version"], vdir, a.repeat),
-        }
-        made = count_outputs(vdir)
-        if made != jobs:
-            raise RuntimeError(f"vsum made {made} output files, expected {jobs}")
-        rows["vsum"] = vsum
+        rows["vsum"] = measure("vsum", run, [a.vsum, "--version"], vdir, jobs, a.repeat)
         snake = None
         if a.snakemake:
             try:
@@ -144,15 +148,7 @@ def main():
                 os.makedirs(sdir)
                 snakemake_project(sdir, a.videos)
                 run = [a.snakemake, "--cores", str(a.jobs), "--jobs", str(a.jobs), "--quiet", "all"]
-                snake = {
-                    "cold": timed(run, sdir),
-                    "rerun": best(run, sdir, a.repeat),
-                    "dry": best(run + ["--dry-run"], sdir, a.repeat),
-                    "version": best([a.snakemake, "--version"], sdir, a.repeat),
-                }
-                made = count_outputs(sdir)
-                if made != jobs:
-                    raise RuntimeError(f"snakemake made {made} output files, expected {jobs}")
+                snake = measure("snakemake", run, [a.snakemake, "--version"], sdir, jobs, a.repeat)
             except Exception as e:  # a peer's failure is reported, never fatal
                 print(f"peers: snakemake failed, its column is empty: {e}", file=sys.stderr)
                 snake = None
@@ -173,6 +169,7 @@ def main():
         ("dry", f"dry run (best {a.repeat})"),
         ("version", f"--version (best {a.repeat})"),
     ]
+    vsum = rows["vsum"]
     for key, label in names:
         v = vsum[key] * 1000
         if snake:

@@ -297,3 +297,54 @@ fn another_executor_plugs_in_without_touching_planning_or_caching() {
             .any(|j| j.error.as_deref() == Some("no worker took the job"))
     );
 }
+
+/// A per-video stage may come after a batch stage (each video's related videos come
+/// from the library's index): every video's job waits for the one batch job and reads
+/// its output; adding a video reruns the batch and those jobs, and nothing else.
+#[test]
+fn a_per_video_stage_after_a_batch_stage_reads_the_batch_output() {
+    let manifest = r#"
+inputs: [input/]
+output: output/
+stages:
+  size:
+    run: ["sh", "-c", "wc -c < \"$1\" | tr -d ' ' > \"$2/n.txt\"", "x", "{video}", "{out}"]
+  total:
+    scope: batch
+    needs: [size]
+    run: ["sh", "-c", "o=$1; shift; for d in \"$@\"; do cat \"$d/n.txt\"; done | awk '{{s+=$1}} END {{print s}}' > \"$o/total.txt\"", "x", "{out}", "{size}"]
+  share:
+    needs: [size, total]
+    run: ["sh", "-c", "echo \"$(cat \"$1/n.txt\")/$(cat \"$2/total.txt\")\" > \"$3/share.txt\"", "x", "{size}", "{total}", "{out}"]
+"#;
+    let p = Project::new(manifest, &[("a.mp4", b"aa"), ("b.mp4", b"bbb")]);
+    let (code, s) = p.run(&[]);
+    assert_eq!(code, 0, "{s}");
+    assert_eq!(p.read("output/a/share/share.txt"), "2/5\n");
+    assert_eq!(p.read("output/b/share/share.txt"), "3/5\n");
+    std::fs::write(p.path().join("input/c.mp4"), b"ccccc").unwrap();
+    let (code, s) = p.run(&[]);
+    assert_eq!(code, 0, "{s}");
+    let again: Vec<(String, String)> = ran(&s);
+    assert_eq!(
+        again,
+        vec![
+            ("share".to_string(), "input/a.mp4".to_string()),
+            ("share".to_string(), "input/b.mp4".to_string()),
+            ("share".to_string(), "input/c.mp4".to_string()),
+            ("size".to_string(), "input/c.mp4".to_string()),
+            ("total".to_string(), "[batch]".to_string()),
+        ],
+        "{s}"
+    );
+    assert_eq!(p.read("output/a/share/share.txt"), "2/10\n");
+    assert_eq!(p.read("output/c/share/share.txt"), "5/10\n");
+    let (code, s) = p.run(&[]);
+    assert_eq!(code, 0, "{s}");
+    assert_eq!(counts(&s).0, 0, "a rerun runs nothing: {s}");
+    // A batch stage that needs a per-video stage after it is a cycle, said as one.
+    p.write_manifest(&manifest.replace("needs: [size]\n", "needs: [size, share]\n"));
+    let out = p.vsum(&["validate", "pipeline.yaml"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("cycle"), "{}", stderr(&out));
+}

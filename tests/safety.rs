@@ -1222,3 +1222,40 @@ fn the_first_ctrl_c_ends_a_paused_run() {
         "the interrupted run left a readable history"
     );
 }
+
+/// A run paused by a guard with `--progress none` sat silent: it must still say why it
+/// waits, on stderr.
+#[test]
+fn a_paused_run_says_so_without_progress() {
+    let p = Project::new(DEMO, &[("a.mp4", b"aaaa")]);
+    p.write_alerts(
+        "disk_free_gb: {warning: null, critical: null}\nmemory_percent: {warning: null, critical: 0.001}\nsample_interval_ms: 50\n",
+    );
+    let mut child = Command::new(BIN)
+        .args(["run", "pipeline.yaml", "--progress", "none"])
+        .current_dir(p.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let logs = p.path().join(".vsum/logs");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !walk(&logs).iter().any(|l| {
+        std::fs::read_to_string(l)
+            .unwrap_or_default()
+            .contains("\"paused\"")
+    }) {
+        assert!(Instant::now() < deadline, "the run never paused");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let rc = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(rc.success());
+    assert_eq!(wait_exit(&mut child, Duration::from_secs(10)), 130);
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(err.contains("paused:"), "stderr: {err}");
+    assert!(err.contains("memory"), "names the reading: {err}");
+}

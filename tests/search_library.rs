@@ -33,6 +33,7 @@ stages:
     scope: batch
     needs: [summary, search]
     publish: [INDEX.md, index.html, related.js]
+  related: {uses: knowledge.related, needs: [search]}
 "#;
 
 /// (file stem, what is said, a query in other words that must find it).
@@ -174,6 +175,25 @@ fn a_new_video_is_added_to_the_search_index_and_videos_know_their_related_ones()
     assert_eq!(
         related["videos"]["pizza"][0]["folder"], "bread",
         "{related}"
+    );
+    // Each video's own related.json, beside its knowledge file, links from its folder.
+    let own = read_json(&p, "output/bread/related/related.json");
+    assert_eq!(own["video"], "bread", "{own}");
+    assert_eq!(own["related"][0]["folder"], "pizza", "{own}");
+    assert_eq!(
+        own["related"][0]["page"], "../../pizza/summary/summary.html",
+        "{own}"
+    );
+    assert!(
+        p.path()
+            .join("output/bread/related")
+            .join(own["related"][0]["page"].as_str().unwrap())
+            .is_file(),
+        "the link resolves from the video's folder: {own}"
+    );
+    assert!(
+        p.read("output/bread/related/related.md")
+            .contains("](../../pizza/summary/summary.html)")
     );
     // ... and the report shows them: the cards, INDEX.md, index.json, the video pages.
     let index = read_json(&p, "output/index/index.json");

@@ -74,7 +74,14 @@ impl JobGraph {
                 let Some(t) = index_of(need) else { continue };
                 let edges: Vec<(Option<NodeIndex>, Option<NodeIndex>)> =
                     match (manifest.stages[s].scope, manifest.stages[t].scope) {
-                        (Scope::Video, _) => per_video.iter().map(|row| (row[t], row[s])).collect(),
+                        (Scope::Video, Scope::Video) => {
+                            per_video.iter().map(|row| (row[t], row[s])).collect()
+                        }
+                        // After the batch: each video's job waits for the one batch job
+                        // (e.g. a video's related videos, from the library's index).
+                        (Scope::Video, Scope::Batch) => {
+                            per_video.iter().map(|row| (batch[t], row[s])).collect()
+                        }
                         (Scope::Batch, Scope::Video) => {
                             per_video.iter().map(|row| (row[t], batch[s])).collect()
                         }

@@ -80,10 +80,14 @@ pub fn attach(events: &EventSink, mode: Progress, setup: Option<Setup>) {
     match (mode.resolve(), setup) {
         (Progress::Bar, Some(setup)) => screen::attach(events, setup),
         (Progress::Bar | Progress::Plain, setup) => attach_plain(events, setup),
-        (Progress::None | Progress::Auto, _) => events.subscribe(|e| {
-            if let Event::Warning { message } = e {
-                eprintln!("{}", warning(message));
-            }
+        // No progress, but still what a waiting or stopping run owes its user: a run
+        // paused by a guard would otherwise sit silent for hours.
+        (Progress::None | Progress::Auto, _) => events.subscribe(|e| match e {
+            Event::Warning { message } => eprintln!("{}", warning(message)),
+            Event::Paused { reason } => eprintln!("vsum: paused: {reason}"),
+            Event::Resumed => eprintln!("vsum: resumed: new jobs start again"),
+            Event::Stopped { reason } => eprintln!("vsum: stopping the batch: {reason}"),
+            _ => {}
         }),
     }
 }

@@ -7,7 +7,8 @@
 //! `$PYTHON` (default `python3`) can import `scenedetect` and `cv2`, with frames per
 //! second, the ratio to decode-only and the cut lists' agreement (precision, recall, F1
 //! within one frame), on the H.264 file and an MPEG-4 part 2 copy. Then `video.keyframes`
-//! time, and `media.audio` speed in multiples of real time.
+//! time, the whole media pass (probe + scenes + keyframes) as a multiple of one decode, and
+//! `media.audio` speed in multiples of real time.
 //!
 //! Run: `cargo bench -p vsum-stages --bench scenes` (set `PYTHON=/path/to/venv/bin/python`
 //! to include PySceneDetect: `pip install scenedetect opencv-python-headless`).
@@ -20,7 +21,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use vsum_engine::events::EventSink;
 use vsum_engine::stage::{CheckEnv, JobCtx, Scope, StageKind, Video};
-use vsum_stages::media::{AudioStage, KeyframesStage, SceneStage};
+use vsum_stages::media::{AudioStage, KeyframesStage, ProbeStage, SceneStage};
 
 const SEGMENT_FRAMES: u32 = 125;
 const RUNS: usize = 3;
@@ -302,8 +303,9 @@ fn pyscenedetect(path: &Path) -> Option<(f64, f64, Vec<u64>)> {
 }
 
 /// Times decode-only, our detector (fast and exact decoding) and PySceneDetect on one
-/// video, interleaved, and prints the table.
-fn scenes_table(video: &Path, what: &str, truth: &[u64]) {
+/// video, interleaved, and prints the table. Returns decode-only's and our default's
+/// best timings.
+fn scenes_table(video: &Path, what: &str, truth: &[u64]) -> (Timing, Timing) {
     // Rounds interleave the contenders so a busy machine slows them alike; each keeps
     // its best round.
     let (mut t_decode, mut t_ours, mut t_lf, mut t_py) = (
@@ -397,6 +399,7 @@ fn scenes_table(video: &Path, what: &str, truth: &[u64]) {
             ours != ours_lf
         );
     }
+    (t_decode, t_ours)
 }
 
 fn main() {
@@ -434,7 +437,7 @@ fn main() {
         ]);
         std::fs::rename(&tmp, &mpeg4).expect("rename");
     }
-    scenes_table(&video, "1280x720 H.264", &truth);
+    let (t_decode, t_scenes) = scenes_table(&video, "1280x720 H.264", &truth);
     let (scenes_dir, _keep) = run_kind(&SceneStage, &video, json!({}));
     let mut t_key = Timing::none();
     for _ in 0..RUNS {
@@ -453,6 +456,22 @@ fn main() {
         truth.len() + 1,
         t_key.wall.as_secs_f64(),
         t_key.cpu
+    );
+    // The whole media pass a video gets (probe, scenes, keyframes) against decoding it
+    // once: CPU seconds, which a busy machine disturbs less than wall time.
+    let mut t_probe = Timing::none();
+    for _ in 0..RUNS {
+        measure(&mut t_probe, || run_kind(&ProbeStage, &video, json!({})));
+    }
+    let pass = t_probe.cpu + t_scenes.cpu + t_key.cpu;
+    println!();
+    println!(
+        "media pass (probe {:.2} + scenes {:.2} + keyframes {:.2} CPU s) = {pass:.2} CPU s: {:.2}x one decode ({:.2} CPU s)",
+        t_probe.cpu,
+        t_scenes.cpu,
+        t_key.cpu,
+        pass / t_decode.cpu,
+        t_decode.cpu
     );
     scenes_table(&mpeg4, "1280x720 MPEG-4 part 2", &truth);
 

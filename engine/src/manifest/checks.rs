@@ -30,14 +30,6 @@ impl Validator<'_> {
                         format!("stage '{}' lists '{n}' twice in needs", r.id),
                         None,
                     );
-                } else if r.scope == Scope::Video
-                    && raw.iter().any(|o| &o.id == n && o.scope == Scope::Batch)
-                {
-                    self.err(
-                        *pos,
-                        format!("per-video stage '{}' cannot need batch stage '{n}'", r.id),
-                        Some("make it `scope: batch` too, or drop the need".into()),
-                    );
                 }
             }
         }

@@ -44,7 +44,9 @@ impl Shared<'_> {
             Err(_) if self.cancelled() => return not_run(Outcome::Cancelled, None),
             Err(_) => None, // no claim (e.g. a read-only cache): run unclaimed, as before
         };
-        if claim.as_ref().is_some_and(|c| c.waited)
+        // Looked up again once claimed, whether or not we waited: the plan's miss may be
+        // stale, as another run can have claimed, made and released the key in between.
+        if claim.is_some()
             && let Lookup::Hit(entry) = self.store.lookup(&p.key)
         {
             let mut r = self.record(p.label.clone(), Outcome::Cached, start);

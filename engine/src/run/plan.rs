@@ -432,7 +432,7 @@ impl Batch<'_> {
         let mut sources = Vec::new();
         for (up, done) in ups {
             let up_id = self.stage(*up).id.clone();
-            if up.video == job.video {
+            if up.video == job.video || up.video.is_none() {
                 provenance.insert(
                     up_id.clone(),
                     Provenance {

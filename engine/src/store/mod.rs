@@ -183,7 +183,8 @@ impl Store {
 
     /// Claims `key` for this process: waits while another process holds it (checking
     /// `cancel`), so two runs sharing the cache never compute the same job twice.
-    /// `waited` says whether someone else had it (then look the key up again).
+    /// `waited` says whether someone else had it. Look the key up again once claimed either
+    /// way: another run may have made it between the look-up and the claim.
     pub fn claim(&self, key: &str, cancel: &AtomicBool) -> io::Result<Option<Claim>> {
         let dir = self.root.join("claims").join(&key[..2]);
         fs::create_dir_all(&dir)?;

@@ -136,6 +136,84 @@ pub fn load_encoder(
     Ok((Encoder::load(&m.path)?, m.display()))
 }
 
+/// What the two embedding kinds (`text.embed`, `text.sentences`) share: the model
+/// param's check, its part of the key, its GPU-lane group and doctor check, and
+/// embedding with the model kept loaded on the lane.
+pub(crate) struct SentenceModel<'a> {
+    pub models: &'a ModelsDir,
+    pub model: &'a str,
+}
+
+impl SentenceModel<'_> {
+    pub fn check(&self) -> Result<(), Vec<ParamError>> {
+        if self.model.trim().is_empty() {
+            return Err(vec![
+                ParamError::new(&["model"], "`model` is empty").hint("use all-minilm-l6-v2"),
+            ]);
+        }
+        Ok(())
+    }
+
+    /// The model file's hash and the inference library's version.
+    pub fn key_extras(&self, env: &KeyEnv) -> Result<KeyExtras, StageError> {
+        let m = resolve(self.models, self.model, env.base_dir, FORMAT_SENTENCE)?;
+        let mut x = KeyExtras::default();
+        x.tools
+            .insert("embed_model".into(), m.blake3(Some(env.hasher))?);
+        x.tools.insert("candle".into(), "0.11".into());
+        Ok(x)
+    }
+
+    /// One group for both kinds: the lane runs their jobs back to back on one model.
+    pub fn resource_group(&self) -> String {
+        format!("embed:{}", self.model)
+    }
+
+    pub fn doctor(&self, base_dir: &Path) -> Vec<Check> {
+        vec![vsum_models::doctor_model(
+            self.models,
+            self.model,
+            base_dir,
+            FORMAT_SENTENCE,
+        )]
+    }
+
+    /// Unit vectors of `texts`, the model's name and its dimensions; the encoder is
+    /// loaded once per lane (kept in `Resources`), or for this job alone off the lane.
+    pub fn embed(
+        &self,
+        ctx: &mut JobCtx,
+        texts: &[&str],
+        kind: &str,
+    ) -> Result<(Vec<Vec<f32>>, String, usize), StageError> {
+        let m = resolve(self.models, self.model, ctx.base_dir, FORMAT_SENTENCE)?;
+        let key = format!("embed:{}", m.blake3(None)?);
+        let mut owned = None;
+        let (models, model, base) = (self.models, self.model, ctx.base_dir);
+        let (encoder, name) = match ctx.resources.as_deref_mut() {
+            Some(r) => &*r.get_or_load(&key, || load_encoder(models, model, base))?,
+            None => &*owned.insert(load_encoder(models, model, base)?),
+        };
+        let started = std::time::Instant::now();
+        let vectors = encoder.embed(texts)?;
+        tracing::info!(
+            texts = texts.len(),
+            ms = started.elapsed().as_millis() as u64,
+            "{kind}: embedded"
+        );
+        Ok((vectors, name.clone(), encoder.dims))
+    }
+}
+
+impl EmbedStage {
+    fn model<'a>(&'a self, p: &'a Params) -> SentenceModel<'a> {
+        SentenceModel {
+            models: &self.models,
+            model: &p.model,
+        }
+    }
+}
+
 impl TypedStage for EmbedStage {
     type Params = Params;
     const NAME: &'static str = KIND;
@@ -157,34 +235,20 @@ impl TypedStage for EmbedStage {
                 .hint("add your `knowledge.compose` stage to its `needs`"),
             ]);
         }
-        if p.model.trim().is_empty() {
-            return Err(vec![
-                ParamError::new(&["model"], "`model` is empty").hint("use all-minilm-l6-v2"),
-            ]);
-        }
+        self.model(&p).check()?;
         Ok(p)
     }
 
     fn key_extras(&self, p: &Params, env: &KeyEnv) -> Result<KeyExtras, StageError> {
-        let m = resolve(&self.models, &p.model, env.base_dir, FORMAT_SENTENCE)?;
-        let mut x = KeyExtras::default();
-        x.tools
-            .insert("embed_model".into(), m.blake3(Some(env.hasher))?);
-        x.tools.insert("candle".into(), "0.11".into());
-        Ok(x)
+        self.model(p).key_extras(env)
     }
 
     fn resource_group(&self, p: &Params) -> Option<String> {
-        Some(format!("embed:{}", p.model))
+        Some(self.model(p).resource_group())
     }
 
     fn doctor(&self, p: &Params, base_dir: &Path) -> Vec<Check> {
-        vec![vsum_models::doctor_model(
-            &self.models,
-            &p.model,
-            base_dir,
-            FORMAT_SENTENCE,
-        )]
+        self.model(p).doctor(base_dir)
     }
 
     fn run(&self, p: &Params, ctx: &mut JobCtx) -> Result<(), StageError> {
@@ -198,25 +262,11 @@ impl TypedStage for EmbedStage {
             })?;
         let summary: Summary = vsum_engine::contract::read_output(&path, stage)?;
         let passages = passages_of(&summary);
-        let m = resolve(&self.models, &p.model, ctx.base_dir, FORMAT_SENTENCE)?;
-        let key = format!("embed:{}", m.blake3(None)?);
-        let mut owned = None;
-        let (models, base) = (&self.models, ctx.base_dir);
-        let (encoder, name) = match ctx.resources.as_deref_mut() {
-            Some(r) => &*r.get_or_load(&key, || load_encoder(models, &p.model, base))?,
-            None => &*owned.insert(load_encoder(models, &p.model, base)?),
-        };
         let texts: Vec<&str> = passages.iter().map(|x| x.text.as_str()).collect();
-        let started = std::time::Instant::now();
-        let vectors = encoder.embed(&texts)?;
-        tracing::info!(
-            passages = texts.len(),
-            ms = started.elapsed().as_millis() as u64,
-            "{KIND}: embedded"
-        );
+        let (vectors, model, dims) = self.model(p).embed(ctx, &texts, KIND)?;
         let file = Passages {
-            model: name.clone(),
-            dims: encoder.dims,
+            model,
+            dims,
             title: summary.title.clone(),
             source: summary.source.clone(),
             knowledge_stage: stage.to_string(),

@@ -7,18 +7,15 @@
 //! videos and stages). Writes `sentences.json` (the sentences, their times, the model)
 //! and `sentences.f32` (one unit vector per sentence, little-endian).
 
+use super::embed::{Params, SentenceModel};
+use super::minilm;
+use crate::knowledge::text::{self, Timed};
+use crate::speech::transcript::Transcript;
 use serde::{Deserialize, Serialize};
 use vsum_engine::contract::{Output, TypedStage};
 use vsum_engine::stage::{
     Check, CheckEnv, JobCtx, KeyEnv, KeyExtras, Lane, ParamError, StageError,
 };
-use vsum_models::catalog::FORMAT_SENTENCE;
-use vsum_models::resolve;
-
-use super::embed::{Params, load_encoder};
-use super::minilm;
-use crate::knowledge::text::{self, Timed};
-use crate::speech::transcript::Transcript;
 
 const KIND: &str = "text.sentences";
 /// The vectors beside `sentences.json`.
@@ -72,6 +69,15 @@ impl SentencesStage {
     }
 }
 
+impl SentencesStage {
+    fn model<'a>(&'a self, p: &'a Params) -> SentenceModel<'a> {
+        SentenceModel {
+            models: &self.models,
+            model: &p.model,
+        }
+    }
+}
+
 impl TypedStage for SentencesStage {
     type Params = Params;
     const NAME: &'static str = KIND;
@@ -92,58 +98,30 @@ impl TypedStage for SentencesStage {
                 .hint("add your `whisper.transcribe` stage to its `needs`"),
             ]);
         }
-        if p.model.trim().is_empty() {
-            return Err(vec![
-                ParamError::new(&["model"], "`model` is empty").hint("use all-minilm-l6-v2"),
-            ]);
-        }
+        self.model(&p).check()?;
         Ok(p)
     }
 
     fn key_extras(&self, p: &Params, env: &KeyEnv) -> Result<KeyExtras, StageError> {
-        let m = resolve(&self.models, &p.model, env.base_dir, FORMAT_SENTENCE)?;
-        let mut x = KeyExtras::default();
-        x.tools
-            .insert("embed_model".into(), m.blake3(Some(env.hasher))?);
-        x.tools.insert("candle".into(), "0.11".into());
-        Ok(x)
+        self.model(p).key_extras(env)
     }
 
     fn resource_group(&self, p: &Params) -> Option<String> {
-        Some(format!("embed:{}", p.model))
+        Some(self.model(p).resource_group())
     }
 
     fn doctor(&self, p: &Params, base_dir: &std::path::Path) -> Vec<Check> {
-        vec![vsum_models::doctor_model(
-            &self.models,
-            &p.model,
-            base_dir,
-            FORMAT_SENTENCE,
-        )]
+        self.model(p).doctor(base_dir)
     }
 
     fn run(&self, p: &Params, ctx: &mut JobCtx) -> Result<(), StageError> {
         let t: Transcript = ctx.require_upstream("whisper.transcribe")?;
         let sentences = transcript_sentences(&t);
-        let m = resolve(&self.models, &p.model, ctx.base_dir, FORMAT_SENTENCE)?;
-        let key = format!("embed:{}", m.blake3(None)?);
-        let mut owned = None;
-        let (models, base) = (&self.models, ctx.base_dir);
-        let (encoder, name) = match ctx.resources.as_deref_mut() {
-            Some(r) => &*r.get_or_load(&key, || load_encoder(models, &p.model, base))?,
-            None => &*owned.insert(load_encoder(models, &p.model, base)?),
-        };
         let texts: Vec<&str> = sentences.iter().map(|s| s.text.as_str()).collect();
-        let started = std::time::Instant::now();
-        let vectors = encoder.embed(&texts)?;
-        tracing::info!(
-            sentences = texts.len(),
-            ms = started.elapsed().as_millis() as u64,
-            "{KIND}: embedded"
-        );
+        let (vectors, model, dims) = self.model(p).embed(ctx, &texts, KIND)?;
         let file = SentenceVectors {
-            model: name.clone(),
-            dims: encoder.dims,
+            model,
+            dims,
             sentences: sentences
                 .into_iter()
                 .map(|s| TimedSentence {
