@@ -655,3 +655,29 @@ fn shared_gc_removes_old_entries_before_their_blobs_and_keeps_the_rest() {
     let (code, s) = run(&p, &nats, &prefix, 120);
     assert_eq!((code, counts(&s).1), (0, 7), "{s}");
 }
+
+#[test]
+fn a_restarted_coordinator_picks_up_where_it_stopped() {
+    let nats = Nats::start();
+    let prefix = prefix("resume");
+    let p = project("1", 6);
+    let root = p.path().to_path_buf();
+    let a = Worker::start(&nats, &prefix, &root, "a", &["--gpu", "--cpu-jobs", "1"]);
+    let _b = Worker::start(&nats, &prefix, &root, "b", &["--gpu", "--cpu-jobs", "1"]);
+    let mut first = start_run(&p, &nats, &prefix);
+    a.wait_for("done prep", 60);
+    first.kill().unwrap();
+    first.wait().unwrap();
+    // Workers went on with what was queued; the rerun finds the finished jobs in S3
+    // and waits for the queued ones instead of publishing them again.
+    let (code, s) = run(&p, &nats, &prefix, 180);
+    let (jobs, ran, cached, failed) = counts(&s);
+    assert_eq!((code, jobs, failed), (0, 19, 0), "{s}");
+    assert_eq!(ran + cached, 19, "{s}");
+    assert!(cached >= 1, "{s}");
+    let log = runs_log(&root);
+    assert!(log.values().all(|n| *n == 1), "a job ran twice: {log:?}");
+    assert_eq!(log.values().sum::<usize>(), 19, "{log:?}");
+    let entries: BTreeSet<String> = shared(&prefix, "entries").into_iter().collect();
+    assert_eq!(entries, keys(&s));
+}
