@@ -681,3 +681,32 @@ fn a_restarted_coordinator_picks_up_where_it_stopped() {
     let entries: BTreeSet<String> = shared(&prefix, "entries").into_iter().collect();
     assert_eq!(entries, keys(&s));
 }
+
+#[test]
+fn a_large_blob_goes_up_in_parts_and_comes_back_checked() {
+    let prefix = prefix("large");
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("big.mp4");
+    // 65 MiB (over the 64 MiB single-put limit), not all alike.
+    let block: Vec<u8> = (0..1 << 20).map(|i: u32| (i % 251) as u8).collect();
+    let mut bytes = Vec::with_capacity(65 << 20);
+    for i in 0..65u8 {
+        bytes.extend_from_slice(&block);
+        bytes.push(i);
+    }
+    std::fs::write(&src, &bytes).unwrap();
+    let hash = blake3::hash(&bytes).to_hex().to_string();
+    let cache = s3().cache(&prefix);
+    vsum_distributed::block_on(cache.put_blob(&hash, &src)).unwrap();
+    let back = dir.path().join("back.mp4");
+    assert!(vsum_distributed::block_on(cache.get_blob(&hash, &back)).unwrap());
+    assert!(std::fs::read(&back).unwrap() == bytes);
+    // Under another name it does not check out: a miss, and no file is left.
+    let wrong = blake3::hash(b"something else").to_hex().to_string();
+    let other = dir.path().join("other");
+    std::fs::copy(&src, &other).unwrap();
+    vsum_distributed::block_on(cache.put_blob(&wrong, &other)).unwrap();
+    let got = dir.path().join("got");
+    assert!(!vsum_distributed::block_on(cache.get_blob(&wrong, &got)).unwrap());
+    assert!(!got.exists());
+}
