@@ -246,6 +246,11 @@ impl Worker {
                 return;
             }
         };
+        if let Err(why) = job.check() {
+            (self.report)(Report::Warning(format!("dropped a message: {why}")));
+            let _ = msg.ack_with(AckKind::Term).await;
+            return;
+        }
         let name = job.label.describe();
         if matches!(self.cache.complete(&job.key).await, Ok(true)) {
             (self.report)(Report::AlreadyDone { job: name });

@@ -85,6 +85,40 @@ impl RemoteJob {
         keys
     }
 
+    /// Refuses a message that could make a worker write outside its folders or look
+    /// up a malformed key: keys and hashes are 64 hex digits, names plain file names.
+    pub fn check(&self) -> Result<(), String> {
+        let hex = |s: &str| s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit());
+        let plain = |s: &str| !s.is_empty() && s != "." && s != ".." && !s.contains(['/', '\0']);
+        let bad = |what: String| {
+            Err(format!(
+                "job {}: {what} (a damaged or forged message)",
+                self.label.describe()
+            ))
+        };
+        if !hex(&self.key) {
+            return bad(format!("bad key '{}'", self.key));
+        }
+        if let Some(k) = self.upstream_keys().into_iter().find(|k| !hex(k)) {
+            return bad(format!("bad upstream key '{k}'"));
+        }
+        if let Some(v) = self
+            .videos()
+            .into_iter()
+            .find(|v| !hex(&v.hash) || !plain(&v.name))
+        {
+            return bad(format!("bad video '{}' ({})", v.name, v.hash));
+        }
+        let folders = self
+            .upstream
+            .iter()
+            .chain(self.batch.iter().flat_map(|b| &b.upstream));
+        if let Some(u) = folders.into_iter().find(|u| !plain(&u.folder)) {
+            return bad(format!("bad upstream folder '{}'", u.folder));
+        }
+        Ok(())
+    }
+
     /// Every video the job reads.
     pub fn videos(&self) -> Vec<&RemoteVideo> {
         self.video
@@ -199,6 +233,7 @@ pub fn run_remote(
     env: &WorkerEnv,
     mut resources: Option<&mut Resources>,
 ) -> Result<Entry, StageError> {
+    job.check().map_err(StageError::fatal)?;
     let hint = "install the same vsum build on the coordinator and every worker";
     let kind = env.registry.get(&job.kind).ok_or_else(|| {
         StageError::fatal(format!(
@@ -314,5 +349,72 @@ pub fn run_remote(
                 return Err(e);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fingerprint::SCHEMA;
+
+    fn job() -> RemoteJob {
+        let fingerprint = Fingerprint {
+            schema: SCHEMA,
+            kind: "command".into(),
+            kind_version: 1,
+            params: serde_json::json!({}),
+            inputs: BTreeMap::new(),
+            upstream: BTreeMap::new(),
+            tools: BTreeMap::new(),
+        };
+        let hash = "a".repeat(64);
+        RemoteJob {
+            key: fingerprint.key(),
+            label: JobLabel {
+                index: 0,
+                stage: "s".into(),
+                kind: "command".into(),
+                video: Some("v.mp4".into()),
+                lane: Lane::Cpu,
+            },
+            fingerprint,
+            stage: "s".into(),
+            kind: "command".into(),
+            lane: Lane::Cpu,
+            retries: 0,
+            video: Some(RemoteVideo {
+                hash: hash.clone(),
+                size: 1,
+                name: "v.mp4".into(),
+                rel: "v.mp4".into(),
+                stem: "v".into(),
+                folder: "v".into(),
+            }),
+            upstream: vec![RemoteUpstream {
+                stage: "up".into(),
+                folder: "up".into(),
+                key: hash,
+            }],
+            batch: Vec::new(),
+            provenance: BTreeMap::new(),
+            output_root: "/out".into(),
+        }
+    }
+
+    #[test]
+    fn a_message_that_could_escape_the_workers_folders_is_refused() {
+        assert_eq!(job().check(), Ok(()));
+        let mut j = job();
+        j.video.as_mut().unwrap().name = "../../etc/passwd".into();
+        assert!(j.check().unwrap_err().contains("bad video"));
+        let mut j = job();
+        j.upstream[0].key = "ab".into();
+        assert!(j.check().unwrap_err().contains("bad upstream key"));
+        let mut j = job();
+        j.upstream[0].folder = "..".into();
+        assert!(j.check().unwrap_err().contains("bad upstream folder"));
+        let mut j = job();
+        j.key = "../x".into();
+        assert!(j.check().unwrap_err().contains("bad key"));
     }
 }
