@@ -919,6 +919,7 @@ fn a_nats_executor_without_the_distributed_feature_says_how_to_build_it() {
             "--cache",
             "s3://b/p",
         ][..],
+        &["cache", "gc", "--shared", "s3://b/p", "--older-than", "1d"][..],
     ] {
         let out = p.vsum(args);
         assert_eq!(out.status.code(), Some(2), "{args:?}");

@@ -654,6 +654,27 @@ fn shared_gc_removes_old_entries_before_their_blobs_and_keeps_the_rest() {
     std::fs::remove_dir_all(root.join(".vsum")).unwrap();
     let (code, s) = run(&p, &nats, &prefix, 120);
     assert_eq!((code, counts(&s).1), (0, 7), "{s}");
+
+    // The same through the CLI: `vsum cache gc --shared URL --older-than AGE`.
+    std::thread::sleep(Duration::from_millis(1100));
+    let mut cmd = Command::new(bin());
+    cmd.args([
+        "cache",
+        "gc",
+        "--shared",
+        &s3().url(&prefix),
+        "--older-than",
+        "0s",
+        "--json",
+    ]);
+    for (k, v) in s3().env() {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["entries_removed"], 7, "{r}");
+    assert!(shared(&prefix, "entries").is_empty());
 }
 
 #[test]
