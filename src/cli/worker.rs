@@ -118,6 +118,11 @@ fn start(args: WorkerArgs, registry: Registry, nats: String, cache: String) -> R
     use vsum_distributed::{Report, WorkerOptions};
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let cpu_jobs = args.cpu_jobs.unwrap_or(cores);
+    if cpu_jobs == 0 && !args.gpu {
+        return Err(Fail::usage(
+            "error: --cpu-jobs 0 without --gpu leaves this worker nothing to do; give --gpu, or more CPU jobs",
+        ));
+    }
     let work_dir = args.work_dir.unwrap_or_else(|| {
         std::env::var_os("HOME")
             .map(PathBuf::from)
