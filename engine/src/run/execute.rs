@@ -46,7 +46,9 @@ impl Shared<'_> {
         };
         // Looked up again once claimed, whether or not we waited: the plan's miss may be
         // stale, as another run can have claimed, made and released the key in between.
+        // A forced stage (`--force`) recomputes whatever the cache holds.
         if claim.is_some()
+            && !self.force.contains(&st.id)
             && let Lookup::Hit(entry) = self.store.lookup(&p.key)
         {
             let mut r = self.record(p.label.clone(), Outcome::Cached, start);
