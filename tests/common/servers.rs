@@ -76,12 +76,22 @@ fn wait_port(port: u16, what: &str, log: &Path) {
 }
 
 /// Starts `program args` with its output in `log`, under a watchdog that kills it
-/// when this test process is gone.
-fn spawn_watched(program: &Path, args: &[String], log: &Path, env: &[(&str, &str)]) -> Child {
+/// when this test process is gone (and then removes `cleanup`, when given: the folder
+/// of a server that lives as long as the process).
+fn spawn_watched(
+    program: &Path,
+    args: &[String],
+    log: &Path,
+    env: &[(&str, &str)],
+    cleanup: Option<&Path>,
+) -> Child {
+    let rm = cleanup
+        .map(|d| format!("; rm -rf '{}'", d.display()))
+        .unwrap_or_default();
     let script = format!(
-        "\"$0\" \"$@\" & c=$!; trap 'kill $c 2>/dev/null; wait $c; exit 0' TERM INT; \
+        "\"$0\" \"$@\" & c=$!; trap 'kill $c 2>/dev/null; wait $c{rm}; exit 0' TERM INT; \
          while kill -0 {} 2>/dev/null && kill -0 $c 2>/dev/null; do sleep 0.5; done; \
-         kill -9 $c 2>/dev/null; wait $c",
+         kill -9 $c 2>/dev/null; wait $c{rm}",
         std::process::id()
     );
     let out = std::fs::File::create(log).unwrap();
@@ -149,6 +159,7 @@ impl Nats {
             &args,
             &log,
             &[],
+            None,
         ));
         wait_port(self.port, "nats-server", &log);
     }
@@ -180,19 +191,19 @@ impl Drop for Nats {
 /// each test uses its own prefix. The watchdog stops it when the process ends.
 pub struct S3 {
     pub port: u16,
-    _dir: tempfile::TempDir,
     _child: Child,
 }
 
 pub fn s3() -> &'static S3 {
     static S3: OnceLock<S3> = OnceLock::new();
     S3.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap();
+        // Kept past the test process's end, removed by the watchdog after the server.
+        let dir = tempfile::tempdir().unwrap().keep();
         let port = free_port();
         let p = |flag: &str| format!("-{flag}={}", free_port());
         let args = vec![
             "mini".to_string(),
-            format!("-dir={}", dir.path().join("data").display()),
+            format!("-dir={}", dir.join("data").display()),
             "-ip=127.0.0.1".into(),
             format!("-s3.port={port}"),
             p("s3.port.grpc"),
@@ -209,7 +220,7 @@ pub fn s3() -> &'static S3 {
             p("webdav.port"),
             format!("-bucket={BUCKET}"),
         ];
-        let log = dir.path().join("weed.log");
+        let log = dir.join("weed.log");
         let child = spawn_watched(
             &server_bin().join("weed"),
             &args,
@@ -218,11 +229,11 @@ pub fn s3() -> &'static S3 {
                 ("AWS_ACCESS_KEY_ID", KEY_ID),
                 ("AWS_SECRET_ACCESS_KEY", SECRET),
             ],
+            Some(&dir),
         );
         wait_port(port, "weed mini (S3)", &log);
         let s3 = S3 {
             port,
-            _dir: dir,
             _child: child,
         };
         // Ready once the bucket takes a write.
