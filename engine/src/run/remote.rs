@@ -203,11 +203,6 @@ impl Job<'_> {
             .map(|v| (v.hash.clone(), v.path.clone()))
             .collect()
     }
-
-    /// The cache this run uses.
-    pub fn store(&self) -> &Store {
-        self.shared.store
-    }
 }
 
 /// What a worker lends the jobs it runs.
