@@ -16,7 +16,7 @@ use super::common::exit;
 #[derive(clap::Args, Clone, Debug)]
 pub struct DistArgs {
     /// Job queue of a distributed run: nats://HOST:PORT (needs a vsum built with the
-    /// `distributed` feature). Without it, jobs run on this machine
+    /// `distributed` feature); `vsum run` without it runs its jobs on this machine
     #[arg(long, value_name = "URL")]
     pub executor: Option<String>,
     /// Shared cache of a distributed run: s3://BUCKET/PREFIX. Endpoint and credentials
