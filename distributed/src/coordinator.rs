@@ -259,7 +259,9 @@ impl Ctx {
                 _ = wake.notified() => {}
                 _ = tokio::time::sleep(poll) => {}
             }
-            poll = (poll * 3 / 2).min(Duration::from_secs(1));
+            // Notices wake the wait; polling is the fallback (a notice lost in a NATS
+            // restart), kept slow so hundreds of waiting jobs do not flood S3.
+            poll = (poll * 3 / 2).min(Duration::from_secs(5));
             match self.cache.fetch(&self.local, &key).await {
                 Ok(Some(_)) => return Ok(Found::Ran),
                 Ok(None) => {}
