@@ -46,9 +46,9 @@ impl Shared<'_> {
         };
         // Looked up again once claimed, whether or not we waited: the plan's miss may be
         // stale, as another run can have claimed, made and released the key in between.
-        // A forced stage (`--force`) recomputes whatever the cache holds.
-        if claim.is_some()
-            && !self.force.contains(&st.id)
+        // A job forced with --force runs anyway, unless another run made it meanwhile.
+        let forced = self.force.contains(&st.id);
+        if claim.as_ref().is_some_and(|c| c.waited || !forced)
             && let Lookup::Hit(entry) = self.store.lookup(&p.key)
         {
             let mut r = self.record(p.label.clone(), Outcome::Cached, start);

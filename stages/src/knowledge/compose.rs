@@ -366,6 +366,7 @@ pub fn compose(inputs: &Inputs, meta: &Meta, p: &Params) -> Summary {
             .title
             .clone()
             .or_else(|| chapter_title(&counted))
+            .or_else(|| central_phrase(inside, &counted))
             .or_else(|| {
                 text::textrank(inside, 1)
                     .first()
@@ -568,18 +569,35 @@ pub fn chapter_bounds(
 fn chapter_title(counted: &[(String, usize)]) -> Option<String> {
     let good = |(p, n): &&(String, usize)| *n >= 2 && p.contains(' ');
     let first = counted.first().filter(good)?;
-    let mut t: String = first
-        .0
-        .chars()
-        .take(1)
-        .flat_map(char::to_uppercase)
-        .chain(first.0.chars().skip(1))
-        .collect();
+    let mut t = capitalized(&first.0);
     if let Some(second) = counted.get(1).filter(good) {
         t.push_str(", ");
         t.push_str(&second.0);
     }
     Some(t)
+}
+
+/// A title for a chapter whose phrases are each said once: its best keyphrase of
+/// several words that is said in one of its three most central sentences (TextRank),
+/// so a phrase of what the chapter is about, not of an aside; none when they hold none.
+fn central_phrase(inside: &[text::Sentence], counted: &[(String, usize)]) -> Option<String> {
+    let central: Vec<String> = text::textrank(inside, 3)
+        .into_iter()
+        .map(|i| format!(" {} ", text::words(&inside[i].text).join(" ")))
+        .collect();
+    let phrase = counted
+        .iter()
+        .map(|(p, _)| p)
+        .find(|p| p.contains(' ') && central.iter().any(|w| w.contains(&format!(" {p} "))))?;
+    Some(capitalized(phrase))
+}
+
+fn capitalized(s: &str) -> String {
+    s.chars()
+        .take(1)
+        .flat_map(char::to_uppercase)
+        .chain(s.chars().skip(1))
+        .collect()
 }
 
 /// Merges scenes into chapters of about `target` seconds (a chapter closes once it is at
@@ -635,7 +653,9 @@ impl TypedStage for ComposeStage {
     // 3: typed inputs (the container's title tag is read), no processing time.
     // 4: the page's player has a poster and seeks, a link back to the library, `source`.
     // 5: related videos (the library's related.js), chapters on sentence embeddings.
-    const VERSION: u32 = 5;
+    // 6: keyphrases said once in short scopes, no calendar words; chapter titles from the
+    //    central sentences' phrase; lone characters dropped from screen text.
+    const VERSION: u32 = 6;
     const SUMMARY: &'static str = "One knowledge file per video: summary, chapters with keyframes, keywords, objects, transcript";
 
     fn validate(&self, p: Params, env: &CheckEnv) -> Result<Params, Vec<ParamError>> {
@@ -871,6 +891,34 @@ pub fn rfc3339(secs: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_chapter_of_phrases_said_once_is_named_by_the_phrase_of_its_central_sentence() {
+        let said = [
+            "Welcome back.",
+            "On Saturday the movers will pack each desk for the office move.",
+            "The movers will pack the boxes.",
+            "Each desk goes into boxes.",
+            "The garage has bicycle parking.",
+        ];
+        let inside: Vec<text::Sentence> = said
+            .iter()
+            .enumerate()
+            .map(|(i, t)| text::Sentence {
+                start: i as f64 * 5.0,
+                end: i as f64 * 5.0 + 5.0,
+                text: t.to_string(),
+            })
+            .collect();
+        let parts = vec![said.to_vec()];
+        let counted = super::super::keyphrase::Keyphrases::new(&parts).top_counted(5, Some(0));
+        // "office move" is said once: no title from repeated phrases.
+        assert_eq!(chapter_title(&counted), None, "{counted:?}");
+        let title = central_phrase(&inside, &counted);
+        assert_eq!(title.as_deref(), Some("Office move"), "{counted:?}");
+        // No phrase of several words: no title from phrases (the caller uses a sentence).
+        assert_eq!(central_phrase(&inside, &[("desk".into(), 2)]), None);
+    }
 
     #[test]
     fn dates_format_as_rfc3339() {

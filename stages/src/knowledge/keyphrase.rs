@@ -7,7 +7,7 @@
 //! scored as in C-value (Frantzi et al. 2000): its length times its occurrences that are
 //! not inside a frequent longer phrase, times how specific its words are: a word spoken in every
 //! part of the video ("time", "work") is generic there, one spoken in a single part is
-//! topical. Deterministic: ties break alphabetically.
+//! topical. Deterministic: ties go to the phrase said first, then alphabetically.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -15,6 +15,8 @@ use super::text::{self, is_stopword};
 
 /// Longest phrase considered.
 pub const MAX_WORDS: usize = 3;
+/// Under this many content words a scope is short (see [`Keyphrases::top_counted`]).
+const SHORT_SCOPE_WORDS: usize = 300;
 
 /// One candidate phrase: its stems, how often it occurs, its most frequent spelling.
 #[derive(Debug, Clone)]
@@ -23,6 +25,9 @@ struct Candidate {
     /// Occurrences per part (chapter or block).
     per_part: BTreeMap<usize, usize>,
     surfaces: BTreeMap<String, usize>,
+    /// Where it is first said (a running count of phrase runs): equal scores rank the
+    /// phrase said earlier first, as a speaker names the topic before going into it.
+    first: usize,
 }
 
 impl Candidate {
@@ -53,9 +58,25 @@ pub struct Keyphrases {
     parents: BTreeMap<String, Vec<String>>,
 }
 
+/// Words that are no stop words but never name what a video is about: when things
+/// happen ("Friday", "evening"), how often, plain ordinals and fillers ("first item").
+const NOT_TOPICAL: &str = "monday tuesday wednesday thursday friday saturday sunday \
+    january february march april june july august september october november december \
+    today tomorrow yesterday morning afternoon evening night tonight week weeks weekend \
+    month months year years day days hour hours minute minutes second seconds \
+    once twice first third last next good great little lot lots thing things item items \
+    thanks thank okay welcome everyone";
+
+fn topical(word: &str) -> bool {
+    static SET: std::sync::LazyLock<BTreeSet<&'static str>> =
+        std::sync::LazyLock::new(|| NOT_TOPICAL.split_whitespace().collect());
+    !SET.contains(word)
+}
+
 fn usable(word: &str) -> bool {
     word.chars().count() >= 3
         && !is_stopword(word)
+        && topical(word)
         && !word.chars().any(|c| c.is_numeric())
         && word.chars().any(char::is_alphabetic)
 }
@@ -65,9 +86,11 @@ impl Keyphrases {
     pub fn new<S: AsRef<str>>(parts: &[Vec<S>]) -> Keyphrases {
         let mut cands: BTreeMap<String, Candidate> = BTreeMap::new();
         let mut part_stems: BTreeMap<String, BTreeSet<usize>> = BTreeMap::new();
+        let mut at_run = 0;
         for (p, sentences) in parts.iter().enumerate() {
             for sentence in sentences {
                 for run in runs(sentence.as_ref()) {
+                    at_run += 1;
                     let stems: Vec<String> = run.iter().map(|w| text::stem(w)).collect();
                     for s in &stems {
                         part_stems.entry(s.clone()).or_default().insert(p);
@@ -79,6 +102,7 @@ impl Keyphrases {
                                 stems: stems[at..at + len].to_vec(),
                                 per_part: BTreeMap::new(),
                                 surfaces: BTreeMap::new(),
+                                first: at_run,
                             });
                             *c.per_part.entry(p).or_insert(0) += 1;
                             *c.surfaces.entry(run[at..at + len].join(" ")).or_insert(0) += 1;
@@ -120,7 +144,8 @@ impl Keyphrases {
     }
 
     /// The `k` best phrases of the whole text (`part: None`) or of one part. A phrase must
-    /// occur at least twice (in that scope) unless the scope is very short; a phrase
+    /// occur at least twice (in that scope) unless the scope is short (a phrase of
+    /// several words) or very short (a single word); a phrase
     /// contained in, or containing, a better one is left out.
     pub fn top(&self, k: usize, part: Option<usize>) -> Vec<String> {
         self.top_counted(k, part).into_iter().map(|x| x.0).collect()
@@ -139,15 +164,26 @@ impl Keyphrases {
             .map(count)
             .sum();
         let min_count = if total_words < 40 { 1 } else { 2 };
+        // In a short scope (a one-minute clip, a short chapter) few phrases are said
+        // twice: a phrase of several words said once still names a topic ("office
+        // move"). Single words still need two mentions.
+        let short = total_words < SHORT_SCOPE_WORDS;
         let mut scored: Vec<(f64, &str, &Candidate)> = Vec::new();
         for (key, c) in &self.cands {
             let f = count(c);
-            if f < min_count {
+            let min = if short && c.stems.len() > 1 {
+                1
+            } else {
+                min_count
+            };
+            if f < min {
                 continue;
             }
             // Occurrences inside a frequent longer phrase (one word longer) are that
             // phrase's, not this one's: "process" only ever said in "release process"
-            // is no keyphrase of its own.
+            // is no keyphrase of its own. In a short scope a single word's are taken by
+            // any such phrase ("new" of "new building" and "new key").
+            let parent_min = if short && c.stems.len() == 1 { 1 } else { 2 };
             let nested: usize = self
                 .parents
                 .get(key)
@@ -156,7 +192,7 @@ impl Keyphrases {
                 .map(|k| &self.cands[k])
                 .filter(|o| o.stems.len() == c.stems.len() + 1)
                 .map(count)
-                .filter(|&fo| fo >= 2)
+                .filter(|&fo| fo >= parent_min)
                 .sum();
             let own = f as f64 - nested as f64;
             if own <= 0.0 {
@@ -169,7 +205,11 @@ impl Keyphrases {
                 scored.push((score, key, c));
             }
         }
-        scored.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(b.1)));
+        scored.sort_by(|a, b| {
+            b.0.total_cmp(&a.0)
+                .then(a.2.first.cmp(&b.2.first))
+                .then(a.1.cmp(b.1))
+        });
         let mut chosen: Vec<&Candidate> = Vec::new();
         for (_, _, c) in scored {
             if chosen.len() >= k {
@@ -282,5 +322,30 @@ mod tests {
         );
         // Plural and singular are one phrase.
         assert_eq!(k.top(5, None), top, "deterministic");
+    }
+
+    #[test]
+    fn a_short_meeting_keeps_its_phrases_said_once() {
+        // Whisper's transcript of the two-voice meeting sample (34 s).
+        let parts = vec![vec![
+            "Good morning everyone, first item, the day the May Smack Up failed twice last week because the disk was full.",
+            "I moved the old snapshots to cold storage, so the nightly backup has room again.",
+            "The restore drill is planned for Friday.",
+            "Thanks, second item, the office move, the movers come on Saturday, so please pack your desk by Friday evening.",
+            "The new building has bicycle parking in the garage and reception hands out the new key on Monday.",
+        ]];
+        let top = Keyphrases::new(&parts).top(8, None);
+        for want in [
+            "office move",
+            "nightly backup",
+            "restore drill",
+            "cold storage",
+        ] {
+            assert!(top.contains(&want.to_string()), "{want}: {top:?}");
+        }
+        // Not topics: when it happens, or that something is new.
+        for not in ["new", "friday", "friday evening", "item"] {
+            assert!(!top.contains(&not.to_string()), "{not}: {top:?}");
+        }
     }
 }

@@ -89,7 +89,9 @@ pub fn chapter_text(lines: &BTreeMap<usize, Vec<String>>, scene_ids: &[usize]) -
     let mut out: Vec<String> = Vec::new();
     for s in scene_ids {
         for l in lines.get(s).into_iter().flatten() {
-            if !out.contains(l) {
+            // A lone letter or digit read off a photo ("D") is noise, not screen text.
+            let said = l.chars().filter(|c| c.is_alphanumeric()).count();
+            if said >= 2 && !out.contains(l) {
                 out.push(l.clone());
             }
         }
@@ -152,5 +154,22 @@ mod tests {
         );
         assert!(slide_chapters(None, &scenes, None).is_none());
         assert!(slide_chapters(Some(&scenes_json), &scenes[..1], None).is_none());
+    }
+
+    #[test]
+    fn a_lone_character_is_no_screen_text() {
+        let lines: BTreeMap<usize, Vec<String>> = [
+            (0, vec!["D".to_string(), "Rolling back".to_string()]),
+            (
+                1,
+                vec![
+                    "·".to_string(),
+                    "Rolling back".to_string(),
+                    "v2".to_string(),
+                ],
+            ),
+        ]
+        .into();
+        assert_eq!(chapter_text(&lines, &[0, 1]), vec!["Rolling back", "v2"]);
     }
 }
