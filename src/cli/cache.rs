@@ -96,6 +96,12 @@ enum CacheCmd {
 
 /// Runs `vsum cache ...`.
 pub fn cmd(args: CacheArgs, registry: &Registry) -> Result<u8, Fail> {
+    // The shared cache of distributed runs needs no local cache.
+    if let CacheCmd::Gc(g) = &args.command
+        && g.shared.is_some()
+    {
+        return gc::shared(g);
+    }
     let (pos, mode, need_manifest) = match &args.command {
         CacheCmd::Ls { manifest, .. }
         | CacheCmd::Show { manifest, .. }

@@ -33,6 +33,49 @@ pub struct GcArgs {
     /// Print JSON
     #[arg(long)]
     json: bool,
+    /// Collect the shared cache of distributed runs instead (s3://BUCKET/PREFIX, needs
+    /// a build with the `distributed` feature): entries written before --older-than go,
+    /// then the blobs no remaining entry names
+    #[arg(long, value_name = "URL", requires = "older_than", conflicts_with_all = ["max_size", "dry_run"])]
+    pub shared: Option<String>,
+}
+
+/// Runs `vsum cache gc --shared URL`.
+pub fn shared(args: &GcArgs) -> Result<u8, Fail> {
+    let url = args.shared.as_deref().expect("--shared");
+    let age = args
+        .older_than
+        .as_deref()
+        .map(|s| parse_age(s).with_context(|| format!("bad --older-than '{s}' (e.g. 30d, 12h)")))
+        .transpose()?
+        .expect("clap requires --older-than");
+    shared_gc(url, age, args.json)
+}
+
+#[cfg(not(feature = "distributed"))]
+fn shared_gc(url: &str, _: u64, _: bool) -> Result<u8, Fail> {
+    Err(super::worker::no_distributed(url))
+}
+
+#[cfg(feature = "distributed")]
+fn shared_gc(url: &str, age: u64, json: bool) -> Result<u8, Fail> {
+    let cache =
+        vsum_distributed::S3Cache::open(url).map_err(|e| Fail::usage(format!("error: {e}")))?;
+    let cutoff = std::time::SystemTime::now() - std::time::Duration::from_secs(age);
+    let r = vsum_distributed::block_on(cache.gc(cutoff))
+        .map_err(|e| Fail(exit::USAGE, format!("error: {e}")))?;
+    if json {
+        print_json(&serde_json::to_value(&r).expect("json"));
+    } else {
+        println!(
+            "shared cache {url}: removed {} and {} blob(s); kept {} and {} blob(s)",
+            entries(r.entries_removed),
+            r.blobs_removed,
+            entries(r.entries_kept),
+            r.blobs_kept
+        );
+    }
+    Ok(exit::OK)
 }
 
 /// What gc would do (`Store::gc_plan`, the rule `Store::gc` applies), with the bytes

@@ -20,6 +20,7 @@ mod search;
 mod stages;
 mod term;
 mod validate;
+mod worker;
 
 use clap::{Parser, Subcommand};
 
@@ -45,6 +46,8 @@ pub struct Cli {
 enum Cmd {
     /// Run a pipeline over its videos; finished jobs come from the cache
     Run(run::RunArgs),
+    /// Run jobs of distributed runs on this machine (`vsum run --executor nats://...`)
+    Worker(worker::WorkerArgs),
     /// Show what a run would do: each job cached or to run, and why
     Plan(plan::PlanArgs),
     /// Print the stage graph
@@ -100,6 +103,7 @@ fn dispatch(cli: Cli) -> Result<u8, Fail> {
     let registry = vsum_stages::registry(&vsum_models::ModelsDir::from_config(None));
     match cli.command {
         Cmd::Run(args) => run::cmd(args, registry),
+        Cmd::Worker(args) => worker::cmd(args, registry),
         Cmd::Plan(args) => plan::cmd(args, &registry),
         Cmd::Dag(args) => validate::dag(args, &registry),
         Cmd::Validate(args) => validate::validate(args, &registry),

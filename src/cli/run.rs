@@ -61,6 +61,8 @@ pub struct RunArgs {
     #[arg(long, conflicts_with_all = ["dry_run", "json", "retry_failed"])]
     watch: bool,
     #[command(flatten)]
+    dist: super::worker::DistArgs,
+    #[command(flatten)]
     common: Common,
 }
 
@@ -101,8 +103,10 @@ pub fn cmd(args: RunArgs, registry: Registry) -> Result<u8, Fail> {
         json,
         progress,
         watch,
+        dist,
         common,
     } = args;
+    let distributed = dist.urls()?;
     // -q: no screens and no progress; -v: the stages' logs on stderr, between plain lines.
     let progress = match progress {
         _ if term::quiet() => Progress::None,
@@ -141,15 +145,20 @@ pub fn cmd(args: RunArgs, registry: Registry) -> Result<u8, Fail> {
         alerts: Some(alerts),
         only_videos,
     };
-    let executor =
-        run::LocalExecutor::new(&cfg).map_err(|e| Fail(exit::USAGE, format!("error: {e}")))?;
+    let executor: Box<dyn run::Executor> = match distributed {
+        None => Box::new(
+            run::LocalExecutor::new(&cfg).map_err(|e| Fail(exit::USAGE, format!("error: {e}")))?,
+        ),
+        Some((nats, cache)) => distributed_executor(&dist, &nats, &cache, &store)?,
+    };
+    let executor = executor.as_ref();
     let batch = Batch {
         manifest: &manifest,
         m: &m,
         registry: &registry,
         cfg: &cfg,
         store: &store,
-        executor: &executor,
+        executor,
         progress,
         json,
     };
@@ -171,6 +180,29 @@ pub fn cmd(args: RunArgs, registry: Registry) -> Result<u8, Fail> {
     })
 }
 
+/// The executor of `--executor nats://...`: jobs the local store misses go to workers.
+#[cfg(feature = "distributed")]
+fn distributed_executor(
+    dist: &super::worker::DistArgs,
+    nats: &str,
+    cache: &str,
+    store: &Store,
+) -> Result<Box<dyn run::Executor>, Fail> {
+    let ex = vsum_distributed::NatsExecutor::connect(nats, cache, store.root(), dist.queue(), 256)
+        .map_err(|e| Fail(exit::USAGE, format!("error: {e:#}")))?;
+    Ok(Box::new(ex))
+}
+
+#[cfg(not(feature = "distributed"))]
+fn distributed_executor(
+    _: &super::worker::DistArgs,
+    nats: &str,
+    _: &str,
+    _: &Store,
+) -> Result<Box<dyn run::Executor>, Fail> {
+    Err(super::worker::no_distributed(nats))
+}
+
 /// What every run of this command shares (one, or one per change with `--watch`).
 struct Batch<'a> {
     manifest: &'a std::path::Path,
@@ -178,7 +210,7 @@ struct Batch<'a> {
     registry: &'a Registry,
     cfg: &'a vsum_engine::config::Config,
     store: &'a Store,
-    executor: &'a run::LocalExecutor,
+    executor: &'a dyn run::Executor,
     progress: Progress,
     json: bool,
 }

@@ -243,12 +243,20 @@ impl Shared<'_> {
     }
 
     /// A job another executor ran and committed into the store: its outputs placed.
-    pub(super) fn collect(&self, p: Keyed) -> Finished {
+    /// With `cached`, the entry was already made (by a shared cache): the job is
+    /// reported cached, with that note.
+    pub(super) fn collect(&self, p: Keyed, cached: Option<&str>) -> Finished {
         let start = self.ms();
         let st = self.stage(p.job);
-        let mut r = self.record(p.label.clone(), Outcome::Ran, start);
+        let outcome = if cached.is_some() {
+            Outcome::Cached
+        } else {
+            Outcome::Ran
+        };
+        let mut r = self.record(p.label.clone(), outcome, start);
         r.key = Some(p.key.clone());
-        r.attempts = 1;
+        r.attempts = u32::from(cached.is_none());
+        r.notes.extend(cached.map(str::to_string));
         let entry = match self.store.lookup(&p.key) {
             Lookup::Hit(entry) => entry,
             Lookup::Missing => {
@@ -322,7 +330,7 @@ impl Shared<'_> {
 /// staged from the store's immutable objects ([`Store::stage_entry`]) into a folder
 /// under the cache's `tmp/`.
 /// Removed when dropped (gc removes what a crash leaves).
-struct Staged {
+pub(super) struct Staged {
     root: Option<PathBuf>,
     /// Upstream output folder -> its staged copy.
     folders: BTreeMap<PathBuf, PathBuf>,
@@ -331,7 +339,7 @@ struct Staged {
 }
 
 impl Staged {
-    fn new(
+    pub(super) fn new(
         store: &Store,
         sources: &[(PathBuf, String)],
         previous: Option<&str>,
@@ -369,7 +377,10 @@ impl Staged {
     }
 
     /// The upstream map with each folder replaced by its staged copy.
-    fn redirect(&self, upstream: &BTreeMap<String, PathBuf>) -> BTreeMap<String, PathBuf> {
+    pub(super) fn redirect(
+        &self,
+        upstream: &BTreeMap<String, PathBuf>,
+    ) -> BTreeMap<String, PathBuf> {
         upstream
             .iter()
             .map(|(id, dir)| {

@@ -68,6 +68,12 @@ impl<'r> Job<'r> {
         &self.shared.events
     }
 
+    /// Whether the run was cancelled (Ctrl-C): an executor holding jobs elsewhere
+    /// reports them now.
+    pub fn cancelled(&self) -> bool {
+        self.shared.cancelled()
+    }
+
     /// Blocks while the machine watch pauses new jobs (a lane with a queue of its own
     /// calls this before each job).
     pub fn wait_while_paused(&self) {
@@ -105,7 +111,16 @@ impl Job<'_> {
     /// failed job.
     pub fn collect(self) -> JobDone {
         let held_slot = self.held_slot;
-        let fin = self.shared.collect(*self.keyed);
+        let fin = self.shared.collect(*self.keyed, None);
+        JobDone(Box::new(Finished { held_slot, ..fin }))
+    }
+
+    /// The job's entry was already made (e.g. found in a shared cache behind this
+    /// store, and adopted into it): its outputs are placed and the job is reported
+    /// cached, with `note` saying where the entry came from.
+    pub fn collect_cached(self, note: &str) -> JobDone {
+        let held_slot = self.held_slot;
+        let fin = self.shared.collect(*self.keyed, Some(note));
         JobDone(Box::new(Finished { held_slot, ..fin }))
     }
 

@@ -25,6 +25,7 @@ mod executor;
 mod gpu_lane;
 mod outputs;
 mod plan;
+mod remote;
 mod schedule;
 mod summary;
 
@@ -37,6 +38,7 @@ use std::time::{Duration, Instant};
 pub use crossbeam_channel::Receiver;
 pub use executor::{Completions, Executor, Job, JobDone, LocalExecutor};
 pub use plan::{Plan, plan};
+pub use remote::{RemoteBatchItem, RemoteJob, RemoteUpstream, RemoteVideo, WorkerEnv, run_remote};
 pub use summary::{Counts, JobRecord, RunSummary};
 
 use crate::alerts::Alerts;

@@ -17,6 +17,7 @@ mod maintain;
 mod marker;
 mod place;
 mod refs;
+mod shared;
 #[cfg(test)]
 mod tests;
 
@@ -38,6 +39,7 @@ pub use maintain::{GcDoomed, GcPlan, GcReport, Stats, VerifyReport};
 use marker::claim_cache_folder;
 pub use marker::{FORMAT, MARKER};
 pub use place::place_file;
+pub use shared::discard;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

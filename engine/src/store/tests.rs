@@ -233,3 +233,45 @@ fn a_ref_or_entry_torn_by_a_power_cut_is_no_ref_and_a_miss() {
     assert!(matches!(store.lookup(&key), Lookup::Untrusted(_)));
     assert!(matches!(store.lookup(&key), Lookup::Missing));
 }
+
+#[test]
+fn an_entry_made_elsewhere_is_adopted_only_with_matching_objects() {
+    let dir = tempfile::tempdir().unwrap();
+    let there = Store::open(&dir.path().join("there"), LockMode::Shared).unwrap();
+    let here = Store::open(&dir.path().join("here"), LockMode::Shared).unwrap();
+    let key = "b".repeat(64);
+    let e = commit_one(&there, &key, b"made elsewhere");
+    let bytes = fs::read(there.entry_path(&key)).unwrap();
+    let got = Entry::decode(&bytes, &key).unwrap();
+    assert_eq!(got, e);
+    assert!(
+        Entry::decode(&bytes, &"c".repeat(64)).is_err(),
+        "names another key"
+    );
+    let missing = here.missing_objects(&got);
+    assert_eq!(missing.len(), 1);
+    let hash = &missing[0];
+
+    // A download that does not hash to its name is refused; no entry appears.
+    let bad = here.tmp_path();
+    fs::write(&bad, b"tampered").unwrap();
+    let err = here
+        .adopt(&got, BTreeMap::from([(hash.clone(), bad.clone())]))
+        .unwrap_err();
+    assert!(err.to_string().contains("hashes to"), "{err}");
+    assert!(!bad.exists());
+    assert!(!here.has(&key));
+
+    // The right bytes: the object goes in read-only, then the entry.
+    let good = here.tmp_path();
+    fs::copy(there.object_file(hash), &good).unwrap();
+    here.adopt(&got, BTreeMap::from([(hash.clone(), good)]))
+        .unwrap();
+    assert!(here.has(&key));
+    assert!(here.missing_objects(&got).is_empty());
+    let mode = fs::metadata(here.object_file(hash))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o222, 0, "objects are read-only");
+}
