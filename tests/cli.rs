@@ -623,6 +623,14 @@ fn quiet_verbose_and_colour() {
         "size",
     ]);
     assert!(!esc(&out), "{}", stderr(&out));
+    // clap's own help and usage errors follow --color too.
+    let help = p.vsum(&["--color", "always", "run", "--help"]);
+    assert!(stdout(&help).contains('\x1b'), "{}", stdout(&help));
+    let help = p.vsum(&["run", "--help", "--color=never"]);
+    assert!(!stdout(&help).contains('\x1b'), "{}", stdout(&help));
+    let usage = p.vsum(&["--color", "always", "run", "--no-such-flag"]);
+    assert_eq!(usage.status.code(), Some(2));
+    assert!(esc(&usage), "{}", stderr(&usage));
     // -q and -v together is a usage error.
     assert_eq!(p.vsum(&["-q", "-v", "stages"]).status.code(), Some(2));
 }

@@ -88,7 +88,14 @@ enum Cmd {
 
 /// Parses the command line and runs the command; returns the exit code.
 pub fn main() -> u8 {
-    let cli = Cli::parse();
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    // clap prints help and usage errors itself, before `--color` is parsed: it is told
+    // the choice from a first look at the arguments.
+    let matches = <Cli as clap::CommandFactory>::command()
+        .color(term::clap_color(&args))
+        .get_matches_from(args);
+    let cli =
+        <Cli as clap::FromArgMatches>::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     term::init(&cli.global);
     match dispatch(cli) {
         Ok(code) => code,

@@ -64,6 +64,31 @@ pub fn wants_color(
     }
 }
 
+/// The `--color` of the arguments (the last one wins), for clap's own help and errors,
+/// which it prints before the flags are parsed; `auto` lets clap look at the terminal and
+/// `NO_COLOR` itself.
+pub fn clap_color(args: &[std::ffi::OsString]) -> clap::ColorChoice {
+    let mut choice = clap::ColorChoice::Auto;
+    let mut it = args.iter().skip(1).map(|a| a.to_string_lossy());
+    while let Some(a) = it.next() {
+        if a == "--" {
+            break;
+        }
+        let value = match a.strip_prefix("--color=") {
+            Some(v) => Some(v.to_string()),
+            None if a == "--color" => it.next().map(|v| v.into_owned()),
+            None => None,
+        };
+        choice = match value.as_deref() {
+            Some("always") => clap::ColorChoice::Always,
+            Some("never") => clap::ColorChoice::Never,
+            Some("auto") => clap::ColorChoice::Auto,
+            _ => choice,
+        };
+    }
+    choice
+}
+
 /// Decides quiet, verbose and colour for this process, and sets up `tracing`.
 pub fn init(g: &Global) {
     let color = wants_color(
@@ -208,6 +233,28 @@ fn init_tracing(verbose: u8, color: bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn clap_is_told_the_last_color_flag_before_any_double_dash() {
+        let args = |a: &[&str]| -> Vec<std::ffi::OsString> {
+            std::iter::once("vsum")
+                .chain(a.iter().copied())
+                .map(Into::into)
+                .collect()
+        };
+        use clap::ColorChoice as C;
+        assert_eq!(clap_color(&args(&["run", "--help"])), C::Auto);
+        assert_eq!(clap_color(&args(&["--color", "always", "run"])), C::Always);
+        assert_eq!(
+            clap_color(&args(&["run", "--color=never", "--color", "always"])),
+            C::Always
+        );
+        assert_eq!(
+            clap_color(&args(&["--color=never", "--", "--color=always"])),
+            C::Never
+        );
+        assert_eq!(clap_color(&args(&["--color", "bogus"])), C::Auto);
+    }
 
     #[test]
     fn colour_follows_the_flag_then_no_color_then_the_terminal() {
