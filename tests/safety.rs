@@ -1183,16 +1183,15 @@ stages:
     }
 }
 
-/// A run paused on an alert ignored the first Ctrl-C for over a minute.
-#[test]
-fn the_first_ctrl_c_ends_a_paused_run() {
+/// A run that pauses before its first job (memory is always "critical"), once its log
+/// says it paused; its stderr is piped.
+fn paused_run(progress: &str) -> (Project, std::process::Child) {
     let p = Project::new(DEMO, &[("a.mp4", b"aaaa")]);
-    // Memory is always "critical": the run pauses before its first job.
     p.write_alerts(
         "disk_free_gb: {warning: null, critical: null}\nmemory_percent: {warning: null, critical: 0.001}\nsample_interval_ms: 50\n",
     );
-    let mut child = Command::new(BIN)
-        .args(["run", "pipeline.yaml", "--progress", "plain"])
+    let child = Command::new(BIN)
+        .args(["run", "pipeline.yaml", "--progress", progress])
         .current_dir(p.path())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -1208,6 +1207,13 @@ fn the_first_ctrl_c_ends_a_paused_run() {
         assert!(Instant::now() < deadline, "the run never paused");
         std::thread::sleep(Duration::from_millis(20));
     }
+    (p, child)
+}
+
+/// A run paused on an alert ignored the first Ctrl-C for over a minute.
+#[test]
+fn the_first_ctrl_c_ends_a_paused_run() {
+    let (p, mut child) = paused_run("plain");
     let rc = Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status()
@@ -1227,27 +1233,7 @@ fn the_first_ctrl_c_ends_a_paused_run() {
 /// waits, on stderr.
 #[test]
 fn a_paused_run_says_so_without_progress() {
-    let p = Project::new(DEMO, &[("a.mp4", b"aaaa")]);
-    p.write_alerts(
-        "disk_free_gb: {warning: null, critical: null}\nmemory_percent: {warning: null, critical: 0.001}\nsample_interval_ms: 50\n",
-    );
-    let mut child = Command::new(BIN)
-        .args(["run", "pipeline.yaml", "--progress", "none"])
-        .current_dir(p.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let logs = p.path().join(".vsum/logs");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !walk(&logs).iter().any(|l| {
-        std::fs::read_to_string(l)
-            .unwrap_or_default()
-            .contains("\"paused\"")
-    }) {
-        assert!(Instant::now() < deadline, "the run never paused");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let (_p, mut child) = paused_run("none");
     let rc = Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status()
