@@ -352,6 +352,18 @@ fn three_workers_run_every_job_once_and_a_second_run_executes_nothing() {
     assert!(busy >= 2, "the jobs should spread over the workers");
     assert_eq!(p.read("output/INDEX.txt"), "done\n");
 
+    // Jobs out on the workers are in flight for the screen and the log: each started.
+    let mut started = BTreeSet::new();
+    for log in walk(&root.join(".vsum/logs")) {
+        for line in std::fs::read_to_string(&log).unwrap_or_default().lines() {
+            let e: Value = serde_json::from_str(line).unwrap_or(Value::Null);
+            if e["event"] == "job_started" {
+                started.insert(e["job"]["index"].as_u64().unwrap());
+            }
+        }
+    }
+    assert_eq!(started.len(), 73, "jobs with a job_started event");
+
     // 5: the same manifest from an empty local store: every job is a hit from S3.
     std::fs::remove_dir_all(root.join(".vsum")).unwrap();
     std::fs::remove_dir_all(root.join("output")).unwrap();

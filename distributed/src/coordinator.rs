@@ -116,6 +116,9 @@ impl Executor for NatsExecutor {
             select! {
                 recv(incoming) -> job => match job {
                     Ok(job) => {
+                        // Out of this process now: in flight on the screen until it
+                        // comes back (from the shared cache, a worker, or a failure).
+                        job.started();
                         let spec = job.remote();
                         let videos = job.video_files();
                         let id = next;

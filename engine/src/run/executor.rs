@@ -16,7 +16,7 @@ use crossbeam_channel::{Receiver, Sender, unbounded};
 use super::plan::Keyed;
 use super::{Finished, JobRecord, Msg, RunError, Shared};
 use crate::config::Config;
-use crate::events::{EventSink, JobLabel};
+use crate::events::{Event, EventSink, JobLabel};
 use crate::fingerprint::Fingerprint;
 use crate::stage::{Lane, Resources, StageError};
 
@@ -66,6 +66,17 @@ impl<'r> Job<'r> {
     /// The run's events (for what an executor reports, and for [`Resources`]).
     pub fn events(&self) -> &EventSink {
         &self.shared.events
+    }
+
+    /// Says the job is under way, for the live screen's jobs in flight and the log: an
+    /// executor that runs jobs elsewhere calls it when it hands the job out
+    /// ([`Job::run_here`] says so itself).
+    pub fn started(&self) {
+        self.shared.events.emit(Event::JobStarted {
+            job: self.keyed.label.clone(),
+            attempt: 1,
+            at_ms: self.shared.ms(),
+        });
     }
 
     /// Whether the run was cancelled (Ctrl-C): an executor holding jobs elsewhere
