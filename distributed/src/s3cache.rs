@@ -371,16 +371,12 @@ impl S3Cache {
 impl S3Cache {
     /// The names under `dir` (`cas`, `entries` or `failures`).
     pub async fn list(&self, dir: &str) -> Result<Vec<String>, CacheError> {
-        let prefix = self.path(dir, "");
-        let prefix = ObjPath::from(prefix.as_ref().trim_end_matches('/'));
-        let mut out = Vec::new();
-        let mut s = self.store.list(Some(&prefix));
-        while let Some(m) = s.next().await {
-            let m = m.map_err(|e| self.err(e))?;
-            if let Some(name) = m.location.filename() {
-                out.push(name.to_string());
-            }
-        }
+        let mut out: Vec<String> = self
+            .list_meta(dir)
+            .await?
+            .into_iter()
+            .map(|(name, _)| name)
+            .collect();
         out.sort();
         Ok(out)
     }
