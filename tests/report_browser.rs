@@ -99,18 +99,7 @@ fn make_report() -> Option<Report> {
     );
     talking_video(&input, "onboarding", ONBOARDING, &["rgbtestsrc"], 8.0);
     talking_video(&input, LONG, "", &["testsrc2", "smptehdbars"], 3.0);
-    let (code, s) = p.run(&[]);
-    if code != 0 {
-        let missing_model = s["jobs"].as_array().unwrap().iter().any(|j| {
-            j["error"]
-                .as_str()
-                .is_some_and(|e| e.contains("vsum models install"))
-        });
-        if missing_model && !required("report_browser", "a model (vsum models install ...)") {
-            return None;
-        }
-        panic!("pipeline failed: {s}");
-    }
+    p.run_with_models("report_browser")?;
     // `source: copy`: the source travels inside the output folder.
     assert!(p.path().join("output/release/summary/source.mp4").is_file());
     // Shared: moved somewhere else, the sources left behind.
