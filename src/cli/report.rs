@@ -73,6 +73,16 @@ fn outcome_word(o: Outcome) -> &'static str {
     }
 }
 
+/// A pause, a resume or a stop of the whole run, in words: every reporter says these.
+fn run_state(e: &Event) -> Option<String> {
+    match e {
+        Event::Paused { reason } => Some(format!("paused: {reason}")),
+        Event::Resumed => Some("resumed: new jobs start again".into()),
+        Event::Stopped { reason } => Some(format!("stopping the batch: {reason}")),
+        _ => None,
+    }
+}
+
 /// Subscribes the chosen reporter to `events`. `setup`: what the live screen needs
 /// (without it, bars fall back to plain lines).
 pub fn attach(events: &EventSink, mode: Progress, setup: Option<Setup>) {
@@ -82,12 +92,12 @@ pub fn attach(events: &EventSink, mode: Progress, setup: Option<Setup>) {
         (Progress::Bar | Progress::Plain, setup) => attach_plain(events, setup),
         // No progress, but still what a waiting or stopping run owes its user: a run
         // paused by a guard would otherwise sit silent for hours.
-        (Progress::None | Progress::Auto, _) => events.subscribe(|e| match e {
-            Event::Warning { message } => eprintln!("{}", warning(message)),
-            Event::Paused { reason } => eprintln!("vsum: paused: {reason}"),
-            Event::Resumed => eprintln!("vsum: resumed: new jobs start again"),
-            Event::Stopped { reason } => eprintln!("vsum: stopping the batch: {reason}"),
-            _ => {}
+        (Progress::None | Progress::Auto, _) => events.subscribe(|e| {
+            if let Event::Warning { message } = e {
+                eprintln!("{}", warning(message));
+            } else if let Some(line) = run_state(e) {
+                eprintln!("vsum: {line}");
+            }
         }),
     }
 }
@@ -171,10 +181,11 @@ fn attach_plain(events: &EventSink, setup: Option<Setup>) {
             ),
             Event::Interrupted => say!("interrupted: in-flight jobs were stopped; rerun to continue"),
             Event::Alert(a) => say!("{}: {}", level_word(a.level), a.message),
-            Event::Paused { reason } => say!("paused: {reason}"),
-            Event::Resumed => say!("resumed: new jobs start again"),
-            Event::Stopped { reason } => say!("stopping the batch: {reason}"),
-            _ => {}
+            e => {
+                if let Some(line) = run_state(e) {
+                    say!("{line}");
+                }
+            }
         }
     });
 }
