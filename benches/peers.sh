@@ -30,6 +30,12 @@ if [ -z "$vsum" ]; then
   cargo build --release --locked -q --bin vsum
   vsum=$target/release/vsum
 fi
+# The bench runs each tool in its own temporary folder: a relative path would not resolve.
+case $vsum in /*) ;; *) vsum=$root/$vsum ;; esac
+if [ ! -x "$vsum" ]; then
+  echo "peers: no vsum binary at $vsum (build it, or pass --vsum BIN)" >&2
+  exit 1
+fi
 
 venv=$target/peers-venv
 snake=()
