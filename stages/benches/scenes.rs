@@ -2,12 +2,14 @@
 //!
 //! Generates (once, cached under the target folder) about 60 s of 720p H.264 made of
 //! twelve different sources with a cut every 5 s, then prints one side-by-side table:
-//! FFmpeg decoding alone (`ffmpeg -i X -f null -`), our `video.scenes` (default fast
-//! decoding and with the loop filter on), and PySceneDetect's ContentDetector when
+//! FFmpeg decoding alone (`ffmpeg -i X -f null -`), our `video.scenes` (default: full
+//! decode choosing the keyframe pictures on the way; `pictures: false` with its fast
+//! decoding; and neither), and PySceneDetect's ContentDetector when
 //! `$PYTHON` (default `python3`) can import `scenedetect` and `cv2`, with frames per
 //! second, the ratio to decode-only and the cut lists' agreement (precision, recall, F1
 //! within one frame), on the H.264 file and an MPEG-4 part 2 copy. Then `video.keyframes`
-//! time, the whole media pass (probe + scenes + keyframes) as a multiple of one decode, and
+//! time, the whole media pass (probe + scenes + keyframes) as a multiple of one decode
+//! (pictures taken in the scenes decode, against keyframes seeking on their own), and
 //! `media.audio` speed in multiples of real time.
 //!
 //! Run: `cargo bench -p vsum-stages --bench scenes` (set `PYTHON=/path/to/venv/bin/python`
@@ -305,16 +307,18 @@ fn pyscenedetect(path: &Path) -> Option<(f64, f64, Vec<u64>)> {
 /// Times decode-only, our detector (fast and exact decoding) and PySceneDetect on one
 /// video, interleaved, and prints the table. Returns decode-only's and our default's
 /// best timings.
-fn scenes_table(video: &Path, what: &str, truth: &[u64]) -> (Timing, Timing) {
+fn scenes_table(video: &Path, what: &str, truth: &[u64]) -> (Timing, Timing, Timing) {
     // Rounds interleave the contenders so a busy machine slows them alike; each keeps
     // its best round.
-    let (mut t_decode, mut t_ours, mut t_lf, mut t_py) = (
+    let (mut t_decode, mut t_ours, mut t_fast, mut t_lf, mut t_py) = (
+        Timing::none(),
         Timing::none(),
         Timing::none(),
         Timing::none(),
         Timing::none(),
     );
-    let (mut ours, mut ours_lf, mut frames) = (Vec::new(), Vec::new(), 0);
+    let (mut ours, mut ours_fast, mut ours_lf, mut frames) =
+        (Vec::new(), Vec::new(), Vec::new(), 0);
     let mut py: Option<Vec<u64>> = None;
     let mut have_py = true;
     for round in 0..RUNS {
@@ -330,8 +334,16 @@ fn scenes_table(video: &Path, what: &str, truth: &[u64]) -> (Timing, Timing) {
         });
         let (d, _keep) = measure(&mut t_ours, || run_kind(&SceneStage, video, json!({})));
         (ours, frames) = cuts_of(&d.join("scenes.json"));
+        let (d, _keep) = measure(&mut t_fast, || {
+            run_kind(&SceneStage, video, json!({"pictures": false}))
+        });
+        ours_fast = cuts_of(&d.join("scenes.json")).0;
         let (d, _keep) = measure(&mut t_lf, || {
-            run_kind(&SceneStage, video, json!({"fast_decode": false}))
+            run_kind(
+                &SceneStage,
+                video,
+                json!({"fast_decode": false, "pictures": false}),
+            )
         });
         ours_lf = cuts_of(&d.join("scenes.json")).0;
         if have_py {
@@ -384,8 +396,21 @@ fn scenes_table(video: &Path, what: &str, truth: &[u64]) -> (Timing, Timing) {
         t_decode.cpu,
         fps(t_decode)
     );
-    row("vsum video.scenes (default: fast_decode)", t_ours, &ours);
-    row("vsum video.scenes (fast_decode: false)", t_lf, &ours_lf);
+    row(
+        "vsum video.scenes (default: pictures, full decode)",
+        t_ours,
+        &ours,
+    );
+    row(
+        "vsum video.scenes (pictures: false, fast_decode)",
+        t_fast,
+        &ours_fast,
+    );
+    row(
+        "vsum video.scenes (pictures: false, fast_decode: false)",
+        t_lf,
+        &ours_lf,
+    );
     if let Some(pc) = &py {
         row(
             "PySceneDetect ContentDetector (detect_scenes only)",
@@ -396,10 +421,10 @@ fn scenes_table(video: &Path, what: &str, truth: &[u64]) -> (Timing, Timing) {
         println!(
             "vsum is {:.2}x as fast as PySceneDetect; fast_decode changed the cut list: {}",
             t_py.wall.as_secs_f64() / t_ours.wall.as_secs_f64(),
-            ours != ours_lf
+            ours_fast != ours_lf
         );
     }
-    (t_decode, t_ours)
+    (t_decode, t_ours, t_fast)
 }
 
 fn main() {
@@ -437,25 +462,26 @@ fn main() {
         ]);
         std::fs::rename(&tmp, &mpeg4).expect("rename");
     }
-    let (t_decode, t_scenes) = scenes_table(&video, "1280x720 H.264", &truth);
-    let (scenes_dir, _keep) = run_kind(&SceneStage, &video, json!({}));
-    let mut t_key = Timing::none();
+    let (t_decode, t_scenes, t_fast) = scenes_table(&video, "1280x720 H.264", &truth);
+    // Keyframes after scenes with pictures (copies them) and after scenes without
+    // (decodes candidates itself, seeking).
+    let (pass_dir, _keep) = run_kind(&SceneStage, &video, json!({}));
+    let (fast_dir, _keep_fast) = run_kind(&SceneStage, &video, json!({"pictures": false}));
+    let (mut t_copy, mut t_seek) = (Timing::none(), Timing::none());
     for _ in 0..RUNS {
-        measure(&mut t_key, || {
-            run_with(
-                &KeyframesStage,
-                &video,
-                json!({}),
-                &[("scenes", &scenes_dir)],
-            )
+        measure(&mut t_copy, || {
+            run_with(&KeyframesStage, &video, json!({}), &[("scenes", &pass_dir)])
+        });
+        measure(&mut t_seek, || {
+            run_with(&KeyframesStage, &video, json!({}), &[("scenes", &fast_dir)])
         });
     }
     println!();
     println!(
-        "video.keyframes on the same file ({} scenes, 3 candidates each): {:.2} s wall, {:.2} CPU s",
+        "video.keyframes on the same file ({} scenes): {:.2} CPU s taking the scenes decode's pictures, {:.2} CPU s decoding 3 candidates a scene itself",
         truth.len() + 1,
-        t_key.wall.as_secs_f64(),
-        t_key.cpu
+        t_copy.cpu,
+        t_seek.cpu
     );
     // The whole media pass a video gets (probe, scenes, keyframes) against decoding it
     // once: CPU seconds, which a busy machine disturbs less than wall time.
@@ -463,15 +489,23 @@ fn main() {
     for _ in 0..RUNS {
         measure(&mut t_probe, || run_kind(&ProbeStage, &video, json!({})));
     }
-    let pass = t_probe.cpu + t_scenes.cpu + t_key.cpu;
+    let one = t_probe.cpu + t_scenes.cpu + t_copy.cpu;
+    let two = t_probe.cpu + t_fast.cpu + t_seek.cpu;
     println!();
     println!(
-        "media pass (probe {:.2} + scenes {:.2} + keyframes {:.2} CPU s) = {pass:.2} CPU s: {:.2}x one decode ({:.2} CPU s)",
+        "media pass, one decode (default): probe {:.2} + scenes {:.2} + keyframes {:.2} = {one:.2} CPU s: {:.2}x one decode ({:.2} CPU s)",
         t_probe.cpu,
         t_scenes.cpu,
-        t_key.cpu,
-        pass / t_decode.cpu,
+        t_copy.cpu,
+        one / t_decode.cpu,
         t_decode.cpu
+    );
+    println!(
+        "media pass, two decodes (scenes pictures: false): probe {:.2} + scenes {:.2} + keyframes {:.2} = {two:.2} CPU s: {:.2}x one decode",
+        t_probe.cpu,
+        t_fast.cpu,
+        t_seek.cpu,
+        two / t_decode.cpu
     );
     scenes_table(&mpeg4, "1280x720 MPEG-4 part 2", &truth);
 

@@ -180,10 +180,18 @@ fn scenes_finds_exactly_the_cuts_of_concatenated_sources() {
 
 #[test]
 fn scenes_same_cut_list_with_and_without_the_loop_filter() {
-    let fast = scenes(&cuts_mp4()).json("scenes.json");
-    let full =
-        run(&SceneStage, &cuts_mp4(), json!({"fast_decode": false}), &[]).json("scenes.json");
+    // Pictures need the full decode, so the fast one is without them.
+    let fast = run(&SceneStage, &cuts_mp4(), json!({"pictures": false}), &[]).json("scenes.json");
+    let full = run(
+        &SceneStage,
+        &cuts_mp4(),
+        json!({"fast_decode": false, "pictures": false}),
+        &[],
+    )
+    .json("scenes.json");
+    let with_pictures = scenes(&cuts_mp4()).json("scenes.json");
     assert_eq!(starts(&fast), starts(&full));
+    assert_eq!(starts(&fast), starts(&with_pictures));
 }
 
 #[test]
@@ -204,7 +212,7 @@ fn fast_decode_keeps_the_cut_list_on_codecs_that_decode_small() {
         ),
     ] {
         let path = fixture(name, |p| cut_video(p, 640, 480, &opts));
-        let fast = scenes(&path).json("scenes.json");
+        let fast = run(&SceneStage, &path, json!({"pictures": false}), &[]).json("scenes.json");
         let exact = run(&SceneStage, &path, json!({"fast_decode": false}), &[]).json("scenes.json");
         assert_cuts(&fast, &cut_frames(), name);
         assert_eq!(starts(&fast), starts(&exact), "{name}");
@@ -708,6 +716,76 @@ fn keyframes_one_picture_per_scene_from_its_middle() {
 }
 
 #[test]
+fn keyframes_come_from_the_scenes_decode_and_agree_with_seeking() {
+    // `video.scenes` picks the pictures while it decodes for its cuts; keyframes with
+    // the same width and quality copy them instead of decoding the video again.
+    let with = scenes(&cuts_mp4());
+    let without = run(&SceneStage, &cuts_mp4(), json!({"pictures": false}), &[]);
+    assert_eq!(with.json("scenes.json")["pictures"], 4);
+    assert!(!without.ok().join("pictures").exists());
+    let pass = with.ok().join("pictures");
+    let mut left: Vec<String> = std::fs::read_dir(&pass)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    // Only the chosen pictures stay: no stretch files are left behind.
+    assert_eq!(
+        left,
+        [
+            "keyframes.json",
+            "scene_0000.jpg",
+            "scene_0001.jpg",
+            "scene_0002.jpg",
+            "scene_0003.jpg"
+        ]
+    );
+    let a = keyframes(&cuts_mp4(), with.ok(), json!({}));
+    let b = keyframes(&cuts_mp4(), without.ok(), json!({}));
+    let (ka, kb) = (a.json("keyframes.json"), b.json("keyframes.json"));
+    assert_eq!(ka["from_scenes"], 4, "{ka}");
+    assert_eq!(kb["from_scenes"], 0, "{kb}");
+    let s = with.json("scenes.json");
+    for ((x, y), sc) in ka["keyframes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(kb["keyframes"].as_array().unwrap())
+        .zip(s["scenes"].as_array().unwrap())
+    {
+        assert_eq!(x["scene"], y["scene"]);
+        let t = x["time"].as_f64().unwrap();
+        let (lo, hi) = (sc["start"].as_f64().unwrap(), sc["end"].as_f64().unwrap());
+        assert!(
+            t >= lo + 0.3 * (hi - lo) - 0.05 && t <= lo + 0.7 * (hi - lo) + 0.05,
+            "{t} not near the middle of {lo}..{hi}"
+        );
+        let file = x["file"].as_str().unwrap();
+        let (_, _, pa) = read_jpeg(&a.ok().join(file));
+        let (_, _, pb) = read_jpeg(&b.ok().join(file));
+        let (ma, mb) = (mean_rgb(&pa), mean_rgb(&pb));
+        for c in 0..3 {
+            assert!((ma[c] - mb[c]).abs() < 8.0, "{file}: {ma:?} vs {mb:?}");
+        }
+    }
+    // Another width: the pass does not fit, so the stage decodes.
+    let small = keyframes(&cuts_mp4(), with.ok(), json!({"max_width": 100}));
+    assert_eq!(small.json("keyframes.json")["from_scenes"], 0);
+    // Scenes split at max_scene_len have no stretch of their own: those are decoded,
+    // the others copied.
+    let split = run(&SceneStage, &cuts_mp4(), json!({"max_scene_len": 0.5}), &[]);
+    let n = split.json("scenes.json")["scenes"]
+        .as_array()
+        .unwrap()
+        .len();
+    let k = keyframes(&cuts_mp4(), split.ok(), json!({})).json("keyframes.json");
+    let copied = k["from_scenes"].as_u64().unwrap() as usize;
+    assert!(copied >= 1 && copied < n, "{copied} of {n}: {k}");
+    assert_eq!(k["keyframes"].as_array().unwrap().len(), n, "{k}");
+    assert_eq!(k["missing"], json!([]));
+}
+
+#[test]
 fn keyframes_for_one_frame_scenes_from_a_hand_written_list() {
     // Only `scenes` and `fps` are needed. Frame 1 of cuts.mp4 is a B-frame, which the
     // candidate pass skips: the fallback must still find it.
@@ -1025,7 +1103,8 @@ fn params_are_checked_defaulted_and_keyed_with_ffmpeg_versions() {
     );
     assert_eq!(
         SceneStage.check(&json!({}), &env).unwrap(),
-        json!({"threshold": 27.0, "min_scene_len": 15, "downscale": "auto", "max_scene_len": null, "fast_decode": true, "stats": false,
+        json!({"threshold": 27.0, "min_scene_len": 15, "downscale": "auto", "max_scene_len": null, "fast_decode": true,
+            "pictures": true, "picture_width": 1280, "picture_quality": 85, "stats": false,
             "detector": "content", "pixel_delta": 24, "min_change": 0.2, "dwell": 0.5})
     );
     assert_eq!(

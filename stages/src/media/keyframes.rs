@@ -11,16 +11,13 @@
 
 use std::path::Path;
 
-use ffmpeg::format::Pixel;
-use ffmpeg::frame;
-use ffmpeg::software::scaling;
 use ffmpeg_next as ffmpeg;
-use image::RgbImage;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use vsum_engine::contract::{Output, TypedStage};
 use vsum_engine::stage::{Check, CheckEnv, JobCtx, KeyEnv, KeyExtras, ParamError, StageError};
 
+use super::pictures::{Candidate, PICTURES_DIR, Pictures, choose, write_jpeg};
 use super::scenes::{Scene, ScenesOut};
 use super::{
     DecodeOpts, FrameReader, check_cancel, ffmpeg_key_extras, io_error, job_video, open_input,
@@ -31,12 +28,6 @@ const KIND: &str = "video.keyframes";
 
 /// Decode on (rather than seek) when the next candidate is at most this far ahead.
 const SEEK_GAP_SECS: f64 = 3.0;
-/// Width of the grey copy the sharpness and blackness are measured on.
-const METRIC_WIDTH: u32 = 320;
-/// Mean grey level (0-255) under which a frame counts as black.
-const BLACK_MEAN: f64 = 20.0;
-/// Grey standard deviation under which a frame counts as blank (one flat colour).
-const BLANK_STDDEV: f64 = 2.0;
 
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
@@ -96,6 +87,15 @@ pub struct KeyframesOut {
     pub missing: Vec<usize>,
     #[serde(default)]
     pub decode_errors: u64,
+    /// The width limit and JPEG quality the pictures were made with (0 when unknown).
+    #[serde(default)]
+    pub max_width: u32,
+    #[serde(default)]
+    pub quality: u8,
+    /// Pictures taken from `video.scenes`' own decode (its `pictures: true`) rather
+    /// than decoded here again.
+    #[serde(default)]
+    pub from_scenes: usize,
 }
 
 /// One picture of [`KeyframesOut`].
@@ -118,13 +118,6 @@ pub struct KeyframeOut {
     pub blank: bool,
 }
 
-struct Candidate {
-    time: f64,
-    sharpness: f64,
-    blank: bool,
-    image: RgbImage,
-}
-
 impl Output for KeyframesOut {
     const FILE: &'static str = "keyframes.json";
 }
@@ -132,7 +125,7 @@ impl Output for KeyframesOut {
 impl TypedStage for KeyframesStage {
     type Params = Params;
     const NAME: &'static str = KIND;
-    const VERSION: u32 = 1;
+    const VERSION: u32 = 2;
     const SUMMARY: &'static str = "One sharp, non-black JPEG per scene (needs video.scenes), rotation applied -> scene_NNNN.jpg + keyframes.json";
 
     fn validate(&self, p: Params, env: &CheckEnv) -> Result<Params, Vec<ParamError>> {
@@ -182,7 +175,7 @@ impl TypedStage for KeyframesStage {
     fn run(&self, p: &Params, ctx: &mut JobCtx) -> Result<(), StageError> {
         let video = job_video(ctx, KIND)?;
         let scenes: ScenesOut = ctx.require_upstream("video.scenes")?;
-        let out = extract(ctx, &video.path, p, &scenes)?;
+        let out = from_scenes_pass(ctx, &video.path, p, &scenes)?;
         if !out.missing.is_empty() {
             warn(
                 ctx,
@@ -196,6 +189,61 @@ impl TypedStage for KeyframesStage {
         }
         ctx.write_output(&out)
     }
+}
+
+/// The pictures `video.scenes` already chose while it decoded (its `pictures/` folder),
+/// when they were made with this stage's width and quality; only the scenes it has no
+/// picture for are decoded here.
+fn from_scenes_pass(
+    ctx: &JobCtx,
+    path: &Path,
+    p: &Params,
+    scenes: &ScenesOut,
+) -> Result<KeyframesOut, StageError> {
+    let made = ctx
+        .upstream_file(ScenesOut::FILE)
+        .and_then(|f| f.parent().map(|d| d.join(PICTURES_DIR)))
+        .filter(|d| d.join(KeyframesOut::FILE).is_file());
+    let Some(dir) = made else {
+        return extract(ctx, path, p, scenes);
+    };
+    let index = dir.join(KeyframesOut::FILE);
+    let pass: KeyframesOut =
+        serde_json::from_slice(&std::fs::read(&index).map_err(|e| io_error(&index, "read", e))?)
+            .map_err(|e| StageError::fatal(format!("cannot read {}: {e}", index.display())))?;
+    if pass.max_width != p.max_width || pass.quality != p.quality {
+        return extract(ctx, path, p, scenes);
+    }
+    let mut out = KeyframesOut {
+        rotation: pass.rotation,
+        max_width: p.max_width,
+        quality: p.quality,
+        decode_errors: pass.decode_errors,
+        ..Default::default()
+    };
+    let mut left = ScenesOut {
+        scenes: Vec::new(),
+        ..scenes.clone()
+    };
+    for s in &scenes.scenes {
+        let Some(k) = pass.keyframes.iter().find(|k| k.scene == s.index) else {
+            left.scenes.push(s.clone());
+            continue;
+        };
+        let (from, to) = (dir.join(&k.file), ctx.out_dir.join(&k.file));
+        std::fs::copy(&from, &to).map_err(|e| io_error(&from, "copy", e))?;
+        out.keyframes.push(k.clone());
+        out.from_scenes += 1;
+    }
+    if !left.scenes.is_empty() {
+        let rest = extract(ctx, path, p, &left)?;
+        out.keyframes.extend(rest.keyframes);
+        out.keyframes.sort_by_key(|k| k.scene);
+        out.missing = rest.missing;
+        out.decode_errors += rest.decode_errors;
+        out.rotation = rest.rotation;
+    }
+    Ok(out)
 }
 
 /// Candidate times of a scene: evenly over 35%..65% of its frames, as times.
@@ -219,154 +267,6 @@ fn candidate_times(s: &Scene, n: u32) -> Vec<f64> {
         .collect()
 }
 
-/// Geometry of the pictures written: what to scale to before rotating, and the result.
-#[derive(Debug, Clone, Copy)]
-struct Geometry {
-    scale_w: u32,
-    scale_h: u32,
-    rotation: i32,
-}
-
-fn geometry(w: u32, h: u32, sar: Option<f64>, rotation: i32, max_width: u32) -> Geometry {
-    let sw = f64::from(w) * sar.filter(|s| s.is_finite() && *s > 0.0).unwrap_or(1.0);
-    let sh = f64::from(h);
-    let swapped = rotation == 90 || rotation == 270;
-    let (dw, dh) = if swapped { (sh, sw) } else { (sw, sh) };
-    let f = (f64::from(max_width) / dw).min(1.0);
-    let fw = ((dw * f).round() as u32).max(1);
-    let fh = ((dh * f).round() as u32).max(1);
-    let (scale_w, scale_h) = if swapped { (fh, fw) } else { (fw, fh) };
-    Geometry {
-        scale_w,
-        scale_h,
-        rotation,
-    }
-}
-
-/// Converts frames to the grey metric copy and the RGB output picture.
-struct Pictures {
-    key: Option<(Pixel, u32, u32)>,
-    grey: Option<scaling::Context>,
-    rgb: Option<scaling::Context>,
-    grey_frame: frame::Video,
-    rgb_frame: frame::Video,
-    geometry: Geometry,
-    max_width: u32,
-    rotation: i32,
-}
-
-impl Pictures {
-    fn prepare(&mut self, f: &frame::Video) -> Result<(), ffmpeg::Error> {
-        let key = (f.format(), f.width(), f.height());
-        if self.key == Some(key) {
-            return Ok(());
-        }
-        let sar = ffmpeg_rational(f.aspect_ratio());
-        self.geometry = geometry(f.width(), f.height(), sar, self.rotation, self.max_width);
-        let gw = f.width().clamp(1, METRIC_WIDTH);
-        let gh =
-            ((u64::from(f.height()) * u64::from(gw) / u64::from(f.width().max(1))) as u32).max(1);
-        self.grey = Some(scaling::Context::get(
-            f.format(),
-            f.width(),
-            f.height(),
-            Pixel::GRAY8,
-            gw,
-            gh,
-            scaling::Flags::AREA,
-        )?);
-        self.rgb = Some(scaling::Context::get(
-            f.format(),
-            f.width(),
-            f.height(),
-            Pixel::RGB24,
-            self.geometry.scale_w,
-            self.geometry.scale_h,
-            scaling::Flags::BICUBIC | scaling::Flags::ACCURATE_RND | scaling::Flags::FULL_CHR_H_INT,
-        )?);
-        self.grey_frame = frame::Video::empty();
-        self.rgb_frame = frame::Video::empty();
-        self.key = Some(key);
-        Ok(())
-    }
-
-    /// (sharpness, blank) of a frame.
-    fn metrics(&mut self, f: &frame::Video) -> Result<(f64, bool), ffmpeg::Error> {
-        self.prepare(f)?;
-        let g = self.grey.as_mut().expect("prepared");
-        g.run(f, &mut self.grey_frame)?;
-        let (w, h) = (
-            self.grey_frame.width() as usize,
-            self.grey_frame.height() as usize,
-        );
-        let stride = self.grey_frame.stride(0);
-        let data = self.grey_frame.data(0);
-        let px = |x: usize, y: usize| f64::from(data[y * stride + x]);
-        let (mut sum, mut sum2) = (0.0, 0.0);
-        for y in 0..h {
-            for x in 0..w {
-                let v = px(x, y);
-                sum += v;
-                sum2 += v * v;
-            }
-        }
-        let n = (w * h).max(1) as f64;
-        let mean = sum / n;
-        let std = (sum2 / n - mean * mean).max(0.0).sqrt();
-        let (mut l1, mut l2, mut ln) = (0.0, 0.0, 0.0);
-        for y in 1..h.saturating_sub(1) {
-            for x in 1..w.saturating_sub(1) {
-                let l = px(x - 1, y) + px(x + 1, y) + px(x, y - 1) + px(x, y + 1) - 4.0 * px(x, y);
-                l1 += l;
-                l2 += l * l;
-                ln += 1.0;
-            }
-        }
-        let sharp = if ln > 0.0 {
-            l2 / ln - (l1 / ln).powi(2)
-        } else {
-            0.0
-        };
-        Ok((sharp.max(0.0), mean < BLACK_MEAN || std < BLANK_STDDEV))
-    }
-
-    fn picture(&mut self, f: &frame::Video) -> Result<RgbImage, ffmpeg::Error> {
-        self.prepare(f)?;
-        let s = self.rgb.as_mut().expect("prepared");
-        s.run(f, &mut self.rgb_frame)?;
-        let (w, h) = (self.geometry.scale_w, self.geometry.scale_h);
-        let stride = self.rgb_frame.stride(0);
-        let data = self.rgb_frame.data(0);
-        let row = w as usize * 3;
-        let mut buf = Vec::with_capacity(row * h as usize);
-        for y in 0..h as usize {
-            buf.extend_from_slice(&data[y * stride..y * stride + row]);
-        }
-        let img = RgbImage::from_raw(w, h, buf).expect("buffer sized from the frame");
-        // `rotation` is counterclockwise; image's rotations are clockwise.
-        Ok(match self.geometry.rotation {
-            90 => image::imageops::rotate270(&img),
-            180 => image::imageops::rotate180(&img),
-            270 => image::imageops::rotate90(&img),
-            _ => img,
-        })
-    }
-}
-
-fn ffmpeg_rational(r: ffmpeg::Rational) -> Option<f64> {
-    super::rational(r)
-}
-
-/// Picks the sharpest non-blank candidate; near-ties go to the one nearest the middle.
-fn choose(cands: Vec<Candidate>, middle: f64) -> Option<Candidate> {
-    let any_ok = cands.iter().any(|c| !c.blank);
-    let pool: Vec<Candidate> = cands.into_iter().filter(|c| !any_ok || !c.blank).collect();
-    let best = pool.iter().map(|c| c.sharpness).fold(0.0, f64::max);
-    pool.into_iter()
-        .filter(|c| c.sharpness >= best * 0.97)
-        .min_by(|a, b| (a.time - middle).abs().total_cmp(&(b.time - middle).abs()))
-}
-
 fn extract(
     ctx: &JobCtx,
     path: &Path,
@@ -382,21 +282,12 @@ fn extract(
     // the frames), and reference pictures are the better-quality ones anyway.
     reader.decoder.skip_frame(ffmpeg::Discard::NonReference);
     let half_frame = 0.5 / scenes.fps.max(1.0);
-    let mut pics = Pictures {
-        key: None,
-        grey: None,
-        rgb: None,
-        grey_frame: frame::Video::empty(),
-        rgb_frame: frame::Video::empty(),
-        geometry: geometry(1, 1, None, 0, p.max_width),
-        max_width: p.max_width,
-        rotation,
-    };
+    let mut pics = Pictures::new(p.max_width, rotation);
     let mut out = KeyframesOut {
-        keyframes: Vec::new(),
         rotation,
-        missing: Vec::new(),
-        decode_errors: 0,
+        max_width: p.max_width,
+        quality: p.quality,
+        ..Default::default()
     };
     let mut cursor = Cursor {
         reader,
@@ -508,16 +399,6 @@ impl Cursor<'_> {
     }
 }
 
-fn write_jpeg(dest: &Path, img: &RgbImage, quality: u8) -> Result<(), StageError> {
-    let f = std::fs::File::create(dest).map_err(|e| io_error(dest, "create", e))?;
-    let mut w = std::io::BufWriter::new(f);
-    let enc = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut w, quality);
-    img.write_with_encoder(enc)
-        .map_err(|e| StageError::fatal(format!("cannot encode {}: {e}", dest.display())))?;
-    use std::io::Write;
-    w.flush().map_err(|e| io_error(dest, "write", e))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -541,58 +422,5 @@ mod tests {
         let c = candidate_times(&s, 3);
         assert_eq!(c.len(), 3);
         assert!((c[1] - 2.0).abs() < 1e-9);
-    }
-
-    fn cand(time: f64, sharpness: f64, blank: bool) -> Candidate {
-        Candidate {
-            time,
-            sharpness,
-            blank,
-            image: RgbImage::new(1, 1),
-        }
-    }
-
-    #[test]
-    fn choose_prefers_sharp_non_black_frames_near_the_middle() {
-        // A sharper black frame loses to a picture.
-        let c = choose(vec![cand(1.0, 900.0, true), cand(2.0, 100.0, false)], 1.5).unwrap();
-        assert_eq!(c.time, 2.0);
-        // The sharpest wins...
-        let c = choose(
-            vec![
-                cand(1.0, 100.0, false),
-                cand(2.0, 500.0, false),
-                cand(3.0, 90.0, false),
-            ],
-            2.0,
-        )
-        .unwrap();
-        assert_eq!(c.time, 2.0);
-        // ...near-ties go to the middle.
-        let c = choose(
-            vec![
-                cand(1.0, 500.0, false),
-                cand(2.0, 495.0, false),
-                cand(3.0, 499.0, false),
-            ],
-            2.0,
-        )
-        .unwrap();
-        assert_eq!(c.time, 2.0);
-        // All blank: still one picture.
-        let c = choose(vec![cand(1.0, 0.0, true), cand(2.0, 0.0, true)], 2.0).unwrap();
-        assert_eq!(c.time, 2.0);
-        assert!(choose(Vec::new(), 0.0).is_none());
-    }
-
-    #[test]
-    fn geometry_rotates_and_shrinks() {
-        let g = geometry(1920, 1080, None, 90, 640);
-        // Displayed 1080x1920 -> 640 wide, 1138 high; scaled before rotating.
-        assert_eq!((g.scale_w, g.scale_h), (1138, 640));
-        let g = geometry(720, 480, Some(32.0 / 27.0), 0, 2000);
-        assert_eq!((g.scale_w, g.scale_h), (853, 480));
-        let g = geometry(1, 1, None, 0, 1280);
-        assert_eq!((g.scale_w, g.scale_h), (1, 1));
     }
 }

@@ -9,6 +9,7 @@
 
 mod audio;
 mod keyframes;
+mod pictures;
 mod probe;
 mod scenes;
 mod slides;

@@ -27,12 +27,13 @@ use serde_json::Value;
 use vsum_engine::contract::{Output, TypedStage};
 use vsum_engine::stage::{Check, CheckEnv, JobCtx, KeyEnv, KeyExtras, ParamError, StageError};
 
+use super::pictures::Sampler;
 use super::slides::{
     AutoChoice, GreyShrinker, SlideDetector, SlideScore, SlideSettings, choose, slides_size,
 };
 use super::{
     DecodeOpts, FrameReader, check_cancel, ffmpeg_key_extras, io_error, job_video, open_input,
-    open_video_decoder, rational, require_video_stream, stream_dims, warn_damaged,
+    open_video_decoder, rational, require_video_stream, stream_dims, stream_rotation, warn_damaged,
 };
 
 const KIND: &str = "video.scenes";
@@ -133,8 +134,17 @@ pub struct Params {
     /// Seconds: split longer scenes into equal parts no longer than this.
     pub max_scene_len: Option<f64>,
     /// Analysis-grade decoding: skip the deblocking filter, and decode MJPEG/MPEG-1/2/4
-    /// at reduced size; the downscaled comparison does not see the difference.
+    /// at reduced size; the downscaled comparison does not see the difference. Only
+    /// when `pictures` is off: pictures need the full-quality decode.
     pub fast_decode: bool,
+    /// Also choose one picture per scene during this decode (the sharpest non-black
+    /// frame near its middle), into `pictures/`: a `video.keyframes` stage with the same
+    /// width and quality then takes them without decoding the video again.
+    pub pictures: bool,
+    /// Pixels: pictures wider than this are shrunk (as `video.keyframes`' `max_width`).
+    pub picture_width: u32,
+    /// JPEG quality of the pictures, 1 to 100 (as `video.keyframes`' `quality`).
+    pub picture_quality: u8,
     /// Also write stats.csv: every frame's score and its H/S/V parts (like
     /// PySceneDetect's stats file), to tune `threshold`.
     pub stats: bool,
@@ -160,6 +170,9 @@ impl Default for Params {
             downscale: Downscale::Auto,
             max_scene_len: None,
             fast_decode: true,
+            pictures: true,
+            picture_width: 1280,
+            picture_quality: 85,
             stats: false,
             detector: Detector::Content,
             pixel_delta: 24,
@@ -223,6 +236,9 @@ pub struct ScenesOut {
     /// What `detector: auto` measured and chose.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auto: Option<AutoChoice>,
+    /// Scenes given a picture in `pictures/` (with `pictures: true`).
+    #[serde(default)]
+    pub pictures: usize,
 }
 
 impl Output for ScenesOut {
@@ -232,7 +248,7 @@ impl Output for ScenesOut {
 impl TypedStage for SceneStage {
     type Params = Params;
     const NAME: &'static str = KIND;
-    const VERSION: u32 = 2;
+    const VERSION: u32 = 3;
     const SUMMARY: &'static str = "Finds shot cuts (PySceneDetect ContentDetector: HSV frame deltas) or slide changes (detector: slides|auto) -> scenes.json";
 
     fn validate(&self, p: Params, _env: &CheckEnv) -> Result<Params, Vec<ParamError>> {
@@ -267,6 +283,18 @@ impl TypedStage for SceneStage {
             errs.push(
                 ParamError::new(&["dwell"], "dwell must be in (0, 60] seconds")
                     .hint("0.5 catches slides shown for half a second or more"),
+            );
+        }
+        if p.picture_width < 16 {
+            errs.push(
+                ParamError::new(&["picture_width"], "picture_width must be at least 16")
+                    .hint("e.g. 1280, the same as the keyframes stage's max_width"),
+            );
+        }
+        if !(1..=100).contains(&p.picture_quality) {
+            errs.push(
+                ParamError::new(&["picture_quality"], "picture_quality must be 1..=100")
+                    .hint("85, the same as the keyframes stage's quality"),
             );
         }
         if p.pixel_delta == 0 {
@@ -313,14 +341,27 @@ fn detect(ctx: &JobCtx, path: &Path, p: &Params) -> Result<ScenesOut, StageError
             (cw, ch)
         }
     });
+    let fast = p.fast_decode && !p.pictures;
     let opts = DecodeOpts {
-        skip_loop_filter: p.fast_decode,
-        min_size: need.filter(|_| p.fast_decode),
+        skip_loop_filter: fast,
+        min_size: need.filter(|_| fast),
     };
+    let rotation = stream_rotation(&stream);
     let decoder = open_video_decoder(&input, index, ctx.threads, opts, path)?;
     let mut reader = FrameReader::new(&mut input, index, decoder);
     let step = 1.0 / stream_fps.unwrap_or(25.0);
     let frames_per_sec = stream_fps.unwrap_or(25.0);
+    let mut sampler = if p.pictures {
+        Some(Sampler::new(
+            ctx.out_dir,
+            frames_per_sec,
+            p.picture_width,
+            p.picture_quality,
+            rotation,
+        )?)
+    } else {
+        None
+    };
     let settings = SlideSettings {
         pixel_delta: p.pixel_delta,
         min_change: p.min_change / 100.0,
@@ -418,6 +459,15 @@ fn detect(ctx: &JobCtx, path: &Path, p: &Params) -> Result<ScenesOut, StageError
         if let Some(c) = slide_cut {
             slide_cuts.push(c);
         }
+        if let Some(sm) = sampler.as_mut() {
+            let (a, b) = (cut.unwrap_or(u64::MAX), slide_cut.unwrap_or(u64::MAX));
+            for c in [a.min(b), a.max(b)] {
+                if c != u64::MAX {
+                    sm.cut(c)?;
+                }
+            }
+            sm.offer(idx, f);
+        }
         idx += 1;
     }
     let frames = idx;
@@ -483,7 +533,7 @@ fn detect(ctx: &JobCtx, path: &Path, p: &Params) -> Result<ScenesOut, StageError
         scenes = split_long(&scenes, &times, end_time, max);
     }
     let time_of = |f: u64| times.get(f as usize).copied().unwrap_or(end_time);
-    let scenes = scenes
+    let scenes: Vec<Scene> = scenes
         .into_iter()
         .enumerate()
         .map(|(i, (s, e, score))| Scene {
@@ -495,6 +545,13 @@ fn detect(ctx: &JobCtx, path: &Path, p: &Params) -> Result<ScenesOut, StageError
             score: round3(score),
         })
         .collect();
+    let pictures = match sampler {
+        Some(mut sm) => {
+            sm.finish(frames)?;
+            sm.assign(&scenes, &times)?
+        }
+        None => 0,
+    };
     let content_type = match (p.detector, &auto) {
         (Detector::Content, _) => None,
         (Detector::Slides, _) => Some("static".to_string()),
@@ -518,6 +575,7 @@ fn detect(ctx: &JobCtx, path: &Path, p: &Params) -> Result<ScenesOut, StageError
         decode_errors: errors,
         content_type,
         auto,
+        pictures,
     })
 }
 
