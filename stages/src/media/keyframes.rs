@@ -1,8 +1,10 @@
 //! `video.keyframes`: one representative JPEG per scene, plus `keyframes.json`, for
 //! people to skim and for vision models to look at.
 //!
-//! It reads the scene list of an upstream `video.scenes` stage, then for each scene
-//! decodes a few candidate frames around its middle (seeking when the next candidate is
+//! It reads the scene list of an upstream `video.scenes` stage. When that stage chose
+//! the pictures during its own decode (`pictures: true`, the default) at this stage's
+//! width and quality, they are copied and nothing is decoded. Otherwise, and for scenes
+//! it has no picture for, it decodes a few candidate frames around its middle (seeking when the next candidate is
 //! far ahead, decoding on when it is near, and skipping non-reference pictures, which
 //! are also the lower-quality ones) and keeps the sharpest one that is not black or
 //! blank (variance of the Laplacian on a small grey copy). The picture is shown the

@@ -217,7 +217,7 @@ pub(super) fn write_jpeg(dest: &Path, img: &RgbImage, quality: u8) -> Result<(),
 
 /// Seconds between the frames a stretch samples at first; the spacing doubles whenever
 /// the stretch holds more frames than its cap.
-const SAMPLE_SECS: f64 = 0.25;
+const SAMPLE_SECS: f64 = 0.5;
 /// Memory for the decoded frames one stretch holds, whatever the video's size.
 const HELD_BYTES: usize = 96 << 20;
 /// Frames scored per stretch at most.

@@ -11,6 +11,10 @@
 //! to a smaller picture (MJPEG, MPEG-1/2/4 part 2 "lowres") do so, never below the
 //! analysis size, so detection runs at decode-only speed or faster.
 //!
+//! With `pictures` (the default) the decode is full quality instead, and the same pass
+//! picks one picture per scene (see `pictures.rs`): `video.keyframes` then copies them,
+//! so a video is decoded once for its cuts and its keyframes, not twice.
+//!
 //! Times are seconds from the video stream's start, taken from frame timestamps (so
 //! variable frame rate is right); `end_frame` and `end` are exclusive: they are the next
 //! scene's `start_frame` and `start`.
