@@ -351,7 +351,12 @@ fn detect(ctx: &JobCtx, path: &Path, p: &Params) -> Result<ScenesOut, StageError
         min_size: need.filter(|_| fast),
     };
     let rotation = stream_rotation(&stream);
-    let decoder = open_video_decoder(&input, index, ctx.threads, opts, path)?;
+    // FFmpeg's frame threads sleep while they wait (they never spin, unlike Whisper's
+    // or ONNX Runtime's, which the core budget is for), so this one full decode of the
+    // video may use every core: a core another job holds is shared by the system, and
+    // an idle one (the GPU lane waiting for all of them) decodes instead of idling.
+    let decode_threads = ctx.threads.max(ctx.cores.map_or(1, |c| c.total()));
+    let decoder = open_video_decoder(&input, index, decode_threads, opts, path)?;
     let mut reader = FrameReader::new(&mut input, index, decoder);
     let step = 1.0 / stream_fps.unwrap_or(25.0);
     let frames_per_sec = stream_fps.unwrap_or(25.0);
@@ -420,25 +425,58 @@ fn detect(ctx: &JobCtx, path: &Path, p: &Params) -> Result<ScenesOut, StageError
             ))
         };
         let first = idx == 0 && times.is_empty();
-        let mut score = FrameScore::default();
-        let mut cut = None;
-        if use_content {
-            match shrink.run(f, analysis[0], analysis[1]) {
-                Ok(bgr) => {
-                    let (aw, ah) = (analysis[0] as usize, analysis[1] as usize);
-                    (score, cut) = detector.push(idx, bgr, aw, ah, aw * 3);
-                }
-                Err(e) if first => return Err(fail(e)),
-                Err(_) => {
-                    scale_errors += 1;
-                    continue;
-                }
+        // The two detectors' pictures are made side by side (with `detector: auto`, on
+        // two cores when the pool has one free; otherwise one after the other): the
+        // content detector's shrink and score, and the slides detector's grey picture.
+        let (aw, ah) = (analysis[0] as usize, analysis[1] as usize);
+        let (content, grey_pic) = if is_planar_yuv8(f.format()) {
+            let (shrink, grey) = (&mut shrink.core, &mut grey.areas);
+            let (content, grey_pic) = rayon::join(
+                || {
+                    use_content.then(|| {
+                        detector.push(
+                            idx,
+                            shrink.planar(f, analysis[0], analysis[1]),
+                            aw,
+                            ah,
+                            aw * 3,
+                        )
+                    })
+                },
+                || {
+                    slides
+                        .is_some()
+                        .then(|| grey.planar(f, slide_size[0], slide_size[1]))
+                },
+            );
+            (content.map(Ok), grey_pic.map(Ok))
+        } else {
+            let content = use_content.then(|| {
+                shrink
+                    .run(f, analysis[0], analysis[1])
+                    .map(|bgr| detector.push(idx, bgr, aw, ah, aw * 3))
+            });
+            (
+                content,
+                slides
+                    .is_some()
+                    .then(|| grey.run(f, slide_size[0], slide_size[1])),
+            )
+        };
+        let (mut score, mut cut) = (FrameScore::default(), None);
+        match content {
+            Some(Ok(c)) => (score, cut) = c,
+            Some(Err(e)) if first => return Err(fail(e)),
+            Some(Err(_)) => {
+                scale_errors += 1;
+                continue;
             }
+            None => {}
         }
         let mut slide_score = SlideScore::default();
         let mut slide_cut = None;
-        if let Some(d) = slides.as_mut() {
-            match grey.run(f, slide_size[0], slide_size[1]) {
+        if let (Some(d), Some(g)) = (slides.as_mut(), grey_pic) {
+            match g {
                 Ok(g) => (slide_score, slide_cut) = d.push(g),
                 Err(e) if first => return Err(fail(e)),
                 Err(_) => {
@@ -638,12 +676,21 @@ fn write_stats(
 /// PySceneDetect's even on noisy pictures, and nothing full-size is ever converted.
 /// Other formats go through swscale.
 struct Shrinker {
-    key: Option<(Pixel, u32, u32, u32, u32)>,
+    core: BgrShrinker,
+    /// For formats sampled through swscale: the format and sizes it was made for.
+    sws_key: Option<(Pixel, u32, u32, u32, u32)>,
+    scaler: Option<scaling::Context>,
+    small: frame::Video,
+}
+
+/// The planar-YUV path of [`Shrinker`]: plain data, so it can run on another thread
+/// (swscale's context cannot).
+#[derive(Default)]
+pub(super) struct BgrShrinker {
+    key: Option<(u32, u32, u32, u32)>,
     xmap: Vec<(usize, i32)>,
     ymap: Vec<(usize, i32)>,
     out: Vec<u8>,
-    scaler: Option<scaling::Context>,
-    small: frame::Video,
 }
 
 /// Fixed-point weight scale of the bilinear taps (OpenCV's INTER_RESIZE_COEF_SCALE).
@@ -717,10 +764,8 @@ fn yuv_coefficients(full: bool, bt709: bool) -> [i32; 6] {
 impl Default for Shrinker {
     fn default() -> Self {
         Shrinker {
-            key: None,
-            xmap: Vec::new(),
-            ymap: Vec::new(),
-            out: Vec::new(),
+            core: BgrShrinker::default(),
+            sws_key: None,
             scaler: None,
             small: frame::Video::empty(),
         }
@@ -729,38 +774,49 @@ impl Default for Shrinker {
 
 impl Shrinker {
     fn run(&mut self, f: &frame::Video, aw: u32, ah: u32) -> Result<&[u8], ffmpeg::Error> {
+        if planar_yuv(f.format()).is_some() {
+            return Ok(self.core.planar(f, aw, ah));
+        }
         let (w, h) = (f.width(), f.height());
         let key = (f.format(), w, h, aw, ah);
-        if self.key != Some(key) {
-            self.key = Some(key);
+        if self.sws_key != Some(key) {
+            self.scaler = Some(scaling::Context::get(
+                f.format(),
+                w,
+                h,
+                Pixel::BGR24,
+                aw,
+                ah,
+                scaling::Flags::FAST_BILINEAR,
+            )?);
+            self.small = frame::Video::empty();
+            self.sws_key = Some(key);
+        }
+        let s = self.scaler.as_mut().expect("made for this format");
+        s.run(f, &mut self.small)?;
+        let (row, stride) = (aw as usize * 3, self.small.stride(0));
+        let data = self.small.data(0);
+        let out = &mut self.core.out;
+        out.resize(row * ah as usize, 0);
+        for y in 0..ah as usize {
+            out[y * row..(y + 1) * row].copy_from_slice(&data[y * stride..y * stride + row]);
+        }
+        Ok(out)
+    }
+}
+
+impl BgrShrinker {
+    /// OpenCV-style INTER_LINEAR BGR24 picture of an 8-bit planar YUV frame (see
+    /// [`planar_yuv`]; the caller checks the format).
+    pub(super) fn planar(&mut self, f: &frame::Video, aw: u32, ah: u32) -> &[u8] {
+        let (w, h) = (f.width(), f.height());
+        if self.key != Some((w, h, aw, ah)) {
+            self.key = Some((w, h, aw, ah));
             self.xmap = linear_map(w, aw);
             self.ymap = linear_map(h, ah);
             self.out = vec![0; aw as usize * ah as usize * 3];
-            self.scaler = None;
-            if planar_yuv(f.format()).is_none() {
-                self.scaler = Some(scaling::Context::get(
-                    f.format(),
-                    w,
-                    h,
-                    Pixel::BGR24,
-                    aw,
-                    ah,
-                    scaling::Flags::FAST_BILINEAR,
-                )?);
-                self.small = frame::Video::empty();
-            }
         }
-        let Some((cx, cy, jpeg)) = planar_yuv(f.format()) else {
-            let s = self.scaler.as_mut().expect("made for this format");
-            s.run(f, &mut self.small)?;
-            let (row, stride) = (aw as usize * 3, self.small.stride(0));
-            let data = self.small.data(0);
-            for y in 0..ah as usize {
-                self.out[y * row..(y + 1) * row]
-                    .copy_from_slice(&data[y * stride..y * stride + row]);
-            }
-            return Ok(&self.out);
-        };
+        let (cx, cy, jpeg) = planar_yuv(f.format()).expect("a planar YUV frame");
         let full = jpeg || f.color_range() == ffmpeg::color::Range::JPEG;
         let bt709 = f.color_space() == ffmpeg::color::Space::BT709;
         let [gain, off, vr, ug, vg, ub] = yuv_coefficients(full, bt709);
@@ -813,7 +869,7 @@ impl Shrinker {
                 o[2] = px(luma + ((vr * v) >> 4));
             }
         }
-        Ok(&self.out)
+        &self.out
     }
 }
 

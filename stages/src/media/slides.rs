@@ -344,15 +344,27 @@ pub fn choose(moving_median: f64, flat_mean: f64) -> AutoChoice {
 }
 
 /// Makes the detector's grey pictures: 8-bit planar YUV by area-averaging the luma
-/// plane directly; anything else through swscale.
+/// plane directly ([`GreyAreas`]); anything else through swscale.
 #[derive(Default)]
 pub struct GreyShrinker {
-    key: Option<(Pixel, u32, u32, u32, u32)>,
+    pub areas: GreyAreas,
+    sws_key: Option<(Pixel, u32, u32, u32, u32)>,
+    scaler: Option<scaling::Context>,
+    small: Option<frame::Video>,
+}
+
+/// The planar-YUV path of [`GreyShrinker`]: plain data, so it can run on another
+/// thread (swscale's context cannot).
+#[derive(Default)]
+pub struct GreyAreas {
+    key: Option<(u32, u32, u32, u32)>,
     xs: Vec<(usize, usize)>,
     ys: Vec<(usize, usize)>,
     out: Vec<u8>,
-    scaler: Option<scaling::Context>,
-    small: Option<frame::Video>,
+    /// Running column sums of the current band of rows.
+    cols: Vec<u32>,
+    /// `ceil(2^32 / n)` for each area size n, to divide by multiplying.
+    recips: Vec<u64>,
 }
 
 fn spans(src: u32, dst: u32) -> Vec<(usize, usize)> {
@@ -369,69 +381,141 @@ fn spans(src: u32, dst: u32) -> Vec<(usize, usize)> {
 
 impl GreyShrinker {
     pub fn run(&mut self, f: &frame::Video, aw: u32, ah: u32) -> Result<&[u8], ffmpeg::Error> {
+        if super::scenes::is_planar_yuv8(f.format()) {
+            return Ok(self.areas.planar(f, aw, ah));
+        }
         let (w, h) = (f.width(), f.height());
         let key = (f.format(), w, h, aw, ah);
-        let planar = super::scenes::is_planar_yuv8(f.format());
-        if self.key != Some(key) {
-            self.key = Some(key);
+        if self.sws_key != Some(key) {
+            self.scaler = Some(scaling::Context::get(
+                f.format(),
+                w,
+                h,
+                Pixel::GRAY8,
+                aw,
+                ah,
+                scaling::Flags::AREA,
+            )?);
+            self.small = Some(frame::Video::empty());
+            self.sws_key = Some(key);
+        }
+        let s = self.scaler.as_mut().expect("made for this format");
+        let small = self.small.as_mut().expect("made with the scaler");
+        s.run(f, small)?;
+        let stride = small.stride(0);
+        let data = small.data(0);
+        let row = aw as usize;
+        let out = &mut self.areas.out;
+        out.resize(row * ah as usize, 0);
+        for y in 0..ah as usize {
+            out[y * row..(y + 1) * row].copy_from_slice(&data[y * stride..y * stride + row]);
+        }
+        Ok(out)
+    }
+}
+
+impl GreyAreas {
+    /// The area-averaged luma of an 8-bit planar YUV frame (the caller checks the
+    /// format), `aw` x `ah`.
+    pub fn planar(&mut self, f: &frame::Video, aw: u32, ah: u32) -> &[u8] {
+        let (w, h) = (f.width(), f.height());
+        if self.key != Some((w, h, aw, ah)) {
+            self.key = Some((w, h, aw, ah));
             self.xs = spans(w, aw);
             self.ys = spans(h, ah);
+            let widest = self.xs.iter().map(|s| s.1 - s.0).max().unwrap_or(1);
+            let tallest = self.ys.iter().map(|s| s.1 - s.0).max().unwrap_or(1);
+            self.recips = (0..=(widest * tallest).min(4095))
+                .map(|n| (1u64 << 32).div_ceil(n.max(1) as u64))
+                .collect();
             self.out = vec![0; (aw * ah) as usize];
-            self.scaler = None;
-            if !planar {
-                self.scaler = Some(scaling::Context::get(
-                    f.format(),
-                    w,
-                    h,
-                    Pixel::GRAY8,
-                    aw,
-                    ah,
-                    scaling::Flags::AREA,
-                )?);
-                self.small = Some(frame::Video::empty());
-            }
         }
-        if !planar {
-            let s = self.scaler.as_mut().expect("made for this format");
-            let small = self.small.as_mut().expect("made with the scaler");
-            s.run(f, small)?;
-            let stride = small.stride(0);
-            let data = small.data(0);
-            let row = aw as usize;
-            for y in 0..ah as usize {
-                self.out[y * row..(y + 1) * row]
-                    .copy_from_slice(&data[y * stride..y * stride + row]);
-            }
-            return Ok(&self.out);
-        }
+        // Sum each band of rows column by column first (a plain add over the row, which
+        // the compiler vectorises), then take each column span of the band from running
+        // sums: the same sums as adding every span of every row, at a fraction of the
+        // cost. Locals, not fields, in the loops: no reloads through `self`.
         let stride = f.stride(0);
         let data = f.data(0);
-        let mut acc = vec![0u32; aw as usize];
-        for (oy, &(y0, y1)) in self.ys.iter().enumerate() {
-            acc.iter_mut().for_each(|a| *a = 0);
+        let w = w as usize;
+        let GreyAreas {
+            xs,
+            ys,
+            out,
+            cols,
+            recips,
+            ..
+        } = self;
+        cols.clear();
+        cols.resize(w + 1, 0);
+        for (&(y0, y1), out_row) in ys.iter().zip(out.chunks_exact_mut(aw as usize)) {
+            let (head, sums) = cols.split_at_mut(1);
+            head[0] = 0;
+            sums.iter_mut().for_each(|c| *c = 0);
             for y in y0..y1 {
-                let row = &data[y * stride..y * stride + w as usize];
-                for (a, &(x0, x1)) in acc.iter_mut().zip(&self.xs) {
-                    *a += row[x0..x1].iter().map(|&v| u32::from(v)).sum::<u32>();
+                let row = &data[y * stride..y * stride + w];
+                for (c, &v) in sums.iter_mut().zip(row) {
+                    *c += u32::from(v);
                 }
             }
-            let rows = (y1 - y0) as u32;
-            for ((o, a), &(x0, x1)) in self.out[oy * aw as usize..(oy + 1) * aw as usize]
-                .iter_mut()
-                .zip(&acc)
-                .zip(&self.xs)
-            {
-                let n = rows * (x1 - x0) as u32;
-                *o = ((a + n / 2) / n.max(1)) as u8;
+            // cols[x] becomes the sum of columns 0..x of the band.
+            let mut run = 0u32;
+            for c in sums.iter_mut() {
+                run += *c;
+                *c = run;
+            }
+            let rows = y1 - y0;
+            for (o, &(x0, x1)) in out_row.iter_mut().zip(xs.iter()) {
+                let n = rows * (x1 - x0);
+                // The rounded mean, dividing by multiplying with ceil(2^32 / n): exact
+                // while (sum + n/2) * n < 2^32, which 8-bit samples keep for n < 4096.
+                let x = u64::from(cols[x1] - cols[x0]) + (n / 2) as u64;
+                *o = if n < 4096 {
+                    (x * recips[n] >> 32) as u8
+                } else {
+                    (x / n as u64) as u8
+                };
             }
         }
-        Ok(&self.out)
+        &self.out
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn grey_shrinker_averages_each_area_of_the_luma_plane() {
+        // Odd sizes, so spans have different widths and overlap by a pixel.
+        let (w, h, aw, ah) = (1283u32, 721u32, 320u32, 180u32);
+        let mut f = frame::Video::new(Pixel::YUV420P, w, h);
+        let stride = f.stride(0);
+        let mut x = 12345u32;
+        for v in f.data_mut(0).iter_mut() {
+            x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+            *v = (x >> 16) as u8;
+        }
+        let mut g = GreyShrinker::default();
+        let got = g.run(&f, aw, ah).unwrap().to_vec();
+        let data = f.data(0);
+        let (xs, ys) = (spans(w, aw), spans(h, ah));
+        for (oy, &(y0, y1)) in ys.iter().enumerate() {
+            for (ox, &(x0, x1)) in xs.iter().enumerate() {
+                let mut sum = 0u32;
+                for y in y0..y1 {
+                    for x in x0..x1 {
+                        sum += u32::from(data[y * stride + x]);
+                    }
+                }
+                let n = ((y1 - y0) * (x1 - x0)) as u32;
+                assert_eq!(
+                    got[oy * aw as usize + ox],
+                    ((sum + n / 2) / n) as u8,
+                    "({ox}, {oy})"
+                );
+            }
+        }
+    }
 
     const W: usize = 128;
     const H: usize = 72;
