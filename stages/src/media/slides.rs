@@ -470,7 +470,7 @@ impl GreyAreas {
                 // while (sum + n/2) * n < 2^32, which 8-bit samples keep for n < 4096.
                 let x = u64::from(cols[x1] - cols[x0]) + (n / 2) as u64;
                 *o = if n < 4096 {
-                    (x * recips[n] >> 32) as u8
+                    ((x * recips[n]) >> 32) as u8
                 } else {
                     (x / n as u64) as u8
                 };
