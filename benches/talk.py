@@ -75,7 +75,7 @@ def make_talk(folder):
     """The talk, made once: (path, seconds)."""
     folder = os.path.abspath(folder)
     os.makedirs(folder, exist_ok=True)
-    video = os.path.join(folder, "talk-10min.mp4")
+    video = os.path.join(folder, "talk-10min-v2.mp4")
     if os.path.exists(video):
         return video, wav_seconds(video)
     with tempfile.TemporaryDirectory(dir=folder) as work:
@@ -84,18 +84,22 @@ def make_talk(folder):
             wav = os.path.join(work, f"p{i:02}.wav")
             subprocess.run(["espeak-ng", "-v", VOICES[i % len(VOICES)], "-s", "140", "-w", wav,
                             paragraph(title, gist)], check=True)
+            # The pause after the paragraph is real silence in the file.
+            padded = os.path.join(work, f"p{i:02}-pad.wav")
+            subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-y", "-i", wav, "-af",
+                            f"apad=pad_dur={PAUSE}", "-ar", "22050", "-ac", "1", padded],
+                           check=True)
             starts.append(t)
-            t += wav_seconds(wav) + PAUSE
-            parts.append(wav)
+            t += wav_seconds(padded)
+            parts.append(padded)
         total = t + 1.0
         listing = os.path.join(work, "list.txt")
         with open(listing, "w") as f:
             for p in parts:
-                f.write(f"file '{p}'\nduration {wav_seconds(p) + PAUSE:.3f}\n")
+                f.write(f"file '{p}'\n")
         audio = os.path.join(work, "talk.wav")
         subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-y", "-f", "concat", "-safe", "0",
-                        "-i", listing, "-af", f"apad=whole_dur={total:.3f}", "-ar", "22050",
-                        audio], check=True)
+                        "-i", listing, "-af", f"apad=whole_dur={total:.3f}", audio], check=True)
         vf = []
         for i, (title, _) in enumerate(TOPICS):
             end = starts[i + 1] if i + 1 < len(starts) else total + 1

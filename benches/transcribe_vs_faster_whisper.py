@@ -191,7 +191,7 @@ json.dump({"segments": segs}, sys.stdout)
 """
 
 
-def vsum_run(args, model, audio, work):
+def vsum_run(args, vsum, model, audio, work):
     """One vsum run with a fresh cache; returns (wall, cpu, text, transcript job seconds)."""
     proj = os.path.join(work, "vsum-" + model)
     extra = "".join(f", {kv}" for kv in args.with_)
@@ -216,7 +216,7 @@ stages:
     needs: [audio, vad]
     with: {{model: {model}, threads: {args.threads}{extra}}}
 """)
-    wall, cpu, out = run([args.vsum, "run", "bench.yaml", "-y", "--json", "--progress", "none",
+    wall, cpu, out = run([vsum, "run", "bench.yaml", "-y", "--json", "--progress", "none",
                           "-j", str(args.threads)], cwd=proj)
     summary = json.loads(out)
     job = {j.get("stage"): (j["end_ms"] - j["start_ms"]) / 1000 for j in summary["jobs"]}
@@ -231,7 +231,8 @@ def main():
     ap.add_argument("file", nargs="?")
     ap.add_argument("--ref", help="reference transcript (text file) of FILE")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--vsum", required=True)
+    ap.add_argument("--vsum", required=True, action="append",
+                    help="a vsum binary (repeat to compare builds, e.g. a native one)")
     ap.add_argument("--venv-python", required=True)
     ap.add_argument("--ct2", required=True)
     ap.add_argument("--models", default="whisper-tiny.en-q8_0")
@@ -264,9 +265,11 @@ def main():
         fw_text = " ".join(s["text"].strip() for s in json.loads(out)["segments"])
 
         rows = []
-        for model in args.models.split():
-            wall, cpu, text, job = vsum_run(args, model, audio, work)
-            rows.append((f"vsum {model}", wall, cpu, text, job))
+        for vsum in args.vsum:
+            tag = "" if len(args.vsum) == 1 else f" ({os.path.basename(os.path.dirname(os.path.dirname(vsum))) or vsum})"
+            for model in args.models.split():
+                wall, cpu, text, job = vsum_run(args, vsum, model, audio, work)
+                rows.append((f"vsum {model}{tag}", wall, cpu, text, job))
         rows.append(("faster-whisper int8", fw_wall, fw_cpu, fw_text, None))
 
         base = ref if ref is not None else fw_text

@@ -133,6 +133,38 @@ fn round3(v: f64) -> f64 {
     (v * 1000.0).round() / 1000.0
 }
 
+/// Moves segment bounds that fall in a pause between speech regions (from VAD) onto
+/// the speech: a start to where the next region begins, an end to where the region
+/// before it ended. Whisper's segments follow each other without gaps (one starts where
+/// the one before ended), so after a pause a segment would otherwise start in the
+/// silence before its first word, and a chapter or search hit would open on silence.
+/// `speech` is sorted; a bound within 0.1 s of speech stays. Returns the bounds moved.
+pub fn snap_to_speech(segments: &mut [Segment], speech: &[(f64, f64)]) -> usize {
+    const SLACK: f64 = 0.1;
+    let mut moved = 0;
+    for s in segments.iter_mut() {
+        // The first region that does not end before the start.
+        let i = speech.partition_point(|r| r.1 + SLACK <= s.start);
+        if let Some(&(a, _)) = speech.get(i)
+            && a - SLACK > s.start
+            && a < s.end
+        {
+            s.start = a;
+            moved += 1;
+        }
+        // The last region that starts before the end.
+        let j = speech.partition_point(|r| r.0 < s.end + SLACK);
+        if j > 0 {
+            let b = speech[j - 1].1;
+            if b + SLACK < s.end && b > s.start {
+                s.end = b;
+                moved += 1;
+            }
+        }
+    }
+    moved
+}
+
 impl Transcript {
     /// Sorts segments and words, clamps them into [0, duration], makes them
     /// monotonic (a start never before the previous end), rounds to milliseconds and
@@ -310,6 +342,30 @@ mod tests {
             "Back up the database before the release.",
             "Restore the database after the release."
         ));
+    }
+
+    #[test]
+    fn segments_in_a_pause_are_moved_onto_the_speech() {
+        let seg = |start: f64, end: f64| Segment {
+            start,
+            end,
+            text: "x".into(),
+            ..Default::default()
+        };
+        // Speech 0-3 s and 5-9 s; Whisper's second segment starts where the first
+        // ended (3.2 s, in the pause) and the first runs into the pause.
+        let speech = [(0.0, 3.0), (5.0, 9.0)];
+        let mut segs = vec![seg(0.0, 4.0), seg(4.0, 7.0), seg(7.0, 9.05)];
+        assert_eq!(snap_to_speech(&mut segs, &speech), 2);
+        assert_eq!((segs[0].start, segs[0].end), (0.0, 3.0));
+        assert_eq!((segs[1].start, segs[1].end), (5.0, 7.0));
+        // Inside the speech, or within 0.1 s of it: unchanged.
+        assert_eq!((segs[2].start, segs[2].end), (7.0, 9.05));
+        // A segment wholly in a pause is left alone (nothing to snap to inside it).
+        let mut lone = vec![seg(3.5, 4.5)];
+        assert_eq!(snap_to_speech(&mut lone, &speech), 0);
+        // No regions: nothing moves.
+        assert_eq!(snap_to_speech(&mut segs, &[]), 0);
     }
 
     #[test]

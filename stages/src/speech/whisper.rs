@@ -27,7 +27,7 @@ use whisper_rs::{
 use super::audio::SAMPLE_RATE;
 use super::audio::{AudioSource, Wav, find_audio, samples, secs};
 use super::chunks::{self, Packing, Span, Window};
-use super::transcript::{Note, Segment, Transcript, Word, drop_repeats};
+use super::transcript::{Note, Segment, Transcript, Word, drop_repeats, snap_to_speech};
 use super::vad::VadFile;
 use vsum_models::catalog::FORMAT_WHISPER;
 use vsum_models::{ModelsDir, Resolved, ggml, resolve};
@@ -657,7 +657,7 @@ fn write_outputs(ctx: &JobCtx, t: &mut Transcript) -> Result<(), StageError> {
 impl TypedStage for WhisperStage {
     type Params = Params;
     const NAME: &'static str = "whisper.transcribe";
-    const VERSION: u32 = 2;
+    const VERSION: u32 = 3;
     const SUMMARY: &'static str = "Speech to text with Whisper (whisper.cpp) on the upstream audio.wav, speech regions only when audio.vad is needed -> transcript.json/.srt/.vtt/.txt";
 
     fn default_lane(&self) -> Lane {
@@ -763,9 +763,12 @@ impl TypedStage for WhisperStage {
         let total = wav.frames();
         let mut pk = Packing::seconds(p.chunk_seconds);
         pk.keep_gap = samples(p.max_gap_seconds);
+        let mut speech_secs: Vec<(f64, f64)> = Vec::new();
         let windows: Vec<Window> = match ctx.upstream::<VadFile>()? {
             Some(v) => {
                 t.vad = true;
+                speech_secs = v.segments.iter().map(|s| (s.start, s.end)).collect();
+                speech_secs.sort_by(|a, b| a.0.total_cmp(&b.0));
                 let speech: Vec<Span> = v
                     .segments
                     .iter()
@@ -926,6 +929,7 @@ impl TypedStage for WhisperStage {
             Err(e) => return Err(StageError::retryable(e)),
         };
         t.segments = segments;
+        snap_to_speech(&mut t.segments, &speech_secs);
         t.notes.extend(notes);
         t.language = if language == "auto" {
             detected
