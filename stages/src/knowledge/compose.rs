@@ -655,7 +655,7 @@ impl TypedStage for ComposeStage {
     // 5: related videos (the library's related.js), chapters on sentence embeddings.
     // 6: keyphrases said once in short scopes, no calendar words; chapter titles from the
     //    central sentences' phrase; lone characters dropped from screen text.
-    const VERSION: u32 = 6;
+    const VERSION: u32 = 7;
     const SUMMARY: &'static str = "One knowledge file per video: summary, chapters with keyframes, keywords, objects, transcript";
 
     fn validate(&self, p: Params, env: &CheckEnv) -> Result<Params, Vec<ParamError>> {

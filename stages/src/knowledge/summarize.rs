@@ -41,6 +41,11 @@ impl Default for SummaryOptions {
 
 /// Sentences with fewer content words make poor bullets ("Thank you.", "Okay, so.").
 const MIN_CONTENT_WORDS: usize = 3;
+/// A sentence found (or a near-duplicate of it) in at least this many chapters, and in
+/// at least `FORMULA_SHARE` of them, is a formula of the speaker's and never a bullet
+/// while its chapter has other sentences.
+const FORMULA_MIN_CHAPTERS: usize = 3;
+const FORMULA_SHARE: f64 = 0.3;
 /// One bullet per this many distinct sentences in a chapter (rounded up), within
 /// `1..=max_per_chapter`.
 const SENTENCES_PER_BULLET: usize = 8;
@@ -55,9 +60,52 @@ pub fn summarize(sents: &[Sentence], chapters: &[Range<usize>], o: &SummaryOptio
     let tfidf = TfIdf::new(&texts);
     let v = &tfidf.vectors;
     let n_content: Vec<usize> = texts.iter().map(|t| text::content_words(t).len()).collect();
+    let stems: Vec<_> = texts.iter().map(|t| text::stem_set(t)).collect();
     let is_dup = |a: usize, b: usize| {
         text::cosine(&v[a], &v[b]) >= o.max_similarity
-            || text::word_overlap(texts[a], texts[b]) >= o.max_overlap
+            || text::set_overlap(&stems[a], &stems[b]) >= o.max_overlap
+    };
+
+    // The speaker's formulas: a sentence said again (or nearly) in many chapters ("Let's
+    // move on to the next slide", a sign-off) is how they talk, not what they say.
+    let formula: Vec<bool> = if chapters.len() >= FORMULA_MIN_CHAPTERS {
+        let chapter_of: Vec<Option<usize>> = (0..sents.len())
+            .map(|i| chapters.iter().position(|r| r.contains(&i)))
+            .collect();
+        // The chapters each sentence is found in, itself or as a near-duplicate.
+        let mut found: Vec<Vec<usize>> = chapter_of
+            .iter()
+            .map(|c| c.iter().copied().collect())
+            .collect();
+        for a in 0..sents.len() {
+            for b in a + 1..sents.len() {
+                let (ca, cb) = (chapter_of[a], chapter_of[b]);
+                if ca == cb || ca.is_none() || cb.is_none() {
+                    continue;
+                }
+                // Overlap is at most the smaller set over the larger: skip what cannot be
+                // a near-duplicate by words before comparing them.
+                let (na, nb) = (stems[a].len(), stems[b].len());
+                let may_share = na.min(nb) as f64 >= o.max_overlap * na.max(nb) as f64;
+                if text::cosine(&v[a], &v[b]) >= o.max_similarity
+                    || may_share && text::set_overlap(&stems[a], &stems[b]) >= o.max_overlap
+                {
+                    found[a].extend(cb);
+                    found[b].extend(ca);
+                }
+            }
+        }
+        found
+            .into_iter()
+            .map(|mut f| {
+                f.sort_unstable();
+                f.dedup();
+                f.len() >= FORMULA_MIN_CHAPTERS
+                    && f.len() as f64 >= FORMULA_SHARE * chapters.len() as f64
+            })
+            .collect()
+    } else {
+        vec![false; sents.len()]
     };
 
     // (sentence, chapter, relevance, rank within its chapter)
@@ -78,7 +126,7 @@ pub fn summarize(sents: &[Sentence], chapters: &[Range<usize>], o: &SummaryOptio
         let long_enough: Vec<usize> = distinct
             .iter()
             .copied()
-            .filter(|&i| n_content[i] >= MIN_CONTENT_WORDS)
+            .filter(|&i| n_content[i] >= MIN_CONTENT_WORDS && !formula[i])
             .collect();
         let pool = if long_enough.is_empty() {
             distinct.clone()
@@ -188,6 +236,30 @@ mod tests {
         }
         assert!(picked.windows(2).all(|w| w[0] < w[1]), "spoken order");
         assert_eq!(summarize(&s, &chapters, &SummaryOptions::default()), picked);
+    }
+
+    #[test]
+    fn a_formula_said_in_most_chapters_is_never_a_bullet() {
+        // Four chapters, each opening with the speaker's formula. It is as central as
+        // the chapter's own sentence (they share no words), and ties go to the earlier
+        // sentence: without the formula rule it would be the first chapter's bullet.
+        const F: &str = "Thanks again to the whole platform team for their support.";
+        let s = sents(&[
+            F,
+            "Our database backup runs every night in the second region.",
+            F,
+            "Restore drills prove the backup works before anyone needs it.",
+            F,
+            "Release trains leave every Tuesday once the tests pass.",
+            F,
+            "Feature flags let new features reach a few customers first.",
+        ]);
+        let chapters = vec![0..2, 2..4, 4..6, 6..8];
+        let got = summarize(&s, &chapters, &SummaryOptions::default());
+        assert_eq!(got, vec![1, 3, 5, 7], "{got:?}");
+        // In two chapters a repeat is not yet a formula: it may still be chosen once.
+        let two = summarize(&sents(&[F, F]), &[0..1, 1..2], &SummaryOptions::default());
+        assert_eq!(two, vec![0]);
     }
 
     #[test]

@@ -198,9 +198,17 @@ pub fn cosine(a: &SparseVec, b: &SparseVec) -> f64 {
 
 /// Jaccard overlap of two texts' content stems: 1 for the same words in any order.
 pub fn word_overlap(a: &str, b: &str) -> f64 {
-    let a: BTreeSet<String> = content_stems(a).into_iter().collect();
-    let b: BTreeSet<String> = content_stems(b).into_iter().collect();
-    let union = a.union(&b).count();
+    set_overlap(&stem_set(a), &stem_set(b))
+}
+
+/// The content-word stems of a text, for [`set_overlap`].
+pub fn stem_set(text: &str) -> BTreeSet<String> {
+    content_stems(text).into_iter().collect()
+}
+
+/// [`word_overlap`] of two texts' [`stem_set`]s, computed once per text.
+pub fn set_overlap(a: &BTreeSet<String>, b: &BTreeSet<String>) -> f64 {
+    let union = a.union(b).count();
     if union == 0 {
         return if a.is_empty() && b.is_empty() {
             1.0
@@ -208,7 +216,7 @@ pub fn word_overlap(a: &str, b: &str) -> f64 {
             0.0
         };
     }
-    a.intersection(&b).count() as f64 / union as f64
+    a.intersection(b).count() as f64 / union as f64
 }
 
 /// Splits timed segments into sentences at `.`, `!`, `?`; a sentence's time spans the
