@@ -21,6 +21,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Once;
 
 use ffmpeg::codec::threading;
+use ffmpeg::format::Pixel;
 use ffmpeg::format::context::Input;
 use ffmpeg::media::Type as MediaType;
 use ffmpeg::{Rational, codec, decoder, frame};
@@ -334,6 +335,53 @@ pub(crate) struct DecodeOpts {
     /// The caller only needs pictures at least this large: codecs that can (MJPEG,
     /// MPEG-1/2/4 part 2) then decode at 1/2, 1/4 or 1/8 size ("lowres").
     pub min_size: Option<(u32, u32)>,
+}
+
+/// A swscale conversion of whole frames to a small packed picture (`to`, `aw` x `ah`),
+/// made again when the input's format or size changes: the path for the frames the
+/// detectors' direct planar-YUV paths do not take.
+#[derive(Default)]
+pub(crate) struct SwsPicture {
+    key: Option<(Pixel, u32, u32, u32, u32)>,
+    scaler: Option<ffmpeg::software::scaling::Context>,
+    small: Option<frame::Video>,
+}
+
+impl SwsPicture {
+    /// Converts `f` and copies its rows, `bytes_per_px` each pixel, into `out`.
+    pub fn run(
+        &mut self,
+        f: &frame::Video,
+        (to, aw, ah): (Pixel, u32, u32),
+        flags: ffmpeg::software::scaling::Flags,
+        bytes_per_px: usize,
+        out: &mut Vec<u8>,
+    ) -> Result<(), ffmpeg::Error> {
+        let key = (f.format(), f.width(), f.height(), aw, ah);
+        if self.key != Some(key) {
+            self.scaler = Some(ffmpeg::software::scaling::Context::get(
+                f.format(),
+                f.width(),
+                f.height(),
+                to,
+                aw,
+                ah,
+                flags,
+            )?);
+            self.small = Some(frame::Video::empty());
+            self.key = Some(key);
+        }
+        let s = self.scaler.as_mut().expect("made for this format");
+        let small = self.small.as_mut().expect("made with the scaler");
+        s.run(f, small)?;
+        let (row, stride) = (aw as usize * bytes_per_px, small.stride(0));
+        let data = small.data(0);
+        out.resize(row * ah as usize, 0);
+        for y in 0..ah as usize {
+            out[y * row..(y + 1) * row].copy_from_slice(&data[y * stride..y * stride + row]);
+        }
+        Ok(())
+    }
 }
 
 /// Width and height the stream's decoder will report (before any lowres).

@@ -36,8 +36,9 @@ use super::slides::{
     AutoChoice, GreyShrinker, SlideDetector, SlideScore, SlideSettings, choose, slides_size,
 };
 use super::{
-    DecodeOpts, FrameReader, check_cancel, ffmpeg_key_extras, io_error, job_video, open_input,
-    open_video_decoder, rational, require_video_stream, stream_dims, stream_rotation, warn_damaged,
+    DecodeOpts, FrameReader, SwsPicture, check_cancel, ffmpeg_key_extras, io_error, job_video,
+    open_input, open_video_decoder, rational, require_video_stream, stream_dims, stream_rotation,
+    warn_damaged,
 };
 
 const KIND: &str = "video.scenes";
@@ -675,12 +676,10 @@ fn write_stats(
 /// pixel centres, which for whole factors picks single pixels), so scores match
 /// PySceneDetect's even on noisy pictures, and nothing full-size is ever converted.
 /// Other formats go through swscale.
+#[derive(Default)]
 struct Shrinker {
     core: BgrShrinker,
-    /// For formats sampled through swscale: the format and sizes it was made for.
-    sws_key: Option<(Pixel, u32, u32, u32, u32)>,
-    scaler: Option<scaling::Context>,
-    small: frame::Video,
+    sws: SwsPicture,
 }
 
 /// The planar-YUV path of [`Shrinker`]: plain data, so it can run on another thread
@@ -761,47 +760,19 @@ fn yuv_coefficients(full: bool, bt709: bool) -> [i32; 6] {
     }
 }
 
-impl Default for Shrinker {
-    fn default() -> Self {
-        Shrinker {
-            core: BgrShrinker::default(),
-            sws_key: None,
-            scaler: None,
-            small: frame::Video::empty(),
-        }
-    }
-}
-
 impl Shrinker {
     fn run(&mut self, f: &frame::Video, aw: u32, ah: u32) -> Result<&[u8], ffmpeg::Error> {
         if planar_yuv(f.format()).is_some() {
             return Ok(self.core.planar(f, aw, ah));
         }
-        let (w, h) = (f.width(), f.height());
-        let key = (f.format(), w, h, aw, ah);
-        if self.sws_key != Some(key) {
-            self.scaler = Some(scaling::Context::get(
-                f.format(),
-                w,
-                h,
-                Pixel::BGR24,
-                aw,
-                ah,
-                scaling::Flags::FAST_BILINEAR,
-            )?);
-            self.small = frame::Video::empty();
-            self.sws_key = Some(key);
-        }
-        let s = self.scaler.as_mut().expect("made for this format");
-        s.run(f, &mut self.small)?;
-        let (row, stride) = (aw as usize * 3, self.small.stride(0));
-        let data = self.small.data(0);
-        let out = &mut self.core.out;
-        out.resize(row * ah as usize, 0);
-        for y in 0..ah as usize {
-            out[y * row..(y + 1) * row].copy_from_slice(&data[y * stride..y * stride + row]);
-        }
-        Ok(out)
+        self.sws.run(
+            f,
+            (Pixel::BGR24, aw, ah),
+            scaling::Flags::FAST_BILINEAR,
+            3,
+            &mut self.core.out,
+        )?;
+        Ok(&self.core.out)
     }
 }
 
@@ -1152,6 +1123,40 @@ mod tests {
             f.data_mut(plane).fill(*v);
         }
         f
+    }
+
+    #[test]
+    fn frames_the_planar_paths_do_not_take_go_through_swscale() {
+        let (w, h) = (64usize, 48usize);
+        let mut f = frame::Video::new(Pixel::RGB24, w as u32, h as u32);
+        let stride = f.stride(0);
+        for y in 0..h {
+            for x in 0..w {
+                let o = y * stride + x * 3;
+                f.data_mut(0)[o..o + 3].copy_from_slice(&[200, 100, 50]);
+            }
+        }
+        let mut s = Shrinker::default();
+        let bgr = s.run(&f, 16, 12).unwrap();
+        assert_eq!(bgr.len(), 16 * 12 * 3);
+        for px in bgr.chunks(3) {
+            let near = |a: u8, b: i32| (i32::from(a) - b).abs() <= 5;
+            assert!(
+                near(px[0], 50) && near(px[1], 100) && near(px[2], 200),
+                "{px:?}"
+            );
+        }
+        let mut g = super::super::slides::GreyShrinker::default();
+        let grey = g.run(&f, 16, 12).unwrap();
+        assert_eq!(grey.len(), 16 * 12);
+        // BT.601 luma of (200, 100, 50) is 124.
+        assert!(
+            grey.iter().all(|&v| (i32::from(v) - 124).abs() <= 4),
+            "{:?}",
+            &grey[..4]
+        );
+        // Another size makes the scaler again.
+        assert_eq!(s.run(&f, 8, 6).unwrap().len(), 8 * 6 * 3);
     }
 
     #[test]

@@ -348,9 +348,7 @@ pub fn choose(moving_median: f64, flat_mean: f64) -> AutoChoice {
 #[derive(Default)]
 pub struct GreyShrinker {
     pub areas: GreyAreas,
-    sws_key: Option<(Pixel, u32, u32, u32, u32)>,
-    scaler: Option<scaling::Context>,
-    small: Option<frame::Video>,
+    sws: super::SwsPicture,
 }
 
 /// The planar-YUV path of [`GreyShrinker`]: plain data, so it can run on another
@@ -384,33 +382,14 @@ impl GreyShrinker {
         if super::scenes::is_planar_yuv8(f.format()) {
             return Ok(self.areas.planar(f, aw, ah));
         }
-        let (w, h) = (f.width(), f.height());
-        let key = (f.format(), w, h, aw, ah);
-        if self.sws_key != Some(key) {
-            self.scaler = Some(scaling::Context::get(
-                f.format(),
-                w,
-                h,
-                Pixel::GRAY8,
-                aw,
-                ah,
-                scaling::Flags::AREA,
-            )?);
-            self.small = Some(frame::Video::empty());
-            self.sws_key = Some(key);
-        }
-        let s = self.scaler.as_mut().expect("made for this format");
-        let small = self.small.as_mut().expect("made with the scaler");
-        s.run(f, small)?;
-        let stride = small.stride(0);
-        let data = small.data(0);
-        let row = aw as usize;
-        let out = &mut self.areas.out;
-        out.resize(row * ah as usize, 0);
-        for y in 0..ah as usize {
-            out[y * row..(y + 1) * row].copy_from_slice(&data[y * stride..y * stride + row]);
-        }
-        Ok(out)
+        self.sws.run(
+            f,
+            (Pixel::GRAY8, aw, ah),
+            scaling::Flags::AREA,
+            1,
+            &mut self.areas.out,
+        )?;
+        Ok(&self.areas.out)
     }
 }
 
