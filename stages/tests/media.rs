@@ -681,6 +681,19 @@ fn rotated_phone_video_keyframes_are_turned_like_ffmpeg_shows_them() {
     assert_eq!(left_brighter(&rgb, w, h), left_brighter(&rrgb, rw, rh));
 }
 
+/// A keyframe's time is in the middle 30-70% of its scene (50 ms of slack).
+fn assert_near_middle(keyframe: &Value, scene: &Value) {
+    let t = keyframe["time"].as_f64().unwrap();
+    let (a, b) = (
+        scene["start"].as_f64().unwrap(),
+        scene["end"].as_f64().unwrap(),
+    );
+    assert!(
+        t >= a + 0.3 * (b - a) - 0.05 && t <= a + 0.7 * (b - a) + 0.05,
+        "{t} not near the middle of {a}..{b}"
+    );
+}
+
 #[test]
 fn keyframes_one_picture_per_scene_from_its_middle() {
     let sj = scenes(&cuts_mp4());
@@ -692,12 +705,7 @@ fn keyframes_one_picture_per_scene_from_its_middle() {
     assert_eq!(k["missing"], json!([]));
     for (kf, sc) in list.iter().zip(s["scenes"].as_array().unwrap()) {
         assert_eq!(kf["scene"], sc["index"]);
-        let t = kf["time"].as_f64().unwrap();
-        let (a, b) = (sc["start"].as_f64().unwrap(), sc["end"].as_f64().unwrap());
-        assert!(
-            t >= a + 0.3 * (b - a) - 0.05 && t <= a + 0.7 * (b - a) + 0.05,
-            "{t} not near the middle of {a}..{b}"
-        );
+        assert_near_middle(kf, sc);
         let (w, h, _) = read_jpeg(&kj.ok().join(kf["file"].as_str().unwrap()));
         assert_eq!((w, h), (320, 240));
         assert_eq!(
@@ -754,12 +762,7 @@ fn keyframes_come_from_the_scenes_decode_and_agree_with_seeking() {
         .zip(s["scenes"].as_array().unwrap())
     {
         assert_eq!(x["scene"], y["scene"]);
-        let t = x["time"].as_f64().unwrap();
-        let (lo, hi) = (sc["start"].as_f64().unwrap(), sc["end"].as_f64().unwrap());
-        assert!(
-            t >= lo + 0.3 * (hi - lo) - 0.05 && t <= lo + 0.7 * (hi - lo) + 0.05,
-            "{t} not near the middle of {lo}..{hi}"
-        );
+        assert_near_middle(x, sc);
         let file = x["file"].as_str().unwrap();
         let (_, _, pa) = read_jpeg(&a.ok().join(file));
         let (_, _, pb) = read_jpeg(&b.ok().join(file));

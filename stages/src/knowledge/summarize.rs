@@ -62,8 +62,12 @@ pub fn summarize(sents: &[Sentence], chapters: &[Range<usize>], o: &SummaryOptio
     let n_content: Vec<usize> = texts.iter().map(|t| text::content_words(t).len()).collect();
     let stems: Vec<_> = texts.iter().map(|t| text::stem_set(t)).collect();
     let is_dup = |a: usize, b: usize| {
+        // Overlap is at most the smaller set over the larger: skip what cannot be a
+        // near-duplicate by words before comparing them.
+        let (na, nb) = (stems[a].len(), stems[b].len());
+        let may_share = na.min(nb) as f64 >= o.max_overlap * na.max(nb) as f64;
         text::cosine(&v[a], &v[b]) >= o.max_similarity
-            || text::set_overlap(&stems[a], &stems[b]) >= o.max_overlap
+            || may_share && text::set_overlap(&stems[a], &stems[b]) >= o.max_overlap
     };
 
     // The speaker's formulas: a sentence said again (or nearly) in many chapters ("Let's
@@ -83,13 +87,7 @@ pub fn summarize(sents: &[Sentence], chapters: &[Range<usize>], o: &SummaryOptio
                 if ca == cb || ca.is_none() || cb.is_none() {
                     continue;
                 }
-                // Overlap is at most the smaller set over the larger: skip what cannot be
-                // a near-duplicate by words before comparing them.
-                let (na, nb) = (stems[a].len(), stems[b].len());
-                let may_share = na.min(nb) as f64 >= o.max_overlap * na.max(nb) as f64;
-                if text::cosine(&v[a], &v[b]) >= o.max_similarity
-                    || may_share && text::set_overlap(&stems[a], &stems[b]) >= o.max_overlap
-                {
+                if is_dup(a, b) {
                     found[a].extend(cb);
                     found[b].extend(ca);
                 }

@@ -47,8 +47,8 @@ pub struct Params {
 impl Default for Params {
     fn default() -> Self {
         Params {
-            max_width: 1280,
-            quality: 85,
+            max_width: super::pictures::DEFAULT_WIDTH,
+            quality: super::pictures::DEFAULT_QUALITY,
             candidates: 3,
         }
     }
@@ -132,17 +132,11 @@ impl TypedStage for KeyframesStage {
 
     fn validate(&self, p: Params, env: &CheckEnv) -> Result<Params, Vec<ParamError>> {
         let mut errs = Vec::new();
-        if p.max_width < 16 {
-            errs.push(
-                ParamError::new(&["max_width"], "max_width must be at least 16").hint("e.g. 1280"),
-            );
-        }
-        if !(1..=100).contains(&p.quality) {
-            errs.push(
-                ParamError::new(&["quality"], "quality must be 1..=100")
-                    .hint("85 is a good default"),
-            );
-        }
+        super::pictures::check_size(
+            &mut errs,
+            ("max_width", p.max_width),
+            ("quality", p.quality),
+        );
         if !(1..=15).contains(&p.candidates) {
             errs.push(
                 ParamError::new(&["candidates"], "candidates must be 1..=15")

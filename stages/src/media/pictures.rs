@@ -4,7 +4,9 @@
 //!
 //! A candidate is scored on a small grey copy: the variance of its Laplacian (higher is
 //! sharper), and whether it is black or one flat colour. The sharpest non-blank candidate
-//! wins; near-ties go to the one nearest the scene's middle. The picture is shown the way
+//! wins; near-ties go to the one nearest the scene's middle. A scene that spans several
+//! of the scenes pass's stretches takes the picture of the one nearest its middle
+//! (non-blank first). The picture is shown the way
 //! a player would: non-square pixels stretched, rotation metadata (phones) applied, then
 //! shrunk to a maximum width.
 
@@ -15,7 +17,7 @@ use ffmpeg::frame;
 use ffmpeg::software::scaling;
 use ffmpeg_next as ffmpeg;
 use image::RgbImage;
-use vsum_engine::stage::StageError;
+use vsum_engine::stage::{ParamError, StageError};
 
 use vsum_engine::contract::Output;
 
@@ -215,10 +217,39 @@ pub(super) fn write_jpeg(dest: &Path, img: &RgbImage, quality: u8) -> Result<(),
     w.flush().map_err(|e| io_error(dest, "write", e))
 }
 
+/// The picture width and JPEG quality that `video.scenes` (`picture_width`,
+/// `picture_quality`) and `video.keyframes` (`max_width`, `quality`) default to:
+/// keyframes copies the scenes pass's pictures only when the two agree.
+pub(super) const DEFAULT_WIDTH: u32 = 1280;
+pub(super) const DEFAULT_QUALITY: u8 = 85;
+
+/// Checks a stage's picture width and JPEG quality params (named as in that stage).
+pub(super) fn check_size(
+    errs: &mut Vec<ParamError>,
+    (width_name, width): (&str, u32),
+    (quality_name, quality): (&str, u8),
+) {
+    let agree = "video.scenes' picture_width/picture_quality and video.keyframes' \
+                 max_width/quality must agree for keyframes to reuse the scenes pass's pictures";
+    if width < 16 {
+        errs.push(
+            ParamError::new(&[width_name], format!("{width_name} must be at least 16"))
+                .hint(format!("e.g. {DEFAULT_WIDTH}; {agree}")),
+        );
+    }
+    if !(1..=100).contains(&quality) {
+        errs.push(
+            ParamError::new(&[quality_name], format!("{quality_name} must be 1..=100"))
+                .hint(format!("{DEFAULT_QUALITY} is a good default; {agree}")),
+        );
+    }
+}
+
 /// Seconds between the frames a stretch samples at first; the spacing doubles whenever
 /// the stretch holds more frames than its cap.
 const SAMPLE_SECS: f64 = 0.5;
-/// Memory for the decoded frames one stretch holds, whatever the video's size.
+/// Memory for the decoded frames one stretch holds (but at least 2 frames, for a frame
+/// larger than half of it).
 const HELD_BYTES: usize = 96 << 20;
 /// Frames scored per stretch at most.
 const MAX_SCORED: usize = 8;
@@ -293,13 +324,11 @@ impl Sampler {
         }
         if self.cap == 0 {
             let bytes: usize = (0..f.planes()).map(|i| f.data(i).len()).sum();
-            self.cap = (HELD_BYTES / bytes.max(1)).clamp(4, 32);
+            self.cap = (HELD_BYTES / bytes.max(1)).clamp(2, 32);
         }
-        self.held.push((idx, f.clone()));
-        self.next = idx + self.every;
-        if self.held.len() > self.cap {
+        if self.held.len() == self.cap {
             // Keep every other frame and sample half as often: the stretch stays covered
-            // evenly from its start, at a coarser step.
+            // evenly from its start, at a coarser step, and never holds more than `cap`.
             let mut i = 0;
             self.held.retain(|_| {
                 i += 1;
@@ -307,7 +336,12 @@ impl Sampler {
             });
             self.every *= 2;
             self.next = self.held.last().map_or(idx, |l| l.0) + self.every;
+            if idx < self.next {
+                return;
+            }
         }
+        self.held.push((idx, f.clone()));
+        self.next = idx + self.every;
     }
 
     /// A detector confirmed a cut at frame `c`: the stretch before it closes. A cut
@@ -479,34 +513,35 @@ mod tests {
 
     #[test]
     fn choose_prefers_sharp_non_black_frames_near_the_middle() {
-        // A sharper black frame loses to a picture.
-        let c = choose(vec![cand(1.0, 900.0, true), cand(2.0, 100.0, false)], 1.5).unwrap();
-        assert_eq!(c.time, 2.0);
-        // The sharpest wins...
-        let c = choose(
-            vec![
-                cand(1.0, 100.0, false),
-                cand(2.0, 500.0, false),
-                cand(3.0, 90.0, false),
-            ],
-            2.0,
-        )
-        .unwrap();
-        assert_eq!(c.time, 2.0);
-        // ...near-ties go to the middle.
-        let c = choose(
-            vec![
-                cand(1.0, 500.0, false),
-                cand(2.0, 495.0, false),
-                cand(3.0, 499.0, false),
-            ],
-            2.0,
-        )
-        .unwrap();
-        assert_eq!(c.time, 2.0);
-        // All blank: still one picture.
-        let c = choose(vec![cand(1.0, 0.0, true), cand(2.0, 0.0, true)], 2.0).unwrap();
-        assert_eq!(c.time, 2.0);
+        // Candidates as (time, sharpness, blank).
+        type Cands<'a> = &'a [(f64, f64, bool)];
+        // (candidates, the middle, the time that wins)
+        let cases: [(Cands, f64, f64); 4] = [
+            // A sharper black frame loses to a picture.
+            (&[(1.0, 900.0, true), (2.0, 100.0, false)], 1.5, 2.0),
+            // The sharpest wins...
+            (
+                &[(1.0, 100.0, false), (2.0, 500.0, false), (3.0, 90.0, false)],
+                2.0,
+                2.0,
+            ),
+            // ...near-ties go to the middle.
+            (
+                &[
+                    (1.0, 500.0, false),
+                    (2.0, 495.0, false),
+                    (3.0, 499.0, false),
+                ],
+                2.0,
+                2.0,
+            ),
+            // All blank: still one picture.
+            (&[(1.0, 0.0, true), (2.0, 0.0, true)], 2.0, 2.0),
+        ];
+        for (cands, middle, wins) in cases {
+            let list = cands.iter().map(|&(t, s, b)| cand(t, s, b)).collect();
+            assert_eq!(choose(list, middle).unwrap().time, wins, "{cands:?}");
+        }
         assert!(choose(Vec::new(), 0.0).is_none());
     }
 

@@ -5,8 +5,8 @@
 //! into OpenCV-style 8-bit HSV, and scored by the mean absolute difference of H, S and V
 //! from the previous frame; a score at or above `threshold` is a cut, and cuts closer
 //! than `min_scene_len` frames are merged (its "flash filter", which also keeps camera
-//! flashes from cutting). It runs while FFmpeg decodes with frame threads, and by default
-//! (`fast_decode`) skips the in-loop deblocking filter (it smooths block edges, which the
+//! flashes from cutting). It runs while FFmpeg decodes with frame threads, and with
+//! `fast_decode` and `pictures: false` skips the in-loop deblocking filter (it smooths block edges, which the
 //! coarse downscaled HSV comparison never sees) and lets codecs that can decode straight
 //! to a smaller picture (MJPEG, MPEG-1/2/4 part 2 "lowres") do so, never below the
 //! analysis size, so detection runs at decode-only speed or faster.
@@ -176,8 +176,8 @@ impl Default for Params {
             max_scene_len: None,
             fast_decode: true,
             pictures: true,
-            picture_width: 1280,
-            picture_quality: 85,
+            picture_width: super::pictures::DEFAULT_WIDTH,
+            picture_quality: super::pictures::DEFAULT_QUALITY,
             stats: false,
             detector: Detector::Content,
             pixel_delta: 24,
@@ -290,18 +290,11 @@ impl TypedStage for SceneStage {
                     .hint("0.5 catches slides shown for half a second or more"),
             );
         }
-        if p.picture_width < 16 {
-            errs.push(
-                ParamError::new(&["picture_width"], "picture_width must be at least 16")
-                    .hint("e.g. 1280, the same as the keyframes stage's max_width"),
-            );
-        }
-        if !(1..=100).contains(&p.picture_quality) {
-            errs.push(
-                ParamError::new(&["picture_quality"], "picture_quality must be 1..=100")
-                    .hint("85, the same as the keyframes stage's quality"),
-            );
-        }
+        super::pictures::check_size(
+            &mut errs,
+            ("picture_width", p.picture_width),
+            ("picture_quality", p.picture_quality),
+        );
         if p.pixel_delta == 0 {
             errs.push(
                 ParamError::new(&["pixel_delta"], "pixel_delta must be 1..=255")
@@ -429,27 +422,31 @@ fn detect(ctx: &JobCtx, path: &Path, p: &Params) -> Result<ScenesOut, StageError
         // The two detectors' pictures are made side by side (with `detector: auto`, on
         // two cores when the pool has one free; otherwise one after the other): the
         // content detector's shrink and score, and the slides detector's grey picture.
+        // (`vsum` runs this in the media helper, whose pool holds no other job.)
         let (aw, ah) = (analysis[0] as usize, analysis[1] as usize);
         let (content, grey_pic) = if is_planar_yuv8(f.format()) {
-            let (shrink, grey) = (&mut shrink.core, &mut grey.areas);
-            let (content, grey_pic) = rayon::join(
-                || {
-                    use_content.then(|| {
-                        detector.push(
-                            idx,
-                            shrink.planar(f, analysis[0], analysis[1]),
-                            aw,
-                            ah,
-                            aw * 3,
-                        )
-                    })
-                },
-                || {
-                    slides
-                        .is_some()
-                        .then(|| grey.planar(f, slide_size[0], slide_size[1]))
-                },
-            );
+            let (shrink, grey, det) = (&mut shrink.core, &mut grey.areas, &mut detector);
+            let want_grey = slides.is_some();
+            let content = move || {
+                use_content.then(move || {
+                    det.push(
+                        idx,
+                        shrink.planar(f, analysis[0], analysis[1]),
+                        aw,
+                        ah,
+                        aw * 3,
+                    )
+                })
+            };
+            let grey_pic =
+                move || want_grey.then(move || grey.planar(f, slide_size[0], slide_size[1]));
+            // Only worth a second core when both detectors run (rayon's join costs a
+            // little even when one side is empty).
+            let (content, grey_pic) = if use_content && want_grey {
+                rayon::join(content, grey_pic)
+            } else {
+                (content(), grey_pic())
+            };
             (content.map(Ok), grey_pic.map(Ok))
         } else {
             let content = use_content.then(|| {

@@ -138,7 +138,9 @@ fn round3(v: f64) -> f64 {
 /// before it ended. Whisper's segments follow each other without gaps (one starts where
 /// the one before ended), so after a pause a segment would otherwise start in the
 /// silence before its first word, and a chapter or search hit would open on silence.
-/// `speech` is sorted; a bound within 0.1 s of speech stays. Returns the bounds moved.
+/// `speech` is sorted; a bound within 0.1 s of speech stays. Word times go with their
+/// segment's bounds: a word that began in the pause begins with the speech, one that
+/// ended after it ends with the speech. Returns the bounds moved.
 pub fn snap_to_speech(segments: &mut [Segment], speech: &[(f64, f64)]) -> usize {
     const SLACK: f64 = 0.1;
     let mut moved = 0;
@@ -150,6 +152,10 @@ pub fn snap_to_speech(segments: &mut [Segment], speech: &[(f64, f64)]) -> usize 
             && a < s.end
         {
             s.start = a;
+            for w in s.words.iter_mut().flatten() {
+                w.start = w.start.max(a);
+                w.end = w.end.max(w.start);
+            }
             moved += 1;
         }
         // The last region that starts before the end.
@@ -158,6 +164,10 @@ pub fn snap_to_speech(segments: &mut [Segment], speech: &[(f64, f64)]) -> usize 
             let b = speech[j - 1].1;
             if b + SLACK < s.end && b > s.start {
                 s.end = b;
+                for w in s.words.iter_mut().flatten() {
+                    w.end = w.end.min(b);
+                    w.start = w.start.min(w.end);
+                }
                 moved += 1;
             }
         }
@@ -356,9 +366,23 @@ mod tests {
         // ended (3.2 s, in the pause) and the first runs into the pause.
         let speech = [(0.0, 3.0), (5.0, 9.0)];
         let mut segs = vec![seg(0.0, 4.0), seg(4.0, 7.0), seg(7.0, 9.05)];
+        let word = |start: f64, end: f64| Word {
+            start,
+            end,
+            text: "w".into(),
+            probability: 1.0,
+        };
+        segs[0].words = Some(vec![word(0.2, 2.0), word(2.1, 3.6)]);
+        segs[1].words = Some(vec![word(4.2, 5.4), word(5.5, 6.9)]);
         assert_eq!(snap_to_speech(&mut segs, &speech), 2);
         assert_eq!((segs[0].start, segs[0].end), (0.0, 3.0));
         assert_eq!((segs[1].start, segs[1].end), (5.0, 7.0));
+        // Their words move with them, inside the segment.
+        let times = |s: &Segment| -> Vec<(f64, f64)> {
+            s.words.iter().flatten().map(|w| (w.start, w.end)).collect()
+        };
+        assert_eq!(times(&segs[0]), [(0.2, 2.0), (2.1, 3.0)]);
+        assert_eq!(times(&segs[1]), [(5.0, 5.4), (5.5, 6.9)]);
         // Inside the speech, or within 0.1 s of it: unchanged.
         assert_eq!((segs[2].start, segs[2].end), (7.0, 9.05));
         // A segment wholly in a pause is left alone (nothing to snap to inside it).

@@ -929,7 +929,8 @@ impl TypedStage for WhisperStage {
             Err(e) => return Err(StageError::retryable(e)),
         };
         t.segments = segments;
-        snap_to_speech(&mut t.segments, &speech_secs);
+        let snapped = snap_to_speech(&mut t.segments, &speech_secs);
+        tracing::debug!(snapped, "segment bounds moved out of pauses onto speech");
         t.notes.extend(notes);
         t.language = if language == "auto" {
             detected
