@@ -25,7 +25,7 @@ while [ $# -gt 0 ]; do
 done
 if [ -z "$vsum" ]; then
   echo "distributed bench: building vsum (release, --features distributed)" >&2
-  cargo build --release --locked -q --bin vsum --features distributed
+  cargo build --release --locked -q --bins --features distributed
   vsum=$target/release/vsum
 fi
 venv=$target/dist-venv

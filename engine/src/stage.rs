@@ -157,7 +157,7 @@ impl JobCtx<'_> {
 }
 
 /// Why a job failed, in words for the user.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, serde::Deserialize)]
 #[error("{message}")]
 pub struct StageError {
     pub message: String,

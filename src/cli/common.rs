@@ -150,7 +150,16 @@ pub fn models_dir(m: &Manifest, cfg: &Config) -> ModelsDir {
 /// The stage kinds for running a manifest, looking for models where its config says.
 /// (Parsing needs no models: any registry checks a manifest the same.)
 pub fn kinds(m: &Manifest, cfg: &Config) -> Registry {
-    vsum_stages::registry(&models_dir(m, cfg))
+    registry(&models_dir(m, cfg))
+}
+
+/// Every stage kind, the media kinds run by the helper beside this binary: `vsum`
+/// itself never loads FFmpeg (see `vsum_stages::media::helper`).
+pub fn registry(models: &ModelsDir) -> Registry {
+    vsum_stages::registry_with_media_helper(
+        models,
+        vsum_stages::media::helper::MediaHelper::beside_current_exe(),
+    )
 }
 
 pub fn load_alerts(m: &Manifest, common: &Common) -> Result<vsum_engine::alerts::Alerts, Fail> {

@@ -47,7 +47,7 @@ pub fn cmd(args: DoctorArgs, registry: &Registry) -> Result<u8, Fail> {
         Some((m, cfg, _)) => models_dir(m, cfg),
         None => ModelsDir::from_config(None),
     };
-    let registry = &vsum_stages::registry(&models);
+    let registry = &super::common::registry(&models);
     let mut checks = checks(
         registry,
         &models,

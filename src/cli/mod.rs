@@ -107,7 +107,7 @@ pub fn main() -> u8 {
 }
 
 fn dispatch(cli: Cli) -> Result<u8, Fail> {
-    let registry = vsum_stages::registry(&vsum_models::ModelsDir::from_config(None));
+    let registry = common::registry(&vsum_models::ModelsDir::from_config(None));
     match cli.command {
         Cmd::Run(args) => run::cmd(args, registry),
         Cmd::Worker(args) => worker::cmd(args, registry),

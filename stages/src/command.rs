@@ -6,13 +6,12 @@
 //! declared `outputs:` must exist or the job fails. `deps:` lists files (scripts, models,
 //! configs) whose content joins the key, so editing a script reruns the stage.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::fs::File;
-use std::io::Read;
 use std::os::unix::process::CommandExt;
 use std::path::{Component, Path, PathBuf};
-use std::process::{ChildStderr, Command, ExitStatus, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use schemars::JsonSchema;
@@ -24,8 +23,7 @@ use vsum_engine::stage::{
 };
 use vsum_engine::template::{self, Piece};
 
-/// Lines of stderr kept for error messages.
-const STDERR_TAIL: usize = 20;
+use crate::process::{ProcessGroup, StderrTail, Stop, wait_for};
 
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -323,24 +321,25 @@ impl TypedStage for CommandStage {
         let deadline = p
             .timeout
             .map(|t| Instant::now() + Duration::from_secs_f64(t));
-        let (status, stderr_tail) = match wait_for(&mut child, stderr, deadline, ctx) {
-            Ok(done) => done,
-            Err(stop) => {
-                group.kill();
-                let _ = child.wait();
-                return Err(match stop {
-                    Stop::Cancelled => StageError::cancelled(),
-                    Stop::TimedOut => StageError::retryable(format!(
-                        "command '{shown}' timed out after {} s",
-                        p.timeout.unwrap_or_default()
-                    ))
-                    .hint("raise `timeout:` or check why it hangs"),
-                    Stop::Failed(e) => {
-                        StageError::retryable(format!("cannot wait for '{shown}': {e}"))
-                    }
-                });
-            }
-        };
+        let (status, stderr_tail) =
+            match wait_for(&mut child, StderrTail::new(stderr), deadline, ctx) {
+                Ok(done) => done,
+                Err(stop) => {
+                    group.kill();
+                    let _ = child.wait();
+                    return Err(match stop {
+                        Stop::Cancelled => StageError::cancelled(),
+                        Stop::TimedOut => StageError::retryable(format!(
+                            "command '{shown}' timed out after {} s",
+                            p.timeout.unwrap_or_default()
+                        ))
+                        .hint("raise `timeout:` or check why it hangs"),
+                        Stop::Failed(e) => {
+                            StageError::retryable(format!("cannot wait for '{shown}': {e}"))
+                        }
+                    });
+                }
+            };
         // What the command left running in the background ends with the job (it could
         // otherwise write into outputs after they are stored, or hold stderr open).
         group.kill();
@@ -377,164 +376,6 @@ impl TypedStage for CommandStage {
             .hint("write outputs into {out} (e.g. \"{out}/result.txt\"), or fix `outputs:`"));
         }
         Ok(())
-    }
-}
-
-/// A command's process group (the command is its leader). Killing it kills the
-/// command and every process it started that stayed in the group.
-struct ProcessGroup(Option<rustix::process::Pid>);
-
-impl ProcessGroup {
-    fn of(child: &std::process::Child) -> Self {
-        ProcessGroup(Some(rustix::process::Pid::from_child(child)))
-    }
-
-    /// Kills the group, once (later calls do nothing: its id may be reused).
-    fn kill(&mut self) {
-        if let Some(pid) = self.0.take() {
-            // ESRCH (all gone already) is the usual answer after a clean exit.
-            let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
-        }
-    }
-}
-
-impl Drop for ProcessGroup {
-    /// A job that ends early (an error while it waits) still takes its processes along.
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// How often a waiting job looks at the cancel flag (Ctrl-C, SIGTERM, a stop).
-const CANCEL_CHECK: Duration = Duration::from_millis(50);
-
-/// Why a command was stopped before it exited.
-enum Stop {
-    Cancelled,
-    TimedOut,
-    Failed(std::io::Error),
-}
-
-/// Waits for the command to exit, reading its stderr meanwhile, in this thread and
-/// without polling: one `poll(2)` on a pidfd for the child (it becomes readable when the
-/// child exits) and on the stderr pipe, woken by whichever comes first, or after
-/// [`CANCEL_CHECK`] to look at the cancel flag, or at the deadline. A kernel without
-/// pidfds (before Linux 5.3) gets the child checked every 15 ms instead. On return the
-/// child has been reaped; stderr is drained to its end only once the group is killed
-/// (a background process may hold it open), by [`StderrTail::finish`].
-fn wait_for(
-    child: &mut std::process::Child,
-    stderr: ChildStderr,
-    deadline: Option<Instant>,
-    ctx: &JobCtx,
-) -> Result<(ExitStatus, StderrTail), Stop> {
-    use rustix::event::{PollFd, PollFlags, Timespec, poll};
-    let pidfd = rustix::process::pidfd_open(
-        rustix::process::Pid::from_child(child),
-        rustix::process::PidfdFlags::empty(),
-    )
-    .ok();
-    let mut tail = StderrTail::new(stderr);
-    loop {
-        if let Some(status) = child.try_wait().map_err(Stop::Failed)? {
-            return Ok((status, tail));
-        }
-        if ctx.cancelled() {
-            return Err(Stop::Cancelled);
-        }
-        let mut wait = if pidfd.is_some() {
-            CANCEL_CHECK
-        } else {
-            Duration::from_millis(15)
-        };
-        if let Some(d) = deadline {
-            let left = d.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(Stop::TimedOut);
-            }
-            wait = wait.min(left);
-        }
-        let ts = Timespec::try_from(wait).unwrap_or(Timespec {
-            tv_sec: 0,
-            tv_nsec: 15_000_000,
-        });
-        let err_ready = {
-            let mut fds = Vec::with_capacity(2);
-            if let Some(fd) = &pidfd {
-                fds.push(PollFd::new(fd, PollFlags::IN));
-            }
-            if let Some(err) = &tail.pipe {
-                fds.push(PollFd::new(err, PollFlags::IN));
-            }
-            match poll(&mut fds, Some(&ts)) {
-                Ok(_) | Err(rustix::io::Errno::INTR) => {}
-                Err(e) => return Err(Stop::Failed(e.into())),
-            }
-            tail.pipe.is_some() && fds.last().is_some_and(|f| !f.revents().is_empty())
-        };
-        if err_ready {
-            tail.read_some();
-        }
-    }
-}
-
-/// The last [`STDERR_TAIL`] lines of a command's stderr (each cut at 500 characters),
-/// read as they come so the pipe never fills and blocks the command.
-struct StderrTail {
-    pipe: Option<ChildStderr>,
-    lines: VecDeque<String>,
-    partial: Vec<u8>,
-}
-
-impl StderrTail {
-    fn new(pipe: ChildStderr) -> Self {
-        StderrTail {
-            pipe: Some(pipe),
-            lines: VecDeque::new(),
-            partial: Vec::new(),
-        }
-    }
-
-    /// One read (it does not block once poll said the pipe is ready); the pipe is
-    /// closed at its end or on an error.
-    fn read_some(&mut self) {
-        let Some(pipe) = &mut self.pipe else { return };
-        let mut buf = [0u8; 16 * 1024];
-        match pipe.read(&mut buf) {
-            Ok(0) => self.pipe = None,
-            Ok(n) => {
-                for &b in &buf[..n] {
-                    if b == b'\n' {
-                        self.push_line();
-                    } else if self.partial.len() < 4096 {
-                        self.partial.push(b);
-                    }
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(_) => self.pipe = None,
-        }
-    }
-
-    fn push_line(&mut self) {
-        if self.lines.len() == STDERR_TAIL {
-            self.lines.pop_front();
-        }
-        let mut l = String::from_utf8_lossy(&self.partial).into_owned();
-        self.partial.clear();
-        l.truncate(l.floor_char_boundary(500));
-        self.lines.push_back(l);
-    }
-
-    /// Reads what is left until the pipe's end; the tail as one text.
-    fn finish(mut self) -> String {
-        while self.pipe.is_some() {
-            self.read_some();
-        }
-        if !self.partial.is_empty() {
-            self.push_line();
-        }
-        self.lines.into_iter().collect::<Vec<_>>().join("\n")
     }
 }
 

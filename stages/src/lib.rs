@@ -4,10 +4,14 @@
 pub mod command;
 pub mod knowledge;
 pub mod media;
+mod process;
 pub mod search;
 pub mod speech;
 pub mod vision;
 
+use std::sync::Arc;
+
+use media::helper::MediaHelper;
 use vsum_engine::stage::{Registry, StageError};
 use vsum_models::ModelsDir;
 
@@ -21,18 +25,34 @@ pub(crate) fn injected_gpu_oom(kind: &str) -> Option<StageError> {
     })
 }
 
-/// Every built-in stage kind; the ones that load models look in `models`.
+/// Every built-in stage kind, all run in this process; the ones that load models look
+/// in `models`. A binary that runs FFmpeg anyway (tests, benches, the media helper)
+/// uses this one.
 pub fn registry(models: &ModelsDir) -> Registry {
     let mut r = Registry::new();
-    r.register(command::CommandStage);
     media::register_media(&mut r);
+    register_the_rest(&mut r, models);
+    r
+}
+
+/// Every built-in stage kind, with the media kinds run by the helper binary (see
+/// [`media::helper`]): what `vsum` uses, so that it never loads FFmpeg itself.
+pub fn registry_with_media_helper(models: &ModelsDir, helper: MediaHelper) -> Registry {
+    let mut r = Registry::new();
+    media::helper::register_remote(&mut r, &Arc::new(helper));
+    register_the_rest(&mut r, models);
+    r
+}
+
+/// The kinds that are not media kinds.
+fn register_the_rest(r: &mut Registry, models: &ModelsDir) {
+    r.register(command::CommandStage);
     r.register(speech::vad::VadStage::with_models_dir(models.clone()));
     r.register(speech::whisper::WhisperStage::with_models_dir(
         models.clone(),
     ));
     r.register(vision::yolo::YoloStage::with_models_dir(models.clone()));
     r.register(vision::ocr::OcrStage::with_models_dir(models.clone()));
-    knowledge::register_knowledge(&mut r, models);
-    search::register_search(&mut r, models);
-    r
+    knowledge::register_knowledge(r, models);
+    search::register_search(r, models);
 }

@@ -16,7 +16,8 @@ pub struct Project {
 pub const BIN: &str = env!("CARGO_BIN_EXE_vsum");
 
 /// The binary [`Project::vsum`] runs: [`BIN`], or `VSUM_TEST_BIN` when set (a copy of
-/// it, for worktrees that share one target folder and so one `target/debug/vsum`).
+/// it, for worktrees that share one target folder and so one `target/debug/vsum`; copy
+/// `vsum-media`, the media helper, beside it too).
 pub fn bin() -> String {
     std::env::var("VSUM_TEST_BIN").unwrap_or_else(|_| BIN.to_string())
 }

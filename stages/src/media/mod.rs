@@ -8,6 +8,7 @@
 //! join every media stage's cache key so an FFmpeg upgrade reruns them.
 
 mod audio;
+pub mod helper;
 mod keyframes;
 mod pictures;
 mod probe;
@@ -35,12 +36,29 @@ pub use probe::{ProbeOut, ProbeStage, StreamOut};
 pub use scenes::{ContentDetector, Detector, Downscale, Scene, SceneStage, ScenesOut, bgr_to_hsv};
 pub use slides::{AutoChoice, SlideDetector, SlideScore, SlideSettings};
 
-/// Registers every media stage kind.
+/// Sees each media kind by its type (see [`media_kinds`]).
+pub(crate) trait KindVisitor {
+    fn kind<K: vsum_engine::contract::TypedStage>(&mut self, kind: K);
+}
+
+/// The one list of media kinds, for both ways of registering them: in this process
+/// ([`register_media`]) and run by the helper ([`helper::register_remote`]).
+pub(crate) fn media_kinds(v: &mut impl KindVisitor) {
+    v.kind(ProbeStage);
+    v.kind(AudioStage);
+    v.kind(SceneStage);
+    v.kind(KeyframesStage);
+}
+
+/// Registers every media stage kind, run in this process.
 pub fn register_media(reg: &mut Registry) {
-    reg.register(ProbeStage);
-    reg.register(AudioStage);
-    reg.register(SceneStage);
-    reg.register(KeyframesStage);
+    struct InProcess<'a>(&'a mut Registry);
+    impl KindVisitor for InProcess<'_> {
+        fn kind<K: vsum_engine::contract::TypedStage>(&mut self, kind: K) {
+            self.0.register(kind);
+        }
+    }
+    media_kinds(&mut InProcess(reg));
 }
 
 /// Initialises FFmpeg once and silences its own logging: the engine never prints, and
@@ -58,18 +76,23 @@ fn lib_version(v: u32) -> String {
     format!("{}.{}.{}", v >> 16, (v >> 8) & 0xff, v & 0xff)
 }
 
-/// The FFmpeg libraries this binary runs with, by name. They join every media stage's
-/// key: a different FFmpeg can decode or resample differently.
 /// `vsum doctor` line: the FFmpeg libraries this binary runs with.
 pub(crate) fn doctor_ffmpeg() -> Vec<vsum_engine::stage::Check> {
-    let line = ffmpeg_versions()
+    vec![doctor_line(&ffmpeg_versions())]
+}
+
+/// `vsum doctor` line for these FFmpeg library versions.
+fn doctor_line(versions: &BTreeMap<String, String>) -> vsum_engine::stage::Check {
+    let line = versions
         .iter()
         .map(|(k, v)| format!("{k} {v}"))
         .collect::<Vec<_>>()
         .join(", ");
-    vec![vsum_engine::stage::Check::ok("ffmpeg libraries", line)]
+    vsum_engine::stage::Check::ok("ffmpeg libraries", line)
 }
 
+/// The FFmpeg libraries this binary runs with, by name. They join every media stage's
+/// key: a different FFmpeg can decode or resample differently.
 pub fn ffmpeg_versions() -> BTreeMap<String, String> {
     init();
     BTreeMap::from([
