@@ -4,7 +4,9 @@
 
 mod common;
 
-use std::process::Command;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use common::*;
 
@@ -141,4 +143,65 @@ fn a_missing_or_stale_helper_is_named_with_what_to_run() {
         .unwrap_or_default()
         .to_string();
     assert!(err.contains("other sources"), "{err}");
+}
+
+/// Live `vsum-media` processes working in `dir` (a job's helper runs in the manifest's
+/// folder); a dead one (a zombie) has no working folder and is not counted.
+fn helpers_working_in(dir: &Path) -> usize {
+    let dir = dir.canonicalize().unwrap();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            String::from_utf8_lossy(&cmd).contains("vsum-media")
+                && std::fs::read_link(e.path().join("cwd")).is_ok_and(|c| c == dir)
+        })
+        .count()
+}
+
+#[test]
+fn a_killed_vsum_takes_its_media_helper_along() {
+    let p = Project::new(
+        "inputs: [input/]\nstages:\n  scenes:\n    uses: video.scenes\n",
+        &[],
+    );
+    // Long enough that its decode outlasts the checks below by far.
+    ffmpeg(&[
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc=size=640x360:rate=30:duration=90",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "ultrafast",
+        p.path().join("input/long.mp4").to_str().unwrap(),
+    ]);
+    let mut vsum = Command::new(BIN)
+        .args(["run", "pipeline.yaml", "--progress", "none"])
+        .current_dir(p.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while helpers_working_in(p.path()) == 0 {
+        assert!(Instant::now() < deadline, "no helper started");
+        assert!(vsum.try_wait().unwrap().is_none(), "the run ended first");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // Let it get into its decode, then kill vsum as a crash or `kill -9` would.
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(helpers_working_in(p.path()), 1, "the helper is decoding");
+    vsum.kill().unwrap();
+    vsum.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_millis(200);
+    while helpers_working_in(p.path()) > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "a vsum-media outlived its killed vsum"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }

@@ -10,7 +10,8 @@
 //! - **A job** is one helper process: the request (params, paths, the video) goes in as
 //!   JSON on stdin; warnings, then the result or the error, come back as tagged JSON
 //!   lines on stderr. The helper runs in its own process group, killed on cancel like a
-//!   command stage's. A decoder that crashes on a malformed file kills one helper, and
+//!   command stage's, and dies with `vsum` (a parent-death signal), so a killed run
+//!   leaves no decoder behind. A decoder that crashes on a malformed file kills one helper, and
 //!   the job reports it with the helper's last words; the run goes on.
 //! - **Keys** need the FFmpeg library versions without starting the helper on every run:
 //!   the helper's answer to `vsum-media versions` is kept in the user's cache folder,
@@ -285,6 +286,7 @@ impl MediaHelper {
         let request = Request::of(kind, ctx);
         let mut cmd = Command::new(&self.path);
         cmd.arg("run")
+            .env("VSUM_MEDIA_PARENT", std::process::id().to_string())
             .current_dir(ctx.base_dir)
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
@@ -482,6 +484,19 @@ pub fn helper_main() -> ExitCode {
             ExitCode::SUCCESS
         }
         "run" => {
+            // A helper outlives nothing: when vsum dies (kill -9), so does its job.
+            let _ = rustix::process::set_parent_process_death_signal(Some(
+                rustix::process::Signal::KILL,
+            ));
+            let parent = std::env::var("VSUM_MEDIA_PARENT").ok();
+            if parent.is_some_and(|p| {
+                p != rustix::process::getppid()
+                    .map_or(0, |p| p.as_raw_nonzero().get())
+                    .to_string()
+            }) {
+                // The parent died before the line above took effect.
+                return ExitCode::FAILURE;
+            }
             let result = serve_one();
             let ok = result.is_ok();
             say(&match result {
