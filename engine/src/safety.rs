@@ -121,6 +121,12 @@ pub const OUTPUT_HINT: &str = "vsum replaces and removes files in its output fol
 /// Fails when `path`, or a folder between `root` (excluded) and it, is a symlink:
 /// vsum never writes or deletes through one. Components that do not exist yet pass.
 pub fn no_symlink_below(root: &Path, path: &Path) -> io::Result<()> {
+    checked_metadata(root, path).map(|_| ())
+}
+
+/// [`no_symlink_below`], and the metadata of `path` itself when it exists (what the
+/// check read anyway: a caller need not stat it again).
+pub fn checked_metadata(root: &Path, path: &Path) -> io::Result<Option<std::fs::Metadata>> {
     let rel = path.strip_prefix(root).map_err(|_| {
         io::Error::other(format!(
             "{} is not inside {}",
@@ -129,6 +135,7 @@ pub fn no_symlink_below(root: &Path, path: &Path) -> io::Result<()> {
         ))
     })?;
     let mut cur = root.to_path_buf();
+    let mut last = None;
     for c in rel.components() {
         match c {
             Component::Normal(name) => cur.push(name),
@@ -147,12 +154,12 @@ pub fn no_symlink_below(root: &Path, path: &Path) -> io::Result<()> {
                     cur.display()
                 )));
             }
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Ok(md) => last = Some(md),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e),
         }
     }
-    Ok(())
+    Ok(last)
 }
 
 /// Is `rel` a plain relative path (no `..`, no root), safe to join below a folder?

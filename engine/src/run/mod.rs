@@ -162,9 +162,11 @@ pub fn execute(
         opts,
         problems,
         pool,
+        hits,
         ..
     } = plan;
     let shared = Shared {
+        hits: hits.into_iter().map(Mutex::new).collect(),
         events: events.clone(),
         cancel,
         t0,
@@ -354,6 +356,8 @@ enum Msg {
 /// One execution's state, shared by the coordinator, the pool and the executor.
 struct Shared<'a> {
     batch: Batch<'a>,
+    /// Planning's cache hits by node index, each taken once by its job.
+    hits: Vec<Mutex<Option<Box<plan::PlanHit>>>>,
     events: EventSink,
     cancel: &'a AtomicBool,
     t0: Instant,

@@ -80,7 +80,10 @@ impl Shared<'_> {
             }
         }
         placed.files = files;
-        let _ = self.store.set_ref(&ref_id, stage, &placed);
+        // Unchanged (a cached rerun, nothing moved): no need to read it again to see so.
+        if old.as_ref() != Some(&placed) {
+            let _ = self.store.set_ref(&ref_id, stage, &placed);
+        }
         if let Err(e) = self.publish_files(job, &dest) {
             record.outcome = Outcome::Failed;
             record.error = Some(e);

@@ -58,6 +58,8 @@ pub struct Plan<'a> {
     pub(super) warnings: Vec<String>,
     /// One record per job, in job order: cached, would run, failed or skipped.
     pub(super) records: Vec<JobRecord>,
+    /// Per job (by node index): its cache hit, when planning found one.
+    pub(super) hits: Vec<Option<Box<PlanHit>>>,
     pub(super) pool: rayon::ThreadPool,
     started: u64,
     plan_ms: u64,
@@ -152,6 +154,7 @@ pub fn plan<'a>(
     let n = graph.graph.node_count();
     let mut done: Vec<Option<Done>> = vec![None; n];
     let mut records: Vec<Option<JobRecord>> = vec![None; n];
+    let mut hits: Vec<Option<Box<PlanHit>>> = (0..n).map(|_| None).collect();
     let mut warnings = Vec::new();
     // Level by level (a job's upstreams sit on earlier levels), each level in parallel.
     for level in levels(&graph) {
@@ -163,6 +166,7 @@ pub fn plan<'a>(
                 .collect()
         });
         for (node, mut p) in level.into_iter().zip(planned) {
+            hits[node.index()] = p.hit.take();
             if batch.background(graph.graph[node]) {
                 // Outside the selection: only a cached result is of use (to batch stages).
                 if p.done.outcome != Outcome::Cached {
@@ -184,6 +188,7 @@ pub fn plan<'a>(
         problems,
         warnings,
         records: records.into_iter().flatten().collect(),
+        hits,
         pool,
         started,
         plan_ms: t0.elapsed().as_millis() as u64,
@@ -298,9 +303,22 @@ pub(super) fn succeeded(done: &Option<Done>) -> bool {
     )
 }
 
+/// A job that planning found in the cache: the run restores it from this entry without
+/// keying it or reading the entry again, as long as its upstreams gave the digests they
+/// gave at planning (in a fully cached run they all do; an upstream that ran instead
+/// may have changed, and then the job is keyed and looked up afresh).
+pub(super) struct PlanHit {
+    pub(super) key: String,
+    /// The upstream digests its key was made from, in `usable_upstreams` order.
+    pub(super) upstream: Vec<Option<String>>,
+    pub(super) entry: Box<crate::store::Entry>,
+}
+
 /// One job, planned.
 struct PlannedJob {
     record: JobRecord,
+    /// A cache hit, kept for the run (see [`PlanHit`]).
+    hit: Option<Box<PlanHit>>,
     /// What it hands on to its dependents.
     done: Done,
     warning: Option<String>,
@@ -329,6 +347,7 @@ impl Batch<'_> {
             r.error = Some(why);
             d.outcome = Outcome::Skipped;
             return PlannedJob {
+                hit: None,
                 record: r,
                 done: d,
                 warning: None,
@@ -339,6 +358,7 @@ impl Batch<'_> {
             Prepared::AfterUpstream(up) => {
                 r.reason = Some(format!("upstream '{up}' would run first"));
                 return PlannedJob {
+                    hit: None,
                     record: r,
                     done: d,
                     warning: None,
@@ -350,6 +370,7 @@ impl Batch<'_> {
                 r.hint = e.hint;
                 d.outcome = Outcome::Failed;
                 return PlannedJob {
+                    hit: None,
                     record: r,
                     done: d,
                     warning: None,
@@ -366,12 +387,18 @@ impl Batch<'_> {
             self.store.peek(&k.key)
         };
         let mut warning = None;
+        let mut hit = None;
         match lookup {
             Lookup::Hit(entry) => {
                 r.outcome = Outcome::Cached;
                 d.outcome = Outcome::Cached;
                 d.digest = Some(entry.digest());
                 d.tools = entry.fingerprint.tools.clone();
+                hit = Some(Box::new(PlanHit {
+                    key: k.key.clone(),
+                    upstream: ups.iter().map(|(_, u)| u.digest.clone()).collect(),
+                    entry,
+                }));
             }
             other => {
                 if let Lookup::Untrusted(why) = other {
@@ -386,6 +413,7 @@ impl Batch<'_> {
         }
         r.end_ms = t0.elapsed().as_millis() as u64;
         PlannedJob {
+            hit,
             record: r,
             done: d,
             warning,

@@ -17,10 +17,11 @@ use super::executor::{Completions, Executor, Job};
 use super::plan::{Keyed, Prepared, usable_upstreams};
 use super::{Done, Finished, JobRecord, Msg, Shared};
 use crate::alerts::Level;
+use crate::events::JobLabel;
 use crate::events::{Event, Outcome};
 use crate::graph::{JobGraph, JobNode};
 use crate::stage::Lane;
-use crate::store::Lookup;
+use crate::store::{Entry, Lookup};
 use crate::watch::Watch;
 
 /// Runs every job of the graph. Returns one record per job, in job order, and why the
@@ -408,6 +409,27 @@ fn release<'s, 'r: 's>(
     });
 }
 
+/// A hit, restored the same way a finished job's outputs are published.
+fn restored(
+    shared: &Shared,
+    node: NodeIndex,
+    job: JobNode,
+    label: JobLabel,
+    start: u64,
+    key: String,
+    entry: &Entry,
+) -> Finished {
+    let mut r = shared.record(label, Outcome::Cached, start);
+    r.key = Some(key);
+    let digest = shared.publish(job, entry, &mut r);
+    r.end_ms = shared.ms();
+    Finished {
+        tools: entry.fingerprint.tools.clone(),
+        digest,
+        ..Finished::bare(node, r)
+    }
+}
+
 /// Keys a released job and looks it up: a hit is restored here and finishes the job; a miss is returned.
 fn restore_or_miss(
     shared: &Shared,
@@ -417,6 +439,18 @@ fn restore_or_miss(
 ) -> Result<Finished, Box<Keyed>> {
     let start = shared.ms();
     let label = shared.label(node, job);
+    let planned = shared.hits[node.index()]
+        .lock()
+        .expect("plan hit")
+        .take()
+        .filter(|h| h.upstream.iter().eq(ups.iter().map(|(_, d)| &d.digest)));
+    if let Some(hit) = planned {
+        // Found at planning, from the same upstreams: the same key and entry.
+        shared.store.mark_used(&hit.key);
+        return Ok(restored(
+            shared, node, job, label, start, hit.key, &hit.entry,
+        ));
+    }
     let k = match shared.prepare(node, job, ups) {
         Prepared::Keyed(k) => k,
         Prepared::AfterUpstream(up) => {
@@ -439,18 +473,15 @@ fn restore_or_miss(
         shared.store.lookup(&k.key)
     };
     match lookup {
-        Lookup::Hit(entry) => {
-            // Restored the same way a finished job's outputs are published.
-            let mut r = shared.record(label, Outcome::Cached, start);
-            r.key = Some(k.key.clone());
-            let digest = shared.publish(job, &entry, &mut r);
-            r.end_ms = shared.ms();
-            Ok(Finished {
-                tools: entry.fingerprint.tools.clone(),
-                digest,
-                ..Finished::bare(node, r)
-            })
-        }
+        Lookup::Hit(entry) => Ok(restored(
+            shared,
+            node,
+            job,
+            label,
+            start,
+            k.key.clone(),
+            &entry,
+        )),
         other => {
             if let Lookup::Untrusted(why) = &other {
                 shared.events.emit(Event::Warning {

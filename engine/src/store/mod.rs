@@ -229,17 +229,35 @@ impl Store {
         let found = self.peek(key);
         let path = self.entry_path(key);
         match &found {
-            Lookup::Hit(_) => {
-                if let Ok(f) = File::options().write(true).open(&path) {
-                    let _ = f.set_modified(SystemTime::now());
-                }
-            }
+            Lookup::Hit(_) => self.mark_used(key),
             // Whatever is in an entry's place (a folder, say) is removed, so the job's
             // commit can put the entry there.
             Lookup::Untrusted(_) => remove_any(&path),
             Lookup::Missing => {}
         }
         found
+    }
+
+    /// Marks an entry as used now (its mtime): `gc` removes the least recently used.
+    pub fn mark_used(&self, key: &str) {
+        use rustix::fs::{AtFlags, CWD, Timespec, Timestamps, UTIME_NOW, UTIME_OMIT};
+        let times = Timestamps {
+            last_access: Timespec {
+                tv_sec: 0,
+                tv_nsec: UTIME_OMIT,
+            },
+            last_modification: Timespec {
+                tv_sec: 0,
+                tv_nsec: UTIME_NOW,
+            },
+        };
+        // One call by path (no open and close); an entry is never a symlink.
+        let _ = rustix::fs::utimensat(
+            CWD,
+            &self.entry_path(key),
+            &times,
+            AtFlags::SYMLINK_NOFOLLOW,
+        );
     }
 
     /// [`Store::lookup`] that writes nothing: no use mark, and an untrusted entry stays

@@ -31,7 +31,7 @@ impl Store {
         placed: &BTreeMap<String, Placed>,
         link: LinkMode,
     ) -> io::Result<BTreeMap<String, Placed>> {
-        safety::no_symlink_below(root, dest)?;
+        let dest_there = safety::checked_metadata(root, dest)?.is_some_and(|m| m.is_dir());
         // Remove what an earlier version of the stage placed and this one does not make.
         let mut emptied = BTreeSet::new();
         for rel in previous {
@@ -57,7 +57,9 @@ impl Store {
                 d = d.parent().unwrap_or(dest);
             }
         }
-        fs::create_dir_all(dest)?;
+        if !dest_there {
+            fs::create_dir_all(dest)?;
+        }
         let mut stamps = BTreeMap::new();
         for (rel, o) in &entry.outputs {
             if !safety::plain_relative(rel) {
@@ -67,9 +69,9 @@ impl Store {
             }
             let obj = self.object_path(&o.hash);
             let target = dest.join(rel);
-            safety::no_symlink_below(dest, &target)?;
+            let target_md = safety::checked_metadata(dest, &target)?;
             let obj_md = fs::metadata(&obj)?;
-            if let Ok(md) = fs::symlink_metadata(&target) {
+            if let Some(md) = target_md {
                 let unchanged = match link {
                     LinkMode::Hardlink => md.ino() == obj_md.ino() && md.dev() == obj_md.dev(),
                     LinkMode::Copy => {
