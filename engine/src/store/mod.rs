@@ -254,7 +254,7 @@ impl Store {
         // One call by path (no open and close); an entry is never a symlink.
         let _ = rustix::fs::utimensat(
             CWD,
-            &self.entry_path(key),
+            self.entry_path(key),
             &times,
             AtFlags::SYMLINK_NOFOLLOW,
         );
