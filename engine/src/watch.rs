@@ -5,7 +5,6 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -149,18 +148,11 @@ impl Watch {
         Duration::from_secs_f64(self.alerts.pause_timeout_minutes.max(0.0) * 60.0)
     }
 
-    /// Samples every `sample_interval_ms` until `stop` is set (checked every 25 ms, so
-    /// the end of a run never waits for a whole interval).
-    pub fn sample_until(&self, stop: &AtomicBool, t0: Instant) {
+    /// Samples every `sample_interval_ms` until `stop` is dropped (or sent on): the wait
+    /// between readings ends at once then, so the end of a run never waits for it.
+    pub fn sample_until(&self, stop: &crossbeam_channel::Receiver<()>, t0: Instant) {
         let every = Duration::from_millis(self.alerts.sample_interval_ms.max(50));
-        loop {
-            let until = Instant::now() + every;
-            while Instant::now() < until {
-                if stop.load(Ordering::Relaxed) {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(25));
-            }
+        while let Err(crossbeam_channel::RecvTimeoutError::Timeout) = stop.recv_timeout(every) {
             self.observe(t0.elapsed().as_millis() as u64);
         }
     }

@@ -6,7 +6,6 @@
 //! failures).
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, unbounded};
@@ -35,7 +34,8 @@ pub(super) fn schedule(
     let mut book = Book::new(graph);
     let (tx, rx) = unbounded::<Msg>();
     let (jobs_tx, jobs_rx) = unbounded::<Job>();
-    let sampling_done = AtomicBool::new(false);
+    // Dropped when the run ends: the monitor stops at once.
+    let (sampling_done, sampling_stop) = crossbeam_channel::bounded::<()>(0);
     if let Some(w) = &shared.watch {
         // A first reading before any job starts: a full disk pauses the very first job.
         w.observe(shared.ms());
@@ -47,11 +47,11 @@ pub(super) fn schedule(
             .spawn_scoped(scope, move || executor.serve(jobs_rx, completions))
             .expect("spawn the executor");
         if let Some(w) = &shared.watch {
-            let done = &sampling_done;
+            let stop = &sampling_stop;
             let t0 = shared.t0;
             std::thread::Builder::new()
                 .name("vsum-monitor".into())
-                .spawn_scoped(scope, move || w.sample_until(done, t0))
+                .spawn_scoped(scope, move || w.sample_until(stop, t0))
                 .expect("spawn the monitor");
         }
         pool.in_place_scope(|s| {
@@ -68,7 +68,7 @@ pub(super) fn schedule(
         });
         drop(jobs_tx);
         let _ = serving.join();
-        sampling_done.store(true, Ordering::Relaxed);
+        drop(sampling_done);
     });
     (
         book.records.into_iter().flatten().collect(),

@@ -252,12 +252,7 @@ impl Store {
             },
         };
         // One call by path (no open and close); an entry is never a symlink.
-        let _ = rustix::fs::utimensat(
-            CWD,
-            self.entry_path(key),
-            &times,
-            AtFlags::SYMLINK_NOFOLLOW,
-        );
+        let _ = rustix::fs::utimensat(CWD, self.entry_path(key), &times, AtFlags::SYMLINK_NOFOLLOW);
     }
 
     /// [`Store::lookup`] that writes nothing: no use mark, and an untrusted entry stays
