@@ -314,6 +314,16 @@ pub(super) struct PlanHit {
     pub(super) entry: Box<crate::store::Entry>,
 }
 
+/// An entry as a restore reads it (outputs, key, tools): the rest of its fingerprint is
+/// dropped, so a plan of many cached jobs holds little.
+fn slim(mut entry: Box<crate::store::Entry>) -> Box<crate::store::Entry> {
+    let f = &mut entry.fingerprint;
+    f.params = serde_json::Value::Null;
+    f.inputs.clear();
+    f.upstream.clear();
+    entry
+}
+
 /// One job, planned.
 struct PlannedJob {
     record: JobRecord,
@@ -397,7 +407,7 @@ impl Batch<'_> {
                 hit = Some(Box::new(PlanHit {
                     key: k.key.clone(),
                     upstream: ups.iter().map(|(_, u)| u.digest.clone()).collect(),
-                    entry,
+                    entry: slim(entry),
                 }));
             }
             other => {
