@@ -381,6 +381,11 @@ impl<'a> std::ops::Deref for Shared<'a> {
 }
 
 impl Shared<'_> {
+    /// Whether planning found this job cached (and its hit is not taken yet).
+    fn planned_hit(&self, node: petgraph::graph::NodeIndex) -> bool {
+        self.hits[node.index()].lock().expect("plan hit").is_some()
+    }
+
     fn ms(&self) -> u64 {
         self.t0.elapsed().as_millis() as u64
     }

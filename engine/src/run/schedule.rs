@@ -76,6 +76,9 @@ pub(super) fn schedule(
     )
 }
 
+/// How many cached restores may be in flight per CPU slot (see `Coordinator::run`).
+const RESTORES_PER_SLOT: usize = 16;
+
 /// What is waiting, ready and done.
 struct Book {
     /// Upstreams not yet done, per job.
@@ -300,10 +303,18 @@ impl<'c, 'r> Coordinator<'c, 'r> {
             let hold = pause.step(self.shared);
             // Release ready jobs, a few more than can run at once: the rest wait here,
             // where pauses, stops and breakers still apply to them.
-            while !hold && self.cpu_busy < self.capacity {
-                let Some(node) = book.ready.pop_front() else {
-                    break;
+            while let Some(&node) = book.ready.front().filter(|_| !hold) {
+                // A job planning found cached is a short restore: more of them may be on
+                // the pool at once, so the pool is not idle between coordinator turns.
+                let limit = if self.shared.planned_hit(node) {
+                    self.capacity * RESTORES_PER_SLOT
+                } else {
+                    self.capacity
                 };
+                if self.cpu_busy >= limit {
+                    break;
+                }
+                book.ready.pop_front();
                 self.in_flight += 1;
                 if let Some((outcome, why)) = skip_reason(self.shared, self.graph, node, &book.done)
                 {
