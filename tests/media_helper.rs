@@ -5,7 +5,7 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -178,13 +178,7 @@ fn a_killed_vsum_takes_its_media_helper_along() {
         "ultrafast",
         p.path().join("input/long.mp4").to_str().unwrap(),
     ]);
-    let mut vsum = Command::new(BIN)
-        .args(["run", "pipeline.yaml", "--progress", "none"])
-        .current_dir(p.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut vsum = p.spawn_run();
     let deadline = Instant::now() + Duration::from_secs(60);
     while helpers_working_in(p.path()) == 0 {
         assert!(Instant::now() < deadline, "no helper started");

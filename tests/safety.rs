@@ -522,13 +522,7 @@ stages:
     run: ["sh", "-c", "echo started > '$DIR/started'; sleep 2; echo x > \"$1/o.txt\"", "x", "{out}"]
 "#;
     let p = Project::new(manifest, &[("a.mp4", b"a")]);
-    let mut first = Command::new(BIN)
-        .args(["run", "pipeline.yaml", "--progress", "none"])
-        .current_dir(p.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut first = p.spawn_run();
     wait_for_file(&p.path().join("started"), &mut first);
     let out = p.vsum(&["run", "pipeline.yaml", "--progress", "none"]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
@@ -1156,13 +1150,7 @@ stages:
 "#;
     for signal in ["-TERM", "-HUP"] {
         let p = Project::new(manifest, &[("a.mp4", b"a")]);
-        let mut child = Command::new(BIN)
-            .args(["run", "pipeline.yaml", "--progress", "none"])
-            .current_dir(p.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut child = p.spawn_run();
         let pid = wait_for_file(&p.path().join("bg.pid"), &mut child);
         let rc = Command::new("kill")
             .args([signal, &child.id().to_string()])

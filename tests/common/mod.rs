@@ -71,6 +71,18 @@ impl Project {
             .expect("run vsum")
     }
 
+    /// `vsum run pipeline.yaml` started in the background, its output discarded (for a
+    /// test that signals, kills or races it).
+    pub fn spawn_run(&self) -> std::process::Child {
+        Command::new(BIN)
+            .args(["run", "pipeline.yaml", "--progress", "none"])
+            .current_dir(self.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start vsum")
+    }
+
     /// `vsum run pipeline.yaml --json --progress none <extra>`; returns (exit code, summary).
     pub fn run(&self, extra: &[&str]) -> (i32, Value) {
         let mut args = vec!["run", "pipeline.yaml", "--json", "--progress", "none"];
