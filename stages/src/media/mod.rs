@@ -351,13 +351,24 @@ fn normalize_rotation(deg: f64) -> i32 {
 }
 
 /// How a video decoder may trade exactness for speed.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
 pub(crate) struct DecodeOpts {
-    /// Skip the in-loop deblocking filter (H.264, HEVC, VP8/9...).
-    pub skip_loop_filter: bool,
+    /// The frames whose in-loop deblocking filter (H.264, HEVC, VP8/9...) is skipped:
+    /// none (`Discard::Default`, FFmpeg's own default), the frames no other frame is
+    /// predicted from (`NonReference`), or all (`All`).
+    pub skip_loop_filter: ffmpeg::Discard,
     /// The caller only needs pictures at least this large: codecs that can (MJPEG,
     /// MPEG-1/2/4 part 2) then decode at 1/2, 1/4 or 1/8 size ("lowres").
     pub min_size: Option<(u32, u32)>,
+}
+
+impl Default for DecodeOpts {
+    fn default() -> Self {
+        DecodeOpts {
+            skip_loop_filter: ffmpeg::Discard::Default,
+            min_size: None,
+        }
+    }
 }
 
 /// A swscale conversion of whole frames to a small packed picture (`to`, `aw` x `ah`),
@@ -439,9 +450,7 @@ pub(crate) fn open_video_decoder(
     });
     let mut dec = cctx.decoder();
     dec.set_packet_time_base(stream.time_base());
-    if opts.skip_loop_filter {
-        dec.skip_loop_filter(ffmpeg::Discard::All);
-    }
+    dec.skip_loop_filter(opts.skip_loop_filter);
     let id = stream.parameters().id();
     let codec_name = codec_name(id);
     let fail = |e: ffmpeg::Error| {

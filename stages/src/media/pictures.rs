@@ -319,7 +319,9 @@ impl Sampler {
 
     /// Offers decoded frame `idx` (frames come in order).
     pub fn offer(&mut self, idx: u64, f: &frame::Video) {
-        if idx < self.next {
+        // B-frames are skipped, like `video.keyframes`' candidates: they are the lowest
+        // quality, and with `fast_decode` the ones no frame refers to are not deblocked.
+        if idx < self.next || f.kind() == ffmpeg::picture::Type::B {
             return;
         }
         if self.cap == 0 {

@@ -6,12 +6,13 @@
 //! from the previous frame; a score at or above `threshold` is a cut, and cuts closer
 //! than `min_scene_len` frames are merged (its "flash filter", which also keeps camera
 //! flashes from cutting). It runs while FFmpeg decodes with frame threads, and with
-//! `fast_decode` and `pictures: false` skips the in-loop deblocking filter (it smooths block edges, which the
+//! `fast_decode` skips the in-loop deblocking filter (it smooths block edges, which the
 //! coarse downscaled HSV comparison never sees) and lets codecs that can decode straight
 //! to a smaller picture (MJPEG, MPEG-1/2/4 part 2 "lowres") do so, never below the
 //! analysis size, so detection runs at decode-only speed or faster.
 //!
-//! With `pictures` (the default) the decode is full quality instead, and the same pass
+//! With `pictures` (the default) the decode is full size and only the frames no other
+//! frame refers to skip deblocking (pictures are picked from the others), and the same pass
 //! picks one picture per scene (see `pictures.rs`): `video.keyframes` then copies them,
 //! so a video is decoded once for its cuts and its keyframes, not twice.
 //!
@@ -139,8 +140,9 @@ pub struct Params {
     /// Seconds: split longer scenes into equal parts no longer than this.
     pub max_scene_len: Option<f64>,
     /// Analysis-grade decoding: skip the deblocking filter, and decode MJPEG/MPEG-1/2/4
-    /// at reduced size; the downscaled comparison does not see the difference. Only
-    /// when `pictures` is off: pictures need the full-quality decode.
+    /// at reduced size; the downscaled comparison does not see the difference. With
+    /// `pictures` on, only frames no other frame refers to skip deblocking (pictures
+    /// come from the others) and the decode stays full size.
     pub fast_decode: bool,
     /// Also choose one picture per scene during this decode (the sharpest non-black
     /// frame near its middle), into `pictures/`: a `video.keyframes` stage with the same
@@ -253,7 +255,7 @@ impl Output for ScenesOut {
 impl TypedStage for SceneStage {
     type Params = Params;
     const NAME: &'static str = KIND;
-    const VERSION: u32 = 3;
+    const VERSION: u32 = 4;
     const SUMMARY: &'static str = "Finds shot cuts (PySceneDetect ContentDetector: HSV frame deltas) or slide changes (detector: slides|auto) -> scenes.json";
 
     fn validate(&self, p: Params, _env: &CheckEnv) -> Result<Params, Vec<ParamError>> {
@@ -341,7 +343,13 @@ fn detect(ctx: &JobCtx, path: &Path, p: &Params) -> Result<ScenesOut, StageError
     });
     let fast = p.fast_decode && !p.pictures;
     let opts = DecodeOpts {
-        skip_loop_filter: fast,
+        // The pictures are picked from reference frames only (see `pictures::Sampler`),
+        // so with `fast_decode` the others may skip deblocking even when pictures are on.
+        skip_loop_filter: match (p.fast_decode, p.pictures) {
+            (false, _) => ffmpeg::Discard::Default,
+            (true, true) => ffmpeg::Discard::NonReference,
+            (true, false) => ffmpeg::Discard::All,
+        },
         min_size: need.filter(|_| fast),
     };
     let rotation = stream_rotation(&stream);
