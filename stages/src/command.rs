@@ -23,7 +23,7 @@ use vsum_engine::stage::{
 };
 use vsum_engine::template::{self, Piece};
 
-use crate::process::{ProcessGroup, StderrTail, Stop, wait_for};
+use crate::process::{ProcessGroup, StderrTail, Stop, how_it_ended, wait_for};
 
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -345,12 +345,7 @@ impl TypedStage for CommandStage {
         group.kill();
         let stderr_tail = stderr_tail.finish();
         if !status.success() {
-            use std::os::unix::process::ExitStatusExt;
-            let how = match (status.code(), status.signal()) {
-                (Some(c), _) => format!("exited with status {c}"),
-                (None, Some(s)) => format!("was killed by signal {s}"),
-                _ => "failed".to_string(),
-            };
+            let how = how_it_ended(status);
             let last = stderr_tail.lines().rev().find(|l| !l.trim().is_empty());
             let detail = match last {
                 None => " (no stderr output)".to_string(),

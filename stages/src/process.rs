@@ -10,6 +10,17 @@ use std::time::{Duration, Instant};
 
 use vsum_engine::stage::JobCtx;
 
+/// How a child that did not succeed ended, in words ("exited with status 2", "was
+/// killed by signal 9").
+pub(crate) fn how_it_ended(status: ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(c), _) => format!("exited with status {c}"),
+        (None, Some(s)) => format!("was killed by signal {s}"),
+        _ => "failed".to_string(),
+    }
+}
+
 /// Sees a whole stderr line; `true`: the line was a message for it, not kept.
 type LineHook<'h> = Box<dyn FnMut(&str) -> bool + 'h>;
 

@@ -41,7 +41,7 @@ use vsum_engine::stage::{
     StageError, StageKind, Video,
 };
 
-use crate::process::{ProcessGroup, StderrTail, Stop, wait_for};
+use crate::process::{ProcessGroup, StderrTail, Stop, how_it_ended, wait_for};
 
 /// A hash of the sources both binaries were built from (see `build.rs`).
 const SOURCES: &str = env!("VSUM_SOURCES_ID");
@@ -330,12 +330,7 @@ impl MediaHelper {
         match answer.take() {
             Some(result) => result,
             None => {
-                use std::os::unix::process::ExitStatusExt;
-                let how = match (status.code(), status.signal()) {
-                    (Some(c), _) => format!("exited with status {c}"),
-                    (None, Some(s)) => format!("was killed by signal {s}"),
-                    _ => "failed".to_string(),
-                };
+                let how = how_it_ended(status);
                 let said = if last_words.trim().is_empty() {
                     " without a word".to_string()
                 } else {
