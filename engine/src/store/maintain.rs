@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
-use super::{Entry, Store, now_secs, remove_any};
+use super::{Entry, Store, now_secs, remove_any, summary};
 use crate::fsutil;
 use crate::hash::hash_file;
 
@@ -38,24 +38,17 @@ impl Store {
             .collect()
     }
 
+    /// The cache's sums. Folders unchanged since the last call come from `stats.json`
+    /// (see `summary`), so this costs a stat per folder, not a read per entry.
     pub fn stats(&self) -> Stats {
-        let objects = self.object_files();
-        let mut by_stage: BTreeMap<String, (usize, u64)> = BTreeMap::new();
-        let keys = self.keys("");
-        for k in &keys {
-            if let Ok(e) = self.read_entry(k) {
-                let s = by_stage.entry(e.stage.clone()).or_default();
-                s.0 += 1;
-                s.1 += e.size();
-            }
-        }
+        let s = summary::sums(&self.root, true);
         Stats {
             root: self.root.clone(),
-            entries: keys.len(),
-            objects: objects.len(),
-            object_bytes: objects.iter().map(|o| o.2).sum(),
-            total_bytes: fsutil::dir_size(&self.root),
-            by_stage,
+            entries: s.entries,
+            objects: s.objects,
+            object_bytes: s.object_bytes,
+            total_bytes: s.total_bytes,
+            by_stage: s.by_stage,
         }
     }
 

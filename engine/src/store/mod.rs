@@ -3,7 +3,7 @@
 //! Layout: `objects/ab/<blake3>` (read-only files, one per distinct content),
 //! `entries/ab/<key>.json` (what a job produced: output name -> object, its
 //! fingerprint, timings), `refs/<video-id>/<stage>` (the last key seen for a video and
-//! stage, for `cache why`), `statcache.json`, `runs/`, `logs/`, `tmp/`.
+//! stage, for `cache why`), `statcache.json`, `stats.json` (see `summary`), `runs/`, `logs/`, `tmp/`.
 //!
 //! A commit moves outputs into `objects/` first, makes them durable (fsync of each
 //! object and of its folder), and writes the entry last, atomically (temp + rename).
@@ -18,6 +18,7 @@ mod marker;
 mod place;
 mod refs;
 mod shared;
+mod summary;
 #[cfg(test)]
 mod tests;
 

@@ -275,3 +275,93 @@ fn an_entry_made_elsewhere_is_adopted_only_with_matching_objects() {
         .mode();
     assert_eq!(mode & 0o222, 0, "objects are read-only");
 }
+
+/// Sets every folder's mtime a minute back, as if the cache had been left alone.
+fn settle_folders(root: &Path) {
+    use rustix::fs::{AtFlags, CWD, Timespec, Timestamps, UTIME_OMIT};
+    let then = now_secs() as i64 - 60;
+    let times = Timestamps {
+        last_access: Timespec {
+            tv_sec: 0,
+            tv_nsec: UTIME_OMIT,
+        },
+        last_modification: Timespec {
+            tv_sec: then,
+            tv_nsec: 0,
+        },
+    };
+    for e in walkdir::WalkDir::new(root).into_iter().flatten() {
+        if e.file_type().is_dir() {
+            rustix::fs::utimensat(CWD, e.path(), &times, AtFlags::empty()).unwrap();
+        }
+    }
+}
+
+/// The summary's sums, and a full read's, without the count of folders read.
+fn sums_both_ways(root: &Path) -> (summary::Sums, summary::Sums) {
+    let mut quick = summary::sums(root, true);
+    let mut full = summary::sums(root, false);
+    quick.folders_read = 0;
+    full.folders_read = 0;
+    (quick, full)
+}
+
+#[test]
+fn stats_reuse_settled_folders_and_always_match_a_full_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join(".vsum");
+    let store = Store::open(&root, LockMode::Exclusive).unwrap();
+    for (i, stage) in ["a", "b", "a"].iter().enumerate() {
+        let d = store.job_dir().unwrap();
+        fs::write(d.join("out.txt"), format!("output {i}")).unwrap();
+        let key = format!("{i}").repeat(64);
+        store.commit(&key, &fp(), stage, None, &d, 1).unwrap();
+    }
+    let (quick, full) = sums_both_ways(&root);
+    assert_eq!(quick, full);
+    assert_eq!(full.entries, 3);
+    assert_eq!(full.by_stage["a"], (2, 16));
+    assert!(
+        !root.join(summary::FILE).exists(),
+        "folders changed just now are not remembered"
+    );
+
+    settle_folders(&root);
+    let first = summary::sums(&root, true);
+    let second = summary::sums(&root, true);
+    assert_eq!(second.entries, 3);
+    assert!(
+        second.folders_read < first.folders_read,
+        "settled folders come from the summary ({} read, then {})",
+        first.folders_read,
+        second.folders_read
+    );
+
+    // A new entry in a settled shard, a new stage: read again, and right.
+    let d = store.job_dir().unwrap();
+    fs::write(d.join("out.txt"), "a longer output").unwrap();
+    store
+        .commit(&format!("{}1", "0".repeat(63)), &fp(), "c", None, &d, 1)
+        .unwrap();
+    let (quick, full) = sums_both_ways(&root);
+    assert_eq!(quick, full);
+    assert_eq!(quick.by_stage["c"], (1, 15));
+
+    // gc removes entries and objects from settled folders.
+    settle_folders(&root);
+    let _ = summary::sums(&root, true);
+    let r = store.gc(Some(20), None);
+    assert!(r.entries_removed > 0 && r.objects_removed > 0);
+    let (quick, full) = sums_both_ways(&root);
+    assert_eq!(quick, full);
+    assert_eq!(quick.entries, 4 - r.entries_removed);
+
+    // A torn or foreign summary is only a full read.
+    fs::write(
+        root.join(summary::FILE),
+        b"{\"version\":1,\"folders\":{\"entries\":7",
+    )
+    .unwrap();
+    let (quick, full) = sums_both_ways(&root);
+    assert_eq!(quick, full);
+}
