@@ -5,6 +5,10 @@
 //! (2) the target case, a fully cached rerun of 100 videos x 6 stages (600 jobs);
 //! (3) the same rerun at 1,000 videos, to show per-job cost and memory stay flat.
 
+/// The allocator the `vsum` binary uses (src/main.rs), so the bench measures what runs.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;

@@ -3,6 +3,13 @@
 
 mod cli;
 
+/// mimalloc, not glibc's malloc: a cached run is mostly small, short-lived strings and
+/// paths made and freed on several threads at once, where glibc's malloc took about a
+/// fifth of the samples. Paired runs: 10,000 cached jobs 296 -> 217 ms (engine bench),
+/// the 600-job rerun 59 -> 48 ms (whole process), for about 20 MiB more peak memory.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::process::ExitCode;
 
 /// `vsum stages | head -1`: when the reader goes away, printing fails with a broken
