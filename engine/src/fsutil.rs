@@ -38,6 +38,42 @@ pub fn is_temp(path: &Path) -> bool {
         .is_some_and(|n| n.starts_with('.') && n.contains(".tmp-"))
 }
 
+/// Reads a small file that is only ever replaced whole (temp, then rename) and parses
+/// it, in as few system calls as possible: open, one read, close, when the file fits in
+/// one read and `parse` accepts what came. A short read of a regular file is its end on
+/// local filesystems, and `parse` is the proof: a record cut short never parses (entries
+/// carry a checksum; refs are JSON). Otherwise it reads to the end and parses that.
+pub fn read_parsed<T, E>(
+    path: &Path,
+    parse: impl Fn(&[u8]) -> Result<T, E>,
+) -> io::Result<Result<T, E>> {
+    read_open_parsed(File::open(path)?, parse)
+}
+
+/// [`read_parsed`] of a file already open (to ask it something first, such as its mtime).
+pub fn read_open_parsed<T, E>(
+    mut f: File,
+    parse: impl Fn(&[u8]) -> Result<T, E>,
+) -> io::Result<Result<T, E>> {
+    use std::io::Read;
+    const FIRST: usize = 16 * 1024;
+    let mut buf = [0u8; FIRST];
+    let n = loop {
+        match f.read(&mut buf) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            r => break r?,
+        }
+    };
+    if n < FIRST
+        && let Ok(v) = parse(&buf[..n])
+    {
+        return Ok(Ok(v));
+    }
+    let mut all = buf[..n].to_vec();
+    f.read_to_end(&mut all)?;
+    Ok(parse(&all))
+}
+
 /// Writes `bytes` to `dest` atomically and durably.
 pub fn write_atomic(dest: &Path, bytes: &[u8]) -> io::Result<()> {
     if let Some(parent) = dest.parent() {

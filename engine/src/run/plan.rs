@@ -312,6 +312,8 @@ pub(super) struct PlanHit {
     /// The upstream digests its key was made from, in `usable_upstreams` order.
     pub(super) upstream: Vec<Option<String>>,
     pub(super) entry: Box<crate::store::Entry>,
+    /// The entry's last use mark, as planning saw it.
+    pub(super) used: Option<std::time::SystemTime>,
 }
 
 /// An entry as a restore reads it (outputs, key, tools): the rest of its fingerprint is
@@ -391,10 +393,10 @@ impl Batch<'_> {
         r.key = Some(k.key.clone());
         d.key = Some(k.key.clone());
         let forced = self.force.contains(&self.stage(job).id);
-        let lookup = if forced {
-            Lookup::Missing
+        let (lookup, used) = if forced {
+            (Lookup::Missing, None)
         } else {
-            self.store.peek(&k.key)
+            self.store.peek_dated(&k.key)
         };
         let mut warning = None;
         let mut hit = None;
@@ -408,6 +410,7 @@ impl Batch<'_> {
                     key: k.key.clone(),
                     upstream: ups.iter().map(|(_, u)| u.digest.clone()).collect(),
                     entry: slim(entry),
+                    used,
                 }));
             }
             other => {

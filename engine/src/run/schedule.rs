@@ -457,7 +457,7 @@ fn restore_or_miss(
         .filter(|h| h.upstream.iter().eq(ups.iter().map(|(_, d)| &d.digest)));
     if let Some(hit) = planned {
         // Found at planning, from the same upstreams: the same key and entry.
-        shared.store.mark_used(&hit.key);
+        shared.store.mark_used(&hit.key, hit.used);
         return Ok(restored(
             shared, node, job, label, start, hit.key, &hit.entry,
         ));

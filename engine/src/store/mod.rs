@@ -64,6 +64,10 @@ pub enum StoreError {
     NewerFormat { path: PathBuf, found: u32 },
 }
 
+/// How fresh an entry's use mark may be and still be left as it is (see
+/// [`Store::mark_used`]).
+pub const USE_MARK_STEP: std::time::Duration = std::time::Duration::from_secs(3600);
+
 /// A held claim on a job key (released when dropped).
 #[derive(Debug)]
 pub struct Claim {
@@ -225,12 +229,12 @@ impl Store {
 
     /// Finds a trusted entry for `key`. Checks the entry's checksum and that each
     /// object exists with its recorded size; anything else is untrusted and removed. A
-    /// hit marks the entry used (its mtime, for `gc` by age).
+    /// hit marks the entry used (its mtime, for `gc` by age; see [`Store::mark_used`]).
     pub fn lookup(&self, key: &str) -> Lookup {
-        let found = self.peek(key);
+        let (found, used) = self.peek_dated(key);
         let path = self.entry_path(key);
         match &found {
-            Lookup::Hit(_) => self.mark_used(key),
+            Lookup::Hit(_) => self.mark_used(key, used),
             // Whatever is in an entry's place (a folder, say) is removed, so the job's
             // commit can put the entry there.
             Lookup::Untrusted(_) => remove_any(&path),
@@ -240,8 +244,17 @@ impl Store {
     }
 
     /// Marks an entry as used now (its mtime): `gc` removes the least recently used.
-    pub fn mark_used(&self, key: &str) {
+    /// Like `relatime`, a mark less than [`USE_MARK_STEP`] old (`last`, when known) is
+    /// left as it is: a rerun of many cached jobs then writes no inodes, and gc's ages
+    /// are in hours and days.
+    pub fn mark_used(&self, key: &str, last: Option<SystemTime>) {
         use rustix::fs::{AtFlags, CWD, Timespec, Timestamps, UTIME_NOW, UTIME_OMIT};
+        let recent = last
+            .and_then(|t| SystemTime::now().duration_since(t).ok())
+            .is_some_and(|age| age < USE_MARK_STEP);
+        if recent {
+            return;
+        }
         let times = Timestamps {
             last_access: Timespec {
                 tv_sec: 0,
@@ -259,22 +272,36 @@ impl Store {
     /// [`Store::lookup`] that writes nothing: no use mark, and an untrusted entry stays
     /// (planning and dry runs leave the cache as they found it).
     pub fn peek(&self, key: &str) -> Lookup {
+        self.peek_dated(key).0
+    }
+
+    /// [`Store::peek`], and the entry's last use mark (for [`Store::mark_used`]).
+    pub fn peek_dated(&self, key: &str) -> (Lookup, Option<SystemTime>) {
         let path = self.entry_path(key);
-        let bytes = match fs::read(&path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Lookup::Missing,
+        let opened = File::open(&path).and_then(|f| {
+            // The mark costs a stat of the open file, where a mark itself writes an inode.
+            let used = f.metadata()?.modified().ok();
+            Ok((fsutil::read_open_parsed(f, decode_entry)?, used))
+        });
+        let (decoded, used) = match opened {
+            Ok(d) => d,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return (Lookup::Missing, None),
             Err(e) => {
-                return Lookup::Untrusted(format!("cannot read entry {}: {e}", &key[..12]));
+                let why = format!("cannot read entry {}: {e}", &key[..12]);
+                return (Lookup::Untrusted(why), None);
             }
         };
-        let verdict = match decode_entry(&bytes) {
+        let verdict = match decoded {
             Ok(entry) if entry.key != key => Err("entry names another key".to_string()),
             Ok(entry) => self.check_objects(&entry).map(|()| entry),
             Err(why) => Err(why),
         };
         match verdict {
-            Ok(entry) => Lookup::Hit(Box::new(entry)),
-            Err(why) => Lookup::Untrusted(format!("cache entry {} untrusted: {why}", &key[..12])),
+            Ok(entry) => (Lookup::Hit(Box::new(entry)), used),
+            Err(why) => {
+                let why = format!("cache entry {} untrusted: {why}", &key[..12]);
+                (Lookup::Untrusted(why), None)
+            }
         }
     }
 

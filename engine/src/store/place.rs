@@ -70,6 +70,18 @@ impl Store {
             let obj = self.object_path(&o.hash);
             let target = dest.join(rel);
             let target_md = safety::checked_metadata(dest, &target)?;
+            // A copy just as vsum placed it (and one link only, so not the object
+            // itself): nothing to do, and no need to look at the object.
+            if let Some(md) = &target_md
+                && link == LinkMode::Copy
+                && md.is_file()
+                && md.nlink() == 1
+                && md.len() == o.size
+                && placed.get(rel) == Some(&Placed(o.hash.clone(), Stamp::of(md)))
+            {
+                stamps.insert(rel.clone(), Placed(o.hash.clone(), Stamp::of(md)));
+                continue;
+            }
             let obj_md = fs::metadata(&obj)?;
             if let Some(md) = target_md {
                 let unchanged = match link {

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::UNIX_EPOCH;
 
 use super::{Entry, Ref, Store, decode_entry};
-use crate::fsutil::{replace_atomic, write_atomic};
+use crate::fsutil::{self, replace_atomic, write_atomic};
 
 impl Store {
     fn ref_path(&self, video_id: &str, stage: &str) -> PathBuf {
@@ -29,19 +29,9 @@ impl Store {
 
     /// The ref of a video and stage. Refs of older vsum versions hold a bare key.
     pub fn read_ref(&self, video_id: &str, stage: &str) -> Option<Ref> {
-        let text = fs::read_to_string(self.ref_path(video_id, stage)).ok()?;
-        let text = text.trim();
-        let r: Ref = if text.starts_with('{') {
-            serde_json::from_str(text).ok()?
-        } else {
-            Ref {
-                key: text.to_string(),
-                ..Ref::default()
-            }
-        };
-        // A ref torn by a power cut (empty, zeros) is no ref.
-        let is_key = r.key.len() == 64 && r.key.bytes().all(|b| b.is_ascii_hexdigit());
-        is_key.then_some(r)
+        fsutil::read_parsed(&self.ref_path(video_id, stage), parse_ref)
+            .ok()?
+            .ok()
     }
 
     pub fn get_ref(&self, video_id: &str, stage: &str) -> Option<String> {
@@ -105,4 +95,20 @@ impl Store {
             .map(|d| d.as_secs())
             .unwrap_or(0)
     }
+}
+
+/// A ref's bytes, or `Err` for a ref that is none: torn by a power cut (empty, zeros),
+/// or cut short. Refs of older vsum versions hold a bare key.
+fn parse_ref(bytes: &[u8]) -> Result<Ref, ()> {
+    let text = std::str::from_utf8(bytes).map_err(|_| ())?.trim();
+    let r: Ref = if text.starts_with('{') {
+        serde_json::from_str(text).map_err(|_| ())?
+    } else {
+        Ref {
+            key: text.to_string(),
+            ..Ref::default()
+        }
+    };
+    let is_key = r.key.len() == 64 && r.key.bytes().all(|b| b.is_ascii_hexdigit());
+    if is_key { Ok(r) } else { Err(()) }
 }

@@ -177,6 +177,19 @@ fn peek_writes_nothing_where_lookup_marks_use_and_removes_untrusted() {
     assert_eq!(fs::metadata(&entry).unwrap().modified().unwrap(), old);
     assert!(matches!(store.lookup(&key), Lookup::Hit(_)));
     assert_ne!(fs::metadata(&entry).unwrap().modified().unwrap(), old);
+    // A mark younger than the step is left as it is; an older one is renewed.
+    let set_mark = |t: std::time::SystemTime| {
+        let f = File::options().write(true).open(&entry).unwrap();
+        f.set_modified(t).unwrap();
+    };
+    let recent = std::time::SystemTime::now() - USE_MARK_STEP / 2;
+    set_mark(recent);
+    assert!(matches!(store.lookup(&key), Lookup::Hit(_)));
+    assert_eq!(fs::metadata(&entry).unwrap().modified().unwrap(), recent);
+    let stale = std::time::SystemTime::now() - USE_MARK_STEP * 2;
+    set_mark(stale);
+    assert!(matches!(store.lookup(&key), Lookup::Hit(_)));
+    assert!(fs::metadata(&entry).unwrap().modified().unwrap() > recent);
 
     let mut bytes = fs::read(&entry).unwrap();
     bytes[10] ^= 1;
