@@ -25,6 +25,7 @@ mod tests;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File, TryLockError};
 use std::io;
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
@@ -95,6 +96,21 @@ pub fn now_secs() -> u64 {
 pub struct Store {
     root: PathBuf,
     _lock: File,
+    /// `entries/`, `objects/` and `refs/`, open: the hot look-ups name files relative
+    /// to them, so the kernel walks two path components, not the whole path.
+    entries_dir: OwnedFd,
+    objects_dir: OwnedFd,
+    refs_dir: OwnedFd,
+}
+
+/// A handle on a folder, for `*at` calls only.
+fn open_dir(path: &Path) -> io::Result<OwnedFd> {
+    use rustix::fs::{Mode, OFlags};
+    Ok(rustix::fs::open(
+        path,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?)
 }
 
 impl Store {
@@ -135,6 +151,9 @@ impl Store {
         Ok(Store {
             root: root.to_path_buf(),
             _lock: lock,
+            entries_dir: open_dir(&root.join("entries")).map_err(io_err)?,
+            objects_dir: open_dir(&root.join("objects")).map_err(io_err)?,
+            refs_dir: open_dir(&root.join("refs")).map_err(io_err)?,
         })
     }
 
@@ -177,6 +196,11 @@ impl Store {
 
     fn object_path(&self, hash: &str) -> PathBuf {
         self.root.join("objects").join(&hash[..2]).join(hash)
+    }
+
+    /// An entry's path relative to `entries/` (see [`Store::entries_dir`]).
+    fn entry_rel(key: &str) -> String {
+        format!("{}/{key}.json", &key[..2])
     }
 
     fn entry_path(&self, key: &str) -> PathBuf {
@@ -248,7 +272,7 @@ impl Store {
     /// left as it is: a rerun of many cached jobs then writes no inodes, and gc's ages
     /// are in hours and days.
     pub fn mark_used(&self, key: &str, last: Option<SystemTime>) {
-        use rustix::fs::{AtFlags, CWD, Timespec, Timestamps, UTIME_NOW, UTIME_OMIT};
+        use rustix::fs::{AtFlags, Timespec, Timestamps, UTIME_NOW, UTIME_OMIT};
         let recent = last
             .and_then(|t| SystemTime::now().duration_since(t).ok())
             .is_some_and(|age| age < USE_MARK_STEP);
@@ -266,7 +290,12 @@ impl Store {
             },
         };
         // One call by path (no open and close); an entry is never a symlink.
-        let _ = rustix::fs::utimensat(CWD, self.entry_path(key), &times, AtFlags::SYMLINK_NOFOLLOW);
+        let _ = rustix::fs::utimensat(
+            &self.entries_dir,
+            Self::entry_rel(key),
+            &times,
+            AtFlags::SYMLINK_NOFOLLOW,
+        );
     }
 
     /// [`Store::lookup`] that writes nothing: no use mark, and an untrusted entry stays
@@ -277,8 +306,7 @@ impl Store {
 
     /// [`Store::peek`], and the entry's last use mark (for [`Store::mark_used`]).
     pub fn peek_dated(&self, key: &str) -> (Lookup, Option<SystemTime>) {
-        let path = self.entry_path(key);
-        let opened = File::open(&path).and_then(|f| {
+        let opened = self.open_entry(key).and_then(|f| {
             // The mark costs a stat of the open file, where a mark itself writes an inode.
             let used = f.metadata()?.modified().ok();
             Ok((fsutil::read_open_parsed(f, decode_entry)?, used))
@@ -305,18 +333,30 @@ impl Store {
         }
     }
 
+    fn open_entry(&self, key: &str) -> io::Result<File> {
+        use rustix::fs::{Mode, OFlags};
+        let fd = rustix::fs::openat(
+            &self.entries_dir,
+            Self::entry_rel(key),
+            OFlags::RDONLY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        Ok(File::from(fd))
+    }
+
     fn check_objects(&self, entry: &Entry) -> Result<(), String> {
+        use rustix::fs::{AtFlags, FileType};
         for (name, o) in &entry.outputs {
-            match fs::symlink_metadata(self.object_path(&o.hash)) {
-                Ok(m) if !m.is_file() => {
+            let rel = format!("{}/{}", &o.hash[..2.min(o.hash.len())], o.hash);
+            match rustix::fs::statat(&self.objects_dir, rel, AtFlags::SYMLINK_NOFOLLOW) {
+                Ok(m) if FileType::from_raw_mode(m.st_mode) != FileType::RegularFile => {
                     return Err(format!("object for '{name}' is not a regular file"));
                 }
-                Ok(m) if m.len() == o.size => {}
+                Ok(m) if m.st_size as u64 == o.size => {}
                 Ok(m) => {
                     return Err(format!(
                         "object for '{name}' has {} bytes, expected {}",
-                        m.len(),
-                        o.size
+                        m.st_size, o.size
                     ));
                 }
                 Err(_) => return Err(format!("object for '{name}' is missing")),

@@ -29,7 +29,16 @@ impl Store {
 
     /// The ref of a video and stage. Refs of older vsum versions hold a bare key.
     pub fn read_ref(&self, video_id: &str, stage: &str) -> Option<Ref> {
-        fsutil::read_parsed(&self.ref_path(video_id, stage), parse_ref)
+        use rustix::fs::{Mode, OFlags};
+        let rel = Path::new(video_id).join(stage);
+        let fd = rustix::fs::openat(
+            &self.refs_dir,
+            &rel,
+            OFlags::RDONLY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .ok()?;
+        fsutil::read_open_parsed(fs::File::from(fd), parse_ref)
             .ok()?
             .ok()
     }
