@@ -127,7 +127,8 @@ impl Output for KeyframesOut {
 impl TypedStage for KeyframesStage {
     type Params = Params;
     const NAME: &'static str = KIND;
-    const VERSION: u32 = 2;
+    // 3: pictures encoded by jpeg-encoder (other bytes than image's encoder).
+    const VERSION: u32 = 3;
     const SUMMARY: &'static str = "One sharp, non-black JPEG per scene (needs video.scenes), rotation applied -> scene_NNNN.jpg + keyframes.json";
 
     fn validate(&self, p: Params, env: &CheckEnv) -> Result<Params, Vec<ParamError>> {

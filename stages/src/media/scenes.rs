@@ -255,7 +255,8 @@ impl Output for ScenesOut {
 impl TypedStage for SceneStage {
     type Params = Params;
     const NAME: &'static str = KIND;
-    const VERSION: u32 = 4;
+    // 5: pictures encoded by jpeg-encoder (other bytes than image's encoder).
+    const VERSION: u32 = 5;
     const SUMMARY: &'static str = "Finds shot cuts (PySceneDetect ContentDetector: HSV frame deltas) or slide changes (detector: slides|auto) -> scenes.json";
 
     fn validate(&self, p: Params, _env: &CheckEnv) -> Result<Params, Vec<ParamError>> {
