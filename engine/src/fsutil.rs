@@ -257,6 +257,25 @@ mod tests {
     use super::*;
 
     #[test]
+    fn read_parsed_reads_past_the_first_read_when_the_parse_needs_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let parse = |b: &[u8]| serde_json::from_slice::<Vec<String>>(b);
+        // Larger than one read: the first 16 KiB do not parse, the whole file does.
+        let big: Vec<String> = (0..3000).map(|i| format!("item {i}")).collect();
+        let path = dir.path().join("big.json");
+        fs::write(&path, serde_json::to_vec(&big).unwrap()).unwrap();
+        assert!(fs::metadata(&path).unwrap().len() > 16 * 1024);
+        assert_eq!(read_parsed(&path, parse).unwrap().unwrap(), big);
+        // Small and whole, small and cut short, missing.
+        fs::write(&path, br#"["a","b"]"#).unwrap();
+        assert_eq!(read_parsed(&path, parse).unwrap().unwrap(), ["a", "b"]);
+        fs::write(&path, br#"["a","#).unwrap();
+        assert!(read_parsed(&path, parse).unwrap().is_err());
+        let missing = read_parsed(&dir.path().join("none"), parse).unwrap_err();
+        assert_eq!(missing.kind(), io::ErrorKind::NotFound);
+    }
+
+    #[test]
     fn relative_paths_climb_and_descend() {
         assert_eq!(
             relative(Path::new("/a/b"), Path::new("/a/c/d")),
