@@ -31,10 +31,23 @@ pub struct Fingerprint {
 }
 
 impl Fingerprint {
+    /// The canonical JSON the key is the hash of. Written field by field, in sorted key
+    /// order, without a `Value` tree in between; byte for byte what
+    /// `write_canonical(&to_value(self))` gives (a test holds the two together), so keys
+    /// never change with this shortcut.
     pub fn canonical_bytes(&self) -> Vec<u8> {
-        let v = serde_json::to_value(self).expect("fingerprint serializes");
-        let mut s = String::new();
-        write_canonical(&v, &mut s);
+        let mut s = String::with_capacity(512);
+        s.push_str("{\"inputs\":");
+        write_str_map(&self.inputs, &mut s);
+        s.push_str(",\"kind\":");
+        write_json_str(&self.kind, &mut s);
+        let _ = write!(s, ",\"kind_version\":{},\"params\":", self.kind_version);
+        write_canonical(&self.params, &mut s);
+        let _ = write!(s, ",\"schema\":{},\"tools\":", self.schema);
+        write_str_map(&self.tools, &mut s);
+        s.push_str(",\"upstream\":");
+        write_str_map(&self.upstream, &mut s);
+        s.push('}');
         s.into_bytes()
     }
 
@@ -111,7 +124,7 @@ pub fn write_canonical(v: &Value, out: &mut String) {
                 if i > 0 {
                     out.push(',');
                 }
-                let _ = write!(out, "{}", Value::String((*k).clone()));
+                write_json_str(k, out);
                 out.push(':');
                 write_canonical(&m[k.as_str()], out);
             }
@@ -131,6 +144,32 @@ pub fn write_canonical(v: &Value, out: &mut String) {
             let _ = write!(out, "{other}");
         }
     }
+}
+
+/// A JSON string as serde_json writes it: plain text as it is, quotes, backslashes and
+/// control characters escaped (by serde_json itself).
+fn write_json_str(text: &str, out: &mut String) {
+    if text.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.push('"');
+        out.push_str(text);
+        out.push('"');
+    } else {
+        out.push_str(&Value::String(text.to_string()).to_string());
+    }
+}
+
+/// A string-to-string map (sorted already, a `BTreeMap`) as canonical JSON.
+fn write_str_map(map: &BTreeMap<String, String>, out: &mut String) {
+    out.push('{');
+    for (i, (k, v)) in map.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        write_json_str(k, out);
+        out.push(':');
+        write_json_str(v, out);
+    }
+    out.push('}');
 }
 
 /// Digest of a job's outputs (sorted name -> content hash): what downstream keys see.
@@ -177,6 +216,37 @@ mod tests {
                 "ab".repeat(32)
             )
         );
+    }
+
+    /// The written-out canonical form is byte for byte the `Value` route's, for text
+    /// that needs escaping, non-ASCII, numbers of every kind and nested params.
+    #[test]
+    fn canonical_bytes_equal_the_value_routes() {
+        let odd = "quote \" back \\ tab \t nl \n nul \u{0} del \u{7f} é 字 / 😀";
+        let mut f = fp(json!({
+            "z": {"nested": [1, -2, 3.5, 1e300, -0.0, true, null, odd], "a": {}},
+            odd: [[], {}],
+            "": "",
+            "big": u64::MAX,
+            "neg": i64::MIN,
+        }));
+        f.kind = odd.into();
+        f.inputs.insert(odd.into(), odd.into());
+        f.inputs.insert("dep:tools/ocr.py".into(), "cd".repeat(32));
+        f.upstream
+            .insert("scenes/talk 1.mp4".into(), "ef".repeat(32));
+        f.tools
+            .insert("model:whisper-tiny.en".into(), "\u{1}x".into());
+        for f in [f, fp(json!({})), fp(json!(null)), fp(json!([1, "a"]))] {
+            // serde_json's own writer on the `Value` (its maps are sorted): an oracle
+            // that shares no code with `canonical_bytes` or `write_canonical`.
+            let v = serde_json::to_value(&f).unwrap();
+            let oracle = serde_json::to_string(&v).unwrap();
+            let mut via_value = String::new();
+            write_canonical(&v, &mut via_value);
+            assert_eq!(via_value, oracle);
+            assert_eq!(String::from_utf8(f.canonical_bytes()).unwrap(), oracle);
+        }
     }
 
     #[test]
