@@ -501,4 +501,13 @@ stages:
     let err = stderr(&out);
     assert!(err.contains("jobs: 2 in all, 1 cached, 1 to run"), "{err}");
     assert!(err.contains("estimate: about"), "{err}");
+    // The means come from `.vsum/durations.json`, kept as runs end; without it (a cache
+    // from an older vsum) they are rebuilt from the kept run summaries.
+    let means = p.dir.path().join(".vsum/durations.json");
+    let kept: serde_json::Value = serde_json::from_slice(&std::fs::read(&means).unwrap()).unwrap();
+    assert_eq!(kept["stages"]["check"]["n"], 1, "{kept}");
+    std::fs::remove_file(&means).unwrap();
+    let out = p.vsum(&["run", "pipeline.yaml", "--progress", "plain"]);
+    assert!(stderr(&out).contains("estimate: about"), "{}", stderr(&out));
+    assert!(means.exists());
 }

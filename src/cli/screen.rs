@@ -18,25 +18,12 @@ use vsum_engine::run::{self, RunSummary};
 use vsum_engine::stage::Lane;
 use vsum_engine::store::Store;
 
-use super::common::read_summary;
 use super::term;
 
-/// Mean duration (ms) of the jobs that ran, per stage, over every kept past run.
+/// Mean duration (ms) of the jobs that ran, per stage, over this cache's runs (kept up
+/// to date as runs end: one small file, not every past run summary).
 pub fn past_durations(store: &Store) -> BTreeMap<String, f64> {
-    let mut sums: BTreeMap<String, (f64, usize)> = BTreeMap::new();
-    for p in run::past_runs(store) {
-        let Ok(s) = read_summary(&p) else {
-            continue;
-        };
-        for j in s.jobs.iter().filter(|j| j.outcome == Outcome::Ran) {
-            let e = sums.entry(j.label.stage.clone()).or_default();
-            e.0 += j.end_ms.saturating_sub(j.start_ms) as f64;
-            e.1 += 1;
-        }
-    }
-    sums.into_iter()
-        .map(|(k, (t, n))| (k, t / n as f64))
-        .collect()
+    run::stage_means(store)
 }
 
 /// "42s", "3m 07s", "2h 05m".

@@ -20,6 +20,7 @@
 //! executor (remote workers) only decides where jobs run.
 
 mod breaker;
+mod durations;
 mod execute;
 mod executor;
 mod gpu_lane;
@@ -36,6 +37,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 pub use crossbeam_channel::Receiver;
+pub use durations::stage_means;
 pub use executor::{Completions, Executor, Job, JobDone, LocalExecutor};
 pub use plan::{Plan, plan};
 pub use remote::{RemoteBatchItem, RemoteJob, RemoteUpstream, RemoteVideo, WorkerEnv, run_remote};
@@ -222,6 +224,7 @@ pub fn execute(
             message: format!("cannot write the run summary {}: {e}", path.display()),
         });
     }
+    durations::record(&shared.store, &summary.jobs);
     finished(&events, &summary);
     Ok(summary)
 }

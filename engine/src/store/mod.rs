@@ -3,7 +3,8 @@
 //! Layout: `objects/ab/<blake3>` (read-only files, one per distinct content),
 //! `entries/ab/<key>.json` (what a job produced: output name -> object, its
 //! fingerprint, timings), `refs/<video-id>/<stage>` (the last key seen for a video and
-//! stage, for `cache why`), `statcache.json`, `stats.json` (see `summary`), `runs/`, `logs/`, `tmp/`.
+//! stage, for `cache why`), `statcache.json`, `stats.json` (see `summary`),
+//! `durations.json` (see `run::durations`), `runs/`, `logs/`, `tmp/`.
 //!
 //! A commit moves outputs into `objects/` first, makes them durable (fsync of each
 //! object and of its folder), and writes the entry last, atomically (temp + rename).
