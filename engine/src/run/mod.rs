@@ -224,7 +224,7 @@ pub fn execute(
             message: format!("cannot write the run summary {}: {e}", path.display()),
         });
     }
-    durations::record(&shared.store, &summary.jobs);
+    durations::record(shared.store, &summary.jobs);
     finished(&events, &summary);
     Ok(summary)
 }
