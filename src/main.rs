@@ -6,7 +6,9 @@ mod cli;
 /// mimalloc, not glibc's malloc: a cached run is mostly small, short-lived strings and
 /// paths made and freed on several threads at once, where glibc's malloc took about a
 /// fifth of the samples. Paired runs: 10,000 cached jobs 296 -> 217 ms (engine bench),
-/// the 600-job rerun 59 -> 48 ms (whole process), for about 20 MiB more peak memory.
+/// the 600-job rerun 59 -> 48 ms (whole process). Built without transparent huge pages
+/// (`no_thp`): with them each thread's first heap segment faulted in and zeroed 2 MiB
+/// pages, a sixth of a rerun's samples and 38 MiB peak instead of 16.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
