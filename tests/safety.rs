@@ -291,8 +291,11 @@ fn a_new_cache_is_marked_and_an_older_unmarked_cache_is_adopted() {
         "{tag}"
     );
     assert!(tag.contains("vsum-cache-format: 1"), "{tag}");
-    // A cache made before the marker existed: same layout, no tag. Kept, and marked.
-    std::fs::remove_file(p.path().join(".vsum/CACHEDIR.TAG")).unwrap();
+    // A cache made before the marker existed: same layout, no tag, and none of the files
+    // later versions keep at the top (only a marked cache gets those). Kept, and marked.
+    for later in ["CACHEDIR.TAG", "durations.json", "stats.json"] {
+        let _ = std::fs::remove_file(p.path().join(".vsum").join(later));
+    }
     let (code, s) = p.run(&[]);
     assert_eq!(code, 0, "{s}");
     assert_eq!(counts(&s), (0, 3, 0, 0), "every entry is still used: {s}");

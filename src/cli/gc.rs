@@ -21,7 +21,8 @@ pub struct GcArgs {
     /// Keep at most this much output; a unit is required (e.g. 50G, 500M, 10K, 0)
     #[arg(long)]
     max_size: Option<String>,
-    /// Remove entries not used for this long (e.g. 30d, 12h)
+    /// Remove entries not used for this long (e.g. 30d, 12h); last use is kept to the
+    /// hour, so an entry goes when unused for this long plus up to an hour
     #[arg(long)]
     older_than: Option<String>,
     /// List what would be removed, remove nothing

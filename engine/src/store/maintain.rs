@@ -144,7 +144,11 @@ impl Store {
         }
         live.sort_by_key(|e| std::cmp::Reverse(e.0)); // newest first
         for (used, key, e) in live {
-            let too_old = older_than.is_some_and(|age| now.saturating_sub(used) > age);
+            // Use marks are kept to the hour (`USE_MARK_STEP`): an entry whose mark is
+            // up to that much older than its last use must not go for it.
+            let step = super::USE_MARK_STEP.as_secs();
+            let too_old =
+                older_than.is_some_and(|age| now.saturating_sub(used) > age.saturating_add(step));
             let new_bytes: u64 = e
                 .outputs
                 .values()

@@ -66,10 +66,18 @@ fn commit_lookup_materialize_roundtrip() {
         .materialize(&hit, dir.path(), &out, &[], &again, LinkMode::Copy)
         .unwrap();
     assert_eq!(fs::read(out.join("a.txt")).unwrap(), b"hello");
-    store
+    let linked = store
         .materialize(&hit, dir.path(), &out, &[], &again, LinkMode::Hardlink)
         .unwrap();
     assert!(store.is_materialized(&hit, &out));
+    // Back to copies: the link matches its recorded stamp, but it is the object itself
+    // (two links), so it becomes a copy of its own.
+    store
+        .materialize(&hit, dir.path(), &out, &[], &linked, LinkMode::Copy)
+        .unwrap();
+    assert!(!store.is_materialized(&hit, &out));
+    assert_eq!(fs::metadata(out.join("a.txt")).unwrap().nlink(), 1);
+    assert_eq!(fs::read(out.join("a.txt")).unwrap(), b"hello");
 }
 
 #[test]
@@ -377,4 +385,26 @@ fn stats_reuse_settled_folders_and_always_match_a_full_read() {
     .unwrap();
     let (quick, full) = sums_both_ways(&root);
     assert_eq!(quick, full);
+}
+
+#[test]
+fn gc_by_age_allows_for_use_marks_kept_to_the_hour() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join(".vsum"), LockMode::Exclusive).unwrap();
+    let key = "d".repeat(64);
+    commit_one(&store, &key, b"kept");
+    let mark = |ago: std::time::Duration| {
+        let f = File::options()
+            .write(true)
+            .open(store.entry_path(&key))
+            .unwrap();
+        f.set_modified(std::time::SystemTime::now() - ago).unwrap();
+    };
+    let hour = USE_MARK_STEP;
+    // Marked 1.5 h ago: it may have been used 35 minutes ago. `--older-than 1h` keeps it.
+    mark(hour + hour / 2);
+    assert_eq!(store.gc(None, Some(hour.as_secs())).entries_removed, 0);
+    // Marked 2.5 h ago: unused for over 1.5 h at the least. It goes.
+    mark(hour * 2 + hour / 2);
+    assert_eq!(store.gc(None, Some(hour.as_secs())).entries_removed, 1);
 }
