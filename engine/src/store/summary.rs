@@ -198,8 +198,14 @@ impl Walk<'_> {
             let Ok(kind) = e.file_type() else { continue };
             let name = e.file_name();
             if kind.is_dir() {
-                if let Some(n) = name.to_str() {
-                    f.subdirs.push(n.to_string());
+                match name.to_str() {
+                    Some(n) => f.subdirs.push(n.to_string()),
+                    // Not vsum's (its names are UTF-8): its bytes still count, read
+                    // afresh each time, as the summary's keys are text.
+                    None => {
+                        f.bytes += fsutil::dir_size(&e.path());
+                        settled = false;
+                    }
                 }
                 continue;
             }
