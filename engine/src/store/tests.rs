@@ -167,6 +167,12 @@ fn placing_a_hard_link_over_a_link_to_the_same_file_leaves_no_temp_file() {
     assert_eq!(fs::read(&target).unwrap(), b"same");
 }
 
+/// Sets an entry's use mark (its mtime) to `t`.
+fn set_use_mark(entry: &Path, t: std::time::SystemTime) {
+    let f = File::options().write(true).open(entry).unwrap();
+    f.set_modified(t).unwrap();
+}
+
 #[test]
 fn peek_writes_nothing_where_lookup_marks_use_and_removes_untrusted() {
     let dir = tempfile::tempdir().unwrap();
@@ -175,27 +181,18 @@ fn peek_writes_nothing_where_lookup_marks_use_and_removes_untrusted() {
     commit_one(&store, &key, b"hello");
     let entry = store.entry_path(&key);
     let old = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000);
-    File::options()
-        .write(true)
-        .open(&entry)
-        .unwrap()
-        .set_modified(old)
-        .unwrap();
+    set_use_mark(&entry, old);
     assert!(matches!(store.peek(&key), Lookup::Hit(_)));
     assert_eq!(fs::metadata(&entry).unwrap().modified().unwrap(), old);
     assert!(matches!(store.lookup(&key), Lookup::Hit(_)));
     assert_ne!(fs::metadata(&entry).unwrap().modified().unwrap(), old);
     // A mark younger than the step is left as it is; an older one is renewed.
-    let set_mark = |t: std::time::SystemTime| {
-        let f = File::options().write(true).open(&entry).unwrap();
-        f.set_modified(t).unwrap();
-    };
     let recent = std::time::SystemTime::now() - USE_MARK_STEP / 2;
-    set_mark(recent);
+    set_use_mark(&entry, recent);
     assert!(matches!(store.lookup(&key), Lookup::Hit(_)));
     assert_eq!(fs::metadata(&entry).unwrap().modified().unwrap(), recent);
     let stale = std::time::SystemTime::now() - USE_MARK_STEP * 2;
-    set_mark(stale);
+    set_use_mark(&entry, stale);
     assert!(matches!(store.lookup(&key), Lookup::Hit(_)));
     assert!(fs::metadata(&entry).unwrap().modified().unwrap() > recent);
 
@@ -393,13 +390,7 @@ fn gc_by_age_allows_for_use_marks_kept_to_the_hour() {
     let store = Store::open(&dir.path().join(".vsum"), LockMode::Exclusive).unwrap();
     let key = "d".repeat(64);
     commit_one(&store, &key, b"kept");
-    let mark = |ago: std::time::Duration| {
-        let f = File::options()
-            .write(true)
-            .open(store.entry_path(&key))
-            .unwrap();
-        f.set_modified(std::time::SystemTime::now() - ago).unwrap();
-    };
+    let mark = |ago| set_use_mark(&store.entry_path(&key), std::time::SystemTime::now() - ago);
     let hour = USE_MARK_STEP;
     // Marked 1.5 h ago: it may have been used 35 minutes ago. `--older-than 1h` keeps it.
     mark(hour + hour / 2);
