@@ -70,28 +70,24 @@ impl Store {
             let obj = self.object_path(&o.hash);
             let target = dest.join(rel);
             let target_md = safety::checked_metadata(dest, &target)?;
-            // A copy just as vsum placed it (and one link only, so not the object
-            // itself): nothing to do, and no need to look at the object.
-            if let Some(md) = &target_md
-                && link == LinkMode::Copy
-                && md.is_file()
-                && md.nlink() == 1
-                && md.len() == o.size
-                && placed.get(rel) == Some(&Placed(o.hash.clone(), Stamp::of(md)))
-            {
-                stamps.insert(rel.clone(), Placed(o.hash.clone(), Stamp::of(md)));
-                continue;
-            }
-            let obj_md = fs::metadata(&obj)?;
             if let Some(md) = target_md {
+                // Is the file there the object itself (a hard link to it)? A file with one
+                // link never is, so an unchanged copy costs no look at the object.
+                let is_object = || -> io::Result<bool> {
+                    if md.nlink() == 1 {
+                        return Ok(false);
+                    }
+                    let obj_md = fs::metadata(&obj)?;
+                    Ok(md.ino() == obj_md.ino() && md.dev() == obj_md.dev())
+                };
                 let unchanged = match link {
-                    LinkMode::Hardlink => md.ino() == obj_md.ino() && md.dev() == obj_md.dev(),
+                    LinkMode::Hardlink => is_object()?,
                     LinkMode::Copy => {
                         md.is_file()
                             && md.len() == o.size
                             && placed.get(rel) == Some(&Placed(o.hash.clone(), Stamp::of(&md)))
                             // A hard link from an older vsum becomes a copy.
-                            && !(md.ino() == obj_md.ino() && md.dev() == obj_md.dev())
+                            && !is_object()?
                     }
                 };
                 if unchanged {
