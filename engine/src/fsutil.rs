@@ -38,20 +38,13 @@ pub fn is_temp(path: &Path) -> bool {
         .is_some_and(|n| n.starts_with('.') && n.contains(".tmp-"))
 }
 
-/// Reads a small file that is only ever replaced whole (temp, then rename) and parses
-/// it, in as few system calls as possible: open, one read, close, when the file fits in
-/// one read and `parse` accepts what came. A short read of a regular file is its end on
-/// local filesystems, and `parse` is the proof: a record cut short never parses (entries
-/// carry a checksum; refs are JSON). Otherwise it reads to the end and parses that.
+/// Reads a small file that is only ever replaced whole (temp, then rename), opened by
+/// the caller (who may ask it something first, such as its mtime), and parses it, in as
+/// few system calls as possible: one read, then close, when the file fits in one read
+/// and `parse` accepts what came. A short read of a regular file is its end on local
+/// filesystems, and `parse` is the proof: a record cut short never parses (entries carry
+/// a checksum; refs are JSON). Otherwise it reads to the end and parses that.
 pub fn read_parsed<T, E>(
-    path: &Path,
-    parse: impl Fn(&[u8]) -> Result<T, E>,
-) -> io::Result<Result<T, E>> {
-    read_open_parsed(File::open(path)?, parse)
-}
-
-/// [`read_parsed`] of a file already open (to ask it something first, such as its mtime).
-pub fn read_open_parsed<T, E>(
     mut f: File,
     parse: impl Fn(&[u8]) -> Result<T, E>,
 ) -> io::Result<Result<T, E>> {
@@ -265,13 +258,14 @@ mod tests {
         let path = dir.path().join("big.json");
         fs::write(&path, serde_json::to_vec(&big).unwrap()).unwrap();
         assert!(fs::metadata(&path).unwrap().len() > 16 * 1024);
-        assert_eq!(read_parsed(&path, parse).unwrap().unwrap(), big);
+        let read = |p: &Path| read_parsed(File::open(p)?, parse);
+        assert_eq!(read(&path).unwrap().unwrap(), big);
         // Small and whole, small and cut short, missing.
         fs::write(&path, br#"["a","b"]"#).unwrap();
-        assert_eq!(read_parsed(&path, parse).unwrap().unwrap(), ["a", "b"]);
+        assert_eq!(read(&path).unwrap().unwrap(), ["a", "b"]);
         fs::write(&path, br#"["a","#).unwrap();
-        assert!(read_parsed(&path, parse).unwrap().is_err());
-        let missing = read_parsed(&dir.path().join("none"), parse).unwrap_err();
+        assert!(read(&path).unwrap().is_err());
+        let missing = read(&dir.path().join("none")).unwrap_err();
         assert_eq!(missing.kind(), io::ErrorKind::NotFound);
     }
 

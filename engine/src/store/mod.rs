@@ -104,6 +104,13 @@ pub struct Store {
     refs_dir: OwnedFd,
 }
 
+/// Opens `rel`, below the folder `dir`, for reading.
+fn open_at(dir: &OwnedFd, rel: impl rustix::path::Arg) -> io::Result<File> {
+    use rustix::fs::{Mode, OFlags};
+    let fd = rustix::fs::openat(dir, rel, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())?;
+    Ok(File::from(fd))
+}
+
 /// A handle on a folder, for `*at` calls only.
 fn open_dir(path: &Path) -> io::Result<OwnedFd> {
     use rustix::fs::{Mode, OFlags};
@@ -195,8 +202,13 @@ impl Store {
         removed
     }
 
+    /// An object's path relative to `objects/` (see [`Store::objects_dir`]).
+    fn object_rel(hash: &str) -> String {
+        format!("{}/{hash}", hash.get(..2).unwrap_or(hash))
+    }
+
     fn object_path(&self, hash: &str) -> PathBuf {
-        self.root.join("objects").join(&hash[..2]).join(hash)
+        self.root.join("objects").join(Self::object_rel(hash))
     }
 
     /// An entry's path relative to `entries/` (see [`Store::entries_dir`]).
@@ -205,10 +217,7 @@ impl Store {
     }
 
     fn entry_path(&self, key: &str) -> PathBuf {
-        self.root
-            .join("entries")
-            .join(&key[..2])
-            .join(format!("{key}.json"))
+        self.root.join("entries").join(Self::entry_rel(key))
     }
 
     /// Claims `key` for this process: waits while another process holds it (checking
@@ -310,7 +319,7 @@ impl Store {
         let opened = self.open_entry(key).and_then(|f| {
             // The mark costs a stat of the open file, where a mark itself writes an inode.
             let used = f.metadata()?.modified().ok();
-            Ok((fsutil::read_open_parsed(f, decode_entry)?, used))
+            Ok((fsutil::read_parsed(f, decode_entry)?, used))
         });
         let (decoded, used) = match opened {
             Ok(d) => d,
@@ -335,20 +344,13 @@ impl Store {
     }
 
     fn open_entry(&self, key: &str) -> io::Result<File> {
-        use rustix::fs::{Mode, OFlags};
-        let fd = rustix::fs::openat(
-            &self.entries_dir,
-            Self::entry_rel(key),
-            OFlags::RDONLY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )?;
-        Ok(File::from(fd))
+        open_at(&self.entries_dir, Self::entry_rel(key))
     }
 
     fn check_objects(&self, entry: &Entry) -> Result<(), String> {
         use rustix::fs::{AtFlags, FileType};
         for (name, o) in &entry.outputs {
-            let rel = format!("{}/{}", &o.hash[..2.min(o.hash.len())], o.hash);
+            let rel = Self::object_rel(&o.hash);
             match rustix::fs::statat(&self.objects_dir, rel, AtFlags::SYMLINK_NOFOLLOW) {
                 Ok(m) if FileType::from_raw_mode(m.st_mode) != FileType::RegularFile => {
                     return Err(format!("object for '{name}' is not a regular file"));

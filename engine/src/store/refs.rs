@@ -6,12 +6,17 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::UNIX_EPOCH;
 
-use super::{Entry, Ref, Store, decode_entry};
+use super::{Entry, Ref, Store, decode_entry, open_at};
 use crate::fsutil::{self, replace_atomic, write_atomic};
 
 impl Store {
+    /// A ref's path relative to `refs/` (see [`Store::refs_dir`]).
+    fn ref_rel(video_id: &str, stage: &str) -> PathBuf {
+        Path::new(video_id).join(stage)
+    }
+
     fn ref_path(&self, video_id: &str, stage: &str) -> PathBuf {
-        self.root.join("refs").join(video_id).join(stage)
+        self.root.join("refs").join(Self::ref_rel(video_id, stage))
     }
 
     /// Remembers the key last used for a video (or `_batch`) and stage, and the files
@@ -29,18 +34,8 @@ impl Store {
 
     /// The ref of a video and stage. Refs of older vsum versions hold a bare key.
     pub fn read_ref(&self, video_id: &str, stage: &str) -> Option<Ref> {
-        use rustix::fs::{Mode, OFlags};
-        let rel = Path::new(video_id).join(stage);
-        let fd = rustix::fs::openat(
-            &self.refs_dir,
-            &rel,
-            OFlags::RDONLY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .ok()?;
-        fsutil::read_open_parsed(fs::File::from(fd), parse_ref)
-            .ok()?
-            .ok()
+        let f = open_at(&self.refs_dir, Self::ref_rel(video_id, stage)).ok()?;
+        fsutil::read_parsed(f, parse_ref).ok()?.ok()
     }
 
     pub fn get_ref(&self, video_id: &str, stage: &str) -> Option<String> {
