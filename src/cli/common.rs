@@ -7,7 +7,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use vsum_engine::config::{self, Config};
 use vsum_engine::manifest::{self, Manifest, ManifestError};
-use vsum_engine::run::RunSummary;
 use vsum_engine::stage::Registry;
 use vsum_engine::store::{LockMode, Store};
 use vsum_models::ModelsDir;
@@ -170,13 +169,6 @@ pub fn load_alerts(m: &Manifest, common: &Common) -> Result<vsum_engine::alerts:
 pub fn open_store(m: &Manifest, cfg: &Config, mode: LockMode) -> Result<Store, Fail> {
     Store::open(&cfg.cache_path(&m.base_dir), mode)
         .map_err(|e| Fail(exit::USAGE, format!("error: {e}")))
-}
-
-/// Reads a run summary written under `.vsum/runs/`.
-pub fn read_summary(path: &Path) -> Result<RunSummary, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    serde_json::from_str(&text).map_err(|e| format!("{} is not a run summary: {e}", path.display()))
 }
 
 /// The file names the manifest's batch stages publish at the top of the output folder.

@@ -1,17 +1,17 @@
 //! The launch screen of `vsum run`: what was found, what is cached, how long the rest
 //! should take, where results go, and (on a terminal, without `--yes`) a go/no-go.
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, IsTerminal, Write};
 
 use vsum_engine::events::Outcome;
 use vsum_engine::fsutil::human_bytes;
 use vsum_engine::run::RunSummary;
-use vsum_engine::store::Store;
 
-use super::screen::{human_secs, past_durations};
+use super::screen::human_secs;
 
-/// The launch screen text from a dry-run plan.
-pub fn screen(plan: &RunSummary, store: &Store, threads: usize) -> String {
+/// The launch screen text from a dry-run plan and the per-stage mean job times (ms).
+pub fn screen(plan: &RunSummary, means: &BTreeMap<String, f64>, threads: usize) -> String {
     let c = &plan.counts;
     let mut s = String::new();
     s.push_str(&format!(
@@ -24,7 +24,6 @@ pub fn screen(plan: &RunSummary, store: &Store, threads: usize) -> String {
         "jobs: {} in all, {} cached, {} to run\n",
         c.jobs, c.cached, c.would_run
     ));
-    let means = past_durations(store);
     let (mut cpu_ms, mut gpu_ms, mut unknown) = (0.0, 0.0, 0usize);
     for j in plan.jobs.iter().filter(|j| j.outcome == Outcome::WouldRun) {
         match means.get(&j.label.stage) {

@@ -11,7 +11,7 @@ use vsum_engine::store::{LockMode, Store};
 
 use super::common::{
     Common, Fail, check_inputs, exit, install_ctrlc, kinds, load_alerts, load_config,
-    load_manifest, open_store, override_inputs, published, read_summary,
+    load_manifest, open_store, override_inputs, published,
 };
 use super::find::ManifestArg;
 use super::follow;
@@ -73,7 +73,7 @@ fn last_failures(store: &Store) -> Result<Option<BTreeSet<PathBuf>>, Fail> {
             "error: no previous run to retry; run without --retry-failed",
         ));
     };
-    let summary = read_summary(&last).map_err(|e| Fail::usage(format!("error: {e}")))?;
+    let summary = run::read_summary(&last).map_err(|e| Fail::usage(format!("error: {e}")))?;
     let set: BTreeSet<PathBuf> = summary
         .jobs
         .iter()
@@ -238,9 +238,14 @@ impl Batch<'_> {
         };
         let plan = run::plan(m, registry, cfg, store, &opts)
             .map_err(|e| Fail(exit::USAGE, format!("error: {e}")))?;
-        if !dry_run && progress != Progress::None && !json {
+        // The plan as a summary and the per-stage means, for both screens.
+        let screens = (!dry_run).then(|| (plan.summary(), run::stage_means(store)));
+        if let Some((planned, means)) = screens
+            .as_ref()
+            .filter(|_| progress != Progress::None && !json)
+        {
             // Screen 1: what is there, what is cached, how long, where it goes.
-            eprint!("{}", launch::screen(&plan.summary(), store, cfg.threads()));
+            eprint!("{}", launch::screen(planned, means, cfg.threads()));
             if ask && !launch::confirm() {
                 eprintln!("not started");
                 return Ok(None);
@@ -249,12 +254,12 @@ impl Batch<'_> {
         if !dry_run {
             store.prune_runs(cfg.keep_runs.saturating_sub(1));
         }
-        let setup = (!dry_run).then(|| {
+        let setup = screens.map(|(planned, means)| {
             let cpu_mode = matches!(
                 vsum_engine::monitor::Gpu::open().info(),
                 vsum_engine::monitor::GpuInfo::Cpu { .. }
             );
-            screen::Setup::new(&plan.summary(), store, cfg.threads(), cpu_mode)
+            screen::Setup::new(&planned, means, cfg.threads(), cpu_mode)
         });
         let events = EventSink::new();
         report::attach(&events, progress, setup);

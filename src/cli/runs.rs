@@ -9,7 +9,7 @@ use vsum_engine::stage::Registry;
 use vsum_engine::store::LockMode;
 use vsum_engine::time::rfc3339;
 
-use super::common::{Common, Fail, ago, exit, load_manifest, print_json, published, read_summary};
+use super::common::{Common, Fail, ago, exit, load_manifest, print_json, published};
 use super::find;
 use super::report;
 
@@ -93,7 +93,7 @@ pub fn cmd(args: RunsArgs, registry: &Registry) -> Result<u8, Fail> {
         };
         return Err(Fail::failed(format!("error: {what}")));
     };
-    let summary = read_summary(&path).map_err(|e| Fail::failed(format!("error: {e}")))?;
+    let summary = run::read_summary(&path).map_err(|e| Fail::failed(format!("error: {e}")))?;
     if json {
         print_json(&summary);
     } else {
@@ -113,7 +113,10 @@ pub fn cmd(args: RunsArgs, registry: &Registry) -> Result<u8, Fail> {
 }
 
 fn ls(paths: &[PathBuf], json: bool) {
-    let rows: Vec<RunSummary> = paths.iter().filter_map(|p| read_summary(p).ok()).collect();
+    let rows: Vec<RunSummary> = paths
+        .iter()
+        .filter_map(|p| run::read_summary(p).ok())
+        .collect();
     if json {
         let short: Vec<_> = rows
             .iter()

@@ -14,17 +14,10 @@ use std::time::{Duration, Instant};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use vsum_engine::events::{Event, EventSink, JobLabel, Outcome};
 use vsum_engine::fsutil::human_bytes;
-use vsum_engine::run::{self, RunSummary};
+use vsum_engine::run::RunSummary;
 use vsum_engine::stage::Lane;
-use vsum_engine::store::Store;
 
 use super::term;
-
-/// Mean duration (ms) of the jobs that ran, per stage, over this cache's runs (kept up
-/// to date as runs end: one small file, not every past run summary).
-pub fn past_durations(store: &Store) -> BTreeMap<String, f64> {
-    run::stage_means(store)
-}
 
 /// "42s", "3m 07s", "2h 05m".
 pub fn human_secs(s: f64) -> String {
@@ -50,15 +43,21 @@ pub struct Setup {
 }
 
 impl Setup {
-    /// From the plan (a dry run's summary) and the past runs under `store`.
-    pub fn new(plan: &RunSummary, store: &Store, threads: usize, cpu_mode: bool) -> Setup {
+    /// From the plan (a dry run's summary) and the per-stage mean job times (ms) of
+    /// past runs (`run::stage_means`).
+    pub fn new(
+        plan: &RunSummary,
+        means: BTreeMap<String, f64>,
+        threads: usize,
+        cpu_mode: bool,
+    ) -> Setup {
         Setup {
             jobs: plan
                 .jobs
                 .iter()
                 .map(|j| (j.label.clone(), j.outcome == Outcome::Cached))
                 .collect(),
-            means: past_durations(store),
+            means,
             threads: threads.max(1),
             cpu_mode,
         }

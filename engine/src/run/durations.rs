@@ -12,7 +12,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use super::summary::{JobRecord, RunSummary};
+use super::summary::JobRecord;
 use crate::events::Outcome;
 use crate::fsutil;
 use crate::store::Store;
@@ -69,10 +69,7 @@ fn load(store: &Store) -> (Durations, bool) {
         stages: BTreeMap::new(),
     };
     for p in super::past_runs(store) {
-        let summary = std::fs::read(&p)
-            .ok()
-            .and_then(|b| serde_json::from_slice::<RunSummary>(&b).ok());
-        if let Some(s) = summary {
+        if let Ok(s) = super::read_summary(&p) {
             add_jobs(&mut d, &s.jobs);
         }
     }

@@ -434,6 +434,13 @@ pub fn log_path(store: &Store, run_id: &str) -> PathBuf {
     store.logs_dir().join(format!("{run_id}.jsonl"))
 }
 
+/// Reads a run summary written under `.vsum/runs/`.
+pub fn read_summary(path: &std::path::Path) -> Result<RunSummary, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| format!("{} is not a run summary: {e}", path.display()))
+}
+
 /// Reads past run summaries, newest last.
 pub fn past_runs(store: &Store) -> Vec<PathBuf> {
     let mut runs: Vec<PathBuf> = std::fs::read_dir(store.runs_dir())
