@@ -131,24 +131,21 @@ impl Walk<'_> {
             meta.ino(),
         );
         let remembered = top.is_some_and(|t| REMEMBERED.contains(&t));
-        let folder = match self.old.remove(rel) {
-            Some(f) if remembered && f.stamp == stamp => f,
+        let (folder, keep) = match self.old.remove(rel) {
+            Some(f) if remembered && f.stamp == stamp => (f, true),
             _ => {
                 let (folder, settled) = self.read(&path, stamp, top, depth);
                 self.sums.folders_read += 1;
-                if !(remembered && settled) {
-                    self.add(&folder, top, depth);
-                    self.children(rel, &folder.subdirs, top, depth);
-                    return;
-                }
-                self.learnt = true;
-                folder
+                let keep = remembered && settled;
+                self.learnt |= keep;
+                (folder, keep)
             }
         };
         self.add(&folder, top, depth);
-        let subdirs = folder.subdirs.clone();
-        self.new.insert(rel.to_string(), folder);
-        self.children(rel, &subdirs, top, depth);
+        self.children(rel, &folder.subdirs, top, depth);
+        if keep {
+            self.new.insert(rel.to_string(), folder);
+        }
     }
 
     fn children(&mut self, rel: &str, subdirs: &[String], top: Option<&str>, depth: usize) {
@@ -225,13 +222,11 @@ impl Walk<'_> {
                 .is_some_and(|k| k.len() == 64);
             if shard && is_key {
                 f.entries += 1;
-                if let Ok(entry) = fs::read(e.path())
-                    .map_err(|_| ())
-                    .and_then(|b| decode_entry(&b).map_err(|_| ()))
-                {
-                    let s = f.stages.entry(entry.stage.clone()).or_default();
+                if let Some(entry) = fs::read(e.path()).ok().and_then(|b| decode_entry(&b).ok()) {
+                    let size = entry.size();
+                    let s = f.stages.entry(entry.stage).or_default();
                     s.0 += 1;
-                    s.1 += entry.size();
+                    s.1 += size;
                 }
             }
         }
