@@ -102,6 +102,9 @@ pub struct Store {
     entries_dir: OwnedFd,
     objects_dir: OwnedFd,
     refs_dir: OwnedFd,
+    /// Can this process write through a hard link to a read-only object (root can)?
+    /// Learned at the first staged view; then views are copies, never links.
+    links_writable: std::sync::OnceLock<bool>,
 }
 
 /// Opens `rel`, below the folder `dir`, for reading.
@@ -162,6 +165,7 @@ impl Store {
             entries_dir: open_dir(&root.join("entries")).map_err(io_err)?,
             objects_dir: open_dir(&root.join("objects")).map_err(io_err)?,
             refs_dir: open_dir(&root.join("refs")).map_err(io_err)?,
+            links_writable: std::sync::OnceLock::new(),
         })
     }
 

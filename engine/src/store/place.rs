@@ -189,25 +189,28 @@ impl Store {
             if let Some(p) = target.parent() {
                 fs::create_dir_all(p)?;
             }
-            stage_file(&self.object_path(&o.hash), &target)?;
+            self.stage_file(&self.object_path(&o.hash), &target)?;
         }
         Ok(())
     }
 }
 
-/// A read-only view of the object `obj` at `target`: a reflink where the filesystem has
-/// them, else a hard link to the (read-only) object, else a copy. A process that may
-/// write to read-only files (root) gets a copy instead of a link, so it can never write
-/// through the view into the object.
-fn stage_file(obj: &Path, target: &Path) -> io::Result<()> {
-    if fsutil::reflink(obj, target).is_err() {
-        if fs::hard_link(obj, target).is_ok() {
-            if rustix::fs::access(target, rustix::fs::Access::WRITE_OK).is_err() {
+impl Store {
+    /// A read-only view of the object `obj` at `target`: a hard link to the (read-only)
+    /// object, which makes no file; or, where this process may write to read-only files
+    /// (root) and could write through a link into the object, an independent copy (a
+    /// reflink where the filesystem has them). Which of the two is learned once.
+    fn stage_file(&self, obj: &Path, target: &Path) -> io::Result<()> {
+        if self.links_writable.get() != Some(&true) && fs::hard_link(obj, target).is_ok() {
+            let writable = *self
+                .links_writable
+                .get_or_init(|| rustix::fs::access(target, rustix::fs::Access::WRITE_OK).is_ok());
+            if !writable {
                 return Ok(());
             }
             fs::remove_file(target)?;
         }
-        fs::copy(obj, target)?;
+        fsutil::clone_or_copy(obj, target)?;
+        fs::set_permissions(target, fs::Permissions::from_mode(0o444))
     }
-    fs::set_permissions(target, fs::Permissions::from_mode(0o444))
 }
