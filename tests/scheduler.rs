@@ -358,10 +358,13 @@ stages:
     assert!(rc.success());
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(130));
-    // Said at once, with what is being stopped (one job at a time runs here).
+    // Said at once, with what is being stopped: one job at a time computes here, and
+    // the one before it may still be storing its outputs (a few milliseconds).
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("stopping: 1 job in flight") || err.contains("stopping: 0 jobs in flight"),
+        ["0 jobs", "1 job", "2 jobs"]
+            .iter()
+            .any(|n| err.contains(&format!("stopping: {n} in flight"))),
         "{err}"
     );
     let (code, s) = p.run(&[]);

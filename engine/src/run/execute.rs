@@ -55,7 +55,7 @@ impl Shared<'_> {
             r.key = Some(p.key.clone());
             r.notes
                 .push("made meanwhile by another run sharing the cache".into());
-            let digest = self.publish(p.job, &entry, &mut r);
+            let digest = self.publish(p.job, &entry, &mut r, None);
             r.end_ms = self.ms();
             return Finished {
                 tools: entry.fingerprint.tools.clone(),
@@ -71,12 +71,10 @@ impl Shared<'_> {
         };
         // Cores for the job: a CPU-lane job its share; a GPU-lane job one, topped up by
         // the stage when its model computes on the CPU.
+        // They are given back once the stage has computed: storing and placing the
+        // outputs overlap the next job's work (the local executor has twice as many
+        // threads as jobs at a time for that).
         let held_cores = if gpu_lane { 1 } else { self.job_threads };
-        let _cores = if gpu_lane {
-            self.cores.gpu(held_cores)
-        } else {
-            self.cores.cpu(held_cores)
-        };
         // A kind made for the GPU that the manifest put on the CPU lane computes on the
         // CPU: it is told so from the first attempt.
         let mut force_cpu = !gpu_lane && kind.default_lane() == Lane::Gpu;
@@ -95,8 +93,28 @@ impl Shared<'_> {
             None
         };
         let mut attempt = 0;
+        // The cores of an attempt that failed for good, held until its failure is
+        // counted: the next job of the stage must see the breaker it may open.
+        let mut failed_cores = None;
         let outcome = loop {
             attempt += 1;
+            let cores = if gpu_lane {
+                self.cores.gpu(held_cores)
+            } else {
+                self.cores.cpu(held_cores)
+            };
+            // Looked at again now that the job may start: the wait for cores can be long.
+            if attempt == 1 {
+                if self.cancelled() {
+                    break Err(StageError::cancelled());
+                }
+                if let Some(why) = self.stopped() {
+                    return not_run(Outcome::Cancelled, Some(format!("not started: {why}")));
+                }
+                if self.breakers.is_open(st) {
+                    return not_run(Outcome::Skipped, Some(self.breakers.message(st)));
+                }
+            }
             tracing::debug!(job = %p.label.describe(), attempt, "job started");
             self.events.emit(Event::JobStarted {
                 job: p.label.clone(),
@@ -152,7 +170,13 @@ impl Shared<'_> {
                 cores: Some(&self.cores),
                 held_cores,
             };
-            let result = kind.run(&mut ctx).and_then(|()| {
+            let ran = kind.run(&mut ctx);
+            if ran.is_ok() {
+                drop(cores);
+            } else {
+                failed_cores = Some(cores);
+            }
+            let result = ran.and_then(|()| {
                 if self.cancelled() {
                     return Err(StageError::cancelled());
                 }
@@ -172,7 +196,7 @@ impl Shared<'_> {
             });
             drop(staged);
             match result {
-                Ok(entry) => break Ok(entry),
+                Ok(entry) => break Ok((entry, job_dir)),
                 Err(e) => {
                     let _ = std::fs::remove_dir_all(&job_dir);
                     if e.cancelled || self.cancelled() {
@@ -187,6 +211,7 @@ impl Shared<'_> {
                         });
                         notes.push(note);
                         attempt -= 1;
+                        failed_cores = None;
                         continue;
                     }
                     if e.retryable && attempt <= retries {
@@ -200,6 +225,7 @@ impl Shared<'_> {
                             error: e.message.clone(),
                             delay_ms: delay,
                         });
+                        failed_cores = None;
                         if !sleep_unless_cancelled(Duration::from_millis(delay), self.cancel) {
                             break Err(StageError::cancelled());
                         }
@@ -220,8 +246,16 @@ impl Shared<'_> {
             let ok = outcome.is_ok() || outcome.as_ref().is_err_and(|e| e.cancelled);
             self.breakers.count(st, ok, &self.events);
         }
+        drop(failed_cores);
         let digest = match outcome {
-            Ok(entry) => self.publish(p.job, &entry, &mut record),
+            Ok((entry, job_dir)) => {
+                let digest = self.publish(p.job, &entry, &mut record, Some(&job_dir));
+                // Gone when it became the output folder; else its copies are stored.
+                if job_dir.exists() {
+                    let _ = std::fs::remove_dir_all(&job_dir);
+                }
+                digest
+            }
             Err(e) if e.cancelled => {
                 record.outcome = Outcome::Cancelled;
                 None
@@ -275,7 +309,7 @@ impl Shared<'_> {
             }
         };
         self.breakers.count(st, true, &self.events);
-        let digest = self.publish(p.job, &entry, &mut r);
+        let digest = self.publish(p.job, &entry, &mut r, None);
         r.end_ms = self.ms();
         Finished {
             tools: entry.fingerprint.tools.clone(),

@@ -165,7 +165,8 @@ impl Completions {
     }
 }
 
-/// Runs jobs on this machine: CPU-lane jobs on a rayon pool of `cpu_threads`, GPU-lane
+/// Runs jobs on this machine: CPU-lane jobs on a rayon pool of twice `cpu_threads`
+/// (the cores budget lets `cpu_threads` of them compute at once), GPU-lane
 /// jobs one at a time on a single GPU-lane thread that keeps up to `gpu_models` models
 /// loaded and prefers jobs of the model it has loaded.
 pub struct LocalExecutor {
@@ -175,8 +176,12 @@ pub struct LocalExecutor {
 
 impl LocalExecutor {
     pub fn new(config: &Config) -> Result<LocalExecutor, RunError> {
+        // Twice as many threads as jobs at a time: the cores budget lets `threads`
+        // jobs compute at once, and the others stage their upstream, or store and place
+        // their outputs, meanwhile (file-system waits that would otherwise leave a
+        // core idle between two commands).
         let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(config.threads())
+            .num_threads(config.threads() * 2)
             .thread_name(|i| format!("vsum-job-{i}"))
             .build()
             .map_err(|e| RunError::Pool(e.to_string()))?;

@@ -16,12 +16,15 @@ use crate::store::{Entry, Ref, place_file};
 impl Shared<'_> {
     /// Places a finished (or cached) entry's outputs in the job's output folder,
     /// replacing only the files vsum placed there before, and publishes batch files.
-    /// Returns the outputs' digest, or `None` after recording the failure in `record`.
+    /// `fresh`, the folder the job just made them in, may itself become the output
+    /// folder. Returns the outputs' digest, or `None` after recording the failure in
+    /// `record`.
     pub(super) fn publish(
         &self,
         job: JobNode,
         entry: &Entry,
         record: &mut JobRecord,
+        fresh: Option<&Path>,
     ) -> Option<String> {
         let dest = self.out_folder(job);
         let ref_id = self.ref_id(job);
@@ -44,6 +47,26 @@ impl Shared<'_> {
             _ => BTreeMap::new(),
         };
         let files: Vec<String> = entry.outputs.keys().cloned().collect();
+        // A new output folder is the job's own folder, renamed. The ref goes on record
+        // first, with the stamps the files will have: a crash before the rename leaves a
+        // ref whose files are missing, which the next run places again.
+        if let Some(job_dir) = fresh
+            && let Some(stamps) =
+                self.store
+                    .movable(entry, &self.output_dir, &dest, job_dir, self.config.link)
+        {
+            let moved = Ref {
+                key: entry.key.clone(),
+                dest: Some(folder.clone()),
+                files: files.clone(),
+                stamps,
+            };
+            if self.store.set_ref(&ref_id, stage, &moved).is_ok()
+                && self.store.move_into_place(entry, job_dir, &dest).is_ok()
+            {
+                return self.published(job, &dest, record, entry);
+            }
+        }
         let mut placed = Ref {
             key: entry.key.clone(),
             dest: Some(folder),
@@ -84,7 +107,19 @@ impl Shared<'_> {
         if old.as_ref() != Some(&placed) {
             let _ = self.store.set_ref(&ref_id, stage, &placed);
         }
-        if let Err(e) = self.publish_files(job, &dest) {
+        self.published(job, &dest, record, entry)
+    }
+
+    /// The end of [`Shared::publish`], once the stage folder is in place: the batch
+    /// stage's `publish:` files.
+    fn published(
+        &self,
+        job: JobNode,
+        dest: &Path,
+        record: &mut JobRecord,
+        entry: &Entry,
+    ) -> Option<String> {
+        if let Err(e) = self.publish_files(job, dest) {
             record.outcome = Outcome::Failed;
             record.error = Some(e);
             record.hint = Some(

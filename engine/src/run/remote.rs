@@ -334,7 +334,10 @@ pub fn run_remote(
                 })
         });
         match result {
-            Ok(entry) => return Ok(entry),
+            Ok(entry) => {
+                let _ = std::fs::remove_dir_all(&job_dir);
+                return Ok(entry);
+            }
             Err(e) => {
                 let _ = std::fs::remove_dir_all(&job_dir);
                 if e.out_of_memory && !force_cpu {

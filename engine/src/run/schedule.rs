@@ -432,7 +432,7 @@ fn restored(
 ) -> Finished {
     let mut r = shared.record(label, Outcome::Cached, start);
     r.key = Some(key);
-    let digest = shared.publish(job, entry, &mut r);
+    let digest = shared.publish(job, entry, &mut r, None);
     r.end_ms = shared.ms();
     Finished {
         tools: entry.fingerprint.tools.clone(),

@@ -66,6 +66,10 @@ pub enum StoreError {
     NewerFormat { path: PathBuf, found: u32 },
 }
 
+/// Outputs up to this size are hashed in place first, to find an object already
+/// stored without copying them (larger ones are hashed once, as the stored copy).
+const SMALL_OUTPUT: u64 = 1 << 20;
+
 /// How fresh an entry's use mark may be and still be left as it is (see
 /// [`Store::mark_used`]).
 pub const USE_MARK_STEP: std::time::Duration = std::time::Duration::from_secs(3600);
@@ -105,6 +109,9 @@ pub struct Store {
     /// Can this process write through a hard link to a read-only object (root can)?
     /// Learned at the first staged view; then views are copies, never links.
     links_writable: std::sync::OnceLock<bool>,
+    /// Set when a job's folder could not be renamed into the output folder (another
+    /// filesystem): its outputs are copied from then on, without trying again.
+    no_moves: std::sync::atomic::AtomicBool,
 }
 
 /// Opens `rel`, below the folder `dir`, for reading.
@@ -166,6 +173,7 @@ impl Store {
             objects_dir: open_dir(&root.join("objects")).map_err(io_err)?,
             refs_dir: open_dir(&root.join("refs")).map_err(io_err)?,
             links_writable: std::sync::OnceLock::new(),
+            no_moves: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -372,7 +380,8 @@ impl Store {
         Ok(())
     }
 
-    /// Moves every file under `job_dir` into objects/ and writes the entry.
+    /// Stores a copy of every file under `job_dir` in objects/ and writes the entry. The
+    /// folder stays, for the caller to place ([`Store::move_into_place`]) or remove.
     pub fn commit(
         &self,
         key: &str,
@@ -405,6 +414,18 @@ impl Store {
                 return Err(io::Error::other(format!(
                     "output '{rel}' is not a regular file (symlinks and devices are not cached)"
                 )));
+            }
+            // A small output already stored (an unchanged JSON, a file passed through)
+            // is known by its hash alone: no copy is made only to be removed.
+            let size = item.metadata().map_err(io::Error::other)?.len();
+            if size <= SMALL_OUTPUT {
+                let hash = hash_file(item.path())?;
+                let dest = self.object_path(&hash);
+                if fs::symlink_metadata(&dest).is_ok_and(|m| m.is_file() && m.len() == size) {
+                    touched.insert(dest.parent().expect("object folder").to_path_buf());
+                    outputs.insert(rel, OutFile { hash, size });
+                    continue;
+                }
             }
             // The store gets a private copy (a reflink where it can), never the job's
             // file itself: a process that still holds that file open cannot reach it.
@@ -462,7 +483,6 @@ impl Store {
         // one that fails its checksum) is never trusted; the job just runs again.
         replace_atomic(&self.entry_path(key), &encode_entry(&entry))?;
         fault_point("commit:entry-written");
-        let _ = fs::remove_dir_all(job_dir);
         Ok(entry)
     }
 }

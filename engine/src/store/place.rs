@@ -111,6 +111,61 @@ impl Store {
         Ok(stamps)
     }
 
+    /// When a job's own folder can become its new output folder `dest` whole (the
+    /// cheapest placement: one rename, no copy, no file made or removed): `dest` is not
+    /// there, the outputs are placed as copies, and each output in `job_dir` is a plain
+    /// file of the stored size that nothing else links to. Returns the stamps the files
+    /// will have once placed (a rename keeps size, mtime and inode), for the ref that
+    /// must be on record before they are placed.
+    pub fn movable(
+        &self,
+        entry: &Entry,
+        root: &Path,
+        dest: &Path,
+        job_dir: &Path,
+        link: LinkMode,
+    ) -> Option<BTreeMap<String, Placed>> {
+        if link != LinkMode::Copy
+            || self.no_moves.load(std::sync::atomic::Ordering::Relaxed)
+            || !matches!(safety::checked_metadata(root, dest), Ok(None))
+        {
+            return None;
+        }
+        let mut stamps = BTreeMap::new();
+        for (rel, o) in &entry.outputs {
+            if !safety::plain_relative(rel) {
+                return None;
+            }
+            let md = fs::symlink_metadata(job_dir.join(rel)).ok()?;
+            if !md.is_file() || md.nlink() != 1 || md.len() != o.size {
+                return None;
+            }
+            stamps.insert(rel.clone(), Placed(o.hash.clone(), Stamp::of(&md)));
+        }
+        Some(stamps)
+    }
+
+    /// Renames the job's folder to `dest` (see [`Store::movable`]), its outputs made
+    /// the user's to edit (0644), like a placed copy. Never replaces anything at
+    /// `dest`: a folder that appeared there meanwhile fails the move, and the caller
+    /// places copies instead.
+    pub fn move_into_place(&self, entry: &Entry, job_dir: &Path, dest: &Path) -> io::Result<()> {
+        use rustix::fs::{CWD, RenameFlags, renameat_with};
+        for rel in entry.outputs.keys() {
+            fs::set_permissions(job_dir.join(rel), fs::Permissions::from_mode(0o644))?;
+        }
+        if let Some(p) = dest.parent() {
+            fs::create_dir_all(p)?;
+        }
+        renameat_with(CWD, job_dir, CWD, dest, RenameFlags::NOREPLACE).map_err(|e| {
+            if e == rustix::io::Errno::XDEV {
+                self.no_moves
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+            io::Error::from(e)
+        })
+    }
+
     /// Does `dest` already hold exactly these outputs as links to the objects?
     pub fn is_materialized(&self, entry: &Entry, dest: &Path) -> bool {
         entry.outputs.iter().all(|(rel, o)| {
