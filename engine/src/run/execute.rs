@@ -362,9 +362,10 @@ impl Shared<'_> {
 
 /// A job's private, read-only view of its upstream outputs: each upstream cache entry
 /// staged from the store's immutable objects ([`Store::stage_entry`]) into a folder
-/// under the cache's `tmp/`.
-/// Removed when dropped (gc removes what a crash leaves).
-pub(super) struct Staged {
+/// under the cache's `tmp/` ([`Store::view_root`]), given back emptied when dropped
+/// (gc removes what a crash leaves).
+pub(super) struct Staged<'s> {
+    store: &'s Store,
     root: Option<PathBuf>,
     /// Upstream output folder -> its staged copy.
     folders: BTreeMap<PathBuf, PathBuf>,
@@ -372,13 +373,14 @@ pub(super) struct Staged {
     previous: Option<PathBuf>,
 }
 
-impl Staged {
+impl<'s> Staged<'s> {
     pub(super) fn new(
-        store: &Store,
+        store: &'s Store,
         sources: &[(PathBuf, String)],
         previous: Option<&str>,
-    ) -> std::io::Result<Staged> {
+    ) -> std::io::Result<Staged<'s>> {
         let mut staged = Staged {
+            store,
             root: None,
             folders: BTreeMap::new(),
             previous: None,
@@ -386,7 +388,7 @@ impl Staged {
         if sources.is_empty() && previous.is_none() {
             return Ok(staged);
         }
-        let root = store.job_dir()?;
+        let root = store.view_root()?;
         staged.root = Some(root.clone());
         for (i, (folder, key)) in sources.iter().enumerate() {
             // The folder's own name stays (some stages name files after it).
@@ -425,10 +427,10 @@ impl Staged {
     }
 }
 
-impl Drop for Staged {
+impl Drop for Staged<'_> {
     fn drop(&mut self) {
-        if let Some(root) = &self.root {
-            let _ = std::fs::remove_dir_all(root);
+        if let Some(root) = self.root.take() {
+            self.store.give_back_view(root);
         }
     }
 }

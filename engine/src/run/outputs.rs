@@ -47,13 +47,15 @@ impl Shared<'_> {
             _ => BTreeMap::new(),
         };
         let files: Vec<String> = entry.outputs.keys().cloned().collect();
-        // A new output folder is the job's own folder, renamed. The ref goes on record
-        // first, with the stamps the files will have: a crash before the rename leaves a
-        // ref whose files are missing, which the next run places again.
+        // A new output folder is the job's own folder, renamed, holding copies of the
+        // objects. The ref goes on record first, with the stamps the copies keep: a
+        // crash before the rename leaves a ref whose files are missing, which the next
+        // run places again.
         if let Some(job_dir) = fresh
-            && let Some(stamps) =
-                self.store
-                    .movable(entry, &self.output_dir, &dest, job_dir, self.config.link)
+            && self
+                .store
+                .movable(entry, &self.output_dir, &dest, job_dir, self.config.link)
+            && let Ok(stamps) = self.store.copies_in(entry, job_dir)
         {
             let moved = Ref {
                 key: entry.key.clone(),
@@ -62,7 +64,7 @@ impl Shared<'_> {
                 stamps,
             };
             if self.store.set_ref(&ref_id, stage, &moved).is_ok()
-                && self.store.move_into_place(entry, job_dir, &dest).is_ok()
+                && self.store.move_into_place(job_dir, &dest).is_ok()
             {
                 return self.published(job, &dest, record, entry);
             }

@@ -70,6 +70,9 @@ pub enum StoreError {
 /// stored without copying them (larger ones are hashed once, as the stored copy).
 const SMALL_OUTPUT: u64 = 1 << 20;
 
+/// View folders kept for reuse (about the jobs that run at once).
+const MAX_SPARE_VIEWS: usize = 64;
+
 /// How fresh an entry's use mark may be and still be left as it is (see
 /// [`Store::mark_used`]).
 pub const USE_MARK_STEP: std::time::Duration = std::time::Duration::from_secs(3600);
@@ -112,6 +115,9 @@ pub struct Store {
     /// Set when a job's folder could not be renamed into the output folder (another
     /// filesystem): its outputs are copied from then on, without trying again.
     no_moves: std::sync::atomic::AtomicBool,
+    /// Folders for jobs' staged views, given back empty by finished jobs and reused
+    /// (see [`Store::view_root`]); removed with the store.
+    spare_views: std::sync::Mutex<Vec<PathBuf>>,
 }
 
 /// Opens `rel`, below the folder `dir`, for reading.
@@ -174,6 +180,7 @@ impl Store {
             refs_dir: open_dir(&root.join("refs")).map_err(io_err)?,
             links_writable: std::sync::OnceLock::new(),
             no_moves: std::sync::atomic::AtomicBool::new(false),
+            spare_views: std::sync::Mutex::new(Vec::new()),
         })
     }
 
@@ -271,6 +278,55 @@ impl Store {
         let d = self.root.join("tmp").join(fsutil::unique_suffix());
         fs::create_dir_all(&d)?;
         Ok(d)
+    }
+
+    /// A folder for one job's staged views of its upstream entries: one an earlier
+    /// job gave back ([`Store::give_back_view`]) when there is one, else a new one.
+    /// Reusing them keeps the folders a job stages into (`<n>/<name>`): on ext4 every
+    /// folder made and removed costs later file creations a scan, for minutes.
+    pub fn view_root(&self) -> io::Result<PathBuf> {
+        let spare = self
+            .spare_views
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop();
+        match spare {
+            Some(root) => Ok(root),
+            None => self.job_dir(),
+        }
+    }
+
+    /// Takes back a job's view folder once the job is done with it: everything staged
+    /// in it is removed, the folders `<n>/<name>` stay for the next job. A folder that
+    /// cannot be emptied is removed instead.
+    pub fn give_back_view(&self, root: PathBuf) {
+        let emptied = (|| -> io::Result<()> {
+            for slot in fs::read_dir(&root)? {
+                let slot = slot?;
+                if !slot.file_type()?.is_dir() || slot.file_name() == "previous" {
+                    remove_any(&slot.path());
+                    continue;
+                }
+                for view in fs::read_dir(slot.path())? {
+                    let view = view?;
+                    if !view.file_type()?.is_dir() {
+                        remove_any(&view.path());
+                        continue;
+                    }
+                    for item in fs::read_dir(view.path())? {
+                        remove_any(&item?.path());
+                    }
+                }
+            }
+            Ok(())
+        })();
+        let mut spare = self.spare_views.lock().unwrap_or_else(|e| e.into_inner());
+        if emptied.is_ok() && spare.len() < MAX_SPARE_VIEWS {
+            spare.push(root);
+        } else {
+            drop(spare);
+            let _ = fs::remove_dir_all(&root);
+        }
     }
 
     /// Finds a trusted entry for `key`. Checks the entry's checksum and that each
@@ -484,6 +540,19 @@ impl Store {
         replace_atomic(&self.entry_path(key), &encode_entry(&entry))?;
         fault_point("commit:entry-written");
         Ok(entry)
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        for root in self
+            .spare_views
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+        {
+            let _ = fs::remove_dir_all(root);
+        }
     }
 }
 

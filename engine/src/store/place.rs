@@ -111,12 +111,10 @@ impl Store {
         Ok(stamps)
     }
 
-    /// When a job's own folder can become its new output folder `dest` whole (the
-    /// cheapest placement: one rename, no copy, no file made or removed): `dest` is not
-    /// there, the outputs are placed as copies, and each output in `job_dir` is a plain
-    /// file of the stored size that nothing else links to. Returns the stamps the files
-    /// will have once placed (a rename keeps size, mtime and inode), for the ref that
-    /// must be on record before they are placed.
+    /// Can the job's own folder become its new output folder `dest` whole (the
+    /// cheapest placement: no folder made or removed, one rename)? Yes when `dest` is
+    /// not there, the outputs are placed as copies, and each output in `job_dir` is a
+    /// plain file.
     pub fn movable(
         &self,
         entry: &Entry,
@@ -124,36 +122,45 @@ impl Store {
         dest: &Path,
         job_dir: &Path,
         link: LinkMode,
-    ) -> Option<BTreeMap<String, Placed>> {
-        if link != LinkMode::Copy
-            || self.no_moves.load(std::sync::atomic::Ordering::Relaxed)
-            || !matches!(safety::checked_metadata(root, dest), Ok(None))
-        {
-            return None;
-        }
-        let mut stamps = BTreeMap::new();
-        for (rel, o) in &entry.outputs {
-            if !safety::plain_relative(rel) {
-                return None;
-            }
-            let md = fs::symlink_metadata(job_dir.join(rel)).ok()?;
-            if !md.is_file() || md.nlink() != 1 || md.len() != o.size {
-                return None;
-            }
-            stamps.insert(rel.clone(), Placed(o.hash.clone(), Stamp::of(&md)));
-        }
-        Some(stamps)
+    ) -> bool {
+        link == LinkMode::Copy
+            && !self.no_moves.load(std::sync::atomic::Ordering::Relaxed)
+            && matches!(safety::checked_metadata(root, dest), Ok(None))
+            && entry.outputs.keys().all(|rel| {
+                safety::plain_relative(rel)
+                    && fs::symlink_metadata(job_dir.join(rel)).is_ok_and(|m| m.is_file())
+            })
     }
 
-    /// Renames the job's folder to `dest` (see [`Store::movable`]), its outputs made
-    /// the user's to edit (0644), like a placed copy. Never replaces anything at
-    /// `dest`: a folder that appeared there meanwhile fails the move, and the caller
-    /// places copies instead.
-    pub fn move_into_place(&self, entry: &Entry, job_dir: &Path, dest: &Path) -> io::Result<()> {
-        use rustix::fs::{CWD, RenameFlags, renameat_with};
-        for rel in entry.outputs.keys() {
-            fs::set_permissions(job_dir.join(rel), fs::Permissions::from_mode(0o644))?;
+    /// Replaces each output in the job's folder with a copy of its object (0644, the
+    /// user's to edit), ready to be moved into place ([`Store::move_into_place`]). Not
+    /// the job's own file: a process the job left running (outside its process group)
+    /// may still hold that one open and write into it later. Returns the stamps the
+    /// copies keep through the move (size, mtime and inode), for the ref that must be
+    /// on record before they are placed.
+    pub fn copies_in(&self, entry: &Entry, job_dir: &Path) -> io::Result<BTreeMap<String, Placed>> {
+        let mut stamps = BTreeMap::new();
+        for (rel, o) in &entry.outputs {
+            let target = job_dir.join(rel);
+            let tmp = temp_beside(&target);
+            let made = fsutil::clone_or_copy(&self.object_path(&o.hash), &tmp)
+                .and_then(|()| fs::set_permissions(&tmp, fs::Permissions::from_mode(0o644)))
+                .and_then(|()| fs::rename(&tmp, &target));
+            if made.is_err() {
+                let _ = fs::remove_file(&tmp);
+            }
+            made?;
+            let md = fs::symlink_metadata(&target)?;
+            stamps.insert(rel.clone(), Placed(o.hash.clone(), Stamp::of(&md)));
         }
+        Ok(stamps)
+    }
+
+    /// Renames the job's folder, made ready by [`Store::copies_in`], to `dest`. Never
+    /// replaces anything at `dest`: a folder that appeared there meanwhile fails the
+    /// move, and the caller places copies instead.
+    pub fn move_into_place(&self, job_dir: &Path, dest: &Path) -> io::Result<()> {
+        use rustix::fs::{CWD, RenameFlags, renameat_with};
         if let Some(p) = dest.parent() {
             fs::create_dir_all(p)?;
         }
