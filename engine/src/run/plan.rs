@@ -316,16 +316,6 @@ pub(super) struct PlanHit {
     pub(super) used: Option<std::time::SystemTime>,
 }
 
-/// An entry as a restore reads it (outputs, key, tools): the rest of its fingerprint is
-/// dropped, so a plan of many cached jobs holds little.
-fn slim(mut entry: Box<crate::store::Entry>) -> Box<crate::store::Entry> {
-    let f = &mut entry.fingerprint;
-    f.params = serde_json::Value::Null;
-    f.inputs.clear();
-    f.upstream.clear();
-    entry
-}
-
 /// One job, planned.
 struct PlannedJob {
     record: JobRecord,
@@ -396,7 +386,7 @@ impl Batch<'_> {
         let (lookup, used) = if forced {
             (Lookup::Missing, None)
         } else {
-            self.store.peek_dated(&k.key)
+            self.store.peek_for_restore(&k.key)
         };
         let mut warning = None;
         let mut hit = None;
@@ -409,7 +399,7 @@ impl Batch<'_> {
                 hit = Some(Box::new(PlanHit {
                     key: k.key.clone(),
                     upstream: ups.iter().map(|(_, u)| u.digest.clone()).collect(),
-                    entry: slim(entry),
+                    entry,
                     used,
                 }));
             }

@@ -106,7 +106,8 @@ pub(super) fn encode_entry(e: &Entry) -> Vec<u8> {
     body
 }
 
-pub(super) fn decode_entry(bytes: &[u8]) -> Result<Entry, String> {
+/// The entry's JSON, once its checksum is checked.
+fn checked_body(bytes: &[u8]) -> Result<&[u8], String> {
     let at = bytes
         .windows(CHECK_SEP.len())
         .rposition(|w| w == CHECK_SEP)
@@ -118,9 +119,63 @@ pub(super) fn decode_entry(bytes: &[u8]) -> Result<Entry, String> {
     if blake3::hash(body).to_hex().as_str() != sum {
         return Err("checksum mismatch".into());
     }
-    let e: Entry = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+    Ok(body)
+}
+
+fn schema_checked(e: Entry) -> Result<Entry, String> {
     if e.schema != SCHEMA {
         return Err(format!("schema {} (this vsum uses {SCHEMA})", e.schema));
     }
     Ok(e)
+}
+
+pub(super) fn decode_entry(bytes: &[u8]) -> Result<Entry, String> {
+    let body = checked_body(bytes)?;
+    schema_checked(serde_json::from_slice(body).map_err(|e| e.to_string())?)
+}
+
+/// [`decode_entry`] for a restore, which needs the outputs, the key and the tools: the
+/// fingerprint's params, inputs and upstream digests are skipped, not built (they are
+/// most of an entry), and left empty.
+pub(super) fn decode_entry_slim(bytes: &[u8]) -> Result<Entry, String> {
+    #[derive(Deserialize)]
+    struct SlimFingerprint {
+        schema: u32,
+        kind: String,
+        kind_version: u32,
+        tools: BTreeMap<String, String>,
+    }
+    #[derive(Deserialize)]
+    struct SlimEntry {
+        schema: u32,
+        key: String,
+        stage: String,
+        kind: String,
+        video: Option<String>,
+        outputs: BTreeMap<String, OutFile>,
+        fingerprint: SlimFingerprint,
+        duration_ms: u64,
+        created: u64,
+    }
+    let body = checked_body(bytes)?;
+    let e: SlimEntry = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+    schema_checked(Entry {
+        schema: e.schema,
+        key: e.key,
+        stage: e.stage,
+        kind: e.kind,
+        video: e.video,
+        outputs: e.outputs,
+        fingerprint: Fingerprint {
+            schema: e.fingerprint.schema,
+            kind: e.fingerprint.kind,
+            kind_version: e.fingerprint.kind_version,
+            params: serde_json::Value::Null,
+            inputs: BTreeMap::new(),
+            upstream: BTreeMap::new(),
+            tools: e.fingerprint.tools,
+        },
+        duration_ms: e.duration_ms,
+        created: e.created,
+    })
 }

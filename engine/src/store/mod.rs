@@ -384,10 +384,24 @@ impl Store {
 
     /// [`Store::peek`], and the entry's last use mark (for [`Store::mark_used`]).
     pub fn peek_dated(&self, key: &str) -> (Lookup, Option<SystemTime>) {
+        self.peek_decoded(key, decode_entry)
+    }
+
+    /// [`Store::peek_dated`] for planning: a hit's fingerprint holds only the tools (see
+    /// [`entry::decode_entry_slim`]), which is all a restore reads.
+    pub fn peek_for_restore(&self, key: &str) -> (Lookup, Option<SystemTime>) {
+        self.peek_decoded(key, entry::decode_entry_slim)
+    }
+
+    fn peek_decoded(
+        &self,
+        key: &str,
+        decode: fn(&[u8]) -> Result<Entry, String>,
+    ) -> (Lookup, Option<SystemTime>) {
         let opened = self.open_entry(key).and_then(|f| {
             // The mark costs a stat of the open file, where a mark itself writes an inode.
             let used = f.metadata()?.modified().ok();
-            Ok((fsutil::read_parsed(f, decode_entry)?, used))
+            Ok((fsutil::read_parsed(f, decode)?, used))
         });
         let (decoded, used) = match opened {
             Ok(d) => d,

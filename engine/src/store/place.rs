@@ -31,6 +31,9 @@ impl Store {
         placed: &BTreeMap<String, Placed>,
         link: LinkMode,
     ) -> io::Result<BTreeMap<String, Placed>> {
+        if let Some(stamps) = unchanged_copies(entry, dest, previous, placed, link) {
+            return Ok(stamps);
+        }
         let dest_there = safety::checked_metadata(root, dest)?.is_some_and(|m| m.is_dir());
         // Remove what an earlier version of the stage placed and this one does not make.
         let mut emptied = BTreeSet::new();
@@ -196,6 +199,35 @@ impl Store {
             _ => false,
         }
     }
+}
+
+/// A cached rerun's usual case: every output is still the copy vsum placed (one link,
+/// and the size, mtime and inode the ref recorded) and nothing else of vsum's is to be
+/// removed. Nothing is written then, so no path needs walking for symlinks: one
+/// `lstat` per file. `None` when anything differs; `materialize` then does it all.
+fn unchanged_copies(
+    entry: &Entry,
+    dest: &Path,
+    previous: &[String],
+    placed: &BTreeMap<String, Placed>,
+    link: LinkMode,
+) -> Option<BTreeMap<String, Placed>> {
+    if link != LinkMode::Copy
+        || placed.len() != entry.outputs.len()
+        || previous.iter().any(|rel| !entry.outputs.contains_key(rel))
+    {
+        return None;
+    }
+    let mut stamps = BTreeMap::new();
+    for (rel, o) in &entry.outputs {
+        let md = fs::symlink_metadata(dest.join(rel)).ok()?;
+        let now = Placed(o.hash.clone(), Stamp::of(&md));
+        if !md.is_file() || md.nlink() != 1 || md.len() != o.size || placed.get(rel) != Some(&now) {
+            return None;
+        }
+        stamps.insert(rel.clone(), now);
+    }
+    Some(stamps)
 }
 
 /// Puts a copy of `src` at `target` (a reflink where the filesystem has one; the copy

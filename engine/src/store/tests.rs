@@ -399,3 +399,41 @@ fn gc_by_age_allows_for_use_marks_kept_to_the_hour() {
     mark(hour * 2 + hour / 2);
     assert_eq!(store.gc(None, Some(hour.as_secs())).entries_removed, 1);
 }
+
+#[test]
+fn the_slim_read_for_a_restore_keeps_what_a_restore_uses() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join(".vsum"), LockMode::Shared).unwrap();
+    let key = "b".repeat(64);
+    let d = store.job_dir().unwrap();
+    fs::write(d.join("a.txt"), b"hello").unwrap();
+    let mut f = fp();
+    f.params = serde_json::json!({"run": ["x", "{out}"]});
+    f.inputs.insert("video".into(), "1".repeat(64));
+    f.upstream.insert("up".into(), "2".repeat(64));
+    f.tools.insert("ffmpeg".into(), "7.1".into());
+    let made = store
+        .commit(&key, &f, "s", Some("v.mp4".into()), &d, 1)
+        .unwrap();
+    let (Lookup::Hit(full), _) = store.peek_dated(&key) else {
+        panic!("expected a hit")
+    };
+    let (Lookup::Hit(slim), _) = store.peek_for_restore(&key) else {
+        panic!("expected a hit")
+    };
+    assert_eq!(*full, made);
+    let mut expected = made.clone();
+    expected.fingerprint.params = serde_json::Value::Null;
+    expected.fingerprint.inputs.clear();
+    expected.fingerprint.upstream.clear();
+    assert_eq!(*slim, expected);
+    assert_eq!(slim.digest(), made.digest());
+    // A torn entry is untrusted either way.
+    let path = store.entry_path(&key);
+    let bytes = fs::read(&path).unwrap();
+    fs::write(&path, &bytes[..bytes.len() - 10]).unwrap();
+    assert!(matches!(
+        store.peek_for_restore(&key).0,
+        Lookup::Untrusted(_)
+    ));
+}
