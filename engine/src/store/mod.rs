@@ -516,8 +516,13 @@ impl Store {
                     touched.insert(dest.parent().expect("object folder").to_path_buf());
                 } else {
                     File::open(&snap)?.sync_all()?;
-                    // A damaged object, or something else in its place, is replaced.
-                    remove_any(&dest);
+                    // A damaged object is replaced by the rename itself, atomically: a
+                    // job storing the same content at the same time, or placing from
+                    // this object, never finds it missing. Only what a rename cannot
+                    // replace (a folder) is removed first.
+                    if fs::symlink_metadata(&dest).is_ok_and(|m| m.is_dir()) {
+                        remove_any(&dest);
+                    }
                     let parent = dest.parent().expect("object folder");
                     fs::create_dir_all(parent)?;
                     fs::set_permissions(&snap, fs::Permissions::from_mode(0o444))?;

@@ -437,3 +437,30 @@ fn the_slim_read_for_a_restore_keeps_what_a_restore_uses() {
         Lookup::Untrusted(_)
     ));
 }
+
+/// Jobs storing the same content at once (every video's copy of one stage's output)
+/// found its object missing for a moment, while another job replaced it, and failed to
+/// place their outputs from it.
+#[test]
+fn jobs_storing_the_same_content_at_once_never_see_the_object_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join(".vsum"), LockMode::Shared).unwrap();
+    std::thread::scope(|s| {
+        for t in 0..4 {
+            let (store, root) = (&store, dir.path());
+            s.spawn(move || {
+                for i in 0..100 {
+                    // A new content every round, stored by the four threads at once.
+                    let content = format!("round {i}\n").repeat(1 + i % 3);
+                    let key = format!("{t}{i:063}");
+                    let e = commit_one(store, &key, content.as_bytes());
+                    let out = root.join(format!("out-{t}-{i}"));
+                    let placed =
+                        store.materialize(&e, root, &out, &[], &BTreeMap::new(), LinkMode::Copy);
+                    assert!(placed.is_ok(), "round {i}: {placed:?}");
+                    assert_eq!(fs::read_to_string(out.join("a.txt")).unwrap(), content);
+                }
+            });
+        }
+    });
+}
