@@ -155,6 +155,19 @@ fn scenes_finds_exactly_the_cuts_of_concatenated_sources() {
     assert_eq!(s["frames"], 200);
     assert_eq!(s["fps"], 25.0);
     assert_eq!(s["decode_errors"], 0);
+    // What decoded it is recorded: a hardware decoder by name, or software with the
+    // reason each one tried was not used.
+    let decoder = &s["decoder"];
+    match decoder["hardware"].as_str() {
+        Some(hw) => assert!(["cuda", "vaapi"].contains(&hw), "{decoder}"),
+        None if std::env::var_os("VSUM_HWACCEL").is_some() => {}
+        None => {
+            let notes = decoder["notes"].as_array().unwrap();
+            assert_eq!(notes.len(), 2, "{decoder}");
+            assert!(notes[0].as_str().unwrap().contains("cuda"), "{decoder}");
+            assert!(notes[1].as_str().unwrap().contains("vaapi"), "{decoder}");
+        }
+    }
     assert_eq!(s["params"]["threshold"], 27.0);
     assert_eq!(s["params"]["downscale"], "auto");
     assert_eq!(s["analysis_size"], json!([256, 192]));

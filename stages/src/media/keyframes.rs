@@ -89,6 +89,10 @@ pub struct KeyframesOut {
     pub missing: Vec<usize>,
     #[serde(default)]
     pub decode_errors: u64,
+    /// What decoded the video for these pictures (see `scenes.json`'s `decoder`); absent
+    /// when nothing was decoded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decoder: Option<super::hwaccel::DecodeInfo>,
     /// The width limit and JPEG quality the pictures were made with (0 when unknown).
     #[serde(default)]
     pub max_width: u32,
@@ -216,6 +220,7 @@ fn from_scenes_pass(
         max_width: p.max_width,
         quality: p.quality,
         decode_errors: pass.decode_errors,
+        decoder: pass.decoder.clone(),
         ..Default::default()
     };
     let mut left = ScenesOut {
@@ -239,6 +244,7 @@ fn from_scenes_pass(
         out.missing = rest.missing;
         out.decode_errors += rest.decode_errors;
         out.rotation = rest.rotation;
+        out.decoder = rest.decoder;
     }
     Ok(out)
 }
@@ -273,8 +279,9 @@ fn extract(
     let mut input = open_input(path)?;
     let index = require_video_stream(&input, path, KIND)?;
     let rotation = stream_rotation(&input.stream(index).expect("index from this input"));
-    let decoder = open_video_decoder(&input, index, ctx.threads, DecodeOpts::default(), path)?;
-    let mut reader = FrameReader::new(&mut input, index, decoder);
+    let decoding = open_video_decoder(&input, index, ctx.threads, DecodeOpts::default(), path)?;
+    let decoder_info = decoding.1.info.clone();
+    let mut reader = FrameReader::new(&mut input, index, decoding);
     // Candidates come from reference pictures only: decoding skips the rest (often half
     // the frames), and reference pictures are the better-quality ones anyway.
     reader.decoder.skip_frame(ffmpeg::Discard::NonReference);
@@ -284,6 +291,7 @@ fn extract(
         rotation,
         max_width: p.max_width,
         quality: p.quality,
+        decoder: Some(decoder_info),
         ..Default::default()
     };
     let mut cursor = Cursor {

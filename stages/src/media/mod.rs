@@ -9,6 +9,7 @@
 
 mod audio;
 pub mod helper;
+pub mod hwaccel;
 mod keyframes;
 mod pictures;
 mod probe;
@@ -436,21 +437,11 @@ pub(crate) fn open_video_decoder(
     threads: usize,
     opts: DecodeOpts,
     path: &Path,
-) -> Result<decoder::Video, StageError> {
+) -> Result<(decoder::Video, Decoding), StageError> {
     let stream = input.stream(index).expect("stream index from this input");
     let mut cctx = codec::Context::from_parameters(stream.parameters()).map_err(|e| {
         StageError::bad_input(format!("cannot set up decoding of {}: {e}", path.display()))
     })?;
-    // Like FFmpeg's automatic choice, one frame thread more than the cores we may use:
-    // frame threads wait on each other's reference pictures.
-    cctx.set_threading(threading::Config {
-        kind: threading::Type::Frame,
-        count: if threads > 1 { threads + 1 } else { 1 },
-        ..Default::default()
-    });
-    let mut dec = cctx.decoder();
-    dec.set_packet_time_base(stream.time_base());
-    dec.skip_loop_filter(opts.skip_loop_filter);
     let id = stream.parameters().id();
     let codec_name = codec_name(id);
     let fail = |e: ffmpeg::Error| {
@@ -461,8 +452,27 @@ pub(crate) fn open_video_decoder(
         .hint("this FFmpeg build lacks a decoder for it: convert the file (e.g. to H.264) or install a fuller FFmpeg")
     };
     let codec = codec::decoder::find(id).ok_or_else(|| fail(ffmpeg::Error::DecoderNotFound))?;
+    // A hardware decoder where there is one (`VSUM_HWACCEL`); it decodes whole frames on
+    // its own, so neither frame threads nor reduced-size decoding apply then.
+    let (hw_pix, info) = hwaccel::attach(&mut cctx, &codec);
+    // Like FFmpeg's automatic choice, one frame thread more than the cores we may use:
+    // frame threads wait on each other's reference pictures.
+    cctx.set_threading(threading::Config {
+        kind: threading::Type::Frame,
+        count: if threads > 1 && hw_pix.is_none() {
+            threads + 1
+        } else {
+            1
+        },
+        ..Default::default()
+    });
+    let mut dec = cctx.decoder();
+    dec.set_packet_time_base(stream.time_base());
+    dec.skip_loop_filter(opts.skip_loop_filter);
     let mut options = ffmpeg::Dictionary::new();
-    if let (Some((need_w, need_h)), Some((w, h))) = (opts.min_size, stream_dims(input, index)) {
+    if let (Some((need_w, need_h)), Some((w, h)), None) =
+        (opts.min_size, stream_dims(input, index), hw_pix)
+    {
         let ceil_shift = |x: u32, l: i32| (x + (1 << l) - 1) >> l;
         let level = (1..=codec.max_lowres().clamp(0, 3))
             .rev()
@@ -471,9 +481,18 @@ pub(crate) fn open_video_decoder(
             options.set("lowres", &l.to_string());
         }
     }
-    dec.open_as_with(codec, options)
+    let dec = dec
+        .open_as_with(codec, options)
         .and_then(|o| o.video())
-        .map_err(fail)
+        .map_err(fail)?;
+    Ok((dec, Decoding { hw_pix, info }))
+}
+
+/// How [`open_video_decoder`] set up decoding: the hardware frame format to download
+/// from (for [`FrameReader`]), and what to record.
+pub(crate) struct Decoding {
+    hw_pix: Option<ffmpeg::ffi::AVPixelFormat>,
+    pub info: hwaccel::DecodeInfo,
 }
 
 pub(crate) fn codec_name(id: codec::Id) -> String {
@@ -487,6 +506,10 @@ pub(crate) struct FrameReader<'a> {
     index: usize,
     pub decoder: decoder::Video,
     frame: frame::Video,
+    /// The hardware format frames come in when a device decodes, and the frame each is
+    /// downloaded into.
+    hw_pix: Option<ffmpeg::ffi::AVPixelFormat>,
+    downloaded: frame::Video,
     /// Packets the demuxer or decoder rejected, plus frames flagged corrupt.
     pub errors: u64,
     sent_eof: bool,
@@ -497,7 +520,11 @@ pub(crate) struct FrameReader<'a> {
 }
 
 impl<'a> FrameReader<'a> {
-    pub fn new(input: &'a mut Input, index: usize, decoder: decoder::Video) -> Self {
+    pub fn new(
+        input: &'a mut Input,
+        index: usize,
+        (decoder, decoding): (decoder::Video, Decoding),
+    ) -> Self {
         let stream = input.stream(index).expect("stream index from this input");
         let time_base = stream.time_base();
         let origin = known_ts(stream.start_time()).unwrap_or(0);
@@ -506,6 +533,8 @@ impl<'a> FrameReader<'a> {
             index,
             decoder,
             frame: frame::Video::empty(),
+            hw_pix: decoding.hw_pix,
+            downloaded: frame::Video::empty(),
             errors: 0,
             sent_eof: false,
             done: false,
@@ -523,6 +552,16 @@ impl<'a> FrameReader<'a> {
         loop {
             match self.decoder.receive_frame(&mut self.frame) {
                 Ok(()) => {
+                    if let Some(pix) = self.hw_pix
+                        && hwaccel::on_device(&self.frame, pix)
+                    {
+                        if hwaccel::download(&self.frame, &mut self.downloaded).is_err() {
+                            // A frame the device made but could not hand over.
+                            self.errors += 1;
+                            continue;
+                        }
+                        std::mem::swap(&mut self.frame, &mut self.downloaded);
+                    }
                     if self.frame.is_corrupt() || self.frame.has_decode_errors() {
                         self.errors += 1;
                     }

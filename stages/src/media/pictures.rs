@@ -454,12 +454,18 @@ impl Sampler {
     /// Gives each scene the picture of its stretch, names it `scene_NNNN.jpg`, removes
     /// the rest and writes `pictures/keyframes.json`; returns how many scenes got one.
     /// `times[i]` is frame i's time.
-    pub fn assign(self, scenes: &[Scene], times: &[f64]) -> Result<usize, StageError> {
+    pub fn assign(
+        self,
+        scenes: &[Scene],
+        times: &[f64],
+        decoder: &super::hwaccel::DecodeInfo,
+    ) -> Result<usize, StageError> {
         let mut used = vec![false; self.chosen.len()];
         let mut out = KeyframesOut {
             rotation: self.rotation,
             max_width: self.max_width,
             quality: self.quality,
+            decoder: Some(decoder.clone()),
             ..Default::default()
         };
         for s in scenes {

@@ -32,6 +32,7 @@ use serde_json::Value;
 use vsum_engine::contract::{Output, TypedStage};
 use vsum_engine::stage::{Check, CheckEnv, JobCtx, KeyEnv, KeyExtras, ParamError, StageError};
 
+use super::hwaccel::DecodeInfo;
 use super::pictures::Sampler;
 use super::slides::{
     AutoChoice, GreyShrinker, SlideDetector, SlideScore, SlideSettings, choose, slides_size,
@@ -236,6 +237,10 @@ pub struct ScenesOut {
     pub decoded_size: [u32; 2],
     #[serde(default)]
     pub decode_errors: u64,
+    /// What decoded the video: a hardware decoder (`cuda`, `vaapi`) or software, and
+    /// why no hardware was used.
+    #[serde(default)]
+    pub decoder: DecodeInfo,
     /// `static` (slides, screens: cut by the slides detector) or `footage` (camera);
     /// absent when only the content detector ran.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -359,8 +364,9 @@ fn detect(ctx: &JobCtx, path: &Path, p: &Params) -> Result<ScenesOut, StageError
     // video may use every core: a core another job holds is shared by the system, and
     // an idle one (the GPU lane waiting for all of them) decodes instead of idling.
     let decode_threads = ctx.threads.max(ctx.cores.map_or(1, |c| c.total()));
-    let decoder = open_video_decoder(&input, index, decode_threads, opts, path)?;
-    let mut reader = FrameReader::new(&mut input, index, decoder);
+    let decoding = open_video_decoder(&input, index, decode_threads, opts, path)?;
+    let decoder_info = decoding.1.info.clone();
+    let mut reader = FrameReader::new(&mut input, index, decoding);
     let step = 1.0 / stream_fps.unwrap_or(25.0);
     let frames_per_sec = stream_fps.unwrap_or(25.0);
     let mut sampler = if p.pictures {
@@ -597,7 +603,7 @@ fn detect(ctx: &JobCtx, path: &Path, p: &Params) -> Result<ScenesOut, StageError
     let pictures = match sampler {
         Some(mut sm) => {
             sm.finish(frames)?;
-            sm.assign(&scenes, &times)?
+            sm.assign(&scenes, &times, &decoder_info)?
         }
         None => 0,
     };
@@ -622,6 +628,7 @@ fn detect(ctx: &JobCtx, path: &Path, p: &Params) -> Result<ScenesOut, StageError
         analysis_size: if chosen_slides { slide_size } else { analysis },
         decoded_size: decoded,
         decode_errors: errors,
+        decoder: decoder_info,
         content_type,
         auto,
         pictures,
