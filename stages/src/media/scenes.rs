@@ -820,6 +820,14 @@ impl BgrShrinker {
             .collect();
         let hmax = h as usize - 1;
         let px = |c: i32| ((c + 32768) >> 16).clamp(0, 255) as u8;
+        let convert = |o: &mut [u8], y16: i32, u16: i32, v16: i32| {
+            let luma = ((y16 - (off << 4)) * gain) >> 4;
+            let (u, v) = (u16 - (128 << 4), v16 - (128 << 4));
+            o[0] = px(luma + ((ub * u) >> 4));
+            o[1] = px(luma - ((ug * u) >> 4) - ((vg * v) >> 4));
+            o[2] = px(luma + ((vr * v) >> 4));
+        };
+        let whole_x = taps.iter().all(|t| t.4 == 0);
         let aw = aw as usize;
         for (oy, &(sy, wy)) in self.ymap.iter().enumerate() {
             let sy1 = (sy + 1).min(hmax);
@@ -827,6 +835,18 @@ impl BgrShrinker {
             let (u0, u1) = (&up[(sy >> cy) * us..], &up[(sy1 >> cy) * us..]);
             let (v0, v1) = (&vp[(sy >> cy) * vs..], &vp[(sy1 >> cy) * vs..]);
             let out = &mut self.out[oy * aw * 3..(oy + 1) * aw * 3];
+            if whole_x && wy == 0 {
+                // Whole factors both ways (1280 -> 256): one tap per pixel, no weights.
+                for (o, &(x0, _, c0, _, _)) in out.chunks_exact_mut(3).zip(&taps) {
+                    convert(
+                        o,
+                        i32::from(y0[x0]) << 4,
+                        i32::from(u0[c0]) << 4,
+                        i32::from(v0[c0]) << 4,
+                    );
+                }
+                continue;
+            }
             for (o, &(x0, x1, c0, c1, wx)) in out.chunks_exact_mut(3).zip(&taps) {
                 let (y16, u16, v16) = if wx == 0 && wy == 0 {
                     (
@@ -846,11 +866,7 @@ impl BgrShrinker {
                         lerp(v0[c0], v0[c1], v1[c0], v1[c1]),
                     )
                 };
-                let luma = ((y16 - (off << 4)) * gain) >> 4;
-                let (u, v) = (u16 - (128 << 4), v16 - (128 << 4));
-                o[0] = px(luma + ((ub * u) >> 4));
-                o[1] = px(luma - ((ug * u) >> 4) - ((vg * v) >> 4));
-                o[2] = px(luma + ((vr * v) >> 4));
+                convert(o, y16, u16, v16);
             }
         }
         &self.out
