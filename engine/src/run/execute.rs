@@ -21,21 +21,28 @@ impl Shared<'_> {
         let retries = st.retries.unwrap_or(self.config.retries);
         let video = p.job.video.map(|v| &self.videos[v]);
         let start = self.ms();
-        let stopped = self.stopped();
         let not_run = |outcome, error: Option<String>| {
             let mut r = self.record(p.label.clone(), outcome, start);
             r.key = Some(p.key.clone());
             r.error = error;
             Finished::bare(p.node, r)
         };
-        if self.cancelled() || stopped.is_some() {
-            return not_run(
-                Outcome::Cancelled,
-                stopped.map(|why| format!("not started: {why}")),
-            );
-        }
-        if self.breakers.is_open(st) {
-            return not_run(Outcome::Skipped, Some(self.breakers.message(st)));
+        // Why the job must not start now (Ctrl-C, a stopped batch, an open breaker):
+        // asked on arrival, and again once its cores are free, which can take long.
+        let refused = || {
+            let stopped = self.stopped();
+            if self.cancelled() || stopped.is_some() {
+                return Some(not_run(
+                    Outcome::Cancelled,
+                    stopped.map(|why| format!("not started: {why}")),
+                ));
+            }
+            self.breakers
+                .is_open(st)
+                .then(|| not_run(Outcome::Skipped, Some(self.breakers.message(st))))
+        };
+        if let Some(fin) = refused() {
+            return fin;
         }
         // One process at a time works on a key: another run sharing the cache that is
         // already on it is waited for, and its result reused.
@@ -103,17 +110,10 @@ impl Shared<'_> {
             } else {
                 self.cores.cpu(held_cores)
             };
-            // Looked at again now that the job may start: the wait for cores can be long.
-            if attempt == 1 {
-                if self.cancelled() {
-                    break Err(StageError::cancelled());
-                }
-                if let Some(why) = self.stopped() {
-                    return not_run(Outcome::Cancelled, Some(format!("not started: {why}")));
-                }
-                if self.breakers.is_open(st) {
-                    return not_run(Outcome::Skipped, Some(self.breakers.message(st)));
-                }
+            if attempt == 1
+                && let Some(fin) = refused()
+            {
+                return fin;
             }
             tracing::debug!(job = %p.label.describe(), attempt, "job started");
             self.events.emit(Event::JobStarted {
@@ -251,9 +251,7 @@ impl Shared<'_> {
             Ok((entry, job_dir)) => {
                 let digest = self.publish(p.job, &entry, &mut record, Some(&job_dir));
                 // Gone when it became the output folder; else its copies are stored.
-                if job_dir.exists() {
-                    let _ = std::fs::remove_dir_all(&job_dir);
-                }
+                let _ = std::fs::remove_dir_all(&job_dir);
                 digest
             }
             Err(e) if e.cancelled => {

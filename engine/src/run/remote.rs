@@ -333,13 +333,11 @@ pub fn run_remote(
                     StageError::retryable(format!("cannot store outputs in the cache: {e}"))
                 })
         });
+        // Stored or failed, the work folder has served.
+        let _ = std::fs::remove_dir_all(&job_dir);
         match result {
-            Ok(entry) => {
-                let _ = std::fs::remove_dir_all(&job_dir);
-                return Ok(entry);
-            }
+            Ok(entry) => return Ok(entry),
             Err(e) => {
-                let _ = std::fs::remove_dir_all(&job_dir);
                 if e.out_of_memory && !force_cpu {
                     force_cpu = true;
                     continue;

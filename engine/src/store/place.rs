@@ -8,7 +8,7 @@ use std::io;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 
-use super::{Entry, Placed, Stamp, Store};
+use super::{Entry, OutFile, Placed, Stamp, Store};
 use crate::config::LinkMode;
 use crate::fsutil::{self, temp_beside};
 use crate::safety;
@@ -85,13 +85,8 @@ impl Store {
                 };
                 let unchanged = match link {
                     LinkMode::Hardlink => is_object()?,
-                    LinkMode::Copy => {
-                        md.is_file()
-                            && md.len() == o.size
-                            && placed.get(rel) == Some(&Placed(o.hash.clone(), Stamp::of(&md)))
-                            // A hard link from an older vsum becomes a copy.
-                            && !is_object()?
-                    }
+                    // A hard link from an older vsum becomes a copy.
+                    LinkMode::Copy => as_placed(&md, rel, o, placed).is_some() && !is_object()?,
                 };
                 if unchanged {
                     stamps.insert(rel.clone(), Placed(o.hash.clone(), Stamp::of(&md)));
@@ -221,13 +216,23 @@ fn unchanged_copies(
     let mut stamps = BTreeMap::new();
     for (rel, o) in &entry.outputs {
         let md = fs::symlink_metadata(dest.join(rel)).ok()?;
-        let now = Placed(o.hash.clone(), Stamp::of(&md));
-        if !md.is_file() || md.nlink() != 1 || md.len() != o.size || placed.get(rel) != Some(&now) {
-            return None;
-        }
+        let now = as_placed(&md, rel, o, placed).filter(|_| md.nlink() == 1)?;
         stamps.insert(rel.clone(), now);
     }
     Some(stamps)
+}
+
+/// The stamp of `md`, the file at output `rel`'s place, when it is still the copy vsum
+/// placed there: a plain file of the stored size with the size, mtime and inode the ref
+/// recorded (`placed`).
+fn as_placed(
+    md: &fs::Metadata,
+    rel: &str,
+    o: &OutFile,
+    placed: &BTreeMap<String, Placed>,
+) -> Option<Placed> {
+    let now = Placed(o.hash.clone(), Stamp::of(md));
+    (md.is_file() && md.len() == o.size && placed.get(rel) == Some(&now)).then_some(now)
 }
 
 /// Puts a copy of `src` at `target` (a reflink where the filesystem has one; the copy
