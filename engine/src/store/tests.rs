@@ -464,3 +464,37 @@ fn jobs_storing_the_same_content_at_once_never_see_the_object_missing() {
         }
     });
 }
+
+/// A view folder handed to the next job must show that job's upstream only, never what
+/// an earlier job staged (or wrote) in the same place.
+#[test]
+fn a_reused_view_folder_shows_only_the_next_jobs_upstream() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join(".vsum"), LockMode::Shared).unwrap();
+    let (first, second) = ("e".repeat(64), "f".repeat(64));
+    commit_one(&store, &first, b"first");
+    let d = store.job_dir().unwrap();
+    fs::write(d.join("b.txt"), b"second").unwrap();
+    store.commit(&second, &fp(), "s", None, &d, 1).unwrap();
+    let root = store.view_root().unwrap();
+    let view = root.join("0").join("up");
+    store.stage_entry(&first, &view).unwrap();
+    // What a job might leave behind in its view, as well as what was staged.
+    fs::write(root.join("0").join("stray.txt"), b"x").unwrap();
+    store.give_back_view(root.clone());
+    let again = store.view_root().unwrap();
+    assert_eq!(again, root, "the folder is reused");
+    assert_eq!(fs::read_dir(&view).unwrap().count(), 0, "emptied");
+    assert!(!root.join("0").join("stray.txt").exists());
+    store.stage_entry(&second, &view).unwrap();
+    let names: Vec<_> = fs::read_dir(&view)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, ["b.txt"]);
+    assert_eq!(fs::read(view.join("b.txt")).unwrap(), b"second");
+    // The store removes the folders it kept when it closes.
+    store.give_back_view(again);
+    drop(store);
+    assert!(!root.exists());
+}
