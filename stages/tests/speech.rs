@@ -78,6 +78,12 @@ fn transcribes_known_sentences_with_low_word_error_rate() {
     let w = wer(&reference, &t.text());
     eprintln!("WER {w:.3}: {}", t.text());
     assert!(w <= 0.20, "word error rate {w:.2} > 0.20: {:?}", t.text());
+    // The encoder's large products go through ggml's BLAS backend to vsum's own
+    // cblas_sgemm (speech/blas.rs): a build without it is several times slower.
+    assert!(
+        vsum_stages::speech::blas::products() > 0,
+        "whisper.cpp never called vsum's cblas_sgemm: is ggml-blas missing from the build?"
+    );
     assert_eq!(t.language.as_deref(), Some("en"));
     assert_eq!(t.model, "whisper-tiny.en");
     assert!(!t.vad);

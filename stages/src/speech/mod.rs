@@ -3,6 +3,7 @@
 //! cutting it into chunks, and writing transcripts as JSON, SRT, WebVTT and text.
 
 pub mod audio;
+pub mod blas;
 pub mod chunks;
 pub mod transcript;
 pub mod vad;
