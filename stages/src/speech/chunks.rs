@@ -148,12 +148,26 @@ pub fn pack(
     pk: &Packing,
     split: &mut dyn FnMut(Span) -> u64,
 ) -> Vec<Window> {
+    pack_between(speech, 0, total, pk, split)
+}
+
+/// [`pack`] for the part of the track from `from` to `to`: the regions are clipped to it,
+/// and no window reaches outside it (padding included). This is how the rest of a track
+/// is packed again once Whisper stopped inside a window (see `whisper.rs`).
+pub fn pack_between(
+    speech: &[Span],
+    from: u64,
+    to: u64,
+    pk: &Packing,
+    split: &mut dyn FnMut(Span) -> u64,
+) -> Vec<Window> {
+    let total = to;
     // Clip, drop empties, and break regions longer than a window.
     let mut regions: Vec<Span> = Vec::new();
     for s in speech {
         let mut s = Span {
-            start: s.start.min(total),
-            end: s.end.min(total),
+            start: s.start.clamp(from, total),
+            end: s.end.clamp(from, total),
         };
         if let Some(prev) = regions.last() {
             s.start = s.start.max(prev.end);
@@ -220,7 +234,7 @@ pub fn pack(
     for w in 0..n {
         let regions = &windows[w];
         let lo = if w == 0 {
-            0
+            from
         } else {
             windows[w - 1].last().unwrap().end
         };
@@ -400,6 +414,30 @@ mod tests {
         assert_eq!(w.first().unwrap().start(), 0);
         assert_eq!(w.last().unwrap().end(), 100);
         assert!(pack(&[], 100, &pk(40), &mut no_split).is_empty());
+    }
+
+    #[test]
+    fn the_rest_of_a_track_packs_from_where_whisper_stopped() {
+        let speech = [sp(0, 10), sp(14, 30), sp(33, 50), sp(55, 70)];
+        // Stopped at 20, inside the second region; the part ends at 60.
+        let w = pack_between(&speech, 20, 60, &pk(25), &mut no_split);
+        assert_eq!(w.first().unwrap().start(), 20, "{w:?}");
+        assert_eq!(w.last().unwrap().end(), 60, "{w:?}");
+        assert!(w.iter().all(|x| x.len() <= 25), "{w:?}");
+        // Every bit of speech between 20 and 60 is in exactly one window.
+        for r in [sp(20, 30), sp(33, 50), sp(55, 60)] {
+            let n = w
+                .iter()
+                .filter(|x| {
+                    x.pieces
+                        .iter()
+                        .any(|p| p.start <= r.start && r.end <= p.end)
+                })
+                .count();
+            assert_eq!(n, 1, "{r:?} in {w:?}");
+        }
+        // Nothing left after the last speech: no window.
+        assert!(pack_between(&speech, 70, 80, &pk(25), &mut no_split).is_empty());
     }
 
     #[test]

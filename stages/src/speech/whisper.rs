@@ -138,7 +138,7 @@ impl WhisperStage {
 fn init_logging() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
-        whisper_rs::install_logging_hooks();
+        route_whisper_logs();
         if cfg!(feature = "cuda") {
             tracing::info!("whisper.transcribe: CUDA build, whisper.cpp uses the GPU when one is present");
         } else {
@@ -147,6 +147,47 @@ fn init_logging() {
             );
         }
     });
+}
+
+/// whisper.cpp's message when it honours [`first_pass_only`]: expected, so not an error.
+const ONE_PASS_STOP: &str = "encoder_begin_callback returned false";
+
+/// Sends whisper.cpp's and ggml's log lines to `tracing` at their own levels (as
+/// whisper-rs's hooks do), except the expected stop after one encoder pass, which is
+/// logged at debug level instead of as an error.
+#[allow(unsafe_code)]
+fn route_whisper_logs() {
+    use whisper_rs::whisper_rs_sys as sys;
+    unsafe extern "C" fn on_log(
+        level: sys::ggml_log_level,
+        text: *const std::ffi::c_char,
+        _user_data: *mut std::ffi::c_void,
+    ) {
+        if text.is_null() {
+            return;
+        }
+        // SAFETY: whisper.cpp and ggml pass a NUL-terminated string valid for the call.
+        let text = unsafe { std::ffi::CStr::from_ptr(text) }.to_string_lossy();
+        let text = text.trim();
+        if text.is_empty() {
+            return;
+        }
+        match level {
+            sys::ggml_log_level_GGML_LOG_LEVEL_ERROR if !text.contains(ONE_PASS_STOP) => {
+                tracing::error!(target: "whisper_cpp", "{text}")
+            }
+            sys::ggml_log_level_GGML_LOG_LEVEL_WARN => {
+                tracing::warn!(target: "whisper_cpp", "{text}")
+            }
+            sys::ggml_log_level_GGML_LOG_LEVEL_INFO => {
+                tracing::info!(target: "whisper_cpp", "{text}")
+            }
+            _ => tracing::debug!(target: "whisper_cpp", "{text}"),
+        }
+    }
+    // SAFETY: the callback is a plain function that stays valid for the whole process and
+    // reads only the string it is given; whisper_log_set installs it for ggml as well.
+    unsafe { sys::whisper_log_set(Some(on_log), std::ptr::null_mut()) };
 }
 
 /// Checks a language param: `auto` or a code (or name) whisper.cpp knows.
@@ -312,6 +353,9 @@ struct Attempt {
     avg_logprob: f32,
     compression_ratio: f32,
     lang: Option<String>,
+    /// Where in the window (centiseconds) Whisper stopped, when it was asked for one
+    /// pass only and would have gone on: the rest of the window is still to decode.
+    stopped_at: Option<i64>,
 }
 
 impl Attempt {
@@ -340,7 +384,12 @@ impl Attempt {
     }
 }
 
-/// One decoder pass over `audio` (a window, at most 30 s) at `temperature`.
+/// Decodes `audio` (a window, at most 30 s) at `temperature`. With `one_pass`, Whisper
+/// runs its encoder once: where its last segment ends before the window does, it would
+/// encode the rest of the window again as a new 30-second input (the reference seek),
+/// which costs as much as a whole window for a few seconds of speech. It stops instead,
+/// and [`Attempt::stopped_at`] says where, so the caller packs that rest into the next
+/// window.
 fn attempt(
     state: &mut WhisperState,
     ctx: &WhisperContext,
@@ -348,8 +397,15 @@ fn attempt(
     audio: &[f32],
     prompt: &[std::ffi::c_int],
     temperature: f32,
+    one_pass: bool,
 ) -> Result<Attempt, whisper_rs::WhisperError> {
-    state.full(d.params(temperature, prompt), audio)?;
+    let passes = std::sync::atomic::AtomicU32::new(0);
+    let mut fp = d.params(temperature, prompt);
+    if one_pass {
+        first_pass_only(&mut fp, &passes);
+    }
+    state.full(fp, audio)?;
+    let stopped = passes.load(std::sync::atomic::Ordering::Relaxed) > 1;
     let eot = ctx.token_eot();
     let lang = whisper_rs::get_lang_str(state.full_lang_id_from_state()).map(str::to_string);
     let (mut sum_lp, mut n_tok) = (0f32, 0usize);
@@ -405,6 +461,11 @@ fn attempt(
             words,
         });
     }
+    let stopped_at = if stopped {
+        Some(segs.last().map_or(0, |s| s.t1))
+    } else {
+        None
+    };
     Ok(Attempt {
         temperature,
         segs,
@@ -412,7 +473,34 @@ fn attempt(
         avg_logprob: sum_lp / (n_tok + 1) as f32,
         compression_ratio: compression_ratio(text_all.trim()),
         lang,
+        stopped_at,
     })
+}
+
+/// Lets whisper.cpp start its encoder once per `full` call: a second start (the seek to
+/// decode the rest of the window) is refused, and whisper.cpp then returns what the first
+/// pass decoded. `passes` counts the starts.
+#[allow(unsafe_code)]
+fn first_pass_only(fp: &mut FullParams<'_, '_>, passes: &std::sync::atomic::AtomicU32) {
+    unsafe extern "C" fn on_encoder_begin(
+        _ctx: *mut whisper_rs::whisper_rs_sys::whisper_context,
+        _state: *mut whisper_rs::whisper_rs_sys::whisper_state,
+        passes: *mut std::ffi::c_void,
+    ) -> bool {
+        // SAFETY: `passes` is the AtomicU32 that first_pass_only's caller keeps alive
+        // until its `full` call has returned (see there).
+        let passes = unsafe { &*(passes as *const std::sync::atomic::AtomicU32) };
+        passes.fetch_add(1, std::sync::atomic::Ordering::Relaxed) == 0
+    }
+    // SAFETY: the callback only counts, on memory of its own; whisper.cpp calls it from
+    // the thread running `full`. The caller (`attempt`) owns `passes` and keeps it alive
+    // across `state.full(fp, ..)`, which consumes these params before it returns.
+    unsafe {
+        fp.set_start_encoder_callback(Some(on_encoder_begin));
+        fp.set_start_encoder_callback_user_data(
+            passes as *const std::sync::atomic::AtomicU32 as *mut std::ffi::c_void,
+        );
+    }
 }
 
 /// Decodes one window with the reference fallback: at the first temperature, then,
@@ -425,13 +513,14 @@ fn decode_window(
     d: &Decode,
     audio: &[f32],
     prompt: &[std::ffi::c_int],
+    one_pass: bool,
 ) -> Result<(Attempt, Vec<String>), whisper_rs::WhisperError> {
     let mut tried: Vec<Attempt> = Vec::new();
     let mut refused = Vec::new();
     for t in d.temperatures() {
         // A sampled retry (t > 0.5) is not steered by earlier text, as openai-whisper.
         let prompt = if t > 0.5 { &[][..] } else { prompt };
-        let a = attempt(state, ctx, d, audio, prompt, t)?;
+        let a = attempt(state, ctx, d, audio, prompt, t, one_pass)?;
         let why = a.failed(d.p);
         if why.is_empty() {
             return Ok((a, refused));
@@ -501,14 +590,53 @@ type Decoded = (Vec<Segment>, Option<String>, Vec<Note>);
 /// Whisper's context window for earlier text: half the text context, less one.
 const MAX_PROMPT_TOKENS: usize = 223;
 
+/// The speech regions of a track and how they pack into windows: what the rest of a part
+/// is packed again from, once Whisper stopped inside a window.
+struct Speech<'a> {
+    /// Speech regions on the track, in order (the whole track without VAD).
+    regions: &'a [Span],
+    pk: Packing,
+}
+
+impl Speech<'_> {
+    /// Windows for the speech between `from` and `to`; a region longer than a window is
+    /// cut at its quietest moment.
+    fn pack(&self, wav: &mut Wav, from: u64, to: u64) -> Result<Vec<Window>, StageError> {
+        let mut read_err = None;
+        let w = chunks::pack_between(
+            self.regions,
+            from,
+            to,
+            &self.pk,
+            &mut |head: Span| match wav.read(head.start, head.len()) {
+                Ok(a) => {
+                    head.start + chunks::quiet_cut(&a, samples(CUT_SEARCH_SECS) as usize) as u64
+                }
+                Err(e) => {
+                    read_err = Some(e);
+                    head.end
+                }
+            },
+        );
+        match read_err {
+            Some(e) => Err(e),
+            None => Ok(w),
+        }
+    }
+}
+
 /// Decodes every window in order, carrying earlier text as the prompt until a window
-/// needs a fallback (then the context starts afresh). Returns segments, the detected
-/// language, and notes.
+/// needs a fallback (then the context starts afresh). Whisper decodes each window but
+/// the last in one encoder pass; where it stops before the window's end, the rest of the
+/// part is packed again from there, so the rest of that window starts the next one (as
+/// the reference implementations slide their window to the last timestamp). Returns
+/// segments, the detected language, and notes.
 fn transcribe(
     state: &mut WhisperState,
     ctx: &WhisperContext,
     d: &Decode,
     wav: &mut Wav,
+    speech: &Speech,
     windows: &[Window],
     cancel: &std::sync::atomic::AtomicBool,
 ) -> Result<Decoded, String> {
@@ -522,7 +650,10 @@ fn transcribe(
         None => Vec::new(),
     };
     let min = samples(MIN_CHUNK_SECS) as usize;
-    for w in windows {
+    let to = windows.last().map_or(0, Window::end);
+    let mut queue: std::collections::VecDeque<Window> = windows.iter().cloned().collect();
+    while let Some(w) = queue.pop_front() {
+        let w = &w;
         if cancel.load(std::sync::atomic::Ordering::Relaxed) {
             return Err("cancelled".into());
         }
@@ -537,17 +668,36 @@ fn transcribe(
             audio.resize(min, 0.0);
         }
         let began = std::time::Instant::now();
-        let (a, refused) = decode_window(state, ctx, d, &audio, &prompt)
-            .map_err(|e| format!("Whisper decoding failed at {:.1} s: {e:?}", secs(w.start())))?;
+        let failed = |e| format!("Whisper decoding failed at {:.1} s: {e:?}", secs(w.start()));
+        // The last window decodes to its end; another stops after one encoder pass.
+        let one_pass = !queue.is_empty();
+        let (mut a, mut refused) =
+            decode_window(state, ctx, d, &audio, &prompt, one_pass).map_err(failed)?;
+        let stopped_at = a
+            .stopped_at
+            .map(|cs| (cs.max(0) as u64) * (SAMPLE_RATE as u64 / 100));
+        if stopped_at.is_some_and(|at| at < samples(MIN_CHUNK_SECS)) {
+            // Stopped at the very start: no progress to carry; decode it whole.
+            (a, refused) = decode_window(state, ctx, d, &audio, &prompt, false).map_err(failed)?;
+        }
         tracing::debug!(
             start = secs(w.start()),
             seconds = secs(w.len()),
             attempts = refused.len() + 1,
             tokens = a.tokens.len(),
             prompt = prompt.len(),
+            stopped_at = a.stopped_at,
             ms = began.elapsed().as_millis() as u64,
             "whisper window decoded"
         );
+        if let Some(at) = a
+            .stopped_at
+            .map(|cs| (cs.max(0) as u64) * (SAMPLE_RATE as u64 / 100))
+        {
+            // The rest of this window, and the windows after it, packed again.
+            let from = w.to_track_start(at);
+            queue = speech.pack(wav, from, to).map_err(|e| e.message)?.into();
+        }
         if detected.is_none() {
             detected = a.lang.clone();
         }
@@ -603,6 +753,7 @@ fn transcribe_parts(
     ctx: &WhisperContext,
     d: &Decode,
     wav_path: &std::path::Path,
+    speech: &Speech,
     parts: &[&[Window]],
     cancel: &std::sync::atomic::AtomicBool,
 ) -> Result<Decoded, String> {
@@ -613,7 +764,7 @@ fn transcribe_parts(
             .map(|(state, part)| {
                 sc.spawn(move || {
                     let mut wav = Wav::open(wav_path).map_err(|e| e.message)?;
-                    transcribe(state, ctx, d, &mut wav, part, cancel)
+                    transcribe(state, ctx, d, &mut wav, speech, part, cancel)
                 })
             })
             .collect();
@@ -764,36 +915,27 @@ impl TypedStage for WhisperStage {
         let mut pk = Packing::seconds(p.chunk_seconds);
         pk.keep_gap = samples(p.max_gap_seconds);
         let mut speech_secs: Vec<(f64, f64)> = Vec::new();
+        let mut regions = vec![Span {
+            start: 0,
+            end: total,
+        }];
         let windows: Vec<Window> = match ctx.upstream::<VadFile>()? {
             Some(v) => {
                 t.vad = true;
                 speech_secs = v.segments.iter().map(|s| (s.start, s.end)).collect();
                 speech_secs.sort_by(|a, b| a.0.total_cmp(&b.0));
-                let speech: Vec<Span> = v
-                    .segments
+                regions = speech_secs
                     .iter()
-                    .map(|s| Span {
-                        start: samples(s.start),
-                        end: samples(s.end),
+                    .map(|&(start, end)| Span {
+                        start: samples(start),
+                        end: samples(end),
                     })
                     .collect();
-                // A speech region longer than a window is cut at its quietest moment.
-                let mut read_err = None;
-                let w = chunks::pack(&speech, total, &pk, &mut |head: Span| match wav
-                    .read(head.start, head.len())
-                {
-                    Ok(a) => {
-                        head.start + chunks::quiet_cut(&a, samples(CUT_SEARCH_SECS) as usize) as u64
-                    }
-                    Err(e) => {
-                        read_err = Some(e);
-                        head.end
-                    }
-                });
-                if let Some(e) = read_err {
-                    return Err(e);
+                Speech {
+                    regions: &regions,
+                    pk,
                 }
-                w
+                .pack(&mut wav, 0, total)?
             }
             None => {
                 // The whole track, cut every window length at a quiet moment.
@@ -910,7 +1052,19 @@ impl TypedStage for WhisperStage {
             .chain(loaded.extra.iter_mut())
             .take(parts.len())
             .collect();
-        let result = transcribe_parts(&mut states, &loaded.ctx, &d, &wav_path, &parts, ctx.cancel);
+        let speech = Speech {
+            regions: &regions,
+            pk,
+        };
+        let result = transcribe_parts(
+            &mut states,
+            &loaded.ctx,
+            &d,
+            &wav_path,
+            &speech,
+            &parts,
+            ctx.cancel,
+        );
         let gpu = loaded.gpu;
         let (segments, detected, notes) = match result {
             Err(e) if e == "cancelled" => return Err(StageError::cancelled()),
