@@ -347,6 +347,17 @@ mod tests {
         }
     }
 
+    /// How many windows hold the region `r` whole inside one piece.
+    fn windows_holding(w: &[Window], r: Span) -> usize {
+        w.iter()
+            .filter(|win| {
+                win.pieces
+                    .iter()
+                    .any(|p| p.start <= r.start && r.end <= p.end)
+            })
+            .count()
+    }
+
     fn no_split(s: Span) -> u64 {
         s.end
     }
@@ -387,15 +398,7 @@ mod tests {
         }
         // Every region lies whole inside exactly one window.
         for r in &speech {
-            let n = w
-                .iter()
-                .filter(|win| {
-                    win.pieces
-                        .iter()
-                        .any(|p| p.start <= r.start && r.end <= p.end)
-                })
-                .count();
-            assert_eq!(n, 1, "{r:?} in {w:?}");
+            assert_eq!(windows_holding(&w, *r), 1, "{r:?} in {w:?}");
         }
         // The cut falls at the longest pause (34..37).
         assert_eq!(w[0].end(), 35);
@@ -426,15 +429,7 @@ mod tests {
         assert!(w.iter().all(|x| x.len() <= 25), "{w:?}");
         // Every bit of speech between 20 and 60 is in exactly one window.
         for r in [sp(20, 30), sp(33, 50), sp(55, 60)] {
-            let n = w
-                .iter()
-                .filter(|x| {
-                    x.pieces
-                        .iter()
-                        .any(|p| p.start <= r.start && r.end <= p.end)
-                })
-                .count();
-            assert_eq!(n, 1, "{r:?} in {w:?}");
+            assert_eq!(windows_holding(&w, r), 1, "{r:?} in {w:?}");
         }
         // Nothing left after the last speech: no window.
         assert!(pack_between(&speech, 70, 80, &pk(25), &mut no_split).is_empty());
