@@ -543,9 +543,14 @@ fn decode_window(
     Ok((tried.swap_remove(best), refused))
 }
 
+/// Samples in a Whisper time (centiseconds; negative counts as 0).
+fn cs_samples(cs: i64) -> u64 {
+    (cs.max(0) as u64) * (SAMPLE_RATE as u64 / 100)
+}
+
 /// Seconds on the track of a time (centiseconds) inside a window.
 fn track_secs(w: &Window, cs: i64, end: bool) -> f64 {
-    let at = (cs.max(0) as u64) * (SAMPLE_RATE as u64 / 100);
+    let at = cs_samples(cs);
     secs(if end {
         w.to_track_end(at)
     } else {
@@ -673,10 +678,9 @@ fn transcribe(
         let one_pass = !queue.is_empty();
         let (mut a, mut refused) =
             decode_window(state, ctx, d, &audio, &prompt, one_pass).map_err(failed)?;
-        let stopped_at = a
-            .stopped_at
-            .map(|cs| (cs.max(0) as u64) * (SAMPLE_RATE as u64 / 100));
-        if stopped_at.is_some_and(|at| at < samples(MIN_CHUNK_SECS)) {
+        if a.stopped_at
+            .is_some_and(|cs| cs_samples(cs) < samples(MIN_CHUNK_SECS))
+        {
             // Stopped at the very start: no progress to carry; decode it whole.
             (a, refused) = decode_window(state, ctx, d, &audio, &prompt, false).map_err(failed)?;
         }
@@ -690,12 +694,9 @@ fn transcribe(
             ms = began.elapsed().as_millis() as u64,
             "whisper window decoded"
         );
-        if let Some(at) = a
-            .stopped_at
-            .map(|cs| (cs.max(0) as u64) * (SAMPLE_RATE as u64 / 100))
-        {
+        if let Some(cs) = a.stopped_at {
             // The rest of this window, and the windows after it, packed again.
-            let from = w.to_track_start(at);
+            let from = w.to_track_start(cs_samples(cs));
             queue = speech.pack(wav, from, to).map_err(|e| e.message)?.into();
         }
         if detected.is_none() {
